@@ -1,0 +1,91 @@
+//! The only contract between the macros and the runtime. Not public API.
+
+use std::any::Any;
+
+pub use inventory;
+pub use serde;
+pub use serde_json;
+
+pub use crate::aggregate::{Aggregate, AggregateEvent, Handle, IntoEvents};
+pub use crate::command::{Command, HandledCommand};
+pub use crate::error::DecodeErrorKind;
+pub use crate::event::Event;
+pub use crate::registry::EventRegistration;
+
+/// Decoder of an event type without an upcast chain.
+pub fn decode_exact<E: Event>(version: u32, payload: &str) -> Result<E, DecodeErrorKind> {
+    crate::event::decode_exact(version, payload)
+}
+
+/// Decoder of an event type declared with `upcast_from = Old`.
+pub fn decode_upcast<E: Event + From<Old>, Old: Event>(
+    version: u32,
+    payload: &str,
+) -> Result<E, DecodeErrorKind> {
+    crate::event::decode_upcast::<E, Old>(version, payload)
+}
+
+/// The registry's type-erased decoder for `E`.
+pub fn decode_boxed<E: Event>(
+    version: u32,
+    payload: &str,
+) -> Result<Box<dyn Any + Send>, DecodeErrorKind> {
+    E::decode(version, payload).map(|e| Box::new(e) as Box<dyn Any + Send>)
+}
+
+/// Serializes one event as its stored payload.
+pub fn encode<E: Event>(event: &E) -> Result<String, serde_json::Error> {
+    serde_json::to_string(event)
+}
+
+/// Error for a stored name the aggregate has no `#[apply]` for.
+pub fn unknown_event<T>() -> Result<T, DecodeErrorKind> {
+    Err(DecodeErrorKind::UnknownEvent)
+}
+
+/// A fresh, time-ordered event id.
+pub fn new_event_id() -> uuid::Uuid {
+    uuid::Uuid::now_v7()
+}
+
+/// `a == b`, usable in constants (checks of `upcast_from`).
+pub const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Satisfied when a command's `#[aggregate_id]` type is the aggregate's id type.
+#[diagnostic::on_unimplemented(
+    message = "the `#[aggregate_id]` field has type `{Self}`, but the aggregate's id is `{Expected}`",
+    label = "this command's id type does not match the aggregate's",
+    note = "change the field's type, or set `#[aggregate(id = {Self})]`"
+)]
+pub trait IdMatches<Expected> {}
+
+impl<T> IdMatches<T> for T {}
+
+/// Compile-time check used by `#[aggregate]`.
+pub const fn assert_id_matches<Cmd: IdMatches<Agg>, Agg>() {}
+
+/// Satisfied when `Old` can be upcast into `New`.
+#[diagnostic::on_unimplemented(
+    message = "`upcast_from = {Self}` needs `impl From<{Self}> for {New}`",
+    label = "no `From<{Self}>` for `{New}`",
+    note = "write the conversion that turns the old version into the new one"
+)]
+pub trait UpcastInto<New> {}
+
+impl<Old, New: From<Old>> UpcastInto<New> for Old {}
+
+/// Compile-time check used by `#[event(upcast_from = ...)]`.
+pub const fn assert_upcast<Old: Event + UpcastInto<New>, New>() {}

@@ -1,0 +1,492 @@
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::aggregate::{Aggregate, AggregateEvent, Handle};
+use crate::cache::{Cache, Cached};
+use crate::command::HandledCommand;
+use crate::envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::error::{CommandError, DecodeError, LoadError, RegistryError, StoreError};
+use crate::registry::registry;
+use crate::store::{DynEventStore, EventStore};
+
+/// The entry point: executes commands and loads aggregates against one event store.
+///
+/// `App` is a cheap `Clone` handle (`Send + Sync + 'static`); the store behind it is
+/// chosen at run time, so the same code runs on [`MemoryStore`](crate::MemoryStore)
+/// in tests and on a durable store in production.
+///
+/// ```
+/// use eda::prelude::*;
+///
+/// #[event]
+/// #[derive(Debug)]
+/// pub struct Opened { pub owner: String }
+///
+/// #[command]
+/// #[derive(Debug, Clone)]
+/// pub struct Open { #[aggregate_id] pub id: String, pub owner: String }
+///
+/// #[derive(Debug, Default)]
+/// pub struct Account { owner: Option<String> }
+///
+/// #[derive(Debug)]
+/// pub enum AccountError { AlreadyOpen }
+///
+/// #[aggregate(error = AccountError)]
+/// impl Account {
+///     #[handle]
+///     fn open(&self, cmd: Open) -> Result<Opened, AccountError> {
+///         match self.owner {
+///             Some(_) => Err(AccountError::AlreadyOpen),
+///             None => Ok(Opened { owner: cmd.owner }),
+///         }
+///     }
+///     #[apply]
+///     fn opened(&mut self, e: &Opened) { self.owner = Some(e.owner.clone()); }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let app = App::new(MemoryStore::new());
+/// let open = Open { id: "a-1".into(), owner: "ada".into() };
+/// let done = app.execute(open.clone()).await?;
+/// assert_eq!(done.version, 1);
+/// assert!(matches!(app.execute(open).await, Err(CommandError::Rejected(AccountError::AlreadyOpen))));
+/// let account: Account = app.load(&"a-1".to_string()).await?;
+/// assert_eq!(account.owner.as_deref(), Some("ada"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Box<dyn DynEventStore>,
+    cache: Cache,
+    max_conflict_retries: u32,
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("max_conflict_retries", &self.inner.max_conflict_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures an [`App`]: `App::builder(store).max_conflict_retries(3).build()?`.
+#[must_use]
+pub struct AppBuilder {
+    store: Box<dyn DynEventStore>,
+    cache_capacity: usize,
+    max_conflict_retries: u32,
+}
+
+impl fmt::Debug for AppBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppBuilder")
+            .field("cache_capacity", &self.cache_capacity)
+            .field("max_conflict_retries", &self.max_conflict_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppBuilder {
+    /// How many times a command is decided again after a version conflict before
+    /// [`CommandError::Conflict`] is returned. Default: 10.
+    pub fn max_conflict_retries(mut self, retries: u32) -> Self {
+        self.max_conflict_retries = retries;
+        self
+    }
+
+    /// How many instances of each aggregate type stay loaded between commands.
+    /// `0` turns the cache off (every command replays its stream). Default: 10,000.
+    pub fn cache_capacity(mut self, instances: usize) -> Self {
+        self.cache_capacity = instances;
+        self
+    }
+
+    /// Builds the `App`, failing if two event types share a name and version.
+    pub fn build(self) -> Result<App, RegistryError> {
+        registry().check()?;
+        Ok(App {
+            inner: Arc::new(Inner {
+                store: self.store,
+                cache: Cache::new(self.cache_capacity),
+                max_conflict_retries: self.max_conflict_retries,
+            }),
+        })
+    }
+}
+
+/// What a command committed.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Committed<A: Aggregate> {
+    /// The aggregate instance the command went to.
+    pub aggregate_id: A::Id,
+    /// The aggregate's version after the command.
+    pub version: u64,
+    /// Global position of the last committed event (`None` if there were none).
+    pub position: Option<u64>,
+    /// The events the command committed, in order.
+    pub events: Vec<A::Event>,
+    /// `true` when an idempotency key matched an earlier execution: nothing was
+    /// appended and these are that execution's events.
+    pub duplicate: bool,
+}
+
+impl App {
+    /// An `App` on `store` with the default settings.
+    ///
+    /// # Panics
+    /// If two event types in the program share a name and version (a programming
+    /// error, reported with both type paths). [`App::builder`] returns it instead.
+    pub fn new(store: impl EventStore) -> App {
+        match App::builder(store).build() {
+            Ok(app) => app,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// An [`AppBuilder`] on `store`.
+    pub fn builder(store: impl EventStore) -> AppBuilder {
+        AppBuilder {
+            store: Box::new(store),
+            cache_capacity: 10_000,
+            max_conflict_retries: 10,
+        }
+    }
+
+    /// Executes a command: load (cached, or replay), decide, append at the version
+    /// decided on, and on a version conflict catch up and decide again.
+    ///
+    /// Await the returned [`Execute`] directly, or set an idempotency key or
+    /// metadata on it first.
+    pub fn execute<C: HandledCommand>(&self, command: C) -> Execute<'_, C> {
+        Execute {
+            app: self,
+            command,
+            metadata: Metadata::default(),
+        }
+    }
+
+    /// Rebuilds an aggregate's current state from its events.
+    pub async fn load<A: Aggregate>(&self, id: &A::Id) -> Result<A, LoadError> {
+        let id = id.to_string();
+        let span = tracing::debug_span!("eda.load", aggregate_type = A::TYPE, aggregate_id = %id, version = tracing::field::Empty);
+        async {
+            let loaded = self.replay::<A>(&id).await?;
+            tracing::Span::current().record("version", loaded.version);
+            Ok(loaded.state)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Rebuilds an aggregate's state and returns it with its stream version.
+    pub async fn load_with_version<A: Aggregate>(&self, id: &A::Id) -> Result<(A, u64), LoadError> {
+        let loaded = self.replay::<A>(&id.to_string()).await?;
+        Ok((loaded.state, loaded.version))
+    }
+
+    async fn replay<A: Aggregate>(&self, id: &str) -> Result<Cached<A>, LoadError> {
+        let mut cached = Cached {
+            state: A::default(),
+            version: 0,
+        };
+        self.catch_up(&mut cached, id).await?;
+        Ok(cached)
+    }
+
+    /// Applies the events stored after `cached.version`.
+    async fn catch_up<A: Aggregate>(
+        &self,
+        cached: &mut Cached<A>,
+        id: &str,
+    ) -> Result<(), LoadError> {
+        let stream = StreamId {
+            aggregate_type: A::TYPE,
+            aggregate_id: id,
+        };
+        let events = self.inner.store.read_stream(stream, cached.version).await?;
+        for recorded in &events {
+            let event = decode::<A>(recorded)?;
+            cached.state.apply(&event);
+            cached.version = recorded.version;
+        }
+        Ok(())
+    }
+
+    async fn run<C: HandledCommand>(
+        &self,
+        command: C,
+        mut metadata: Metadata,
+    ) -> Result<Committed<C::Aggregate>, CommandError<<C::Aggregate as Aggregate>::Error>> {
+        let aggregate_id = command.aggregate_id().clone();
+        let id = aggregate_id.to_string();
+        if let Some(key) = &metadata.idempotency_key {
+            if let Some(first) = self
+                .first_outcome::<C::Aggregate>(key, &aggregate_id, &id)
+                .await?
+            {
+                return Ok(first);
+            }
+        }
+        metadata.command = Some(C::NAME.into());
+        let stream = StreamId {
+            aggregate_type: <C::Aggregate as Aggregate>::TYPE,
+            aggregate_id: &id,
+        };
+
+        let slot = self.inner.cache.slot::<C::Aggregate>(&id);
+        let mut guard = slot.lock().await;
+        // Taken out while in use: if anything below fails or panics, the slot stays
+        // empty and the next command replays instead of trusting a doubtful state.
+        let mut cached = match guard.take() {
+            Some(cached) => cached,
+            None => self.replay::<C::Aggregate>(&id).await?,
+        };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut events = Vec::new();
+            if let Err(rejection) = cached.state.handle(command.clone(), &mut events) {
+                *guard = Some(cached);
+                return Err(CommandError::Rejected(rejection));
+            }
+            if events.is_empty() {
+                let version = cached.version;
+                *guard = Some(cached);
+                return Ok(Committed {
+                    aggregate_id,
+                    version,
+                    position: None,
+                    events,
+                    duplicate: false,
+                });
+            }
+            let new_events = encode(&events, metadata.idempotency_key.as_deref())?;
+            match self
+                .inner
+                .store
+                .append(stream, cached.version, new_events, &metadata)
+                .await
+            {
+                Ok(appended) => {
+                    for event in &events {
+                        cached.state.apply(event);
+                    }
+                    cached.version = appended.version;
+                    *guard = Some(cached);
+                    return Ok(Committed {
+                        aggregate_id,
+                        version: appended.version,
+                        position: Some(appended.position),
+                        events,
+                        duplicate: false,
+                    });
+                }
+                Err(StoreError::Conflict {
+                    actual, expected, ..
+                }) => {
+                    if attempts > self.inner.max_conflict_retries {
+                        return Err(CommandError::Conflict {
+                            aggregate_type: <C::Aggregate as Aggregate>::TYPE,
+                            aggregate_id: id,
+                            expected,
+                            actual,
+                            attempts,
+                        });
+                    }
+                    tracing::debug!(expected, actual, attempts, "version conflict; catching up");
+                    self.catch_up(&mut cached, &id).await?;
+                }
+                Err(StoreError::DuplicateEvent { .. }) if metadata.idempotency_key.is_some() => {
+                    // A concurrent execution with the same key won the race.
+                    drop(guard);
+                    let key = metadata.idempotency_key.as_deref().unwrap_or_default();
+                    if let Some(first) = self
+                        .first_outcome::<C::Aggregate>(key, &aggregate_id, &id)
+                        .await?
+                    {
+                        return Ok(first);
+                    }
+                    return Err(CommandError::Store(StoreError::DuplicateEvent {
+                        event_id: idempotent_event_id(key, 0),
+                    }));
+                }
+                Err(e) => return Err(CommandError::Store(e)),
+            }
+        }
+    }
+
+    /// The events an earlier execution with `key` committed, if there was one.
+    async fn first_outcome<A: Aggregate>(
+        &self,
+        key: &str,
+        aggregate_id: &A::Id,
+        id: &str,
+    ) -> Result<Option<Committed<A>>, CommandError<A::Error>> {
+        let first_id = idempotent_event_id(key, 0);
+        let Some(first) = self
+            .inner
+            .store
+            .read_event(first_id)
+            .await
+            .map_err(CommandError::Store)?
+        else {
+            return Ok(None);
+        };
+        if first.aggregate_type != A::TYPE || first.aggregate_id != id {
+            return Err(CommandError::IdempotencyKeyReused {
+                key: key.to_owned(),
+                first_stream: (first.aggregate_type, first.aggregate_id),
+            });
+        }
+        let stream = StreamId {
+            aggregate_type: A::TYPE,
+            aggregate_id: id,
+        };
+        let tail = self
+            .inner
+            .store
+            .read_stream(stream, first.version - 1)
+            .await
+            .map_err(CommandError::Store)?;
+        let mut events = Vec::new();
+        let mut last: Option<&RecordedEvent> = None;
+        for (i, recorded) in tail.iter().enumerate() {
+            if recorded.event_id != idempotent_event_id(key, i) {
+                break;
+            }
+            events.push(decode::<A>(recorded).map_err(CommandError::Decode)?);
+            last = Some(recorded);
+        }
+        Ok(last.map(|last| Committed {
+            aggregate_id: aggregate_id.clone(),
+            version: last.version,
+            position: Some(last.position),
+            events,
+            duplicate: true,
+        }))
+    }
+}
+
+/// A command about to be executed; `.await` it. Built by [`App::execute`].
+#[must_use = "a command does nothing until it is awaited"]
+pub struct Execute<'a, C> {
+    app: &'a App,
+    command: C,
+    metadata: Metadata,
+}
+
+impl<C: fmt::Debug> fmt::Debug for Execute<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Execute")
+            .field("command", &self.command)
+            .field("metadata", &self.metadata)
+            .finish()
+    }
+}
+
+impl<C: HandledCommand> Execute<'_, C> {
+    /// Makes the command idempotent: executing it again with the same key appends
+    /// nothing and returns the first execution's events (with `duplicate: true`).
+    /// The event ids are derived from the key, so a concurrent duplicate is refused
+    /// by the store itself.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.metadata.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets the correlation id stored with the events.
+    pub fn correlation_id(mut self, id: Uuid) -> Self {
+        self.metadata.correlation_id = Some(id);
+        self
+    }
+
+    /// Sets the causation id stored with the events.
+    pub fn causation_id(mut self, id: Uuid) -> Self {
+        self.metadata.causation_id = Some(id);
+        self
+    }
+
+    /// Adds a user key-value stored with the events.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.user.insert(key.into(), value.into());
+        self
+    }
+}
+
+type ExecuteFuture<'a, A> = Pin<
+    Box<
+        dyn Future<Output = Result<Committed<A>, CommandError<<A as Aggregate>::Error>>>
+            + Send
+            + 'a,
+    >,
+>;
+
+impl<'a, C: HandledCommand> IntoFuture for Execute<'a, C> {
+    type Output = Result<Committed<C::Aggregate>, CommandError<<C::Aggregate as Aggregate>::Error>>;
+    type IntoFuture = ExecuteFuture<'a, C::Aggregate>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let span = tracing::debug_span!(
+            "eda.execute",
+            command = C::NAME,
+            aggregate_type = <C::Aggregate as Aggregate>::TYPE,
+            aggregate_id = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            span.record(
+                "aggregate_id",
+                tracing::field::display(self.command.aggregate_id()),
+            );
+        }
+        Box::pin(self.app.run(self.command, self.metadata).instrument(span))
+    }
+}
+
+fn decode<A: Aggregate>(recorded: &RecordedEvent) -> Result<A::Event, DecodeError> {
+    A::Event::decode(&recorded.name, recorded.event_version, &recorded.payload)
+        .map_err(|kind| DecodeError::at(recorded, kind))
+}
+
+fn encode<E: AggregateEvent, Err>(
+    events: &[E],
+    key: Option<&str>,
+) -> Result<Vec<NewEvent>, CommandError<Err>> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| {
+            let payload = event.encode().map_err(|source| CommandError::Encode {
+                event: event.name(),
+                source,
+            })?;
+            let event_id = match key {
+                Some(key) => idempotent_event_id(key, i),
+                None => Uuid::now_v7(),
+            };
+            Ok(NewEvent {
+                event_id,
+                name: event.name().into(),
+                version: event.version(),
+                payload,
+            })
+        })
+        .collect()
+}
+
+/// The id of the `index`th event of the command with idempotency key `key`.
+fn idempotent_event_id(key: &str, index: usize) -> Uuid {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x6564_615f_6964_656d_706f_7465_6e63_7921);
+    Uuid::new_v5(&NAMESPACE, format!("{key}\u{0}{index}").as_bytes())
+}

@@ -1,0 +1,27 @@
+//! Runtime of the [eda](https://docs.rs/eda) framework.
+//!
+//! Domain crates depend on the `eda` facade, which re-exports everything here
+//! together with the attribute macros; this crate holds no macro-specific logic.
+
+mod aggregate;
+mod app;
+mod cache;
+mod command;
+mod envelope;
+mod error;
+mod event;
+mod registry;
+mod store;
+pub mod testing;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use aggregate::{Aggregate, AggregateEvent, AggregateId, Handle, IntoEvents};
+pub use app::{App, AppBuilder, Committed, Execute};
+pub use command::{Command, HandledCommand};
+pub use envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
+pub use error::{CommandError, DecodeError, DecodeErrorKind, LoadError, RegistryError, StoreError};
+pub use event::Event;
+pub use registry::{registry, EventRegistration, Registry};
+pub use store::{memory::MemoryStore, Appended, EventStore};

@@ -1,0 +1,138 @@
+use std::future::Future;
+use std::pin::Pin;
+
+use uuid::Uuid;
+
+use crate::envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::error::StoreError;
+
+pub mod memory;
+
+/// Where a successful append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream's version after the append (the version of its last new event).
+    pub version: u64,
+    /// Global position of the last appended event.
+    pub position: u64,
+}
+
+/// Durable (or not) home of the events: append with optimistic concurrency, read
+/// one stream, tail the global log.
+///
+/// Every backend passes the same conformance suite: appends are all-or-nothing,
+/// versions within a stream are `1..=n` without gaps, and positions in the global
+/// log increase in commit order, so a reader at position `p` never later finds an
+/// event below `p` that it has not seen.
+///
+/// ```
+/// use eda::prelude::*;
+/// use eda::{Metadata, NewEvent, StreamId};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let stream = StreamId { aggregate_type: "Account", aggregate_id: "acc-1" };
+/// let event = NewEvent {
+///     event_id: eda::__private::new_event_id(),
+///     name: "AccountOpened".into(),
+///     version: 1,
+///     payload: r#"{"owner":"ada"}"#.into(),
+/// };
+/// let appended = store.append(stream, 0, vec![event], &Metadata::default()).await?;
+/// assert_eq!(appended.version, 1);
+/// assert_eq!(store.read_stream(stream, 0).await?.len(), 1);
+/// # Ok::<(), eda::StoreError>(())
+/// # }).unwrap();
+/// ```
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` if its current version equals `expected_version`
+    /// (0 for a stream with no events). All events are stored, or none: a different
+    /// version gives [`StoreError::Conflict`], an already stored event id gives
+    /// [`StoreError::DuplicateEvent`]. An empty batch stores nothing.
+    fn append(
+        &self,
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: Vec<NewEvent>,
+        metadata: &Metadata,
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+
+    /// Events of one stream with a version greater than `after_version`, in order.
+    fn read_stream(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// Up to `limit` events of the global log with a position greater than
+    /// `after_position`, in position order.
+    fn read_all(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// The event with this id, if it is stored.
+    fn read_event(
+        &self,
+        event_id: Uuid,
+    ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send;
+}
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Object-safe mirror of [`EventStore`], so `App` can hold any store without a
+/// type parameter.
+pub(crate) trait DynEventStore: Send + Sync + 'static {
+    fn append<'a>(
+        &'a self,
+        stream: StreamId<'a>,
+        expected_version: u64,
+        events: Vec<NewEvent>,
+        metadata: &'a Metadata,
+    ) -> BoxFuture<'a, Result<Appended, StoreError>>;
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: StreamId<'a>,
+        after_version: u64,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>>;
+
+    fn read_event(
+        &self,
+        event_id: Uuid,
+    ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>>;
+}
+
+impl<S: EventStore> DynEventStore for S {
+    fn append<'a>(
+        &'a self,
+        stream: StreamId<'a>,
+        expected_version: u64,
+        events: Vec<NewEvent>,
+        metadata: &'a Metadata,
+    ) -> BoxFuture<'a, Result<Appended, StoreError>> {
+        Box::pin(EventStore::append(
+            self,
+            stream,
+            expected_version,
+            events,
+            metadata,
+        ))
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: StreamId<'a>,
+        after_version: u64,
+    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
+        Box::pin(EventStore::read_stream(self, stream, after_version))
+    }
+
+    fn read_event(
+        &self,
+        event_id: Uuid,
+    ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>> {
+        Box::pin(EventStore::read_event(self, event_id))
+    }
+}

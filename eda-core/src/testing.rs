@@ -1,0 +1,299 @@
+//! Given-when-then tests of an aggregate's rules, without a store.
+//!
+//! ```
+//! use eda::prelude::*;
+//! use eda::testing::Fixture;
+//!
+//! #[event]
+//! #[derive(Debug)]
+//! pub struct Opened { pub owner: String }
+//!
+//! #[command]
+//! #[derive(Debug, Clone)]
+//! pub struct Open { #[aggregate_id] pub id: String, pub owner: String }
+//!
+//! #[derive(Debug, Default)]
+//! pub struct Account { open: bool }
+//!
+//! #[derive(Debug, PartialEq)]
+//! pub enum AccountError { AlreadyOpen }
+//!
+//! #[aggregate(error = AccountError)]
+//! impl Account {
+//!     #[handle]
+//!     fn open(&self, cmd: Open) -> Result<Opened, AccountError> {
+//!         if self.open { return Err(AccountError::AlreadyOpen); }
+//!         Ok(Opened { owner: cmd.owner })
+//!     }
+//!     #[apply]
+//!     fn opened(&mut self, _: &Opened) { self.open = true; }
+//! }
+//!
+//! let open = Open { id: "a".into(), owner: "ada".into() };
+//! Fixture::<Account>::given(())
+//!     .when(open.clone())
+//!     .then_expect_events(Opened { owner: "ada".into() });
+//! Fixture::<Account>::given(Opened { owner: "bob".into() })
+//!     .when(open)
+//!     .then_expect_error(AccountError::AlreadyOpen);
+//! ```
+
+use std::fmt::{self, Write as _};
+
+use serde_json::Value;
+
+use crate::aggregate::{Aggregate, AggregateEvent, Handle, IntoEvents};
+
+/// An aggregate brought to a state by past events, ready to receive one command.
+#[derive(Debug)]
+pub struct Fixture<A: Aggregate> {
+    state: A,
+}
+
+/// The outcome of [`Fixture::when`], to assert on.
+#[must_use = "a fixture asserts nothing until one of its `then_` methods is called"]
+pub struct FixtureResult<A: Aggregate> {
+    state: A,
+    command: &'static str,
+    result: Result<Vec<A::Event>, A::Error>,
+}
+
+impl<A: Aggregate> fmt::Debug for FixtureResult<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FixtureResult")
+            .field("command", &self.command)
+            .field("result", &self.result)
+            .finish()
+    }
+}
+
+impl<A: Aggregate> Fixture<A> {
+    /// Starts from the state the given past events produce: one event, `Option`,
+    /// `Vec`, a tuple of these or `()` for none (the forms a handler may return).
+    pub fn given(events: impl IntoEvents<A::Event>) -> Self {
+        let mut past = Vec::new();
+        events.into_events(&mut past);
+        let mut state = A::default();
+        for event in &past {
+            state.apply(event);
+        }
+        Fixture { state }
+    }
+
+    /// Starts from the given state instead of events.
+    pub fn given_state(state: A) -> Self {
+        Fixture { state }
+    }
+
+    /// Lets the aggregate decide `command`.
+    pub fn when<C>(self, command: C) -> FixtureResult<A>
+    where
+        C: crate::Command,
+        A: Handle<C>,
+    {
+        let mut events = Vec::new();
+        let result = self.state.handle(command, &mut events).map(|()| events);
+        FixtureResult {
+            state: self.state,
+            command: C::NAME,
+            result,
+        }
+    }
+}
+
+impl<A: Aggregate> FixtureResult<A> {
+    /// Asserts that the command was accepted and produced exactly `expected`
+    /// (compared by name, schema version and serialized payload, so events need no
+    /// `PartialEq`). Every produced event must also survive a round trip through its
+    /// stored form. Returns the state after applying the events.
+    ///
+    /// # Panics
+    /// With a readable difference when the events differ or the command was rejected.
+    #[track_caller]
+    pub fn then_expect_events(self, expected: impl IntoEvents<A::Event>) -> A {
+        let mut want = Vec::new();
+        expected.into_events(&mut want);
+        let actual = match self.result {
+            Ok(events) => events,
+            Err(e) => panic!(
+                "command `{}` was rejected with {e:?}, but events were expected:\n{}",
+                self.command,
+                list(&want.iter().map(Shown::of).collect::<Vec<_>>())
+            ),
+        };
+        for event in &actual {
+            if let Err(problem) = round_trip(event) {
+                panic!(
+                    "event `{}` produced by `{}` {problem}",
+                    event.name(),
+                    self.command
+                );
+            }
+        }
+        let want: Vec<Shown> = want.iter().map(Shown::of).collect();
+        let got: Vec<Shown> = actual.iter().map(Shown::of).collect();
+        if want != got {
+            panic!("{}", difference(self.command, &want, &got));
+        }
+        let mut state = self.state;
+        for event in &actual {
+            state.apply(event);
+        }
+        state
+    }
+
+    /// Asserts that the command was rejected with `expected`.
+    ///
+    /// # Panics
+    /// When the command was accepted or rejected with another error.
+    #[track_caller]
+    pub fn then_expect_error(self, expected: A::Error)
+    where
+        A::Error: PartialEq,
+    {
+        match self.result {
+            Err(e) if e == expected => {}
+            Err(e) => panic!(
+                "command `{}` was rejected with the wrong error:\n  expected: {expected:?}\n    actual: {e:?}",
+                self.command
+            ),
+            Ok(events) => panic!(
+                "command `{}` was accepted, but error {expected:?} was expected; it produced:\n{}",
+                self.command,
+                list(&events.iter().map(Shown::of).collect::<Vec<_>>())
+            ),
+        }
+    }
+
+    /// Asserts that the command was rejected and passes the error to `check`.
+    ///
+    /// # Panics
+    /// When the command was accepted.
+    #[track_caller]
+    pub fn then_expect_error_matches(self, check: impl FnOnce(&A::Error) -> bool) {
+        match self.result {
+            Err(e) => assert!(
+                check(&e),
+                "command `{}` was rejected with unexpected error {e:?}",
+                self.command
+            ),
+            Ok(events) => panic!(
+                "command `{}` was accepted, but an error was expected; it produced:\n{}",
+                self.command,
+                list(&events.iter().map(Shown::of).collect::<Vec<_>>())
+            ),
+        }
+    }
+
+    /// The raw outcome, for assertions of your own.
+    pub fn into_result(self) -> Result<Vec<A::Event>, A::Error> {
+        self.result
+    }
+}
+
+/// An event as compared and printed: name, version and payload as JSON.
+#[derive(PartialEq)]
+struct Shown {
+    name: &'static str,
+    version: u32,
+    payload: Value,
+}
+
+impl Shown {
+    fn of<E: AggregateEvent>(event: &E) -> Shown {
+        let payload = event
+            .encode()
+            .ok()
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_else(|| Value::String(format!("<cannot serialize: {event:?}>")));
+        Shown {
+            name: event.name(),
+            version: event.version(),
+            payload,
+        }
+    }
+}
+
+impl fmt::Display for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} v{} {}", self.name, self.version, self.payload)
+    }
+}
+
+fn list(events: &[Shown]) -> String {
+    if events.is_empty() {
+        return "    (no events)\n".to_owned();
+    }
+    events
+        .iter()
+        .enumerate()
+        .fold(String::new(), |mut out, (i, e)| {
+            let _ = writeln!(out, "    [{i}] {e}");
+            out
+        })
+}
+
+fn difference(command: &str, want: &[Shown], got: &[Shown]) -> String {
+    let mut out = format!("command `{command}` produced other events than expected\n  expected:\n");
+    out += &list(want);
+    out += "  actual:\n";
+    out += &list(got);
+    if let Some(i) = (0..want.len().max(got.len())).find(|&i| want.get(i) != got.get(i)) {
+        match (want.get(i), got.get(i)) {
+            (Some(w), Some(g)) if w.name == g.name && w.version == g.version => {
+                let _ = write!(out, "  first difference at [{i}] ({}):", w.name);
+                for (field, w, g) in field_differences(&w.payload, &g.payload) {
+                    let _ = write!(out, "\n    {field}: expected {w}, actual {g}");
+                }
+            }
+            (Some(w), Some(g)) => {
+                let _ = write!(
+                    out,
+                    "  first difference at [{i}]: expected {}, actual {}",
+                    w.name, g.name
+                );
+            }
+            (Some(w), None) => {
+                let _ = write!(out, "  missing from [{i}]: {}", w.name);
+            }
+            (None, Some(g)) => {
+                let _ = write!(out, "  unexpected from [{i}]: {}", g.name);
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+fn field_differences(want: &Value, got: &Value) -> Vec<(String, String, String)> {
+    let show = |v: Option<&Value>| v.map_or_else(|| "(absent)".to_owned(), Value::to_string);
+    match (want, got) {
+        (Value::Object(w), Value::Object(g)) => {
+            let mut keys: Vec<&String> = w.keys().chain(g.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter()
+                .filter(|k| w.get(*k) != g.get(*k))
+                .map(|k| (format!("`{k}`"), show(w.get(k)), show(g.get(k))))
+                .collect()
+        }
+        _ => vec![("payload".to_owned(), want.to_string(), got.to_string())],
+    }
+}
+
+fn round_trip<E: AggregateEvent>(event: &E) -> Result<(), String> {
+    let json = event
+        .encode()
+        .map_err(|e| format!("cannot be serialized: {e}"))?;
+    let back = E::decode(event.name(), event.version(), &json)
+        .map_err(|e| format!("cannot be read back from its stored form {json}: {e}"))?;
+    let again = back
+        .encode()
+        .map_err(|e| format!("cannot be serialized after a round trip: {e}"))?;
+    if again != json {
+        return Err(format!(
+            "changes in a round trip through its stored form: {json} became {again}"
+        ));
+    }
+    Ok(())
+}

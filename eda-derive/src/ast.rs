@@ -1,0 +1,228 @@
+//! A typed model of an `#[aggregate]` impl block that keeps the user's tokens for spans.
+
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericArgument, Ident, ImplItem, ImplItemFn, PathArguments, ReturnType, Type};
+
+use crate::ctxt::Ctxt;
+
+/// One `#[handle]` method.
+pub(crate) struct Handler {
+    pub(crate) method: Ident,
+    pub(crate) command: Type,
+    /// The `X` of `Result<X, E>` (or of a one-argument `Result<X>` alias).
+    pub(crate) output: Type,
+}
+
+/// One `#[apply]` method.
+pub(crate) struct Applier {
+    pub(crate) method: Ident,
+    pub(crate) event: Type,
+}
+
+/// What an `#[aggregate]` impl block declares.
+pub(crate) struct AggregateImpl {
+    pub(crate) item: syn::ItemImpl,
+    pub(crate) handlers: Vec<Handler>,
+    pub(crate) appliers: Vec<Applier>,
+}
+
+enum Role {
+    Handle,
+    Apply,
+}
+
+impl AggregateImpl {
+    /// Reads the block, stripping the `#[handle]` / `#[apply]` markers; methods whose
+    /// signature does not fit are reported and left out of the model.
+    pub(crate) fn from_item(cx: &mut Ctxt, mut item: syn::ItemImpl) -> Self {
+        let mut handlers = Vec::new();
+        let mut appliers = Vec::new();
+        for impl_item in &mut item.items {
+            let ImplItem::Fn(method) = impl_item else {
+                continue;
+            };
+            let mut role = None;
+            method.attrs.retain(|attr| {
+                let found = if attr.path().is_ident("handle") {
+                    Role::Handle
+                } else if attr.path().is_ident("apply") {
+                    Role::Apply
+                } else {
+                    return true;
+                };
+                if !matches!(attr.meta, syn::Meta::Path(_)) {
+                    cx.error_spanned_by(
+                        attr,
+                        format_args!(
+                            "#[{}] takes no arguments",
+                            attr.path()
+                                .get_ident()
+                                .map(ToString::to_string)
+                                .unwrap_or_default()
+                        ),
+                    );
+                }
+                if role.is_some() {
+                    cx.error_spanned_by(attr, "a method is either #[handle] or #[apply], not both");
+                } else {
+                    role = Some(found);
+                }
+                false
+            });
+            match role {
+                Some(Role::Handle) => handlers.extend(handler(cx, method)),
+                Some(Role::Apply) => appliers.extend(applier(cx, method)),
+                None => {}
+            }
+        }
+        AggregateImpl {
+            item,
+            handlers,
+            appliers,
+        }
+    }
+}
+
+fn handler(cx: &mut Ctxt, method: &ImplItemFn) -> Option<Handler> {
+    let sig = &method.sig;
+    let mut ok = true;
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(r))
+            if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {}
+        Some(FnArg::Receiver(r)) => {
+            cx.error_spanned_by(r, "a #[handle] method takes `&self`: handlers decide, only #[apply] methods change state");
+            ok = false;
+        }
+        _ => {
+            cx.error_spanned_by(
+                &sig.ident,
+                "a #[handle] method takes `&self` and the command: `fn name(&self, cmd: Command)`",
+            );
+            ok = false;
+        }
+    }
+    let command = match sig.inputs.iter().nth(1) {
+        Some(FnArg::Typed(arg)) if sig.inputs.len() == 2 => {
+            if let Type::Reference(r) = &*arg.ty {
+                cx.error_spanned_by(r, "a #[handle] method takes its command by value");
+                ok = false;
+            }
+            Some((*arg.ty).clone())
+        }
+        _ if sig.inputs.len() > 2 => {
+            cx.error_spanned_by(
+                &sig.inputs,
+                "a #[handle] method takes exactly one argument besides `&self`: the command",
+            );
+            None
+        }
+        _ => {
+            if ok {
+                cx.error_spanned_by(&sig.ident, "a #[handle] method takes the command it handles: `fn name(&self, cmd: Command)`");
+            }
+            None
+        }
+    };
+    let result = match &sig.output {
+        ReturnType::Type(_, ty) => result_args(ty),
+        ReturnType::Default => None,
+    };
+    if result.is_none() {
+        let span = match &sig.output {
+            ReturnType::Type(_, ty) => ty.span(),
+            ReturnType::Default => sig.ident.span(),
+        };
+        cx.push(syn::Error::new(span, "a #[handle] method returns `Result<Events, Error>`, where Events is an event, `Option`, `Vec`, a tuple of these or `()`"));
+    }
+    if !method.sig.generics.params.is_empty() {
+        cx.error_spanned_by(&method.sig.generics, "a #[handle] method cannot be generic");
+        ok = false;
+    }
+    if let Some(asyncness) = &sig.asyncness {
+        cx.error_spanned_by(asyncness, "a #[handle] method is not async: it decides from the state alone; fetch outside data before executing the command");
+        ok = false;
+    }
+    Some(Handler {
+        method: sig.ident.clone(),
+        command: command?,
+        output: result?,
+    })
+    .filter(|_| ok)
+}
+
+/// The `X` of `Result<X, E>` or `Result<X>` (an alias).
+fn result_args(ty: &Type) -> Option<Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|a| match a {
+        GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    });
+    let output = types.next()?;
+    types.nth(1).is_none().then_some(output)
+}
+
+fn applier(cx: &mut Ctxt, method: &ImplItemFn) -> Option<Applier> {
+    let sig = &method.sig;
+    let usage = "an #[apply] method takes `&mut self` and a reference to the event: `fn name(&mut self, event: &Event)`";
+    let mut ok = true;
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(r))
+            if r.reference.is_some() && r.mutability.is_some() && r.colon_token.is_none() => {}
+        Some(FnArg::Receiver(r)) => {
+            cx.error_spanned_by(r, usage);
+            ok = false;
+        }
+        _ => {
+            cx.error_spanned_by(&sig.ident, usage);
+            ok = false;
+        }
+    }
+    let event = match (sig.inputs.iter().nth(1), sig.inputs.len()) {
+        (Some(FnArg::Typed(arg)), 2) => match &*arg.ty {
+            Type::Reference(r) if r.mutability.is_none() => Some((*r.elem).clone()),
+            other => {
+                cx.error_spanned_by(other, usage);
+                None
+            }
+        },
+        _ => {
+            if ok {
+                cx.error_spanned_by(&sig.inputs, usage);
+            }
+            None
+        }
+    };
+    if let ReturnType::Type(_, ty) = &sig.output {
+        let unit = matches!(&**ty, Type::Tuple(t) if t.elems.is_empty());
+        if !unit {
+            cx.error_spanned_by(
+                ty,
+                "an #[apply] method returns nothing: applying a past event cannot fail",
+            );
+            ok = false;
+        }
+    }
+    if let Some(asyncness) = &sig.asyncness {
+        cx.error_spanned_by(
+            asyncness,
+            "an #[apply] method is not async: replay must be pure",
+        );
+        ok = false;
+    }
+    if !sig.generics.params.is_empty() {
+        cx.error_spanned_by(&sig.generics, "an #[apply] method cannot be generic");
+        ok = false;
+    }
+    Some(Applier {
+        method: sig.ident.clone(),
+        event: event?,
+    })
+    .filter(|_| ok)
+}

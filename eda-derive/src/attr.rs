@@ -1,0 +1,154 @@
+//! Attribute arguments into typed options.
+
+use proc_macro2::TokenStream;
+use syn::meta::ParseNestedMeta;
+use syn::parse::Parser;
+use syn::{LitInt, LitStr, Path, Token, Type};
+
+use crate::ctxt::Ctxt;
+
+/// `#[event(...)]`.
+#[derive(Default)]
+pub(crate) struct EventArgs {
+    pub(crate) name: Option<LitStr>,
+    pub(crate) version: Option<(u32, LitInt)>,
+    pub(crate) upcast_from: Option<Type>,
+    pub(crate) krate: Option<Path>,
+}
+
+/// `#[command(...)]`.
+#[derive(Default)]
+pub(crate) struct CommandArgs {
+    pub(crate) krate: Option<Path>,
+}
+
+/// `#[aggregate(...)]`.
+#[derive(Default)]
+pub(crate) struct AggregateArgs {
+    pub(crate) id: Option<Type>,
+    pub(crate) error: Option<Type>,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) krate: Option<Path>,
+}
+
+pub(crate) fn event_args(cx: &mut Ctxt, args: TokenStream) -> EventArgs {
+    let mut out = EventArgs::default();
+    parse(
+        cx,
+        args,
+        "event",
+        "`name`, `version`, `upcast_from` or `crate`",
+        |cx, meta| {
+            if meta.path.is_ident("name") {
+                out.name = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("version") {
+                let value = meta.value()?;
+                let lit: syn::Lit = value.parse()?;
+                match &lit {
+                    syn::Lit::Int(int) => match int.base10_parse::<u32>() {
+                        Ok(0) => cx.error_spanned_by(int, "`version` starts at 1"),
+                        Ok(v) => out.version = Some((v, int.clone())),
+                        Err(_) => cx.error_spanned_by(int, "`version` must fit in a `u32`"),
+                    },
+                    other => cx.error_spanned_by(
+                        other,
+                        "`version` must be an integer, like `version = 2`",
+                    ),
+                }
+            } else if meta.path.is_ident("upcast_from") {
+                out.upcast_from = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("crate") {
+                out.krate = Some(crate_path(&meta)?);
+            } else {
+                return Ok(false);
+            }
+            Ok(true)
+        },
+    );
+    out
+}
+
+pub(crate) fn command_args(cx: &mut Ctxt, args: TokenStream) -> CommandArgs {
+    let mut out = CommandArgs::default();
+    parse(cx, args, "command", "`crate`", |_, meta| {
+        if meta.path.is_ident("crate") {
+            out.krate = Some(crate_path(&meta)?);
+            return Ok(true);
+        }
+        Ok(false)
+    });
+    out
+}
+
+pub(crate) fn aggregate_args(cx: &mut Ctxt, args: TokenStream) -> AggregateArgs {
+    let mut out = AggregateArgs::default();
+    parse(
+        cx,
+        args,
+        "aggregate",
+        "`id`, `error`, `name` or `crate`",
+        |_, meta| {
+            if meta.path.is_ident("id") {
+                out.id = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("error") {
+                out.error = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("name") {
+                out.name = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("crate") {
+                out.krate = Some(crate_path(&meta)?);
+            } else {
+                return Ok(false);
+            }
+            Ok(true)
+        },
+    );
+    out
+}
+
+/// Runs `known` on each `key = value`; keys it does not take are reported with the
+/// keys that exist, and skipped so that the others are still checked.
+fn parse(
+    cx: &mut Ctxt,
+    args: TokenStream,
+    macro_name: &str,
+    expected: &str,
+    mut known: impl FnMut(&mut Ctxt, &ParseNestedMeta<'_>) -> syn::Result<bool>,
+) {
+    let mut unknown = Vec::new();
+    let parser = syn::meta::parser(|meta| {
+        if known(cx, &meta)? {
+            return Ok(());
+        }
+        unknown.push(meta.error(format_args!(
+            "unknown #[{macro_name}] argument `{}`; expected {expected}",
+            meta.path.get_ident().map_or_else(|| "?".to_owned(), ToString::to_string)
+        )));
+        if meta.input.peek(Token![=]) {
+            meta.value()?.parse::<syn::Expr>()?;
+        } else if meta.input.peek(syn::token::Paren) {
+            meta.parse_nested_meta(|nested| {
+                if nested.input.peek(Token![=]) {
+                    nested.value()?.parse::<syn::Expr>()?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    });
+    if let Err(e) = parser.parse2(args) {
+        cx.push(e);
+    }
+    for e in unknown {
+        cx.push(e);
+    }
+}
+
+/// `crate = path` or `crate = "path"`.
+fn crate_path(meta: &ParseNestedMeta<'_>) -> syn::Result<Path> {
+    let value = meta.value()?;
+    if value.peek(LitStr) {
+        value.parse::<LitStr>()?.parse()
+    } else {
+        Path::parse_mod_style(value)
+    }
+}

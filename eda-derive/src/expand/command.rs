@@ -1,0 +1,89 @@
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use crate::attr;
+use crate::ctxt::Ctxt;
+
+pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut cx = Ctxt::default();
+    let args = attr::command_args(&mut cx, args);
+    let mut item: syn::DeriveInput = match syn::parse2(input.clone()) {
+        Ok(item) => item,
+        Err(_) => {
+            cx.push(syn::Error::new(input.span(), "#[command] goes on a struct"));
+            let errors = cx.into_compile_errors();
+            return quote!(#input #errors);
+        }
+    };
+    let private = super::private(args.krate.as_ref());
+
+    let mut ids = Vec::new();
+    match &mut item.data {
+        syn::Data::Struct(data) => {
+            for (index, field) in data.fields.iter_mut().enumerate() {
+                let before = field.attrs.len();
+                let mut marker = None;
+                field.attrs.retain(|a| {
+                    let is_id = a.path().is_ident("aggregate_id");
+                    if is_id {
+                        marker = Some(a.clone());
+                    }
+                    !is_id
+                });
+                if field.attrs.len() < before {
+                    if let Some(marker) = marker.filter(|m| !matches!(m.meta, syn::Meta::Path(_))) {
+                        cx.error_spanned_by(marker, "#[aggregate_id] takes no arguments");
+                    }
+                    let member = match &field.ident {
+                        Some(ident) => syn::Member::Named(ident.clone()),
+                        None => syn::Member::Unnamed(syn::Index::from(index)),
+                    };
+                    ids.push((member, field.ty.clone(), field.span()));
+                }
+            }
+        }
+        syn::Data::Enum(e) => cx.error_spanned_by(e.enum_token, "#[command] goes on a struct"),
+        syn::Data::Union(u) => {
+            cx.error_spanned_by(u.union_token, "#[command] goes on a struct, not a union")
+        }
+    }
+    let is_struct = matches!(item.data, syn::Data::Struct(_));
+    if is_struct && ids.is_empty() {
+        cx.error_spanned_by(
+            &item.ident,
+            format_args!("command `{}` needs one field marked #[aggregate_id]: it names the aggregate instance the command goes to", item.ident),
+        );
+    }
+    for (_, _, span) in ids.iter().skip(1) {
+        cx.push(syn::Error::new(
+            *span,
+            "only one field can be #[aggregate_id]",
+        ));
+    }
+
+    let ident = &item.ident;
+    let name = ident.to_string();
+    let (impl_generics, ty_generics, where_clause) = item.generics.split_for_impl();
+    let command_impl = ids.first().map(|(member, ty, span)| {
+        quote_spanned! {*span=>
+            #[doc(hidden)]
+            const _: () = {
+                #[automatically_derived]
+                impl #impl_generics #private::Command for #ident #ty_generics #where_clause {
+                    type Id = #ty;
+                    const NAME: &'static str = #name;
+                    fn aggregate_id(&self) -> &Self::Id {
+                        &self.#member
+                    }
+                }
+            };
+        }
+    });
+    let errors = cx.into_compile_errors();
+    quote! {
+        #item
+        #command_impl
+        #errors
+    }
+}

@@ -1,0 +1,104 @@
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
+
+use crate::attr;
+use crate::ctxt::Ctxt;
+
+pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut cx = Ctxt::default();
+    let args = attr::event_args(&mut cx, args);
+    let item: syn::DeriveInput = match syn::parse2(input.clone()) {
+        Ok(item) => item,
+        Err(_) => {
+            cx.push(syn::Error::new(input.span(), "#[event] goes on a struct"));
+            let errors = cx.into_compile_errors();
+            return quote!(#input #errors);
+        }
+    };
+    match &item.data {
+        syn::Data::Struct(_) => {}
+        syn::Data::Enum(e) => cx.error_spanned_by(
+            e.enum_token,
+            "#[event] goes on a struct; declare each event as its own struct",
+        ),
+        syn::Data::Union(u) => cx.error_spanned_by(
+            u.union_token,
+            "#[event] goes on a struct, not a union: events are serialized",
+        ),
+    }
+    if !item.generics.params.is_empty() {
+        cx.error_spanned_by(
+            &item.generics,
+            "an #[event] cannot be generic: it is stored and decoded under one name",
+        );
+    }
+    if cx.has_errors() {
+        // Without a usable shape, emit the item alone rather than impls that fail too.
+        let errors = cx.into_compile_errors();
+        return quote!(#item #errors);
+    }
+
+    let private = super::private(args.krate.as_ref());
+    let ident = &item.ident;
+    let name = args
+        .name
+        .as_ref()
+        .map_or_else(|| ident.to_string(), syn::LitStr::value);
+    if name.is_empty() {
+        if let Some(lit) = &args.name {
+            cx.error_spanned_by(lit, "an event `name` cannot be empty");
+        }
+    }
+    let version = args.version.as_ref().map_or(1, |(v, _)| *v);
+    let serde_crate = format!("{}::serde", private.to_string().replace(' ', ""));
+
+    let upcast = args.upcast_from.as_ref().map(|old| {
+        let old_text = old.to_token_stream().to_string().replace(' ', "");
+        let name_msg = format!("`upcast_from = {old_text}` must be an event with the same name, \"{name}\"");
+        let version_msg = format!("`upcast_from = {old_text}` must be an event at version {} (one below {version})", version.saturating_sub(1));
+        let span = old.span();
+        let decode = quote! {
+            fn decode(version: u32, payload: &str) -> ::core::result::Result<Self, #private::DecodeErrorKind> {
+                #private::decode_upcast::<Self, #old>(version, payload)
+            }
+        };
+        let checks = quote_spanned! {span=>
+            const _: () = #private::assert_upcast::<#old, #ident>();
+            const _: () = ::core::assert!(#private::str_eq(<#old as #private::Event>::NAME, #name), #name_msg);
+            const _: () = ::core::assert!(<#old as #private::Event>::VERSION as u64 + 1 == #version as u64, #version_msg);
+        };
+        (decode, checks)
+    });
+    let (decode, checks) = upcast.unzip();
+
+    let errors = cx.into_compile_errors();
+    quote! {
+        #[derive(#private::serde::Serialize, #private::serde::Deserialize)]
+        #[serde(crate = #serde_crate)]
+        #item
+
+        #[doc(hidden)]
+        const _: () = {
+            #[automatically_derived]
+            impl #private::Event for #ident {
+                const NAME: &'static str = #name;
+                const VERSION: u32 = #version;
+                #decode
+            }
+
+            #checks
+
+            #private::inventory::submit! {
+                #private::EventRegistration::new(
+                    #name,
+                    #version,
+                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                    #private::decode_boxed::<#ident>,
+                )
+            }
+        };
+
+        #errors
+    }
+}

@@ -1,0 +1,14 @@
+pub(crate) mod aggregate;
+pub(crate) mod command;
+pub(crate) mod event;
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+/// Path of the runtime's `__private` module: `::eda::__private`, or `<crate>::__private`.
+pub(crate) fn private(krate: Option<&syn::Path>) -> TokenStream {
+    match krate {
+        Some(path) => quote!(#path::__private),
+        None => quote!(::eda::__private),
+    }
+}

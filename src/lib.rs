@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+
+pub use eda_core::*;
+pub use eda_derive::{aggregate, command, event};
+
+#[doc(hidden)]
+pub use eda_core::__private;
+
+/// Everything a domain crate and its wiring need: `use eda::prelude::*;`.
+pub mod prelude {
+    pub use crate::{aggregate, command, event};
+    pub use crate::{
+        Aggregate, AggregateEvent, App, Command, CommandError, Committed, Event, EventStore,
+        LoadError, MemoryStore, StoreError,
+    };
+}
