@@ -249,15 +249,34 @@ impl App {
         let mut guard = slot.lock().await;
         // Taken out while in use: if anything below fails or panics, the slot stays
         // empty and the next command replays instead of trusting a doubtful state.
-        let mut cached = match guard.take() {
-            Some(cached) => cached,
-            None => self.replay::<C::Aggregate>(&id).await?,
+        // `fresh`: the state was just read from the store. A cached state may be
+        // behind other writers; appends are protected by the version check, and a
+        // rejection or a no-op decided on it is confirmed after catching up.
+        let (mut cached, mut fresh) = match guard.take() {
+            Some(cached) => (cached, false),
+            None => (self.replay::<C::Aggregate>(&id).await?, true),
         };
         let mut attempts = 0;
         loop {
             attempts += 1;
             let mut events = Vec::new();
-            if let Err(rejection) = cached.state.handle(command.clone(), &mut events) {
+            let decided = cached.state.handle(command.clone(), &mut events);
+            if !fresh && (decided.is_err() || events.is_empty()) {
+                let before = cached.version;
+                self.catch_up(&mut cached, &id).await?;
+                fresh = true;
+                if cached.version != before {
+                    if let Some(first) = self
+                        .committed_meanwhile::<C::Aggregate>(&metadata, &aggregate_id, &id)
+                        .await?
+                    {
+                        *guard = Some(cached);
+                        return Ok(first);
+                    }
+                    continue;
+                }
+            }
+            if let Err(rejection) = decided {
                 *guard = Some(cached);
                 return Err(CommandError::Rejected(rejection));
             }
@@ -307,6 +326,14 @@ impl App {
                     }
                     tracing::debug!(expected, actual, attempts, "version conflict; catching up");
                     self.catch_up(&mut cached, &id).await?;
+                    fresh = true;
+                    if let Some(first) = self
+                        .committed_meanwhile::<C::Aggregate>(&metadata, &aggregate_id, &id)
+                        .await?
+                    {
+                        *guard = Some(cached);
+                        return Ok(first);
+                    }
                 }
                 Err(StoreError::DuplicateEvent { .. }) if metadata.idempotency_key.is_some() => {
                     // A concurrent execution with the same key won the race.
@@ -324,6 +351,20 @@ impl App {
                 }
                 Err(e) => return Err(CommandError::Store(e)),
             }
+        }
+    }
+
+    /// After catching up: whether the events just read include a concurrent
+    /// execution of this same idempotent command, whose outcome is then ours too.
+    async fn committed_meanwhile<A: Aggregate>(
+        &self,
+        metadata: &Metadata,
+        aggregate_id: &A::Id,
+        id: &str,
+    ) -> Result<Option<Committed<A>>, CommandError<A::Error>> {
+        match &metadata.idempotency_key {
+            Some(key) => self.first_outcome::<A>(key, aggregate_id, id).await,
+            None => Ok(None),
         }
     }
 

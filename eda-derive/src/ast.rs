@@ -150,11 +150,12 @@ fn handler(cx: &mut Ctxt, method: &ImplItemFn) -> Option<Handler> {
     .filter(|_| ok)
 }
 
-/// The `X` of `Result<X, E>` or `Result<X>` (an alias).
+/// The `X` of `Result<X, E>` or of an alias like `AccountResult<X>`.
 fn result_args(ty: &Type) -> Option<Type> {
     let Type::Path(path) = ty else { return None };
     let last = path.path.segments.last()?;
-    if last.ident != "Result" {
+    // `Result`, or an alias such as `io::Result<T>` / `AccountResult<T>`.
+    if !last.ident.to_string().ends_with("Result") {
         return None;
     }
     let PathArguments::AngleBracketed(args) = &last.arguments else {

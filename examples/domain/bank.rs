@@ -1,4 +1,5 @@
 //! The bank domain shared by the `bank` example, the tests and the benchmarks.
+#![allow(missing_docs, dead_code)]
 
 use eda::prelude::*;
 

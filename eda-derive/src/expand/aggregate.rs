@@ -92,7 +92,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let event_enum = quote! {
         #[doc = #doc]
         #[derive(Debug)]
-        #[allow(clippy::large_enum_variant)]
+        #[allow(clippy::large_enum_variant, private_interfaces)]
         pub enum #enum_ident {
             #( #[allow(missing_docs)] #variants, )*
         }

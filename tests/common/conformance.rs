@@ -1,0 +1,231 @@
+//! The behaviour every `EventStore` must show. Each backend's test file calls these
+//! functions with a fresh, empty store.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use eda::{EventStore, Metadata, StoreError};
+
+use super::{meta, new_event, stream};
+
+pub async fn append_and_read_back<S: EventStore>(store: S) {
+    let s = stream("Account", "a-1");
+    let mut metadata = Metadata::default();
+    metadata.correlation_id = Some(eda::__private::new_event_id());
+    metadata.user.insert("user".into(), "ada".into());
+    let events = vec![
+        new_event("Opened", r#"{"owner":"ada"}"#),
+        new_event("Deposited", r#"{"amount":5}"#),
+    ];
+    let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
+    let appended = store.append(s, 0, events, &metadata).await.unwrap();
+    assert_eq!(appended.version, 2);
+
+    let read = store.read_stream(s, 0).await.unwrap();
+    assert_eq!(read.len(), 2);
+    assert_eq!(read.iter().map(|e| e.event_id).collect::<Vec<_>>(), ids);
+    assert_eq!(read.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(read[0].name, "Opened");
+    assert_eq!(read[0].event_version, 1);
+    assert_eq!(read[0].payload, r#"{"owner":"ada"}"#);
+    assert_eq!(read[0].aggregate_type, "Account");
+    assert_eq!(read[0].aggregate_id, "a-1");
+    assert_eq!(read[1].metadata, metadata);
+    assert!(read[0].position < read[1].position);
+    assert_eq!(appended.position, read[1].position);
+
+    let tail = store.read_stream(s, 1).await.unwrap();
+    assert_eq!(tail.len(), 1);
+    assert_eq!(tail[0].version, 2);
+    assert!(store.read_stream(s, 2).await.unwrap().is_empty());
+    assert!(store
+        .read_stream(stream("Account", "other"), 0)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .read_stream(stream("Other", "a-1"), 0)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let found = store
+        .read_event(ids[1])
+        .await
+        .unwrap()
+        .expect("event stored");
+    assert_eq!(found.version, 2);
+    assert!(store
+        .read_event(eda::__private::new_event_id())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub async fn wrong_expected_version_is_a_conflict_and_stores_nothing<S: EventStore>(store: S) {
+    let s = stream("Account", "a-1");
+    store
+        .append(s, 0, vec![new_event("Opened", "{}")], &meta())
+        .await
+        .unwrap();
+    for expected in [0, 2, 7] {
+        let err = store
+            .append(s, expected, vec![new_event("Deposited", "{}")], &meta())
+            .await
+            .unwrap_err();
+        match err {
+            StoreError::Conflict {
+                expected: e,
+                actual,
+                ref aggregate_type,
+                ref aggregate_id,
+            } => {
+                assert_eq!((e, actual), (expected, 1));
+                assert_eq!(
+                    (aggregate_type.as_str(), aggregate_id.as_str()),
+                    ("Account", "a-1")
+                );
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+    assert_eq!(store.read_stream(s, 0).await.unwrap().len(), 1);
+    assert_eq!(store.read_all(0, 100).await.unwrap().len(), 1);
+}
+
+pub async fn duplicate_event_ids_are_refused_whole<S: EventStore>(store: S) {
+    let s = stream("Account", "a-1");
+    let first = new_event("Opened", "{}");
+    store
+        .append(s, 0, vec![first.clone()], &meta())
+        .await
+        .unwrap();
+
+    // A retried batch: same id again, at the right version.
+    let err = store
+        .append(
+            s,
+            1,
+            vec![new_event("Deposited", "{}"), first.clone()],
+            &meta(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::DuplicateEvent { event_id } if event_id == first.event_id),
+        "{err:?}"
+    );
+    // The same id on another stream is refused too: ids are globally unique.
+    let err = store
+        .append(stream("Account", "a-2"), 0, vec![first.clone()], &meta())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DuplicateEvent { .. }), "{err:?}");
+    // Twice within one batch.
+    let twin = new_event("Deposited", "{}");
+    let err = store
+        .append(s, 1, vec![twin.clone(), twin], &meta())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DuplicateEvent { .. }), "{err:?}");
+
+    assert_eq!(
+        store.read_all(0, 100).await.unwrap().len(),
+        1,
+        "nothing of a refused batch is stored"
+    );
+}
+
+pub async fn empty_append_stores_nothing<S: EventStore>(store: S) {
+    let s = stream("Account", "a-1");
+    let appended = store.append(s, 0, vec![], &meta()).await.unwrap();
+    assert_eq!(appended.version, 0);
+    assert!(store.read_all(0, 10).await.unwrap().is_empty());
+    assert!(matches!(
+        store.append(s, 3, vec![], &meta()).await,
+        Err(StoreError::Conflict { .. })
+    ));
+}
+
+pub async fn global_log_is_in_commit_order<S: EventStore>(store: S) {
+    let mut expected = Vec::new();
+    for round in 0..5u64 {
+        for id in ["a", "b", "c"] {
+            let events = vec![new_event("E", "{}"), new_event("E", "{}")];
+            expected.extend(events.iter().map(|e| e.event_id));
+            store
+                .append(stream("T", id), round * 2, events, &meta())
+                .await
+                .unwrap();
+        }
+    }
+    let all = store.read_all(0, 1000).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.event_id).collect::<Vec<_>>(), expected);
+    assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+
+    // Paging by position sees every event once.
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_all(after, 4).await.unwrap();
+        let Some(last) = page.last() else { break };
+        assert!(page.len() <= 4);
+        after = last.position;
+        paged.extend(page.into_iter().map(|e| e.event_id));
+    }
+    assert_eq!(paged, expected);
+    assert!(store.read_all(after, 10).await.unwrap().is_empty());
+}
+
+/// 8 writers race on one stream, each re-reading the version after a conflict:
+/// every append that returned `Ok` is stored exactly once, versions are `1..=n`.
+pub async fn concurrent_writers_on_one_stream<S: EventStore>(store: S) {
+    let store = Arc::new(store);
+    let mut tasks = Vec::new();
+    for writer in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let s = stream("Counter", "shared");
+            let mut accepted = Vec::new();
+            let mut conflicts = 0;
+            for n in 0..50 {
+                loop {
+                    let version = store.read_stream(s, 0).await.unwrap().len() as u64;
+                    let event =
+                        new_event("Incremented", &format!(r#"{{"writer":{writer},"n":{n}}}"#));
+                    let id = event.event_id;
+                    match store.append(s, version, vec![event], &meta()).await {
+                        Ok(_) => {
+                            accepted.push(id);
+                            break;
+                        }
+                        Err(StoreError::Conflict { .. }) => conflicts += 1,
+                        Err(e) => panic!("unexpected store error: {e}"),
+                    }
+                }
+            }
+            (accepted, conflicts)
+        }));
+    }
+    let mut accepted = HashSet::new();
+    for task in tasks {
+        let (ids, _conflicts) = task.await.unwrap();
+        for id in ids {
+            assert!(accepted.insert(id), "an accepted append was reported twice");
+        }
+    }
+    let stored = store
+        .read_stream(stream("Counter", "shared"), 0)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 400);
+    assert_eq!(
+        stored.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (1..=400).collect::<Vec<u64>>()
+    );
+    let stored_ids: HashSet<_> = stored.iter().map(|e| e.event_id).collect();
+    assert_eq!(
+        stored_ids, accepted,
+        "every accepted append is stored exactly once, nothing else"
+    );
+}

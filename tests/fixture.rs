@@ -1,0 +1,153 @@
+//! `Fixture`: given-when-then tests of rules, and the messages it fails with.
+
+#![allow(missing_docs)]
+
+#[path = "../examples/domain/bank.rs"]
+mod bank;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bank::{
+    Account, AccountError, AccountOpened, DepositMoney, MoneyDeposited, MoneyWithdrawn,
+    WithdrawMoney,
+};
+use eda::testing::Fixture;
+
+fn opened() -> AccountOpened {
+    AccountOpened {
+        owner: "ada".into(),
+    }
+}
+
+fn withdraw(amount: u64) -> WithdrawMoney {
+    WithdrawMoney {
+        account: "a".into(),
+        amount,
+        reference: "r".into(),
+    }
+}
+
+fn panic_message(f: impl FnOnce()) -> String {
+    let err = catch_unwind(AssertUnwindSafe(f)).expect_err("the assertion should fail");
+    err.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap()
+}
+
+#[test]
+fn accepted_command_and_resulting_state() {
+    let state = Fixture::<Account>::given((opened(), MoneyDeposited { amount: 50 }))
+        .when(withdraw(20))
+        .then_expect_events(MoneyWithdrawn {
+            amount: 20,
+            reference: "r".into(),
+        });
+    assert_eq!(state.balance, 30);
+}
+
+#[test]
+fn rejected_command() {
+    Fixture::<Account>::given(opened())
+        .when(withdraw(1))
+        .then_expect_error(AccountError::InsufficientFunds {
+            balance: 0,
+            requested: 1,
+        });
+    Fixture::<Account>::given(())
+        .when(DepositMoney {
+            account: "a".into(),
+            amount: 1,
+        })
+        .then_expect_error_matches(|e| *e == AccountError::NotOpen);
+}
+
+#[test]
+fn given_state_and_raw_result() {
+    let state = Account {
+        owner: Some("ada".into()),
+        balance: 5,
+    };
+    let result = Fixture::given_state(state)
+        .when(withdraw(5))
+        .into_result()
+        .unwrap();
+    assert_eq!(result.len(), 1);
+}
+
+#[test]
+fn different_events_fail_with_a_field_level_difference() {
+    let message = panic_message(|| {
+        Fixture::<Account>::given((opened(), MoneyDeposited { amount: 50 }))
+            .when(withdraw(20))
+            .then_expect_events(MoneyWithdrawn {
+                amount: 21,
+                reference: "r".into(),
+            });
+    });
+    assert!(
+        message.contains("command `WithdrawMoney` produced other events than expected"),
+        "{message}"
+    );
+    assert!(
+        message.contains(r#"[0] MoneyWithdrawn v2 {"amount":21,"reference":"r"}"#),
+        "{message}"
+    );
+    assert!(
+        message.contains(r#"[0] MoneyWithdrawn v2 {"amount":20,"reference":"r"}"#),
+        "{message}"
+    );
+    assert!(
+        message.contains("`amount`: expected 21, actual 20"),
+        "{message}"
+    );
+}
+
+#[test]
+fn missing_and_extra_events_are_named() {
+    let message = panic_message(|| {
+        Fixture::<Account>::given((opened(), MoneyDeposited { amount: 50 }))
+            .when(withdraw(20))
+            .then_expect_events(());
+    });
+    assert!(message.contains("(no events)"), "{message}");
+    assert!(
+        message.contains("unexpected from [0]: MoneyWithdrawn"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_rejection_when_events_were_expected_shows_the_error() {
+    let message = panic_message(|| {
+        Fixture::<Account>::given(opened())
+            .when(withdraw(20))
+            .then_expect_events(MoneyDeposited { amount: 1 });
+    });
+    assert!(
+        message.contains("was rejected with InsufficientFunds"),
+        "{message}"
+    );
+    assert!(message.contains("MoneyDeposited v1"), "{message}");
+}
+
+#[test]
+fn the_wrong_error_and_an_unexpected_success_fail() {
+    let message = panic_message(|| {
+        Fixture::<Account>::given(())
+            .when(withdraw(1))
+            .then_expect_error(AccountError::ZeroAmount);
+    });
+    assert!(message.contains("expected: ZeroAmount"), "{message}");
+    assert!(message.contains("actual: NotOpen"), "{message}");
+
+    let message = panic_message(|| {
+        Fixture::<Account>::given((opened(), MoneyDeposited { amount: 1 }))
+            .when(withdraw(1))
+            .then_expect_error(AccountError::ZeroAmount);
+    });
+    assert!(
+        message.contains("was accepted, but error ZeroAmount was expected"),
+        "{message}"
+    );
+}
