@@ -304,7 +304,8 @@ async fn store_with_bad_event(name: &str, version: u32, payload: &str) -> (Memor
 
 #[tokio::test]
 async fn undecodable_events_are_typed_errors_that_say_where() {
-    let cases: [(&str, u32, &str, fn(&DecodeErrorKind) -> bool); 4] = [
+    type Expect = fn(&DecodeErrorKind) -> bool;
+    let cases: [(&str, u32, &str, Expect); 4] = [
         ("MoneyDeposited", 1, "{not json", |k| {
             matches!(k, DecodeErrorKind::Payload(_))
         }),

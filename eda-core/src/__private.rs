@@ -18,7 +18,7 @@ pub fn decode_exact<E: Event>(version: u32, payload: &str) -> Result<E, DecodeEr
 }
 
 /// Decoder of an event type declared with `upcast_from = Old`.
-pub fn decode_upcast<E: Event + From<Old>, Old: Event>(
+pub fn decode_upcast<E: Event, Old: UpcastInto<E>>(
     version: u32,
     payload: &str,
 ) -> Result<E, DecodeErrorKind> {
@@ -70,12 +70,16 @@ pub const fn str_eq(a: &str, b: &str) -> bool {
     label = "this command's id type does not match the aggregate's",
     note = "change the field's type, or set `#[aggregate(id = {Self})]`"
 )]
-pub trait IdMatches<Expected> {}
+pub trait IdMatches<Expected> {
+    /// The id, as the aggregate's id type.
+    fn as_expected(&self) -> &Expected;
+}
 
-impl<T> IdMatches<T> for T {}
-
-/// Compile-time check used by `#[aggregate]`.
-pub const fn assert_id_matches<Cmd: IdMatches<Agg>, Agg>() {}
+impl<T> IdMatches<T> for T {
+    fn as_expected(&self) -> &T {
+        self
+    }
+}
 
 /// Satisfied when `Old` can be upcast into `New`.
 #[diagnostic::on_unimplemented(
@@ -83,9 +87,44 @@ pub const fn assert_id_matches<Cmd: IdMatches<Agg>, Agg>() {}
     label = "no `From<{Self}>` for `{New}`",
     note = "write the conversion that turns the old version into the new one"
 )]
-pub trait UpcastInto<New> {}
+pub trait UpcastInto<New>: Event {
+    /// Converts the old version into the new one.
+    fn upcast(self) -> New;
+}
 
-impl<Old, New: From<Old>> UpcastInto<New> for Old {}
+impl<Old: Event, New: From<Old>> UpcastInto<New> for Old {
+    fn upcast(self) -> New {
+        New::from(self)
+    }
+}
 
-/// Compile-time check used by `#[event(upcast_from = ...)]`.
-pub const fn assert_upcast<Old: Event + UpcastInto<New>, New>() {}
+/// A command's `#[aggregate_id]`, typed as its aggregate's id.
+pub fn target_id<C, A>(command: &C) -> &A::Id
+where
+    C: Command,
+    A: Aggregate,
+    C::Id: IdMatches<A::Id>,
+{
+    command.aggregate_id().as_expected()
+}
+
+/// How an `upcast_from` type fails the rules, checked in a constant.
+pub enum UpcastCheck {
+    /// Same name, one version below.
+    Ok,
+    /// Another event name.
+    WrongName,
+    /// Not exactly one version below.
+    WrongVersion,
+}
+
+/// Checks `Old` against the name and version of the event that upcasts from it.
+pub const fn upcast_check<Old: Event>(name: &str, version: u32) -> UpcastCheck {
+    if !str_eq(Old::NAME, name) {
+        UpcastCheck::WrongName
+    } else if Old::VERSION as u64 + 1 != version as u64 {
+        UpcastCheck::WrongVersion
+    } else {
+        UpcastCheck::Ok
+    }
+}

@@ -229,7 +229,7 @@ impl App {
         command: C,
         mut metadata: Metadata,
     ) -> Result<Committed<C::Aggregate>, CommandError<<C::Aggregate as Aggregate>::Error>> {
-        let aggregate_id = command.aggregate_id().clone();
+        let aggregate_id = command.target_id().clone();
         let id = aggregate_id.to_string();
         if let Some(key) = &metadata.idempotency_key {
             if let Some(first) = self
@@ -488,7 +488,7 @@ impl<'a, C: HandledCommand> IntoFuture for Execute<'a, C> {
         if !span.is_disabled() {
             span.record(
                 "aggregate_id",
-                tracing::field::display(self.command.aggregate_id()),
+                tracing::field::display(self.command.target_id()),
             );
         }
         Box::pin(self.app.run(self.command, self.metadata).instrument(span))

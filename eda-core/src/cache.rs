@@ -1,6 +1,7 @@
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::aggregate::Aggregate;
 

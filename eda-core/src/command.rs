@@ -29,5 +29,9 @@ pub trait Command: Clone + Send + 'static {
 )]
 pub trait HandledCommand: Command + Sized {
     /// The aggregate that decides this command.
-    type Aggregate: Aggregate<Id = Self::Id> + Handle<Self>;
+    type Aggregate: Aggregate + Handle<Self>;
+
+    /// The `#[aggregate_id]` field, typed as the aggregate's id (the macro checks
+    /// at compile time that the two types are the same).
+    fn target_id(&self) -> &<Self::Aggregate as Aggregate>::Id;
 }

@@ -54,11 +54,11 @@ pub(crate) fn decode_exact<E: Event>(version: u32, payload: &str) -> Result<E, D
 /// Decodes `payload` as `E`, or as `Old` upcast into `E` when it is older.
 pub(crate) fn decode_upcast<E, Old>(version: u32, payload: &str) -> Result<E, DecodeErrorKind>
 where
-    E: Event + From<Old>,
-    Old: Event,
+    E: Event,
+    Old: crate::__private::UpcastInto<E>,
 {
     if version < E::VERSION {
-        Old::decode(version, payload).map(E::from)
+        Old::decode(version, payload).map(Old::upcast)
     } else {
         decode_exact(version, payload)
     }

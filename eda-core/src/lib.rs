@@ -23,5 +23,5 @@ pub use command::{Command, HandledCommand};
 pub use envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
 pub use error::{CommandError, DecodeError, DecodeErrorKind, LoadError, RegistryError, StoreError};
 pub use event::Event;
-pub use registry::{registry, EventRegistration, Registry};
+pub use registry::{registry, DecodeFn, EventRegistration, Registry};
 pub use store::{memory::MemoryStore, Appended, EventStore};

@@ -4,6 +4,9 @@ use std::sync::OnceLock;
 
 use crate::error::{DecodeErrorKind, RegistryError};
 
+/// Decodes a payload stored at a schema version into a boxed event.
+pub type DecodeFn = fn(u32, &str) -> Result<Box<dyn Any + Send>, DecodeErrorKind>;
+
 /// One event type, registered by `#[event]` at link time.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -16,7 +19,7 @@ pub struct EventRegistration {
     pub type_path: &'static str,
     /// Decodes a payload stored at the given version into this type (boxed), through
     /// its upcast chain.
-    pub decode: fn(u32, &str) -> Result<Box<dyn Any + Send>, DecodeErrorKind>,
+    pub decode: DecodeFn,
 }
 
 impl EventRegistration {
@@ -25,7 +28,7 @@ impl EventRegistration {
         name: &'static str,
         version: u32,
         type_path: &'static str,
-        decode: fn(u32, &str) -> Result<Box<dyn Any + Send>, DecodeErrorKind>,
+        decode: DecodeFn,
     ) -> Self {
         EventRegistration {
             name,

@@ -29,6 +29,8 @@ pub(crate) struct AggregateImpl {
 enum Role {
     Handle,
     Apply,
+    /// Reported; the method is left out of the model.
+    Both,
 }
 
 impl AggregateImpl {
@@ -62,17 +64,23 @@ impl AggregateImpl {
                         ),
                     );
                 }
-                if role.is_some() {
-                    cx.error_spanned_by(attr, "a method is either #[handle] or #[apply], not both");
-                } else {
-                    role = Some(found);
+                match role {
+                    Some(Role::Both) => {}
+                    Some(_) => {
+                        cx.error_spanned_by(
+                            attr,
+                            "a method is either #[handle] or #[apply], not both",
+                        );
+                        role = Some(Role::Both);
+                    }
+                    None => role = Some(found),
                 }
                 false
             });
             match role {
                 Some(Role::Handle) => handlers.extend(handler(cx, method)),
                 Some(Role::Apply) => appliers.extend(applier(cx, method)),
-                None => {}
+                Some(Role::Both) | None => {}
             }
         }
         AggregateImpl {

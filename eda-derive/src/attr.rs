@@ -58,7 +58,7 @@ pub(crate) fn event_args(cx: &mut Ctxt, args: TokenStream) -> EventArgs {
             } else if meta.path.is_ident("upcast_from") {
                 out.upcast_from = Some(meta.value()?.parse()?);
             } else if meta.path.is_ident("crate") {
-                out.krate = Some(crate_path(&meta)?);
+                out.krate = Some(crate_path(meta)?);
             } else {
                 return Ok(false);
             }
@@ -72,7 +72,7 @@ pub(crate) fn command_args(cx: &mut Ctxt, args: TokenStream) -> CommandArgs {
     let mut out = CommandArgs::default();
     parse(cx, args, "command", "`crate`", |_, meta| {
         if meta.path.is_ident("crate") {
-            out.krate = Some(crate_path(&meta)?);
+            out.krate = Some(crate_path(meta)?);
             return Ok(true);
         }
         Ok(false)
@@ -95,7 +95,7 @@ pub(crate) fn aggregate_args(cx: &mut Ctxt, args: TokenStream) -> AggregateArgs 
             } else if meta.path.is_ident("name") {
                 out.name = Some(meta.value()?.parse()?);
             } else if meta.path.is_ident("crate") {
-                out.krate = Some(crate_path(&meta)?);
+                out.krate = Some(crate_path(meta)?);
             } else {
                 return Ok(false);
             }

@@ -22,12 +22,14 @@ pub(crate) fn last_ident(ty: &Type) -> Option<&Ident> {
 }
 
 /// Routing is by command type, so one command cannot go to two methods.
-pub(crate) fn one_handler_per_command(cx: &mut Ctxt, agg: &AggregateImpl) {
+/// Marks the later handlers in `skip`.
+pub(crate) fn one_handler_per_command(cx: &mut Ctxt, agg: &AggregateImpl, skip: &mut [bool]) {
     for (i, h) in agg.handlers.iter().enumerate() {
         if let Some(first) = agg.handlers[..i]
             .iter()
             .find(|f| type_key(&f.command) == type_key(&h.command))
         {
+            skip[i] = true;
             cx.error_spanned_by(
                 &h.command,
                 format_args!(
@@ -78,25 +80,28 @@ pub(crate) fn one_applier_per_event(cx: &mut Ctxt, agg: &AggregateImpl) {
 }
 
 /// A handler may only return events that replay can apply, or its state would
-/// differ between the command and the next load.
+/// differ between the command and the next load. Marks offending handlers in `skip`.
 pub(crate) fn returned_events_are_applied(
     cx: &mut Ctxt,
     agg: &AggregateImpl,
     self_name: &str,
     enum_name: &Ident,
+    skip: &mut [bool],
 ) {
-    for h in &agg.handlers {
+    for (i, h) in agg.handlers.iter().enumerate() {
         let mut leaves = Vec::new();
         if let Err((ty, why)) = event_leaves(&h.output, &mut leaves) {
             cx.error_spanned_by(ty, why);
+            skip[i] = true;
             continue;
         }
         for leaf in leaves {
             let ident = last_ident(leaf);
-            if ident == Some(enum_name) || is_self_event(leaf) {
+            if ident == Some(enum_name) {
                 continue;
             }
             if !agg.appliers.iter().any(|a| applies(a, leaf)) {
+                skip[i] = true;
                 cx.error_spanned_by(
                     leaf,
                     format_args!(
@@ -113,17 +118,6 @@ pub(crate) fn returned_events_are_applied(
 fn applies(applier: &Applier, event: &Type) -> bool {
     type_key(&applier.event) == type_key(event)
         || (last_ident(&applier.event).is_some() && last_ident(&applier.event) == last_ident(event))
-}
-
-fn is_self_event(ty: &Type) -> bool {
-    let Type::Path(p) = ty else { return false };
-    let segments: Vec<String> = p
-        .path
-        .segments
-        .iter()
-        .map(|s| s.ident.to_string())
-        .collect();
-    segments == ["Self", "Event"]
 }
 
 /// The event types inside a handler's `Ok` type: one event, `Option<T>`, `Vec<T>`,

@@ -1,7 +1,7 @@
-use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use foldhash::HashMap;
 use uuid::Uuid;
 
 use crate::envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
@@ -20,12 +20,106 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// The global log; `log[i]` has position `i + 1`.
-    log: Vec<RecordedEvent>,
-    /// Per aggregate type, per aggregate id: indexes into `log`, in version order.
-    streams: HashMap<String, HashMap<String, Vec<usize>>>,
+    /// The global log; the event at index `i` has position `i + 1`.
+    log: Log,
+    /// Per aggregate type, per aggregate id: the stream.
+    streams: HashMap<String, HashMap<String, Stream>>,
     /// Event id -> index into `log`.
     ids: HashMap<Uuid, usize>,
+    /// Metadata and time of each append, shared by the events of its batch.
+    batches: Vec<Batch>,
+}
+
+#[derive(Debug)]
+struct Batch {
+    metadata: Metadata,
+    recorded_at: DateTime<Utc>,
+}
+
+/// An append-only list in fixed-size chunks: growing it never copies what is
+/// stored, and freed chunks are reused by the allocator.
+#[derive(Debug, Default)]
+struct Log {
+    chunks: Vec<Vec<Stored>>,
+    len: usize,
+}
+
+const CHUNK: usize = 4096;
+
+impl Log {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, event: Stored) {
+        if self.len % CHUNK == 0 {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(event);
+            self.len += 1;
+        }
+    }
+
+    fn get(&self, index: usize) -> &Stored {
+        &self.chunks[index / CHUNK][index % CHUNK]
+    }
+
+    fn iter_from(&self, start: usize) -> impl Iterator<Item = (usize, &Stored)> {
+        (start..self.len).map(move |i| (i, self.get(i)))
+    }
+}
+
+#[derive(Debug)]
+struct Stream {
+    key: Arc<StreamKey>,
+    /// Indexes into `log`, in version order.
+    events: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct StreamKey {
+    aggregate_type: String,
+    aggregate_id: String,
+}
+
+/// An event as kept in memory: the stream's key is shared, not copied.
+#[derive(Debug)]
+struct Stored {
+    event_id: Uuid,
+    stream: Arc<StreamKey>,
+    version: u64,
+    name: std::borrow::Cow<'static, str>,
+    event_version: u32,
+    payload: String,
+    /// Index into `Inner::batches`.
+    batch: usize,
+}
+
+impl Stored {
+    fn to_recorded(&self, position: usize, batches: &[Batch]) -> RecordedEvent {
+        let batch = &batches[self.batch];
+        RecordedEvent {
+            event_id: self.event_id,
+            aggregate_type: self.stream.aggregate_type.clone(),
+            aggregate_id: self.stream.aggregate_id.clone(),
+            version: self.version,
+            position: position as u64 + 1,
+            name: self.name.clone().into_owned(),
+            event_version: self.event_version,
+            payload: self.payload.clone(),
+            metadata: batch.metadata.clone(),
+            recorded_at: batch.recorded_at,
+        }
+    }
+}
+
+impl Inner {
+    fn stream(&self, stream: StreamId<'_>) -> Option<&Stream> {
+        self.streams
+            .get(stream.aggregate_type)?
+            .get(stream.aggregate_id)
+    }
 }
 
 impl MemoryStore {
@@ -60,13 +154,10 @@ impl MemoryStore {
         events: Vec<NewEvent>,
         metadata: &Metadata,
     ) -> Result<Appended, StoreError> {
-        let mut inner = self.write();
-        let inner = &mut *inner;
-        let indexes = inner
-            .streams
-            .get(stream.aggregate_type)
-            .and_then(|s| s.get(stream.aggregate_id));
-        let actual = indexes.map_or(0, |v| v.len() as u64);
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let existing = inner.stream(stream);
+        let actual = existing.map_or(0, |s| s.events.len() as u64);
         if actual != expected_version {
             return Err(StoreError::Conflict {
                 aggregate_type: stream.aggregate_type.to_owned(),
@@ -76,7 +167,7 @@ impl MemoryStore {
             });
         }
         if events.is_empty() {
-            let position = indexes.and_then(|v| v.last()).map_or(0, |i| i + 1) as u64;
+            let position = existing.and_then(|s| s.events.last()).map_or(0, |i| i + 1) as u64;
             return Ok(Appended {
                 version: actual,
                 position,
@@ -91,35 +182,44 @@ impl MemoryStore {
             }
         }
 
-        let recorded_at = Utc::now();
-        let ids = match inner.streams.get_mut(stream.aggregate_type) {
+        let by_id = match inner.streams.get_mut(stream.aggregate_type) {
             Some(by_id) => by_id,
             None => inner
                 .streams
                 .entry(stream.aggregate_type.to_owned())
                 .or_default(),
         };
-        let indexes = match ids.get_mut(stream.aggregate_id) {
-            Some(indexes) => indexes,
-            None => ids.entry(stream.aggregate_id.to_owned()).or_default(),
+        let target = match by_id.get_mut(stream.aggregate_id) {
+            Some(target) => target,
+            None => by_id
+                .entry(stream.aggregate_id.to_owned())
+                .or_insert_with(|| Stream {
+                    key: Arc::new(StreamKey {
+                        aggregate_type: stream.aggregate_type.to_owned(),
+                        aggregate_id: stream.aggregate_id.to_owned(),
+                    }),
+                    events: Vec::new(),
+                }),
         };
+        let batch = inner.batches.len();
+        inner.batches.push(Batch {
+            metadata: metadata.clone(),
+            recorded_at: Utc::now(),
+        });
         let mut version = actual;
         for event in events {
             version += 1;
             let index = inner.log.len();
-            indexes.push(index);
+            target.events.push(index);
             inner.ids.insert(event.event_id, index);
-            inner.log.push(RecordedEvent {
+            inner.log.push(Stored {
                 event_id: event.event_id,
-                aggregate_type: stream.aggregate_type.to_owned(),
-                aggregate_id: stream.aggregate_id.to_owned(),
+                stream: Arc::clone(&target.key),
                 version,
-                position: index as u64 + 1,
-                name: event.name.into_owned(),
+                name: event.name,
                 event_version: event.version,
                 payload: event.payload,
-                metadata: metadata.clone(),
-                recorded_at,
+                batch,
             });
         }
         Ok(Appended {
@@ -146,13 +246,16 @@ impl EventStore for MemoryStore {
         after_version: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let inner = self.read();
-        let indexes = inner
-            .streams
-            .get(stream.aggregate_type)
-            .and_then(|s| s.get(stream.aggregate_id));
         let skip = usize::try_from(after_version).unwrap_or(usize::MAX);
-        Ok(indexes
-            .map(|v| v.iter().skip(skip).map(|&i| inner.log[i].clone()).collect())
+        Ok(inner
+            .stream(stream)
+            .map(|s| {
+                s.events
+                    .iter()
+                    .skip(skip)
+                    .map(|&i| inner.log.get(i).to_recorded(i, &inner.batches))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -165,11 +268,19 @@ impl EventStore for MemoryStore {
         let start = usize::try_from(after_position)
             .unwrap_or(usize::MAX)
             .min(inner.log.len());
-        Ok(inner.log[start..].iter().take(limit).cloned().collect())
+        Ok(inner
+            .log
+            .iter_from(start)
+            .take(limit)
+            .map(|(i, e)| e.to_recorded(i, &inner.batches))
+            .collect())
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
         let inner = self.read();
-        Ok(inner.ids.get(&event_id).map(|&i| inner.log[i].clone()))
+        Ok(inner
+            .ids
+            .get(&event_id)
+            .map(|&i| inner.log.get(i).to_recorded(i, &inner.batches)))
     }
 }

@@ -47,14 +47,18 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let enum_ident = format_ident!("{}Event", self_ident);
     let self_name = self_ident.to_string();
 
-    valid::one_handler_per_command(&mut cx, &agg);
+    // Handlers that fail a check are not expanded, so their mistake is reported
+    // once instead of again by the type checker.
+    let mut skip = vec![false; agg.handlers.len()];
+    valid::one_handler_per_command(&mut cx, &agg, &mut skip);
     valid::one_applier_per_event(&mut cx, &agg);
-    valid::returned_events_are_applied(&mut cx, &agg, &self_name, &enum_ident);
+    valid::returned_events_are_applied(&mut cx, &agg, &self_name, &enum_ident, &mut skip);
     if args.error.is_none() && !agg.handlers.is_empty() {
         cx.push(syn::Error::new(
             Span::call_site(),
             "#[aggregate] needs the error type its handlers reject commands with: `#[aggregate(error = AccountError)]`",
         ));
+        skip.fill(true);
     }
 
     let private = super::private(args.krate.as_ref());
@@ -122,7 +126,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         .map(|(v, ty, _)| quote!(#enum_ident::#v(_) => <#ty as #private::Event>::VERSION));
     let encodes = events
         .iter()
-        .map(|(v, _, _)| quote!(#enum_ident::#v(event) => #private::encode(event)));
+        .map(|(v, _, _)| quote!(#enum_ident::#v(ref event) => #private::encode(event)));
     let decodes = events.iter().map(|(v, ty, _)| {
         quote! {
             if name == <#ty as #private::Event>::NAME {
@@ -132,39 +136,46 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     });
     let applies = events
         .iter()
-        .map(|(v, _, method)| quote!(#enum_ident::#v(event) => #self_ty::#method(self, event)));
+        .map(|(v, _, method)| quote!(#enum_ident::#v(ref event) => #self_ty::#method(self, event)));
 
-    let handles = agg.handlers.iter().map(|h| {
-        let command = &h.command;
-        let method = &h.method;
-        let output = &h.output;
-        let command_span = command.span();
-        let id_check = quote_spanned! {command_span=>
-            const _: () = #private::assert_id_matches::<<#command as #private::Command>::Id, <#self_ty as #private::Aggregate>::Id>();
-        };
-        let into_events = quote_spanned! {output.span()=>
-            #private::IntoEvents::<#enum_ident>::into_events(__eda_output, __eda_events);
-        };
-        quote_spanned! {command_span=>
-            #[automatically_derived]
-            impl #private::Handle<#command> for #self_ty {
-                fn handle(
-                    &self,
-                    __eda_command: #command,
-                    __eda_events: &mut ::std::vec::Vec<#enum_ident>,
-                ) -> ::core::result::Result<(), #error_ty> {
-                    let __eda_output: #output = #self_ty::#method(self, __eda_command)?;
-                    #into_events
-                    ::core::result::Result::Ok(())
+    let handles = agg
+        .handlers
+        .iter()
+        .zip(&skip)
+        .filter(|(_, skip)| !**skip)
+        .map(|(h, _)| {
+            let command = &h.command;
+            let method = &h.method;
+            let output = &h.output;
+            let command_span = command.span();
+            let into_events = quote_spanned! {output.span()=>
+                #private::IntoEvents::<#enum_ident>::into_events(__eda_output, __eda_events);
+            };
+            let target_id = quote_spanned! {command_span=>
+                #private::target_id::<#command, #self_ty>(self)
+            };
+            quote_spanned! {command_span=>
+                #[automatically_derived]
+                impl #private::Handle<#command> for #self_ty {
+                    fn handle(
+                        &self,
+                        __eda_command: #command,
+                        __eda_events: &mut ::std::vec::Vec<#enum_ident>,
+                    ) -> ::core::result::Result<(), #error_ty> {
+                        let __eda_output: #output = #self_ty::#method(self, __eda_command)?;
+                        #into_events
+                        ::core::result::Result::Ok(())
+                    }
+                }
+                #[automatically_derived]
+                impl #private::HandledCommand for #command {
+                    type Aggregate = #self_ty;
+                    fn target_id(&self) -> &<#self_ty as #private::Aggregate>::Id {
+                        #target_id
+                    }
                 }
             }
-            #[automatically_derived]
-            impl #private::HandledCommand for #command {
-                type Aggregate = #self_ty;
-            }
-            #id_check
-        }
-    });
+        });
 
     let item = &agg.item;
     let errors = cx.into_compile_errors();
@@ -194,7 +205,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     match *self { #(#versions,)* }
                 }
                 fn encode(&self) -> ::core::result::Result<::std::string::String, #private::serde_json::Error> {
-                    match self { #(#encodes,)* }
+                    match *self { #(#encodes,)* }
                 }
                 fn decode(
                     name: &str,
@@ -214,7 +225,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 type Event = #enum_ident;
                 type Error = #error_ty;
                 fn apply(&mut self, event: &#enum_ident) {
-                    match event { #(#applies,)* }
+                    match *event { #(#applies,)* }
                 }
             }
 

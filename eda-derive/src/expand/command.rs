@@ -1,5 +1,5 @@
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::quote;
 use syn::spanned::Spanned;
 
 use crate::attr;
@@ -65,8 +65,8 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let ident = &item.ident;
     let name = ident.to_string();
     let (impl_generics, ty_generics, where_clause) = item.generics.split_for_impl();
-    let command_impl = ids.first().map(|(member, ty, span)| {
-        quote_spanned! {*span=>
+    let command_impl = ids.first().map(|(member, ty, _)| {
+        quote! {
             #[doc(hidden)]
             const _: () = {
                 #[automatically_derived]

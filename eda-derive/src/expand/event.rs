@@ -58,15 +58,17 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         let name_msg = format!("`upcast_from = {old_text}` must be an event with the same name, \"{name}\"");
         let version_msg = format!("`upcast_from = {old_text}` must be an event at version {} (one below {version})", version.saturating_sub(1));
         let span = old.span();
-        let decode = quote! {
+        let decode = quote_spanned! {span=>
             fn decode(version: u32, payload: &str) -> ::core::result::Result<Self, #private::DecodeErrorKind> {
                 #private::decode_upcast::<Self, #old>(version, payload)
             }
         };
         let checks = quote_spanned! {span=>
-            const _: () = #private::assert_upcast::<#old, #ident>();
-            const _: () = ::core::assert!(#private::str_eq(<#old as #private::Event>::NAME, #name), #name_msg);
-            const _: () = ::core::assert!(<#old as #private::Event>::VERSION as u64 + 1 == #version as u64, #version_msg);
+            const _: () = match #private::upcast_check::<#old>(#name, #version) {
+                #private::UpcastCheck::Ok => {}
+                #private::UpcastCheck::WrongName => ::core::panic!(#name_msg),
+                #private::UpcastCheck::WrongVersion => ::core::panic!(#version_msg),
+            };
         };
         (decode, checks)
     });

@@ -1,0 +1,9 @@
+use eda::prelude::*;
+
+#[command]
+#[derive(Debug, Clone)]
+pub enum AccountCommand {
+    Open { account: String },
+}
+
+fn main() {}

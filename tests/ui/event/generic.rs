@@ -1,0 +1,9 @@
+use eda::prelude::*;
+
+#[event]
+#[derive(Debug)]
+pub struct Changed<T> {
+    pub value: T,
+}
+
+fn main() {}

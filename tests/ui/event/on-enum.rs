@@ -1,0 +1,10 @@
+use eda::prelude::*;
+
+#[event]
+#[derive(Debug)]
+pub enum Happened {
+    Opened,
+    Closed,
+}
+
+fn main() {}

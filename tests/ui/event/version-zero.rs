@@ -1,0 +1,7 @@
+use eda::prelude::*;
+
+#[event(version = 0)]
+#[derive(Debug)]
+pub struct Opened;
+
+fn main() {}
