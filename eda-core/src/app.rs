@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::aggregate::{Aggregate, AggregateEvent, Handle};
+use crate::aggregate::{stream_key, Aggregate, AggregateEvent, Handle};
 use crate::cache::{Cache, Cached};
 use crate::command::HandledCommand;
 use crate::envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
@@ -179,7 +179,7 @@ impl App {
 
     /// Rebuilds an aggregate's current state from its events.
     pub async fn load<A: Aggregate>(&self, id: &A::Id) -> Result<A, LoadError> {
-        let id = id.to_string();
+        let id = stream_key(id);
         let span = tracing::debug_span!("eda.load", aggregate_type = A::TYPE, aggregate_id = %id, version = tracing::field::Empty);
         async {
             let loaded = self.replay::<A>(&id).await?;
@@ -192,7 +192,7 @@ impl App {
 
     /// Rebuilds an aggregate's state and returns it with its stream version.
     pub async fn load_with_version<A: Aggregate>(&self, id: &A::Id) -> Result<(A, u64), LoadError> {
-        let loaded = self.replay::<A>(&id.to_string()).await?;
+        let loaded = self.replay::<A>(&stream_key(id)).await?;
         Ok((loaded.state, loaded.version))
     }
 
@@ -224,17 +224,17 @@ impl App {
         Ok(())
     }
 
+    // Rare paths (replay, catch-up, idempotency look-ups) are boxed: the future of
+    // `run` stays small, which keeps its own allocation on the allocator's fast path.
     async fn run<C: HandledCommand>(
         &self,
         command: C,
         mut metadata: Metadata,
     ) -> Result<Committed<C::Aggregate>, CommandError<<C::Aggregate as Aggregate>::Error>> {
-        let aggregate_id = command.target_id().clone();
-        let id = aggregate_id.to_string();
+        let aggregate_id = command.target_id();
+        let id = stream_key(aggregate_id);
         if let Some(key) = &metadata.idempotency_key {
-            if let Some(first) = self
-                .first_outcome::<C::Aggregate>(key, &aggregate_id, &id)
-                .await?
+            if let Some(first) = Box::pin(self.first_outcome::<C::Aggregate>(key, aggregate_id, &id)).await?
             {
                 return Ok(first);
             }
@@ -254,7 +254,7 @@ impl App {
         // rejection or a no-op decided on it is confirmed after catching up.
         let (mut cached, mut fresh) = match guard.take() {
             Some(cached) => (cached, false),
-            None => (self.replay::<C::Aggregate>(&id).await?, true),
+            None => (Box::pin(self.replay::<C::Aggregate>(&id)).await?, true),
         };
         let mut attempts = 0;
         loop {
@@ -263,11 +263,11 @@ impl App {
             let decided = cached.state.handle(command.clone(), &mut events);
             if !fresh && (decided.is_err() || events.is_empty()) {
                 let before = cached.version;
-                self.catch_up(&mut cached, &id).await?;
+                Box::pin(self.catch_up(&mut cached, &id)).await?;
                 fresh = true;
                 if cached.version != before {
                     if let Some(first) = self
-                        .committed_meanwhile::<C::Aggregate>(&metadata, &aggregate_id, &id)
+                        .committed_meanwhile::<C::Aggregate>(&metadata, aggregate_id, &id)
                         .await?
                     {
                         *guard = Some(cached);
@@ -284,7 +284,7 @@ impl App {
                 let version = cached.version;
                 *guard = Some(cached);
                 return Ok(Committed {
-                    aggregate_id,
+                    aggregate_id: aggregate_id.clone(),
                     version,
                     position: None,
                     events,
@@ -292,12 +292,12 @@ impl App {
                 });
             }
             let new_events = encode(&events, metadata.idempotency_key.as_deref())?;
-            match self
-                .inner
-                .store
-                .append(stream, cached.version, new_events, &metadata)
-                .await
-            {
+            let appended = match self.inner.store.as_memory() {
+                // The in-process store appends without waiting: skip the boxed future.
+                Some(memory) => memory.append_now(stream, cached.version, new_events, &metadata),
+                None => self.inner.store.append(stream, cached.version, new_events, &metadata).await,
+            };
+            match appended {
                 Ok(appended) => {
                     for event in &events {
                         cached.state.apply(event);
@@ -305,7 +305,7 @@ impl App {
                     cached.version = appended.version;
                     *guard = Some(cached);
                     return Ok(Committed {
-                        aggregate_id,
+                        aggregate_id: aggregate_id.clone(),
                         version: appended.version,
                         position: Some(appended.position),
                         events,
@@ -318,17 +318,17 @@ impl App {
                     if attempts > self.inner.max_conflict_retries {
                         return Err(CommandError::Conflict {
                             aggregate_type: <C::Aggregate as Aggregate>::TYPE,
-                            aggregate_id: id,
+                            aggregate_id: id.into_owned(),
                             expected,
                             actual,
                             attempts,
                         });
                     }
                     tracing::debug!(expected, actual, attempts, "version conflict; catching up");
-                    self.catch_up(&mut cached, &id).await?;
+                    Box::pin(self.catch_up(&mut cached, &id)).await?;
                     fresh = true;
                     if let Some(first) = self
-                        .committed_meanwhile::<C::Aggregate>(&metadata, &aggregate_id, &id)
+                        .committed_meanwhile::<C::Aggregate>(&metadata, aggregate_id, &id)
                         .await?
                     {
                         *guard = Some(cached);
@@ -340,7 +340,7 @@ impl App {
                     drop(guard);
                     let key = metadata.idempotency_key.as_deref().unwrap_or_default();
                     if let Some(first) = self
-                        .first_outcome::<C::Aggregate>(key, &aggregate_id, &id)
+                        .first_outcome::<C::Aggregate>(key, aggregate_id, &id)
                         .await?
                     {
                         return Ok(first);
@@ -363,7 +363,7 @@ impl App {
         id: &str,
     ) -> Result<Option<Committed<A>>, CommandError<A::Error>> {
         match &metadata.idempotency_key {
-            Some(key) => self.first_outcome::<A>(key, aggregate_id, id).await,
+            Some(key) => Box::pin(self.first_outcome::<A>(key, aggregate_id, id)).await,
             None => Ok(None),
         }
     }
@@ -504,26 +504,25 @@ fn encode<E: AggregateEvent, Err>(
     events: &[E],
     key: Option<&str>,
 ) -> Result<Vec<NewEvent>, CommandError<Err>> {
-    events
-        .iter()
-        .enumerate()
-        .map(|(i, event)| {
-            let payload = event.encode().map_err(|source| CommandError::Encode {
-                event: event.name(),
-                source,
-            })?;
-            let event_id = match key {
-                Some(key) => idempotent_event_id(key, i),
-                None => Uuid::now_v7(),
-            };
-            Ok(NewEvent {
-                event_id,
-                name: event.name().into(),
-                version: event.version(),
-                payload,
-            })
-        })
-        .collect()
+    // One clock read per command; the random bits keep ids within a batch unique.
+    let now = uuid::Timestamp::now(uuid::NoContext);
+    let mut encoded = Vec::with_capacity(events.len());
+    for (i, event) in events.iter().enumerate() {
+        let payload = event
+            .encode()
+            .map_err(|source| CommandError::Encode { event: event.name(), source })?;
+        let event_id = match key {
+            Some(key) => idempotent_event_id(key, i),
+            None => Uuid::new_v7(now),
+        };
+        encoded.push(NewEvent {
+            event_id,
+            name: event.name().into(),
+            version: event.version(),
+            payload,
+        });
+    }
+    Ok(encoded)
 }
 
 /// The id of the `index`th event of the command with idempotency key `key`.

@@ -102,6 +102,9 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
         &self,
         event_id: Uuid,
     ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>>;
+
+    /// The store as a [`memory::MemoryStore`], whose appends complete without waiting.
+    fn as_memory(&self) -> Option<&memory::MemoryStore>;
 }
 
 impl<S: EventStore> DynEventStore for S {
@@ -134,5 +137,9 @@ impl<S: EventStore> DynEventStore for S {
         event_id: Uuid,
     ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>> {
         Box::pin(EventStore::read_event(self, event_id))
+    }
+
+    fn as_memory(&self) -> Option<&memory::MemoryStore> {
+        (self as &dyn std::any::Any).downcast_ref()
     }
 }

@@ -147,7 +147,7 @@ impl MemoryStore {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn append_now(
+    pub(crate) fn append_now(
         &self,
         stream: StreamId<'_>,
         expected_version: u64,
