@@ -33,7 +33,6 @@ async fn execute_commits_and_load_replays() {
     let app = App::new(store.clone());
     let opened = app.execute(open("a")).await.unwrap();
     assert_eq!(opened.version, 1);
-    assert_eq!(opened.aggregate_id, "a");
     assert!(!opened.duplicate);
     assert!(
         matches!(opened.events.as_slice(), [AccountEvent::AccountOpened(e)] if e.owner == "ada")

@@ -45,7 +45,7 @@ pub fn unknown_event<T>() -> Result<T, DecodeErrorKind> {
 
 /// A fresh, time-ordered event id.
 pub fn new_event_id() -> uuid::Uuid {
-    uuid::Uuid::now_v7()
+    crate::envelope::event_id_at(crate::envelope::unix_millis_now())
 }
 
 /// `a == b`, usable in constants (checks of `upcast_from`).

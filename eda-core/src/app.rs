@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::aggregate::{stream_key, Aggregate, AggregateEvent, Handle};
 use crate::cache::{Cache, Cached};
 use crate::command::HandledCommand;
-use crate::envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::envelope::{event_id_at, unix_millis_now, Metadata, NewEvent, RecordedEvent, StreamId};
 use crate::error::{CommandError, DecodeError, LoadError, RegistryError, StoreError};
 use crate::registry::registry;
 use crate::store::{DynEventStore, EventStore};
@@ -129,8 +129,6 @@ impl AppBuilder {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Committed<A: Aggregate> {
-    /// The aggregate instance the command went to.
-    pub aggregate_id: A::Id,
     /// The aggregate's version after the command.
     pub version: u64,
     /// Global position of the last committed event (`None` if there were none).
@@ -231,11 +229,9 @@ impl App {
         command: C,
         mut metadata: Metadata,
     ) -> Result<Committed<C::Aggregate>, CommandError<<C::Aggregate as Aggregate>::Error>> {
-        let aggregate_id = command.target_id();
-        let id = stream_key(aggregate_id);
+        let id = stream_key(command.target_id());
         if let Some(key) = &metadata.idempotency_key {
-            if let Some(first) = Box::pin(self.first_outcome::<C::Aggregate>(key, aggregate_id, &id)).await?
-            {
+            if let Some(first) = Box::pin(self.first_outcome::<C::Aggregate>(key, &id)).await? {
                 return Ok(first);
             }
         }
@@ -259,7 +255,7 @@ impl App {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let mut events = Vec::new();
+            let mut events = Vec::with_capacity(1);
             let decided = cached.state.handle(command.clone(), &mut events);
             if !fresh && (decided.is_err() || events.is_empty()) {
                 let before = cached.version;
@@ -267,7 +263,7 @@ impl App {
                 fresh = true;
                 if cached.version != before {
                     if let Some(first) = self
-                        .committed_meanwhile::<C::Aggregate>(&metadata, aggregate_id, &id)
+                        .committed_meanwhile::<C::Aggregate>(&metadata, &id)
                         .await?
                     {
                         *guard = Some(cached);
@@ -284,7 +280,6 @@ impl App {
                 let version = cached.version;
                 *guard = Some(cached);
                 return Ok(Committed {
-                    aggregate_id: aggregate_id.clone(),
                     version,
                     position: None,
                     events,
@@ -294,8 +289,15 @@ impl App {
             let new_events = encode(&events, metadata.idempotency_key.as_deref())?;
             let appended = match self.inner.store.as_memory() {
                 // The in-process store appends without waiting: skip the boxed future.
-                Some(memory) => memory.append_now(stream, cached.version, new_events, &metadata),
-                None => self.inner.store.append(stream, cached.version, new_events, &metadata).await,
+                Some(memory) => {
+                    memory.append_now(stream, cached.version, new_events, &mut metadata)
+                }
+                None => {
+                    self.inner
+                        .store
+                        .append(stream, cached.version, new_events, &metadata)
+                        .await
+                }
             };
             match appended {
                 Ok(appended) => {
@@ -305,7 +307,6 @@ impl App {
                     cached.version = appended.version;
                     *guard = Some(cached);
                     return Ok(Committed {
-                        aggregate_id: aggregate_id.clone(),
                         version: appended.version,
                         position: Some(appended.position),
                         events,
@@ -328,7 +329,7 @@ impl App {
                     Box::pin(self.catch_up(&mut cached, &id)).await?;
                     fresh = true;
                     if let Some(first) = self
-                        .committed_meanwhile::<C::Aggregate>(&metadata, aggregate_id, &id)
+                        .committed_meanwhile::<C::Aggregate>(&metadata, &id)
                         .await?
                     {
                         *guard = Some(cached);
@@ -339,10 +340,7 @@ impl App {
                     // A concurrent execution with the same key won the race.
                     drop(guard);
                     let key = metadata.idempotency_key.as_deref().unwrap_or_default();
-                    if let Some(first) = self
-                        .first_outcome::<C::Aggregate>(key, aggregate_id, &id)
-                        .await?
-                    {
+                    if let Some(first) = self.first_outcome::<C::Aggregate>(key, &id).await? {
                         return Ok(first);
                     }
                     return Err(CommandError::Store(StoreError::DuplicateEvent {
@@ -359,11 +357,10 @@ impl App {
     async fn committed_meanwhile<A: Aggregate>(
         &self,
         metadata: &Metadata,
-        aggregate_id: &A::Id,
         id: &str,
     ) -> Result<Option<Committed<A>>, CommandError<A::Error>> {
         match &metadata.idempotency_key {
-            Some(key) => Box::pin(self.first_outcome::<A>(key, aggregate_id, id)).await,
+            Some(key) => Box::pin(self.first_outcome::<A>(key, id)).await,
             None => Ok(None),
         }
     }
@@ -372,7 +369,6 @@ impl App {
     async fn first_outcome<A: Aggregate>(
         &self,
         key: &str,
-        aggregate_id: &A::Id,
         id: &str,
     ) -> Result<Option<Committed<A>>, CommandError<A::Error>> {
         let first_id = idempotent_event_id(key, 0);
@@ -411,7 +407,6 @@ impl App {
             last = Some(recorded);
         }
         Ok(last.map(|last| Committed {
-            aggregate_id: aggregate_id.clone(),
             version: last.version,
             position: Some(last.position),
             events,
@@ -505,15 +500,16 @@ fn encode<E: AggregateEvent, Err>(
     key: Option<&str>,
 ) -> Result<Vec<NewEvent>, CommandError<Err>> {
     // One clock read per command; the random bits keep ids within a batch unique.
-    let now = uuid::Timestamp::now(uuid::NoContext);
+    let millis = unix_millis_now();
     let mut encoded = Vec::with_capacity(events.len());
     for (i, event) in events.iter().enumerate() {
-        let payload = event
-            .encode()
-            .map_err(|source| CommandError::Encode { event: event.name(), source })?;
+        let payload = event.encode().map_err(|source| CommandError::Encode {
+            event: event.name(),
+            source,
+        })?;
         let event_id = match key {
             Some(key) => idempotent_event_id(key, i),
-            None => Uuid::new_v7(now),
+            None => event_id_at(millis),
         };
         encoded.push(NewEvent {
             event_id,

@@ -82,3 +82,16 @@ impl RecordedEvent {
         }
     }
 }
+
+/// Milliseconds since the Unix epoch, for time-ordered event ids.
+pub(crate) fn unix_millis_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A fresh UUIDv7 at `millis`: time-ordered (database indexes stay append-mostly),
+/// with 74 random bits.
+pub(crate) fn event_id_at(millis: u64) -> Uuid {
+    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid()
+}

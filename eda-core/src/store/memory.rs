@@ -1,4 +1,5 @@
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 use foldhash::HashMap;
@@ -33,7 +34,8 @@ struct Inner {
 #[derive(Debug)]
 struct Batch {
     metadata: Metadata,
-    recorded_at: DateTime<Utc>,
+    /// Converted to `DateTime` on read: the conversion costs more than the append.
+    recorded_at: SystemTime,
 }
 
 /// An append-only list in fixed-size chunks: growing it never copies what is
@@ -109,7 +111,7 @@ impl Stored {
             event_version: self.event_version,
             payload: self.payload.clone(),
             metadata: batch.metadata.clone(),
-            recorded_at: batch.recorded_at,
+            recorded_at: DateTime::<Utc>::from(batch.recorded_at),
         }
     }
 }
@@ -147,17 +149,25 @@ impl MemoryStore {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Appends without waiting; `metadata` is taken (left empty) only on success.
     pub(crate) fn append_now(
         &self,
         stream: StreamId<'_>,
         expected_version: u64,
         events: Vec<NewEvent>,
-        metadata: &Metadata,
+        metadata: &mut Metadata,
     ) -> Result<Appended, StoreError> {
         let mut guard = self.write();
-        let inner = &mut *guard;
-        let existing = inner.stream(stream);
-        let actual = existing.map_or(0, |s| s.events.len() as u64);
+        let Inner {
+            log,
+            streams,
+            ids,
+            batches,
+        } = &mut *guard;
+        let mut target = streams
+            .get_mut(stream.aggregate_type)
+            .and_then(|s| s.get_mut(stream.aggregate_id));
+        let actual = target.as_ref().map_or(0, |s| s.events.len() as u64);
         if actual != expected_version {
             return Err(StoreError::Conflict {
                 aggregate_type: stream.aggregate_type.to_owned(),
@@ -167,31 +177,27 @@ impl MemoryStore {
             });
         }
         if events.is_empty() {
-            let position = existing.and_then(|s| s.events.last()).map_or(0, |i| i + 1) as u64;
+            let position = target.and_then(|s| s.events.last()).map_or(0, |i| i + 1) as u64;
             return Ok(Appended {
                 version: actual,
                 position,
             });
         }
         for (i, event) in events.iter().enumerate() {
-            let stored = inner.ids.contains_key(&event.event_id);
-            if stored || events[..i].iter().any(|e| e.event_id == event.event_id) {
+            if ids.contains_key(&event.event_id)
+                || events[..i].iter().any(|e| e.event_id == event.event_id)
+            {
                 return Err(StoreError::DuplicateEvent {
                     event_id: event.event_id,
                 });
             }
         }
 
-        let by_id = match inner.streams.get_mut(stream.aggregate_type) {
-            Some(by_id) => by_id,
-            None => inner
-                .streams
-                .entry(stream.aggregate_type.to_owned())
-                .or_default(),
-        };
-        let target = match by_id.get_mut(stream.aggregate_id) {
+        let target = match target.take() {
             Some(target) => target,
-            None => by_id
+            None => streams
+                .entry(stream.aggregate_type.to_owned())
+                .or_default()
                 .entry(stream.aggregate_id.to_owned())
                 .or_insert_with(|| Stream {
                     key: Arc::new(StreamKey {
@@ -201,18 +207,18 @@ impl MemoryStore {
                     events: Vec::new(),
                 }),
         };
-        let batch = inner.batches.len();
-        inner.batches.push(Batch {
-            metadata: metadata.clone(),
-            recorded_at: Utc::now(),
+        let batch = batches.len();
+        batches.push(Batch {
+            metadata: std::mem::take(metadata),
+            recorded_at: SystemTime::now(),
         });
         let mut version = actual;
         for event in events {
             version += 1;
-            let index = inner.log.len();
+            let index = log.len();
             target.events.push(index);
-            inner.ids.insert(event.event_id, index);
-            inner.log.push(Stored {
+            ids.insert(event.event_id, index);
+            log.push(Stored {
                 event_id: event.event_id,
                 stream: Arc::clone(&target.key),
                 version,
@@ -224,7 +230,7 @@ impl MemoryStore {
         }
         Ok(Appended {
             version,
-            position: inner.log.len() as u64,
+            position: log.len() as u64,
         })
     }
 }
@@ -237,7 +243,7 @@ impl EventStore for MemoryStore {
         events: Vec<NewEvent>,
         metadata: &Metadata,
     ) -> Result<Appended, StoreError> {
-        self.append_now(stream, expected_version, events, metadata)
+        self.append_now(stream, expected_version, events, &mut metadata.clone())
     }
 
     async fn read_stream(
