@@ -56,6 +56,23 @@ pub struct Nothing {
 
 #[command]
 #[derive(Debug, Clone)]
+pub struct Converted {
+    #[aggregate_id]
+    pub id: u64,
+}
+
+/// A handler's own error converts into the aggregate's with `From`.
+#[derive(Debug)]
+pub struct LimitReached;
+
+impl From<LimitReached> for ShapeError {
+    fn from(_: LimitReached) -> Self {
+        ShapeError::Refused
+    }
+}
+
+#[command]
+#[derive(Debug, Clone)]
 pub struct Aliased {
     #[aggregate_id]
     pub id: u64,
@@ -107,6 +124,11 @@ impl Shapes {
             return Err(ShapeError::Refused);
         }
         Ok(())
+    }
+
+    #[handle]
+    fn converted(&self, _: Converted) -> Result<Unit, LimitReached> {
+        Err(LimitReached)
     }
 
     #[handle]
@@ -212,6 +234,13 @@ async fn commands_route_by_type_through_app() {
     assert_eq!(stored[0].aggregate_id, "42");
     assert_eq!(stored[2].name, "shapes.Tupled");
     assert_eq!(stored[2].event_version, 3);
+}
+
+#[test]
+fn handler_errors_convert_into_the_aggregate_error() {
+    Fixture::<Shapes>::given(())
+        .when(Converted { id: 1 })
+        .then_expect_error(ShapeError::Refused);
 }
 
 #[test]

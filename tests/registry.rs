@@ -104,3 +104,69 @@ fn consumers_ignore_fields_they_do_not_declare() {
         Some("ada")
     );
 }
+
+mod chain {
+    use eda::prelude::*;
+
+    #[event(name = "PriceSet", version = 1)]
+    #[derive(Debug)]
+    pub struct PriceSetV1 {
+        pub cents: u64,
+    }
+
+    #[event(name = "PriceSet", version = 2, upcast_from = PriceSetV1)]
+    #[derive(Debug)]
+    pub struct PriceSetV2 {
+        pub cents: u64,
+        pub currency: String,
+    }
+
+    #[event(name = "PriceSet", version = 3, upcast_from = PriceSetV2)]
+    #[derive(Debug, PartialEq)]
+    pub struct PriceSet {
+        pub amount: String,
+    }
+
+    impl From<PriceSetV1> for PriceSetV2 {
+        fn from(v1: PriceSetV1) -> Self {
+            PriceSetV2 {
+                cents: v1.cents,
+                currency: "EUR".into(),
+            }
+        }
+    }
+
+    impl From<PriceSetV2> for PriceSet {
+        fn from(v2: PriceSetV2) -> Self {
+            PriceSet {
+                amount: format!("{}.{:02} {}", v2.cents / 100, v2.cents % 100, v2.currency),
+            }
+        }
+    }
+}
+
+#[test]
+fn upcast_chains_run_every_step() {
+    use chain::PriceSet;
+    assert_eq!(
+        PriceSet::decode(1, r#"{"cents":1250}"#).unwrap().amount,
+        "12.50 EUR"
+    );
+    assert_eq!(
+        PriceSet::decode(2, r#"{"cents":5,"currency":"USD"}"#)
+            .unwrap()
+            .amount,
+        "0.05 USD"
+    );
+    assert_eq!(
+        PriceSet::decode(3, r#"{"amount":"1 CHF"}"#).unwrap().amount,
+        "1 CHF"
+    );
+    let any = registry()
+        .decode("PriceSet", 1, r#"{"cents":100}"#)
+        .unwrap();
+    assert_eq!(
+        any.downcast_ref::<PriceSet>().map(|p| p.amount.as_str()),
+        Some("1.00 EUR")
+    );
+}

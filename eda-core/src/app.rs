@@ -36,6 +36,10 @@ use crate::store::{DynEventStore, EventStore};
 ///
 /// #[derive(Debug)]
 /// pub enum AccountError { AlreadyOpen }
+/// # impl std::fmt::Display for AccountError {
+/// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("already open") }
+/// # }
+/// # impl std::error::Error for AccountError {}
 ///
 /// #[aggregate(error = AccountError)]
 /// impl Account {

@@ -25,3 +25,5 @@ pub use error::{CommandError, DecodeError, DecodeErrorKind, LoadError, RegistryE
 pub use event::Event;
 pub use registry::{registry, DecodeFn, EventRegistration, Registry};
 pub use store::{memory::MemoryStore, Appended, EventStore};
+/// Event, correlation and causation ids are UUIDs (re-exported so users need no `uuid` dependency).
+pub use uuid::Uuid;
