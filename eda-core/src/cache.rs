@@ -14,7 +14,7 @@ pub(crate) struct Cached<A> {
 /// One aggregate instance's place in the cache. The async lock queues the commands
 /// an `App` runs on the same instance, so they do not conflict with each other; the
 /// state inside is `None` until loaded, and while a command may be mutating it.
-pub(crate) type Slot<A> = tokio::sync::Mutex<Option<Cached<A>>>;
+pub(crate) type Slot<A> = async_lock::Mutex<Option<Cached<A>>>;
 
 /// Loaded aggregates by type and id, so a command on a long stream does not replay
 /// it. An entry is only a starting point: appends are still compare-and-set on the
@@ -39,7 +39,7 @@ impl Cache {
     /// The slot of one instance; a detached, empty slot when caching is off.
     pub(crate) fn slot<A: Aggregate>(&self, id: &str) -> Arc<Slot<A>> {
         if self.capacity == 0 {
-            return Arc::new(tokio::sync::Mutex::new(None));
+            return Arc::new(async_lock::Mutex::new(None));
         }
         let typed = self.typed::<A>();
         let mut slots = typed.slots.lock().unwrap_or_else(PoisonError::into_inner);
@@ -58,7 +58,7 @@ impl Cache {
                 slots.remove(&key);
             }
         }
-        let slot = Arc::new(tokio::sync::Mutex::new(None));
+        let slot = Arc::new(async_lock::Mutex::new(None));
         slots.insert(id.to_owned(), Arc::clone(&slot));
         slot
     }
