@@ -290,13 +290,24 @@ impl App {
                     duplicate: false,
                 });
             }
-            let new_events = encode(&events, metadata.idempotency_key.as_deref())?;
             let appended = match self.inner.store.as_memory() {
-                // The in-process store appends without waiting: skip the boxed future.
-                Some(memory) => {
-                    memory.append_now(stream, cached.version, new_events, &mut metadata)
-                }
+                // The in-process store appends without waiting: no boxed future, and
+                // the encoded events go through a reused buffer.
+                Some(memory) => ENCODED.with(|buffer| {
+                    let mut buffer = buffer.take();
+                    encode(&events, metadata.idempotency_key.as_deref(), &mut buffer)?;
+                    let appended =
+                        memory.append_now(stream, cached.version, &mut buffer, &mut metadata);
+                    ENCODED.set(buffer);
+                    Ok::<_, CommandError<<C::Aggregate as Aggregate>::Error>>(appended)
+                })?,
                 None => {
+                    let mut new_events = Vec::with_capacity(events.len());
+                    encode(
+                        &events,
+                        metadata.idempotency_key.as_deref(),
+                        &mut new_events,
+                    )?;
                     self.inner
                         .store
                         .append(stream, cached.version, new_events, &metadata)
@@ -499,13 +510,21 @@ fn decode<A: Aggregate>(recorded: &RecordedEvent) -> Result<A::Event, DecodeErro
         .map_err(|kind| DecodeError::at(recorded, kind))
 }
 
+thread_local! {
+    /// Encoded events on their way into a `MemoryStore` (emptied by each append).
+    static ENCODED: std::cell::Cell<Vec<NewEvent>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Encodes `events` into `out` (cleared first), with ids derived from the
+/// idempotency key if there is one.
 fn encode<E: AggregateEvent, Err>(
     events: &[E],
     key: Option<&str>,
-) -> Result<Vec<NewEvent>, CommandError<Err>> {
+    out: &mut Vec<NewEvent>,
+) -> Result<(), CommandError<Err>> {
+    out.clear();
     // One clock read per command; the random bits keep ids within a batch unique.
     let millis = unix_millis_now();
-    let mut encoded = Vec::with_capacity(events.len());
     for (i, event) in events.iter().enumerate() {
         let payload = event.encode().map_err(|source| CommandError::Encode {
             event: event.name(),
@@ -515,14 +534,14 @@ fn encode<E: AggregateEvent, Err>(
             Some(key) => idempotent_event_id(key, i),
             None => event_id_at(millis),
         };
-        encoded.push(NewEvent {
+        out.push(NewEvent {
             event_id,
             name: event.name().into(),
             version: event.version(),
             payload,
         });
     }
-    Ok(encoded)
+    Ok(())
 }
 
 /// The id of the `index`th event of the command with idempotency key `key`.

@@ -1,7 +1,7 @@
 use std::any::{Any, TypeId};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use foldhash::{HashMap, HashMapExt};
+use foldhash::HashMap;
 
 use crate::aggregate::Aggregate;
 
@@ -20,19 +20,17 @@ pub(crate) type Slot<A> = async_lock::Mutex<Option<Cached<A>>>;
 /// it. An entry is only a starting point: appends are still compare-and-set on the
 /// version it holds, and a conflict reads the events it missed.
 pub(crate) struct Cache {
+    /// Instances kept per aggregate type.
     capacity: usize,
-    types: RwLock<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
-}
-
-struct TypedCache<A> {
-    slots: Mutex<HashMap<String, Arc<Slot<A>>>>,
+    /// Aggregate type -> id -> `Arc<Slot<A>>` (as `Any`, downcast on the way out).
+    slots: Mutex<HashMap<TypeId, HashMap<String, Arc<dyn Any + Send + Sync>>>>,
 }
 
 impl Cache {
     pub(crate) fn new(capacity: usize) -> Self {
         Cache {
             capacity,
-            types: RwLock::new(HashMap::new()),
+            slots: Mutex::default(),
         }
     }
 
@@ -41,49 +39,31 @@ impl Cache {
         if self.capacity == 0 {
             return Arc::new(async_lock::Mutex::new(None));
         }
-        let typed = self.typed::<A>();
-        let mut slots = typed.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = slots.get(id) {
-            return Arc::clone(slot);
-        }
-        if slots.len() >= self.capacity {
-            // Evict an instance no command holds; hash order makes this a cheap
-            // random choice. If every slot is busy the cache grows past capacity
-            // until they are released.
-            let idle = slots
-                .iter()
-                .find(|(_, slot)| Arc::strong_count(slot) == 1)
-                .map(|(k, _)| k.clone());
-            if let Some(key) = idle {
-                slots.remove(&key);
-            }
-        }
-        let slot = Arc::new(async_lock::Mutex::new(None));
-        slots.insert(id.to_owned(), Arc::clone(&slot));
-        slot
-    }
-
-    fn typed<A: Aggregate>(&self) -> Arc<TypedCache<A>> {
-        let key = TypeId::of::<A>();
-        let found = self
-            .types
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .cloned();
-        let any = match found {
-            Some(any) => any,
+        let mut types = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let slots = types.entry(TypeId::of::<A>()).or_default();
+        let any = match slots.get(id) {
+            Some(any) => Arc::clone(any),
             None => {
-                let mut types = self.types.write().unwrap_or_else(PoisonError::into_inner);
-                Arc::clone(types.entry(key).or_insert_with(|| {
-                    Arc::new(TypedCache::<A> {
-                        slots: Mutex::new(HashMap::new()),
-                    }) as Arc<dyn Any + Send + Sync>
-                }))
+                if slots.len() >= self.capacity {
+                    // Evict an instance no command holds; hash order makes this a
+                    // cheap random choice. If every slot is busy the cache grows past
+                    // capacity until they are released.
+                    let idle = slots
+                        .iter()
+                        .find(|(_, slot)| Arc::strong_count(slot) == 1)
+                        .map(|(k, _)| k.clone());
+                    if let Some(key) = idle {
+                        slots.remove(&key);
+                    }
+                }
+                let slot: Arc<dyn Any + Send + Sync> = Arc::new(Slot::<A>::new(None));
+                slots.insert(id.to_owned(), Arc::clone(&slot));
+                slot
             }
         };
-        // The entry for `TypeId::of::<A>()` is only ever a `TypedCache<A>`.
-        any.downcast::<TypedCache<A>>()
-            .unwrap_or_else(|_| unreachable!("cache entry of another type"))
+        drop(types);
+        // Entries under `TypeId::of::<A>()` are only ever `Slot<A>`.
+        any.downcast::<Slot<A>>()
+            .unwrap_or_else(|_| unreachable!("cache slot of another type"))
     }
 }

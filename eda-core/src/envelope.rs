@@ -85,13 +85,43 @@ impl RecordedEvent {
 
 /// Milliseconds since the Unix epoch, for time-ordered event ids.
 pub(crate) fn unix_millis_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() * 1000 + u64::from(d.subsec_millis()),
+        Err(_) => 0,
+    }
 }
 
-/// A fresh UUIDv7 at `millis`: time-ordered (database indexes stay append-mostly),
-/// with 74 random bits.
+/// A fresh UUIDv7 (RFC 9562) at `millis`: 48 bits of time, so database indexes stay
+/// append-mostly, then the version, 12 + 62 random bits and the variant.
 pub(crate) fn event_id_at(millis: u64) -> Uuid {
-    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid()
+    const RAND_A: u128 = 0xFFF << 64;
+    const RAND_B: u128 = (1 << 62) - 1;
+    let random: u128 = rand::random();
+    Uuid::from_u128(
+        (u128::from(millis & 0xFFFF_FFFF_FFFF) << 80)
+            | (0x7 << 76)
+            | (random & RAND_A)
+            | (0b10 << 62)
+            | (random & RAND_B),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_version_7_and_carry_the_time() {
+        let millis = 1_764_000_000_123;
+        let id = event_id_at(millis);
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        let (secs, nanos) = id.get_timestamp().expect("v7 has a timestamp").to_unix();
+        assert_eq!(secs * 1000 + u64::from(nanos / 1_000_000), millis);
+        assert_ne!(event_id_at(millis), id, "random bits differ");
+        assert!(
+            event_id_at(millis + 1) > id,
+            "later ids sort after earlier ones"
+        );
+    }
 }

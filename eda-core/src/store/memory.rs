@@ -149,12 +149,13 @@ impl MemoryStore {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends without waiting; `metadata` is taken (left empty) only on success.
+    /// Appends without waiting. On success `events` is drained and `metadata` taken
+    /// (left empty); on failure both are untouched.
     pub(crate) fn append_now(
         &self,
         stream: StreamId<'_>,
         expected_version: u64,
-        events: Vec<NewEvent>,
+        events: &mut Vec<NewEvent>,
         metadata: &mut Metadata,
     ) -> Result<Appended, StoreError> {
         let mut guard = self.write();
@@ -213,7 +214,7 @@ impl MemoryStore {
             recorded_at: SystemTime::now(),
         });
         let mut version = actual;
-        for event in events {
+        for event in events.drain(..) {
             version += 1;
             let index = log.len();
             target.events.push(index);
@@ -243,7 +244,12 @@ impl EventStore for MemoryStore {
         events: Vec<NewEvent>,
         metadata: &Metadata,
     ) -> Result<Appended, StoreError> {
-        self.append_now(stream, expected_version, events, &mut metadata.clone())
+        self.append_now(
+            stream,
+            expected_version,
+            &mut { events },
+            &mut metadata.clone(),
+        )
     }
 
     async fn read_stream(
