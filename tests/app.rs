@@ -166,28 +166,69 @@ async fn conflicts_beyond_the_retry_limit_are_reported() {
     assert_eq!(stale.execute(deposit("a", 2)).await.unwrap().version, 3);
 }
 
+/// Another writer moves the stream on; `app` then runs a command without any
+/// conflict retry. It succeeds only if `app` does not trust a stale cached state.
+async fn command_after_another_writer(
+    app: App,
+    store: MemoryStore,
+) -> Result<u64, CommandError<AccountError>> {
+    app.execute(open("a")).await.unwrap();
+    App::new(store).execute(deposit("a", 3)).await.unwrap();
+    app.execute(deposit("a", 1)).await.map(|done| done.version)
+}
+
 #[tokio::test]
 async fn cache_can_be_turned_off() {
     let store = MemoryStore::new();
-    let app = App::builder(store.clone())
-        .cache_capacity(0)
-        .build()
-        .unwrap();
-    let other = App::new(store);
-    app.execute(open("a")).await.unwrap();
-    other.execute(deposit("a", 3)).await.unwrap();
-    // Without a cache every command replays, so no conflict happens at all.
-    let app = App::builder(MemoryStore::new())
+    let uncached = App::builder(store.clone())
         .cache_capacity(0)
         .max_conflict_retries(0)
         .build()
         .unwrap();
-    app.execute(open("b")).await.unwrap();
-    assert_eq!(app.execute(deposit("b", 1)).await.unwrap().version, 2);
+    assert_eq!(
+        command_after_another_writer(uncached, store).await.unwrap(),
+        3
+    );
+
+    // Control: with the cache, the same sequence meets the stale version.
+    let store = MemoryStore::new();
+    let cached = App::builder(store.clone())
+        .max_conflict_retries(0)
+        .build()
+        .unwrap();
+    let err = command_after_another_writer(cached, store)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CommandError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
-async fn a_small_cache_evicts_and_stays_correct() {
+async fn a_full_cache_evicts_and_stays_correct() {
+    // Capacity 1: touching "b" evicts "a", so "a" is replayed and sees the other
+    // writer's event; with room for both, "a" stays cached and goes stale.
+    for (capacity, evicted) in [(1, true), (2, false)] {
+        let store = MemoryStore::new();
+        let app = App::builder(store.clone())
+            .cache_capacity(capacity)
+            .max_conflict_retries(0)
+            .build()
+            .unwrap();
+        app.execute(open("a")).await.unwrap();
+        app.execute(open("b")).await.unwrap();
+        App::new(store).execute(deposit("a", 3)).await.unwrap();
+        let result = app.execute(deposit("a", 1)).await;
+        assert_eq!(result.is_ok(), evicted, "capacity {capacity}: {result:?}");
+    }
     let app = App::builder(MemoryStore::new())
         .cache_capacity(2)
         .build()
@@ -233,6 +274,11 @@ async fn every_accepted_command_once(apps: Vec<App>) {
         app = Some(a);
     }
     let app = app.unwrap();
+    assert_eq!(
+        accepted.len(),
+        400,
+        "with retries to spare, every command commits"
+    );
     let versions: BTreeSet<u64> = accepted.iter().map(|(_, v)| *v).collect();
     assert_eq!(
         versions.len(),
@@ -399,4 +445,88 @@ async fn events_and_metadata_are_recorded() {
 fn app_is_a_cheap_send_sync_handle() {
     fn assert_handle<T: Clone + Send + Sync + 'static>() {}
     assert_handle::<App>();
+}
+
+#[tokio::test]
+async fn a_rejection_decided_on_a_stale_cache_is_confirmed_against_the_store() {
+    let store = MemoryStore::new();
+    let app = App::builder(store.clone())
+        .max_conflict_retries(0)
+        .build()
+        .unwrap();
+    app.execute(open("a")).await.unwrap(); // cached at balance 0
+    App::new(store).execute(deposit("a", 10)).await.unwrap();
+    // On the cached state this withdrawal is an overdraft; on the stored one it is not.
+    let done = app
+        .execute(WithdrawMoney {
+            account: "a".into(),
+            amount: 10,
+            reference: "r".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.version, 3);
+}
+
+mod lossy {
+    use eda::prelude::*;
+
+    /// `note` is not stored, so a replay would not see it.
+    #[event]
+    #[derive(Debug)]
+    pub struct Noted {
+        #[serde(skip)]
+        pub note: String,
+    }
+
+    #[command]
+    #[derive(Debug, Clone)]
+    pub struct Note {
+        #[aggregate_id]
+        pub id: String,
+    }
+
+    #[derive(Debug, Default)]
+    pub struct Notebook {
+        pub notes: Vec<String>,
+    }
+
+    #[aggregate(error = std::convert::Infallible)]
+    impl Notebook {
+        #[handle]
+        fn note(&self, _: Note) -> Result<Noted, std::convert::Infallible> {
+            Ok(Noted {
+                note: "remember".into(),
+            })
+        }
+        #[apply]
+        fn noted(&mut self, e: &Noted) {
+            self.notes.push(e.note.clone());
+        }
+    }
+}
+
+/// The cache applies events in memory, a replay applies their stored form: an event
+/// that loses data on the way would make the two disagree. Debug builds refuse it.
+#[cfg(debug_assertions)]
+#[tokio::test]
+async fn debug_builds_refuse_events_that_do_not_survive_their_stored_form() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    let err = app
+        .execute(lossy::Note { id: "n".into() })
+        .await
+        .unwrap_err();
+    match &err {
+        CommandError::Encode { event, source } => {
+            assert_eq!(*event, "Noted");
+            let message = source.to_string();
+            assert!(
+                message.contains(r#"is stored as {} and reads back as Noted(Noted { note: "" })"#),
+                "{message}"
+            );
+        }
+        other => panic!("expected an encode error, got {other:?}"),
+    }
+    assert!(store.is_empty());
 }

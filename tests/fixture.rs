@@ -151,3 +151,57 @@ fn the_wrong_error_and_an_unexpected_success_fail() {
         "{message}"
     );
 }
+
+#[test]
+fn events_that_lose_data_in_their_stored_form_fail_the_fixture() {
+    mod lossy {
+        use eda::prelude::*;
+
+        #[event]
+        #[derive(Debug)]
+        pub struct Tagged {
+            pub id: u32,
+            #[serde(skip)]
+            pub tag: String,
+        }
+
+        #[command]
+        #[derive(Debug, Clone)]
+        pub struct Tag {
+            #[aggregate_id]
+            pub id: String,
+        }
+
+        #[derive(Debug, Default)]
+        pub struct Item;
+
+        #[aggregate(error = std::convert::Infallible)]
+        impl Item {
+            #[handle]
+            fn tag(&self, _: Tag) -> Result<Tagged, std::convert::Infallible> {
+                Ok(Tagged {
+                    id: 1,
+                    tag: "red".into(),
+                })
+            }
+            #[apply]
+            fn tagged(&mut self, _: &Tagged) {}
+        }
+    }
+    let message = panic_message(|| {
+        Fixture::<lossy::Item>::given(())
+            .when(lossy::Tag { id: "i".into() })
+            .then_expect_events(lossy::Tagged {
+                id: 1,
+                tag: "red".into(),
+            });
+    });
+    assert!(
+        message.contains("event `Tagged` produced by `Tag` changes in a round trip"),
+        "{message}"
+    );
+    assert!(
+        message.contains(r#"reads back as Tagged(Tagged { id: 1, tag: "" })"#),
+        "{message}"
+    );
+}

@@ -2,16 +2,27 @@
 
 #![allow(missing_docs)]
 
+mod common;
+
 #[path = "../examples/domain/bank.rs"]
 mod bank;
 
 use bank::{AccountEvent, DepositMoney, OpenAccount, WithdrawMoney};
+use common::YieldingStore;
 use eda::prelude::*;
 
 fn deposit(amount: u64) -> DepositMoney {
     DepositMoney {
         account: "a".into(),
         amount,
+    }
+}
+
+fn withdraw_all() -> WithdrawMoney {
+    WithdrawMoney {
+        account: "a".into(),
+        amount: 10,
+        reference: "all".into(),
     }
 }
 
@@ -99,32 +110,80 @@ async fn event_ids_are_derived_from_the_key() {
     assert_eq!(stored[0].metadata.idempotency_key.as_deref(), Some("k"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_duplicates_commit_once() {
-    let (store, _) = opened().await;
-    // Separate Apps, so the per-App queue does not serialise them.
+/// Eight executions of one keyed command race: exactly one appends, every caller
+/// gets its outcome, even those whose own decision, made after the first committed,
+/// would be a rejection. Run through one App (callers queue on the aggregate) and
+/// through eight Apps, on a store whose calls yield so the tasks interleave.
+async fn racing_duplicates(apps: Vec<App>, store: MemoryStore, command: fn() -> WithdrawMoney) {
     let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let app = App::new(store.clone());
+    for app in apps.into_iter().cycle().take(8) {
         tasks.push(tokio::spawn(async move {
-            app.execute(deposit(7)).idempotency_key("once").await
+            app.execute(command()).idempotency_key("once").await
         }));
     }
     let mut fresh = 0;
     for task in tasks {
-        let done = task.await.unwrap().unwrap();
-        assert_eq!(done.version, 2);
+        let done = task
+            .await
+            .unwrap()
+            .expect("every caller gets the committed outcome");
+        assert_eq!(done.version, 3);
         assert!(
-            matches!(done.events.as_slice(), [AccountEvent::MoneyDeposited(e)] if e.amount == 7)
+            matches!(done.events.as_slice(), [AccountEvent::MoneyWithdrawn(e)] if e.amount == 10)
         );
         fresh += usize::from(!done.duplicate);
     }
     assert_eq!(fresh, 1, "exactly one execution appended");
-    assert_eq!(store.len(), 2);
+    assert_eq!(store.len(), 3);
+}
+
+async fn funded(store: &YieldingStore) -> App {
+    let app = App::new(store.clone());
+    app.execute(OpenAccount {
+        account: "a".into(),
+        owner: "ada".into(),
+    })
+    .await
+    .unwrap();
+    app.execute(deposit(10)).await.unwrap();
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_duplicates_through_one_app() {
+    let store = YieldingStore::default();
+    let app = funded(&store).await;
+    racing_duplicates(vec![app], store.0, withdraw_all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_duplicates_through_many_apps() {
+    let store = YieldingStore::default();
+    funded(&store).await;
+    let apps = (0..8).map(|_| App::new(store.clone())).collect();
+    racing_duplicates(apps, store.0, withdraw_all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_duplicates_on_the_memory_store() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    app.execute(OpenAccount {
+        account: "a".into(),
+        owner: "ada".into(),
+    })
+    .await
+    .unwrap();
+    app.execute(deposit(10)).await.unwrap();
+    let apps = (0..4)
+        .map(|_| App::new(store.clone()))
+        .chain([app])
+        .collect();
+    racing_duplicates(apps, store, withdraw_all).await;
 }
 
 #[tokio::test]
-async fn a_key_reused_on_another_aggregate_is_an_error() {
+async fn a_key_reused_on_another_aggregate_or_command_is_an_error() {
     let (store, app) = opened().await;
     app.execute(deposit(1)).idempotency_key("k").await.unwrap();
     app.execute(OpenAccount {
@@ -144,13 +203,29 @@ async fn a_key_reused_on_another_aggregate_is_an_error() {
     match err {
         CommandError::IdempotencyKeyReused {
             ref key,
+            ref first_command,
             ref first_stream,
         } => {
             assert_eq!(key, "k");
+            assert_eq!(first_command.as_deref(), Some("DepositMoney"));
             assert_eq!(first_stream, &("Account".to_string(), "a".to_string()));
         }
         other => panic!("expected IdempotencyKeyReused, got {other:?}"),
     }
+    assert_eq!(
+        err.to_string(),
+        "idempotency key `k` was first used by `DepositMoney` on Account `a`"
+    );
+
+    let err = app
+        .execute(withdraw_all())
+        .idempotency_key("k")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::IdempotencyKeyReused { ref first_command, .. } if first_command.as_deref() == Some("DepositMoney")),
+        "{err:?}"
+    );
     assert_eq!(store.len(), 3);
 }
 
@@ -180,32 +255,4 @@ async fn a_rejected_command_can_be_retried_with_its_key() {
         "a rejection stores nothing, so the retry runs"
     );
     assert_eq!(store.len(), 2);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_duplicate_that_would_now_be_rejected_still_returns_the_first_outcome() {
-    let (store, app) = opened().await;
-    app.execute(deposit(10)).await.unwrap();
-    // Each retry of "withdraw everything" would be rejected on the state after the
-    // first one; with the key, every caller gets the first outcome instead.
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let app = App::new(store.clone());
-        tasks.push(tokio::spawn(async move {
-            let all = WithdrawMoney {
-                account: "a".into(),
-                amount: 10,
-                reference: "all".into(),
-            };
-            app.execute(all).idempotency_key("withdraw-all").await
-        }));
-    }
-    for task in tasks {
-        let done = task
-            .await
-            .unwrap()
-            .expect("every caller sees the committed withdrawal");
-        assert_eq!(done.version, 3);
-    }
-    assert_eq!(store.len(), 3);
 }

@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -181,20 +182,20 @@ impl App {
 
     /// Rebuilds an aggregate's current state from its events.
     pub async fn load<A: Aggregate>(&self, id: &A::Id) -> Result<A, LoadError> {
-        let id = stream_key(id);
-        let span = tracing::debug_span!("eda.load", aggregate_type = A::TYPE, aggregate_id = %id, version = tracing::field::Empty);
-        async {
-            let loaded = self.replay::<A>(&id).await?;
-            tracing::Span::current().record("version", loaded.version);
-            Ok(loaded.state)
-        }
-        .instrument(span)
-        .await
+        self.load_with_version(id).await.map(|(state, _)| state)
     }
 
     /// Rebuilds an aggregate's state and returns it with its stream version.
     pub async fn load_with_version<A: Aggregate>(&self, id: &A::Id) -> Result<(A, u64), LoadError> {
-        let loaded = self.replay::<A>(&stream_key(id)).await?;
+        let id = stream_key(id);
+        let span = tracing::debug_span!(
+            "eda.load",
+            aggregate_type = A::TYPE,
+            aggregate_id = %id,
+            version = tracing::field::Empty,
+        );
+        let loaded = self.replay::<A>(&id).instrument(span.clone()).await?;
+        span.record("version", loaded.version);
         Ok((loaded.state, loaded.version))
     }
 
@@ -232,10 +233,11 @@ impl App {
         &self,
         command: C,
         mut metadata: Metadata,
+        span: tracing::Span,
     ) -> Result<Committed<C::Aggregate>, CommandError<<C::Aggregate as Aggregate>::Error>> {
         let id = stream_key(command.target_id());
         if let Some(key) = &metadata.idempotency_key {
-            if let Some(first) = Box::pin(self.first_outcome::<C::Aggregate>(key, &id)).await? {
+            if let Some(first) = Box::pin(self.first_outcome::<C>(key, &id)).await? {
                 return Ok(first);
             }
         }
@@ -266,14 +268,15 @@ impl App {
                 Box::pin(self.catch_up(&mut cached, &id)).await?;
                 fresh = true;
                 if cached.version != before {
-                    if let Some(first) = self
-                        .committed_meanwhile::<C::Aggregate>(&metadata, &id)
-                        .await?
-                    {
-                        *guard = Some(cached);
-                        return Ok(first);
-                    }
                     continue;
+                }
+            }
+            if decided.is_err() || events.is_empty() {
+                // Another execution of this idempotent command may have committed
+                // while this one waited: its outcome is this one's too.
+                if let Some(first) = self.committed_meanwhile::<C>(&metadata, &id).await? {
+                    *guard = Some(cached);
+                    return Ok(first);
                 }
             }
             if let Err(rejection) = decided {
@@ -290,16 +293,25 @@ impl App {
                     duplicate: false,
                 });
             }
+            let append_span = tracing::debug_span!(
+                "eda.append",
+                aggregate_type = <C::Aggregate as Aggregate>::TYPE,
+                aggregate_id = %id,
+                expected_version = cached.version,
+                events = events.len(),
+            );
             let appended = match self.inner.store.as_memory() {
                 // The in-process store appends without waiting: no boxed future, and
                 // the encoded events go through a reused buffer.
-                Some(memory) => ENCODED.with(|buffer| {
-                    let mut buffer = buffer.take();
-                    encode(&events, metadata.idempotency_key.as_deref(), &mut buffer)?;
-                    let appended =
-                        memory.append_now(stream, cached.version, &mut buffer, &mut metadata);
-                    ENCODED.set(buffer);
-                    Ok::<_, CommandError<<C::Aggregate as Aggregate>::Error>>(appended)
+                Some(memory) => append_span.in_scope(|| {
+                    ENCODED.with(|buffer| {
+                        let mut buffer = buffer.take();
+                        encode(&events, metadata.idempotency_key.as_deref(), &mut buffer)?;
+                        let appended =
+                            memory.append_now(stream, cached.version, &mut buffer, &mut metadata);
+                        ENCODED.set(buffer);
+                        Ok::<_, CommandError<<C::Aggregate as Aggregate>::Error>>(appended)
+                    })
                 })?,
                 None => {
                     let mut new_events = Vec::with_capacity(events.len());
@@ -311,6 +323,7 @@ impl App {
                     self.inner
                         .store
                         .append(stream, cached.version, new_events, &metadata)
+                        .instrument(append_span)
                         .await
                 }
             };
@@ -321,6 +334,7 @@ impl App {
                     }
                     cached.version = appended.version;
                     *guard = Some(cached);
+                    span.record("version", appended.version);
                     return Ok(Committed {
                         version: appended.version,
                         position: Some(appended.position),
@@ -343,87 +357,74 @@ impl App {
                     tracing::debug!(expected, actual, attempts, "version conflict; catching up");
                     Box::pin(self.catch_up(&mut cached, &id)).await?;
                     fresh = true;
-                    if let Some(first) = self
-                        .committed_meanwhile::<C::Aggregate>(&metadata, &id)
-                        .await?
-                    {
+                    if let Some(first) = self.committed_meanwhile::<C>(&metadata, &id).await? {
                         *guard = Some(cached);
                         return Ok(first);
                     }
                 }
-                Err(StoreError::DuplicateEvent { .. }) if metadata.idempotency_key.is_some() => {
-                    // A concurrent execution with the same key won the race.
+                Err(duplicate @ StoreError::DuplicateEvent { .. }) => {
+                    // With an idempotency key: a concurrent execution won the race.
                     drop(guard);
-                    let key = metadata.idempotency_key.as_deref().unwrap_or_default();
-                    if let Some(first) = self.first_outcome::<C::Aggregate>(key, &id).await? {
+                    if let Some(first) = self.committed_meanwhile::<C>(&metadata, &id).await? {
                         return Ok(first);
                     }
-                    return Err(CommandError::Store(StoreError::DuplicateEvent {
-                        event_id: idempotent_event_id(key, 0),
-                    }));
+                    return Err(CommandError::Store(duplicate));
                 }
                 Err(e) => return Err(CommandError::Store(e)),
             }
         }
     }
 
-    /// After catching up: whether the events just read include a concurrent
-    /// execution of this same idempotent command, whose outcome is then ours too.
-    async fn committed_meanwhile<A: Aggregate>(
+    /// Whether another execution of this idempotent command has committed; its
+    /// outcome then stands for this one.
+    async fn committed_meanwhile<C: HandledCommand>(
         &self,
         metadata: &Metadata,
         id: &str,
-    ) -> Result<Option<Committed<A>>, CommandError<A::Error>> {
+    ) -> Result<Option<Committed<C::Aggregate>>, CommandError<<C::Aggregate as Aggregate>::Error>>
+    {
         match &metadata.idempotency_key {
-            Some(key) => Box::pin(self.first_outcome::<A>(key, id)).await,
+            Some(key) => Box::pin(self.first_outcome::<C>(key, id)).await,
             None => Ok(None),
         }
     }
 
-    /// The events an earlier execution with `key` committed, if there was one.
-    async fn first_outcome<A: Aggregate>(
+    /// The events an earlier execution with `key` committed, if there was one. They
+    /// are found by their ids, which derive from the key, so the cost does not grow
+    /// with the stream.
+    async fn first_outcome<C: HandledCommand>(
         &self,
         key: &str,
         id: &str,
-    ) -> Result<Option<Committed<A>>, CommandError<A::Error>> {
-        let first_id = idempotent_event_id(key, 0);
-        let Some(first) = self
-            .inner
-            .store
-            .read_event(first_id)
-            .await
-            .map_err(CommandError::Store)?
-        else {
-            return Ok(None);
-        };
-        if first.aggregate_type != A::TYPE || first.aggregate_id != id {
-            return Err(CommandError::IdempotencyKeyReused {
-                key: key.to_owned(),
-                first_stream: (first.aggregate_type, first.aggregate_id),
-            });
-        }
-        let stream = StreamId {
-            aggregate_type: A::TYPE,
-            aggregate_id: id,
-        };
-        let tail = self
-            .inner
-            .store
-            .read_stream(stream, first.version - 1)
-            .await
-            .map_err(CommandError::Store)?;
+    ) -> Result<Option<Committed<C::Aggregate>>, CommandError<<C::Aggregate as Aggregate>::Error>>
+    {
         let mut events = Vec::new();
-        let mut last: Option<&RecordedEvent> = None;
-        for (i, recorded) in tail.iter().enumerate() {
-            if recorded.event_id != idempotent_event_id(key, i) {
+        let mut last = None;
+        for index in 0.. {
+            let recorded = self
+                .inner
+                .store
+                .read_event(idempotent_event_id(key, index))
+                .await;
+            let Some(recorded) = recorded.map_err(CommandError::Store)? else {
                 break;
+            };
+            let same_command = recorded.metadata.command.as_deref() == Some(C::NAME);
+            let same_stream = recorded.aggregate_type == <C::Aggregate as Aggregate>::TYPE
+                && recorded.aggregate_id == id;
+            if !(same_command && same_stream) {
+                return Err(CommandError::IdempotencyKeyReused {
+                    key: key.to_owned(),
+                    first_command: recorded.metadata.command.clone().map(Cow::into_owned),
+                    first_stream: (recorded.aggregate_type, recorded.aggregate_id),
+                });
             }
-            events.push(decode::<A>(recorded).map_err(CommandError::Decode)?);
-            last = Some(recorded);
+            events.push(decode::<C::Aggregate>(&recorded).map_err(CommandError::Decode)?);
+            last = Some((recorded.version, recorded.position));
         }
-        Ok(last.map(|last| Committed {
-            version: last.version,
-            position: Some(last.position),
+        Ok(last.map(|(version, position)| Committed {
+            version,
+            position: Some(position),
             events,
             duplicate: true,
         }))
@@ -494,6 +495,7 @@ impl<'a, C: HandledCommand> IntoFuture for Execute<'a, C> {
             command = C::NAME,
             aggregate_type = <C::Aggregate as Aggregate>::TYPE,
             aggregate_id = tracing::field::Empty,
+            version = tracing::field::Empty,
         );
         if !span.is_disabled() {
             span.record(
@@ -501,7 +503,11 @@ impl<'a, C: HandledCommand> IntoFuture for Execute<'a, C> {
                 tracing::field::display(self.command.target_id()),
             );
         }
-        Box::pin(self.app.run(self.command, self.metadata).instrument(span))
+        Box::pin(
+            self.app
+                .run(self.command, self.metadata, span.clone())
+                .instrument(span),
+        )
     }
 }
 
@@ -530,6 +536,8 @@ fn encode<E: AggregateEvent, Err>(
             event: event.name(),
             source,
         })?;
+        #[cfg(debug_assertions)]
+        check_round_trip(event, &payload)?;
         let event_id = match key {
             Some(key) => idempotent_event_id(key, i),
             None => event_id_at(millis),
@@ -542,6 +550,44 @@ fn encode<E: AggregateEvent, Err>(
         });
     }
     Ok(())
+}
+
+/// Debug builds check that an event reads back as itself (compared by `Debug`): the
+/// cache applies the event in memory while a replay applies the decoded payload, and
+/// the two states must not drift apart (`#[serde(skip)]` fields, lossy custom serde).
+#[cfg(debug_assertions)]
+fn check_round_trip<E: AggregateEvent, Err>(
+    event: &E,
+    payload: &str,
+) -> Result<(), CommandError<Err>> {
+    match E::decode(event.name(), event.version(), payload) {
+        Ok(back) => {
+            let (before, after) = (format!("{event:?}"), format!("{back:?}"));
+            if before == after {
+                Ok(())
+            } else {
+                Err(round_trip_error(
+                    event.name(),
+                    format!("{before} is stored as {payload} and reads back as {after}"),
+                ))
+            }
+        }
+        Err(e) => Err(round_trip_error(
+            event.name(),
+            format!("{payload} does not read back: {e}"),
+        )),
+    }
+}
+
+#[cfg(debug_assertions)]
+fn round_trip_error<Err>(event: &'static str, problem: String) -> CommandError<Err> {
+    use serde::ser::Error as _;
+    CommandError::Encode {
+        event,
+        source: serde_json::Error::custom(format!(
+            "the event does not survive its stored form: {problem}"
+        )),
+    }
 }
 
 /// The id of the `index`th event of the command with idempotency key `key`.

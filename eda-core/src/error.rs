@@ -142,11 +142,14 @@ pub enum CommandError<E> {
         /// How many times the command was decided.
         attempts: u32,
     },
-    /// The idempotency key was first used for a command on another aggregate.
+    /// The idempotency key was first used by another command type or on another
+    /// aggregate: a client reused a key it should not have. Nothing was stored.
     IdempotencyKeyReused {
         /// The key.
         key: String,
-        /// Aggregate type and id the key was first used with.
+        /// The command the key was first used by.
+        first_command: Option<String>,
+        /// Aggregate type and id the key was first used on.
         first_stream: (String, String),
     },
     /// An event could not be serialized.
@@ -197,10 +200,12 @@ impl<E: fmt::Display> fmt::Display for CommandError<E> {
                 f,
                 "version conflict on {aggregate_type} `{aggregate_id}` after {attempts} attempts: expected version {expected}, found {actual}"
             ),
-            CommandError::IdempotencyKeyReused { key, first_stream } => write!(
+            CommandError::IdempotencyKeyReused { key, first_command, first_stream } => write!(
                 f,
-                "idempotency key `{key}` was first used on {} `{}`",
-                first_stream.0, first_stream.1
+                "idempotency key `{key}` was first used by `{}` on {} `{}`",
+                first_command.as_deref().unwrap_or("?"),
+                first_stream.0,
+                first_stream.1
             ),
             CommandError::Encode { event, .. } => write!(f, "cannot serialize event `{event}`"),
             CommandError::Store(e) => fmt::Display::fmt(e, f),

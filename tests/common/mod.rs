@@ -3,7 +3,7 @@
 
 pub mod conformance;
 
-use eda::{Metadata, NewEvent, StreamId};
+use eda::{EventStore, Metadata, NewEvent, StreamId};
 
 pub fn stream<'a>(aggregate_type: &'a str, aggregate_id: &'a str) -> StreamId<'a> {
     StreamId {
@@ -24,4 +24,57 @@ pub fn new_event(name: &'static str, payload: &str) -> NewEvent {
 
 pub fn meta() -> Metadata {
     Metadata::default()
+}
+
+/// A `MemoryStore` whose every call yields to the scheduler before and after, as a
+/// networked store does, so tasks interleave inside `App::execute`.
+#[derive(Clone, Default)]
+pub struct YieldingStore(pub eda::MemoryStore);
+
+impl eda::EventStore for YieldingStore {
+    async fn append(
+        &self,
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: Vec<NewEvent>,
+        metadata: &Metadata,
+    ) -> Result<eda::Appended, eda::StoreError> {
+        tokio::task::yield_now().await;
+        let result = self
+            .0
+            .append(stream, expected_version, events, metadata)
+            .await;
+        tokio::task::yield_now().await;
+        result
+    }
+
+    async fn read_stream(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+    ) -> Result<Vec<eda::RecordedEvent>, eda::StoreError> {
+        tokio::task::yield_now().await;
+        let result = self.0.read_stream(stream, after_version).await;
+        tokio::task::yield_now().await;
+        result
+    }
+
+    async fn read_all(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<eda::RecordedEvent>, eda::StoreError> {
+        tokio::task::yield_now().await;
+        self.0.read_all(after_position, limit).await
+    }
+
+    async fn read_event(
+        &self,
+        event_id: eda::Uuid,
+    ) -> Result<Option<eda::RecordedEvent>, eda::StoreError> {
+        tokio::task::yield_now().await;
+        let result = self.0.read_event(event_id).await;
+        tokio::task::yield_now().await;
+        result
+    }
 }
