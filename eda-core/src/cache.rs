@@ -22,9 +22,12 @@ pub(crate) type Slot<A> = async_lock::Mutex<Option<Cached<A>>>;
 pub(crate) struct Cache {
     /// Instances kept per aggregate type.
     capacity: usize,
-    /// Aggregate type -> id -> `Arc<Slot<A>>` (as `Any`, downcast on the way out).
-    slots: Mutex<HashMap<TypeId, HashMap<String, Arc<dyn Any + Send + Sync>>>>,
+    /// Aggregate type -> id -> slot.
+    slots: Mutex<HashMap<TypeId, HashMap<String, AnySlot>>>,
 }
+
+/// An `Arc<Slot<A>>`, downcast on the way out.
+type AnySlot = Arc<dyn Any + Send + Sync>;
 
 impl Cache {
     pub(crate) fn new(capacity: usize) -> Self {
@@ -56,7 +59,7 @@ impl Cache {
                         slots.remove(&key);
                     }
                 }
-                let slot: Arc<dyn Any + Send + Sync> = Arc::new(Slot::<A>::new(None));
+                let slot: AnySlot = Arc::new(Slot::<A>::new(None));
                 slots.insert(id.to_owned(), Arc::clone(&slot));
                 slot
             }

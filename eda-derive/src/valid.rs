@@ -21,15 +21,27 @@ pub(crate) fn last_ident(ty: &Type) -> Option<&Ident> {
     }
 }
 
+/// How much of a handler is expanded once the checks have run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expand {
+    /// Valid: the real impls.
+    Full,
+    /// Reported: impls whose body is never reached, so uses of the command do not
+    /// add follow-on errors.
+    Stub,
+    /// Reported, and an impl would conflict with another one: nothing.
+    Nothing,
+}
+
 /// Routing is by command type, so one command cannot go to two methods.
-/// Marks the later handlers in `skip`.
-pub(crate) fn one_handler_per_command(cx: &mut Ctxt, agg: &AggregateImpl, skip: &mut [bool]) {
+/// The later handlers expand to nothing.
+pub(crate) fn one_handler_per_command(cx: &mut Ctxt, agg: &AggregateImpl, expand: &mut [Expand]) {
     for (i, h) in agg.handlers.iter().enumerate() {
         if let Some(first) = agg.handlers[..i]
             .iter()
             .find(|f| type_key(&f.command) == type_key(&h.command))
         {
-            skip[i] = true;
+            expand[i] = Expand::Nothing;
             cx.error_spanned_by(
                 &h.command,
                 format_args!(
@@ -80,19 +92,19 @@ pub(crate) fn one_applier_per_event(cx: &mut Ctxt, agg: &AggregateImpl) {
 }
 
 /// A handler may only return events that replay can apply, or its state would
-/// differ between the command and the next load. Marks offending handlers in `skip`.
+/// differ between the command and the next load. Offending handlers expand to stubs.
 pub(crate) fn returned_events_are_applied(
     cx: &mut Ctxt,
     agg: &AggregateImpl,
     self_name: &str,
     enum_name: &Ident,
-    skip: &mut [bool],
+    expand: &mut [Expand],
 ) {
     for (i, h) in agg.handlers.iter().enumerate() {
         let mut leaves = Vec::new();
         if let Err((ty, why)) = event_leaves(&h.output, &mut leaves) {
             cx.error_spanned_by(ty, why);
-            skip[i] = true;
+            expand[i] = stub(expand[i]);
             continue;
         }
         for leaf in leaves {
@@ -101,7 +113,7 @@ pub(crate) fn returned_events_are_applied(
                 continue;
             }
             if !agg.appliers.iter().any(|a| applies(a, leaf)) {
-                skip[i] = true;
+                expand[i] = stub(expand[i]);
                 cx.error_spanned_by(
                     leaf,
                     format_args!(
@@ -112,6 +124,14 @@ pub(crate) fn returned_events_are_applied(
                 );
             }
         }
+    }
+}
+
+/// `Full` becomes `Stub`; `Nothing` stays.
+pub(crate) fn stub(expand: Expand) -> Expand {
+    match expand {
+        Expand::Full => Expand::Stub,
+        other => other,
     }
 }
 

@@ -3,7 +3,7 @@
 
 pub mod conformance;
 
-use eda::{EventStore, Metadata, NewEvent, StreamId};
+use eda::{Metadata, NewEvent, StreamId};
 
 pub fn stream<'a>(aggregate_type: &'a str, aggregate_id: &'a str) -> StreamId<'a> {
     StreamId {
@@ -54,7 +54,7 @@ impl eda::EventStore for YieldingStore {
         after_version: u64,
     ) -> Result<Vec<eda::RecordedEvent>, eda::StoreError> {
         tokio::task::yield_now().await;
-        let result = self.0.read_stream(stream, after_version).await;
+        let result = eda::EventStore::read_stream(&self.0, stream, after_version).await;
         tokio::task::yield_now().await;
         result
     }
@@ -65,7 +65,7 @@ impl eda::EventStore for YieldingStore {
         limit: usize,
     ) -> Result<Vec<eda::RecordedEvent>, eda::StoreError> {
         tokio::task::yield_now().await;
-        self.0.read_all(after_position, limit).await
+        eda::EventStore::read_all(&self.0, after_position, limit).await
     }
 
     async fn read_event(
@@ -73,7 +73,7 @@ impl eda::EventStore for YieldingStore {
         event_id: eda::Uuid,
     ) -> Result<Option<eda::RecordedEvent>, eda::StoreError> {
         tokio::task::yield_now().await;
-        let result = self.0.read_event(event_id).await;
+        let result = eda::EventStore::read_event(&self.0, event_id).await;
         tokio::task::yield_now().await;
         result
     }

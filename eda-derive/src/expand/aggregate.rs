@@ -1,12 +1,13 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::Type;
 
 use crate::ast::AggregateImpl;
 use crate::attr;
 use crate::ctxt::Ctxt;
-use crate::valid;
+use crate::valid::{self, Expand};
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut cx = Ctxt::default();
@@ -44,21 +45,21 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         return quote!(#item #errors);
     };
     let agg = AggregateImpl::from_item(&mut cx, item);
-    let enum_ident = format_ident!("{}Event", self_ident);
-    let self_name = self_ident.to_string();
+    let self_name = self_ident.unraw().to_string();
+    let enum_ident = format_ident!("{}Event", self_name);
 
     // Handlers that fail a check are not expanded, so their mistake is reported
     // once instead of again by the type checker.
-    let mut skip = vec![false; agg.handlers.len()];
-    valid::one_handler_per_command(&mut cx, &agg, &mut skip);
+    let mut expand = vec![Expand::Full; agg.handlers.len()];
+    valid::one_handler_per_command(&mut cx, &agg, &mut expand);
     valid::one_applier_per_event(&mut cx, &agg);
-    valid::returned_events_are_applied(&mut cx, &agg, &self_name, &enum_ident, &mut skip);
+    valid::returned_events_are_applied(&mut cx, &agg, &self_name, &enum_ident, &mut expand);
     if args.error.is_none() && !agg.handlers.is_empty() {
         cx.push(syn::Error::new(
             Span::call_site(),
             "#[aggregate] needs the error type its handlers reject commands with: `#[aggregate(error = AccountError)]`",
         ));
-        skip.fill(true);
+        expand.iter_mut().for_each(|e| *e = valid::stub(*e));
     }
 
     let private = super::private(args.krate.as_ref());
@@ -106,14 +107,14 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         quote_spanned! {ty.span()=>
             #[automatically_derived]
             impl ::core::convert::From<#ty> for #enum_ident {
-                fn from(event: #ty) -> Self {
-                    #enum_ident::#v(event)
+                fn from(__eda_event: #ty) -> Self {
+                    #enum_ident::#v(__eda_event)
                 }
             }
             #[automatically_derived]
             impl #private::IntoEvents<#enum_ident> for #ty {
-                fn into_events(self, out: &mut ::std::vec::Vec<#enum_ident>) {
-                    out.push(#enum_ident::#v(self));
+                fn into_events(self, __eda_out: &mut ::std::vec::Vec<#enum_ident>) {
+                    __eda_out.push(#enum_ident::#v(self));
                 }
             }
         }
@@ -126,30 +127,36 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         .map(|(v, ty, _)| quote!(#enum_ident::#v(_) => <#ty as #private::Event>::VERSION));
     let encodes = events
         .iter()
-        .map(|(v, _, _)| quote!(#enum_ident::#v(ref event) => #private::encode(event)));
+        .map(|(v, _, _)| quote!(#enum_ident::#v(ref __eda_event) => #private::encode(__eda_event)));
     let decodes = events.iter().map(|(v, ty, _)| {
         quote! {
-            if name == <#ty as #private::Event>::NAME {
-                return <#ty as #private::Event>::decode(version, payload).map(#enum_ident::#v);
+            if __eda_name == <#ty as #private::Event>::NAME {
+                return <#ty as #private::Event>::decode(__eda_version, __eda_payload).map(#enum_ident::#v);
             }
         }
     });
     let applies = events
         .iter()
-        .map(|(v, _, method)| quote!(#enum_ident::#v(ref event) => #self_ty::#method(self, event)));
+        .map(|(v, _, method)| quote!(#enum_ident::#v(ref __eda_event) => <#self_ty>::#method(self, __eda_event)));
 
     let handles = agg
         .handlers
         .iter()
-        .zip(&skip)
-        .filter(|(_, skip)| !**skip)
-        .map(|(h, _)| {
+        .zip(&expand)
+        .filter(|(_, e)| **e != Expand::Nothing)
+        .map(|(h, e)| {
             let command = &h.command;
             let method = &h.method;
             let output = &h.output;
             let command_span = command.span();
-            let into_events = quote_spanned! {output.span()=>
-                #private::IntoEvents::<#enum_ident>::into_events(__eda_output, __eda_events);
+            let body = match e {
+                Expand::Full => quote_spanned! {output.span()=>
+                    let __eda_output: #output = <#self_ty>::#method(self, __eda_command)?;
+                    #private::IntoEvents::<#enum_ident>::into_events(__eda_output, __eda_events);
+                    ::core::result::Result::Ok(())
+                },
+                // Next to a compile error: never compiled into a program that runs.
+                _ => quote!(::core::unreachable!()),
             };
             let target_id = quote_spanned! {command_span=>
                 #private::target_id::<#command, #self_ty>(self)
@@ -157,14 +164,13 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             quote_spanned! {command_span=>
                 #[automatically_derived]
                 impl #private::Handle<#command> for #self_ty {
+                    #[allow(unused_variables)]
                     fn handle(
                         &self,
                         __eda_command: #command,
                         __eda_events: &mut ::std::vec::Vec<#enum_ident>,
                     ) -> ::core::result::Result<(), #error_ty> {
-                        let __eda_output: #output = #self_ty::#method(self, __eda_command)?;
-                        #into_events
-                        ::core::result::Result::Ok(())
+                        #body
                     }
                 }
                 #[automatically_derived]
@@ -176,6 +182,24 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 }
             }
         });
+
+    // Replay finds an event by its stored name: two applied types with one name
+    // (typically two versions of an event) would make it ambiguous.
+    let mut distinct_names = Vec::new();
+    for (i, (_, a, _)) in events.iter().enumerate() {
+        for (_, b, _) in &events[i + 1..] {
+            let message = format!(
+                "`{}` and `{}` are both applied by `{self_name}` but have the same event name; apply only the newest version (older versions are upcast to it)",
+                a.to_token_stream().to_string().replace(' ', ""),
+                b.to_token_stream().to_string().replace(' ', ""),
+            );
+            distinct_names.push(quote_spanned! {b.span()=>
+                const _: () = if #private::str_eq(<#a as #private::Event>::NAME, <#b as #private::Event>::NAME) {
+                    ::core::panic!("{}", #message)
+                };
+            });
+        }
+    }
 
     let item = &agg.item;
     let errors = cx.into_compile_errors();
@@ -191,8 +215,8 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
 
             #[automatically_derived]
             impl #private::IntoEvents<#enum_ident> for #enum_ident {
-                fn into_events(self, out: &mut ::std::vec::Vec<#enum_ident>) {
-                    out.push(self);
+                fn into_events(self, __eda_out: &mut ::std::vec::Vec<#enum_ident>) {
+                    __eda_out.push(self);
                 }
             }
 
@@ -208,12 +232,12 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     match *self { #(#encodes,)* }
                 }
                 fn decode(
-                    name: &str,
-                    version: u32,
-                    payload: &str,
+                    __eda_name: &str,
+                    __eda_version: u32,
+                    __eda_payload: &str,
                 ) -> ::core::result::Result<Self, #private::DecodeErrorKind> {
                     #(#decodes)*
-                    let _ = (version, payload);
+                    let _ = (__eda_name, __eda_version, __eda_payload);
                     #private::unknown_event()
                 }
             }
@@ -224,12 +248,14 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 type Id = #id_ty;
                 type Event = #enum_ident;
                 type Error = #error_ty;
-                fn apply(&mut self, event: &#enum_ident) {
-                    match *event { #(#applies,)* }
+                fn apply(&mut self, __eda_event: &#enum_ident) {
+                    match *__eda_event { #(#applies,)* }
                 }
             }
 
             #(#handles)*
+
+            #(#distinct_names)*
         };
 
         #errors

@@ -1,5 +1,6 @@
 use proc_macro2::TokenStream;
 use quote::quote;
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
 use crate::attr;
@@ -62,11 +63,20 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         ));
     }
 
+    if let Some(lifetime) = item.generics.lifetimes().next() {
+        cx.error_spanned_by(
+            lifetime,
+            "a command cannot borrow: it is moved into `App::execute` and may be retried, so it must own its data",
+        );
+    }
+
     let ident = &item.ident;
-    let name = ident.to_string();
+    let name = ident.unraw().to_string();
     let (impl_generics, ty_generics, where_clause) = item.generics.split_for_impl();
-    let command_impl = ids.first().map(|(member, ty, _)| {
-        quote! {
+    let command_impl = if !is_struct || item.generics.lifetimes().next().is_some() {
+        None
+    } else if let Some((member, ty, _)) = ids.first() {
+        Some(quote! {
             #[doc(hidden)]
             const _: () = {
                 #[automatically_derived]
@@ -78,8 +88,23 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     }
                 }
             };
-        }
-    });
+        })
+    } else {
+        // Reported above; a stub keeps uses of the command free of follow-on errors.
+        Some(quote! {
+            #[doc(hidden)]
+            const _: () = {
+                #[automatically_derived]
+                impl #impl_generics #private::Command for #ident #ty_generics #where_clause {
+                    type Id = ::std::string::String;
+                    const NAME: &'static str = #name;
+                    fn aggregate_id(&self) -> &Self::Id {
+                        ::core::unreachable!()
+                    }
+                }
+            };
+        })
+    };
     let errors = cx.into_compile_errors();
     quote! {
         #item

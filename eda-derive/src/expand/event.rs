@@ -1,5 +1,6 @@
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
 use crate::attr;
@@ -44,7 +45,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let name = args
         .name
         .as_ref()
-        .map_or_else(|| ident.to_string(), syn::LitStr::value);
+        .map_or_else(|| ident.unraw().to_string(), syn::LitStr::value);
     if name.is_empty() {
         if let Some(lit) = &args.name {
             cx.error_spanned_by(lit, "an event `name` cannot be empty");
@@ -59,15 +60,15 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         let version_msg = format!("`upcast_from = {old_text}` must be an event at version {} (one below {version})", version.saturating_sub(1));
         let span = old.span();
         let decode = quote_spanned! {span=>
-            fn decode(version: u32, payload: &str) -> ::core::result::Result<Self, #private::DecodeErrorKind> {
-                #private::decode_upcast::<Self, #old>(version, payload)
+            fn decode(__eda_version: u32, __eda_payload: &str) -> ::core::result::Result<Self, #private::DecodeErrorKind> {
+                #private::decode_upcast::<Self, #old>(__eda_version, __eda_payload)
             }
         };
         let checks = quote_spanned! {span=>
             const _: () = match #private::upcast_check::<#old>(#name, #version) {
                 #private::UpcastCheck::Ok => {}
-                #private::UpcastCheck::WrongName => ::core::panic!(#name_msg),
-                #private::UpcastCheck::WrongVersion => ::core::panic!(#version_msg),
+                #private::UpcastCheck::WrongName => ::core::panic!("{}", #name_msg),
+                #private::UpcastCheck::WrongVersion => ::core::panic!("{}", #version_msg),
             };
         };
         (decode, checks)
