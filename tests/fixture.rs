@@ -185,7 +185,9 @@ fn events_that_lose_data_in_their_stored_form_fail_the_fixture() {
                 })
             }
             #[apply]
-            fn tagged(&mut self, _: &Tagged) {}
+            fn tagged(&mut self, e: &Tagged) {
+                let _ = (e.id, &e.tag);
+            }
         }
     }
     let message = panic_message(|| {

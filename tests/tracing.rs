@@ -16,10 +16,13 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event as TraceEvent, Metadata as TraceMetadata, Subscriber};
 
-/// Every span with its fields as text, in creation order.
+/// A span's name and its fields as text.
+type Span = (String, BTreeMap<String, String>);
+
+/// Every span, in creation order.
 #[derive(Clone, Default)]
 struct Recorder {
-    spans: Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>,
+    spans: Arc<Mutex<Vec<Span>>>,
 }
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
