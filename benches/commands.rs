@@ -64,6 +64,13 @@ fn many_accounts(runs: usize, rt: &tokio::runtime::Runtime, ids: &[String], comm
 }
 
 fn long_stream_tail(runs: usize, rt: &tokio::runtime::Runtime) {
+    let baseline = median(runs, baseline_long_stream);
+    report(
+        "(b) baseline: one struct, same rules",
+        TAIL_COMMANDS as f64,
+        baseline,
+        None,
+    );
     let prepared = rt.block_on(long_stream());
     let tail = median(runs, || {
         rt.block_on(tail_commands(&prepared, 10_000, TAIL_COMMANDS))
@@ -190,6 +197,28 @@ fn baseline_many_accounts(ids: &[String]) -> Duration {
     }
     let elapsed = start.elapsed();
     assert_eq!(std::hint::black_box(&accounts)[&ids[0]].balance, 90);
+    elapsed
+}
+
+/// The long account as a plain struct: what (b) costs without storing anything.
+fn baseline_long_stream() -> Duration {
+    let mut account = bank::Account {
+        owner: Some("owner".into()),
+        balance: (LONG_STREAM - 1) as u64,
+    };
+    let start = Instant::now();
+    for _ in 0..TAIL_COMMANDS {
+        let cmd = DepositMoney {
+            account: "long".into(),
+            amount: 1,
+        };
+        if account.owner.is_none() || cmd.amount == 0 {
+            panic!("rejected");
+        }
+        account.balance += cmd.amount;
+    }
+    let elapsed = start.elapsed();
+    assert!(std::hint::black_box(&account).balance >= LONG_STREAM as u64);
     elapsed
 }
 

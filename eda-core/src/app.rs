@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::aggregate::{stream_key, Aggregate, AggregateEvent, Handle};
 use crate::cache::{Cache, Cached};
 use crate::command::HandledCommand;
-use crate::envelope::{event_id_at, unix_millis_now, Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::envelope::{event_id_at, unix_millis_now, EventRef, Metadata, NewEvent, StreamId};
 use crate::error::{CommandError, DecodeError, LoadError, RegistryError, StoreError};
 use crate::registry::registry;
 use crate::store::{DynEventStore, EventStore};
@@ -218,11 +218,20 @@ impl App {
             aggregate_type: A::TYPE,
             aggregate_id: id,
         };
-        let events = self.inner.store.read_stream(stream, cached.version).await?;
-        for recorded in &events {
-            let event = decode::<A>(recorded)?;
+        let after = cached.version;
+        let mut apply = |stored: EventRef<'_>| {
+            let event = decode::<A>(&stored)?;
             cached.state.apply(&event);
-            cached.version = recorded.version;
+            cached.version = stored.version;
+            Ok::<_, DecodeError>(())
+        };
+        if let Some(memory) = self.inner.store.as_memory() {
+            // Decoded where they are kept: no copies of the stored events.
+            return Ok(memory.for_each_in_stream(stream, after, apply)?);
+        }
+        let events = self.inner.store.read_stream(stream, after).await?;
+        for recorded in &events {
+            apply(recorded.as_ref())?;
         }
         Ok(())
     }
@@ -419,7 +428,7 @@ impl App {
                     first_stream: (recorded.aggregate_type, recorded.aggregate_id),
                 });
             }
-            events.push(decode::<C::Aggregate>(&recorded).map_err(CommandError::Decode)?);
+            events.push(decode::<C::Aggregate>(&recorded.as_ref()).map_err(CommandError::Decode)?);
             last = Some((recorded.version, recorded.position));
         }
         Ok(last.map(|(version, position)| Committed {
@@ -511,9 +520,9 @@ impl<'a, C: HandledCommand> IntoFuture for Execute<'a, C> {
     }
 }
 
-fn decode<A: Aggregate>(recorded: &RecordedEvent) -> Result<A::Event, DecodeError> {
-    A::Event::decode(&recorded.name, recorded.event_version, &recorded.payload)
-        .map_err(|kind| DecodeError::at(recorded, kind))
+fn decode<A: Aggregate>(stored: &EventRef<'_>) -> Result<A::Event, DecodeError> {
+    A::Event::decode(stored.name, stored.event_version, stored.payload)
+        .map_err(|kind| DecodeError::at(stored, kind))
 }
 
 thread_local! {

@@ -81,6 +81,28 @@ impl RecordedEvent {
             aggregate_id: &self.aggregate_id,
         }
     }
+
+    pub(crate) fn as_ref(&self) -> EventRef<'_> {
+        EventRef {
+            position: self.position,
+            stream: self.stream(),
+            version: self.version,
+            name: &self.name,
+            event_version: self.event_version,
+            payload: &self.payload,
+        }
+    }
+}
+
+/// What replay needs of a stored event, borrowed from wherever it is kept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EventRef<'a> {
+    pub(crate) position: u64,
+    pub(crate) stream: StreamId<'a>,
+    pub(crate) version: u64,
+    pub(crate) name: &'a str,
+    pub(crate) event_version: u32,
+    pub(crate) payload: &'a str,
 }
 
 /// Milliseconds since the Unix epoch, for time-ordered event ids.

@@ -79,13 +79,13 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    pub(crate) fn at(event: &crate::RecordedEvent, kind: DecodeErrorKind) -> Self {
+    pub(crate) fn at(event: &crate::envelope::EventRef<'_>, kind: DecodeErrorKind) -> Self {
         DecodeError {
             position: event.position,
-            aggregate_type: event.aggregate_type.clone(),
-            aggregate_id: event.aggregate_id.clone(),
+            aggregate_type: event.stream.aggregate_type.to_owned(),
+            aggregate_id: event.stream.aggregate_id.to_owned(),
             version: event.version,
-            name: event.name.clone(),
+            name: event.name.to_owned(),
             event_version: event.event_version,
             kind,
         }

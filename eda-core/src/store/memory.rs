@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use foldhash::HashMap;
 use uuid::Uuid;
 
-use crate::envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::envelope::{EventRef, Metadata, NewEvent, RecordedEvent, StreamId};
 use crate::error::StoreError;
 use crate::store::{Appended, EventStore};
 
@@ -233,6 +233,45 @@ impl MemoryStore {
             version,
             position: log.len() as u64,
         })
+    }
+}
+
+impl MemoryStore {
+    /// Calls `f` on the events of `stream` after `after_version`, in order, without
+    /// copying them. The lock is released every few hundred events so that a long
+    /// replay does not hold up writers.
+    pub(crate) fn for_each_in_stream<E>(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+        mut f: impl FnMut(EventRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        const CHUNK_EVENTS: usize = 512;
+        let mut next = usize::try_from(after_version).unwrap_or(usize::MAX);
+        loop {
+            let inner = self.read();
+            let Some(indexes) = inner.stream(stream).map(|s| &s.events) else {
+                return Ok(());
+            };
+            let Some(chunk) = indexes.get(next..) else {
+                return Ok(());
+            };
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            for &index in chunk.iter().take(CHUNK_EVENTS) {
+                let stored = inner.log.get(index);
+                f(EventRef {
+                    position: index as u64 + 1,
+                    stream,
+                    version: stored.version,
+                    name: &stored.name,
+                    event_version: stored.event_version,
+                    payload: &stored.payload,
+                })?;
+            }
+            next += chunk.len().min(CHUNK_EVENTS);
+        }
     }
 }
 
