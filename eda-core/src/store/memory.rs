@@ -2,6 +2,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
+use std::collections::hash_map::Entry;
+
 use foldhash::HashMap;
 use uuid::Uuid;
 
@@ -184,13 +186,21 @@ impl MemoryStore {
                 position,
             });
         }
+        // Claim the ids (one hash lookup each); a duplicate releases the batch's claims.
+        let first_index = log.len();
         for (i, event) in events.iter().enumerate() {
-            if ids.contains_key(&event.event_id)
-                || events[..i].iter().any(|e| e.event_id == event.event_id)
-            {
-                return Err(StoreError::DuplicateEvent {
-                    event_id: event.event_id,
-                });
+            match ids.entry(event.event_id) {
+                Entry::Vacant(slot) => {
+                    slot.insert(first_index + i);
+                }
+                Entry::Occupied(_) => {
+                    for claimed in &events[..i] {
+                        ids.remove(&claimed.event_id);
+                    }
+                    return Err(StoreError::DuplicateEvent {
+                        event_id: event.event_id,
+                    });
+                }
             }
         }
 
@@ -218,7 +228,6 @@ impl MemoryStore {
             version += 1;
             let index = log.len();
             target.events.push(index);
-            ids.insert(event.event_id, index);
             log.push(Stored {
                 event_id: event.event_id,
                 stream: Arc::clone(&target.key),
