@@ -45,7 +45,7 @@ pub fn unknown_event<T>() -> Result<T, DecodeErrorKind> {
 
 /// A fresh, time-ordered event id.
 pub fn new_event_id() -> uuid::Uuid {
-    crate::envelope::event_id_at(crate::envelope::unix_millis_now())
+    crate::envelope::event_id_at(crate::envelope::unix_millis(std::time::SystemTime::now()))
 }
 
 /// `a == b`, usable in constants (checks of `upcast_from`).

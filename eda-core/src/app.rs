@@ -10,10 +10,11 @@ use uuid::Uuid;
 use crate::aggregate::{stream_key, Aggregate, AggregateEvent, Handle};
 use crate::cache::{Cache, Cached};
 use crate::command::HandledCommand;
-use crate::envelope::{event_id_at, unix_millis_now, EventRef, Metadata, NewEvent, StreamId};
+use crate::envelope::{event_id_at, unix_millis, EventRef, Metadata, NewEvent, StreamId};
 use crate::error::{CommandError, DecodeError, LoadError, RegistryError, StoreError};
 use crate::registry::registry;
-use crate::store::{DynEventStore, EventStore};
+use crate::store::memory::MemoryStore;
+use crate::store::{Appended, DynEventStore, EventStore};
 
 /// The entry point: executes commands and loads aggregates against one event store.
 ///
@@ -236,6 +237,57 @@ impl App {
         Ok(())
     }
 
+    /// The common case without waiting, on the in-process store: the aggregate is
+    /// cached and its slot free, the command is accepted and the append succeeds.
+    /// Anything else gives the metadata back for [`App::run`], which starts over:
+    /// handlers are pure, so deciding twice is harmless, and nothing was stored.
+    fn try_now<C: HandledCommand>(
+        &self,
+        command: &C,
+        mut metadata: Metadata,
+        span: &tracing::Span,
+    ) -> Result<
+        Result<Committed<C::Aggregate>, CommandError<<C::Aggregate as Aggregate>::Error>>,
+        Metadata,
+    > {
+        let Some(memory) = self.inner.store.as_memory() else {
+            return Err(metadata);
+        };
+        if metadata.idempotency_key.is_some() {
+            return Err(metadata);
+        }
+        let id = stream_key(command.target_id());
+        let slot = self.inner.cache.slot::<C::Aggregate>(&id);
+        let Some(mut guard) = slot.try_lock() else {
+            return Err(metadata);
+        };
+        let Some(mut cached) = guard.take() else {
+            return Err(metadata);
+        };
+        let mut events = Vec::with_capacity(1);
+        if cached.state.handle(command.clone(), &mut events).is_err() || events.is_empty() {
+            // A rejection or no-op decided on a cached state is confirmed by `run`.
+            *guard = Some(cached);
+            return Err(metadata);
+        }
+        metadata.command = Some(C::NAME.into());
+        let stream = StreamId {
+            aggregate_type: <C::Aggregate as Aggregate>::TYPE,
+            aggregate_id: &id,
+        };
+        let append_span = append_span::<C::Aggregate>(&id, cached.version, events.len());
+        let appended = append_span
+            .in_scope(|| append_to_memory(memory, stream, cached.version, &events, metadata));
+        let result = match appended {
+            Ok(Ok(appended)) => Ok(Ok(commit(&mut cached, events, appended, span))),
+            Err(encode_error) => Ok(Err(encode_error)),
+            // A conflict: `run` catches up and decides again.
+            Ok(Err((_, metadata))) => Err(metadata),
+        };
+        *guard = Some(cached);
+        result
+    }
+
     // Rare paths (replay, catch-up, idempotency look-ups) are boxed: the future of
     // `run` stays small, which keeps its own allocation on the allocator's fast path.
     async fn run<C: HandledCommand>(
@@ -302,32 +354,26 @@ impl App {
                     duplicate: false,
                 });
             }
-            let append_span = tracing::debug_span!(
-                "eda.append",
-                aggregate_type = <C::Aggregate as Aggregate>::TYPE,
-                aggregate_id = %id,
-                expected_version = cached.version,
-                events = events.len(),
-            );
+            let append_span = append_span::<C::Aggregate>(&id, cached.version, events.len());
             let appended = match self.inner.store.as_memory() {
-                // The in-process store appends without waiting: no boxed future, and
-                // the encoded events go through a reused buffer.
-                Some(memory) => append_span.in_scope(|| {
-                    ENCODED.with(|buffer| {
-                        let mut buffer = buffer.take();
-                        encode(&events, metadata.idempotency_key.as_deref(), &mut buffer)?;
-                        let appended =
-                            memory.append_now(stream, cached.version, &mut buffer, &mut metadata);
-                        ENCODED.set(buffer);
-                        Ok::<_, CommandError<<C::Aggregate as Aggregate>::Error>>(appended)
+                Some(memory) => {
+                    let taken = std::mem::take(&mut metadata);
+                    let appended = append_span.in_scope(|| {
+                        append_to_memory(memory, stream, cached.version, &events, taken)
+                    })?;
+                    appended.map_err(|(error, given_back)| {
+                        metadata = given_back;
+                        error
                     })
-                })?,
+                }
                 None => {
                     let mut new_events = Vec::with_capacity(events.len());
+                    let now = std::time::SystemTime::now();
                     encode(
                         &events,
                         metadata.idempotency_key.as_deref(),
                         &mut new_events,
+                        now,
                     )?;
                     self.inner
                         .store
@@ -338,18 +384,9 @@ impl App {
             };
             match appended {
                 Ok(appended) => {
-                    for event in &events {
-                        cached.state.apply(event);
-                    }
-                    cached.version = appended.version;
+                    let committed = commit(&mut cached, events, appended, &span);
                     *guard = Some(cached);
-                    span.record("version", appended.version);
-                    return Ok(Committed {
-                        version: appended.version,
-                        position: Some(appended.position),
-                        events,
-                        duplicate: false,
-                    });
+                    return Ok(committed);
                 }
                 Err(StoreError::Conflict {
                     actual, expected, ..
@@ -486,13 +523,45 @@ impl<C: HandledCommand> Execute<'_, C> {
     }
 }
 
-type ExecuteFuture<'a, A> = Pin<
-    Box<
-        dyn Future<Output = Result<Committed<A>, CommandError<<A as Aggregate>::Error>>>
-            + Send
-            + 'a,
-    >,
->;
+type Outcome<A> = Result<Committed<A>, CommandError<<A as Aggregate>::Error>>;
+
+/// The future of an [`Execute`]: already complete when the command could finish
+/// without waiting, otherwise the running command.
+#[must_use = "futures do nothing unless polled"]
+pub struct ExecuteFuture<'a, A: Aggregate> {
+    state: ExecuteState<'a, A>,
+}
+
+enum ExecuteState<'a, A: Aggregate> {
+    Done(std::future::Ready<Outcome<A>>),
+    Running(Pin<Box<dyn Future<Output = Outcome<A>> + Send + 'a>>),
+}
+
+impl<A: Aggregate> fmt::Debug for ExecuteFuture<'_, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            ExecuteState::Done(_) => "done",
+            ExecuteState::Running(_) => "running",
+        };
+        f.debug_struct("ExecuteFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<A: Aggregate> Future for ExecuteFuture<'_, A> {
+    type Output = Outcome<A>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.get_mut().state {
+            ExecuteState::Done(ready) => Pin::new(ready).poll(cx),
+            ExecuteState::Running(running) => running.as_mut().poll(cx),
+        }
+    }
+}
 
 impl<'a, C: HandledCommand> IntoFuture for Execute<'a, C> {
     type Output = Result<Committed<C::Aggregate>, CommandError<<C::Aggregate as Aggregate>::Error>>;
@@ -512,17 +581,82 @@ impl<'a, C: HandledCommand> IntoFuture for Execute<'a, C> {
                 tracing::field::display(self.command.target_id()),
             );
         }
-        Box::pin(
-            self.app
-                .run(self.command, self.metadata, span.clone())
-                .instrument(span),
-        )
+        let metadata = match span.in_scope(|| self.app.try_now(&self.command, self.metadata, &span))
+        {
+            Ok(done) => {
+                return ExecuteFuture {
+                    state: ExecuteState::Done(std::future::ready(done)),
+                }
+            }
+            Err(metadata) => metadata,
+        };
+        let running = self
+            .app
+            .run(self.command, metadata, span.clone())
+            .instrument(span);
+        ExecuteFuture {
+            state: ExecuteState::Running(Box::pin(running)),
+        }
     }
 }
 
 fn decode<A: Aggregate>(stored: &EventRef<'_>) -> Result<A::Event, DecodeError> {
     A::Event::decode(stored.name, stored.event_version, stored.payload)
         .map_err(|kind| DecodeError::at(stored, kind))
+}
+
+/// The span of one append.
+fn append_span<A: Aggregate>(id: &str, expected_version: u64, events: usize) -> tracing::Span {
+    tracing::debug_span!(
+        "eda.append",
+        aggregate_type = A::TYPE,
+        aggregate_id = %id,
+        expected_version,
+        events,
+    )
+}
+
+/// Encodes `events` and appends them to the in-process store, which needs no
+/// waiting; the encoded events go through a reused buffer and share one clock read
+/// with the append. `metadata` stays with the events, or comes back on a store error.
+fn append_to_memory<E: AggregateEvent, Err>(
+    memory: &MemoryStore,
+    stream: StreamId<'_>,
+    expected_version: u64,
+    events: &[E],
+    metadata: Metadata,
+) -> Result<Result<Appended, (StoreError, Metadata)>, CommandError<Err>> {
+    let now = std::time::SystemTime::now();
+    let mut buffer = ENCODED.take();
+    encode(
+        events,
+        metadata.idempotency_key.as_deref(),
+        &mut buffer,
+        now,
+    )?;
+    let appended = memory.append_now(stream, expected_version, &mut buffer, metadata, now);
+    ENCODED.set(buffer);
+    Ok(appended)
+}
+
+/// Applies committed events to the cached state and describes the commit.
+fn commit<A: Aggregate>(
+    cached: &mut Cached<A>,
+    events: Vec<A::Event>,
+    appended: Appended,
+    span: &tracing::Span,
+) -> Committed<A> {
+    for event in &events {
+        cached.state.apply(event);
+    }
+    cached.version = appended.version;
+    span.record("version", appended.version);
+    Committed {
+        version: appended.version,
+        position: Some(appended.position),
+        events,
+        duplicate: false,
+    }
 }
 
 thread_local! {
@@ -536,10 +670,11 @@ fn encode<E: AggregateEvent, Err>(
     events: &[E],
     key: Option<&str>,
     out: &mut Vec<NewEvent>,
+    now: std::time::SystemTime,
 ) -> Result<(), CommandError<Err>> {
     out.clear();
     // One clock read per command; the random bits keep ids within a batch unique.
-    let millis = unix_millis_now();
+    let millis = unix_millis(now);
     for (i, event) in events.iter().enumerate() {
         let payload = event.encode().map_err(|source| CommandError::Encode {
             event: event.name(),

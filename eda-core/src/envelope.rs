@@ -106,8 +106,8 @@ pub(crate) struct EventRef<'a> {
 }
 
 /// Milliseconds since the Unix epoch, for time-ordered event ids.
-pub(crate) fn unix_millis_now() -> u64 {
-    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+pub(crate) fn unix_millis(at: std::time::SystemTime) -> u64 {
+    match at.duration_since(std::time::UNIX_EPOCH) {
         Ok(d) => d.as_secs() * 1000 + u64::from(d.subsec_millis()),
         Err(_) => 0,
     }

@@ -18,7 +18,7 @@ pub mod testing;
 pub mod __private;
 
 pub use aggregate::{Aggregate, AggregateEvent, AggregateId, Handle, IntoEvents};
-pub use app::{App, AppBuilder, Committed, Execute};
+pub use app::{App, AppBuilder, Committed, Execute, ExecuteFuture};
 pub use command::{Command, HandledCommand};
 pub use envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
 pub use error::{CommandError, DecodeError, DecodeErrorKind, LoadError, RegistryError, StoreError};

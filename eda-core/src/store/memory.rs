@@ -151,15 +151,16 @@ impl MemoryStore {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends without waiting. On success `events` is drained and `metadata` taken
-    /// (left empty); on failure both are untouched.
+    /// Appends without waiting, recorded at `recorded_at`. On success `events` is
+    /// drained and `metadata` kept with them; on failure `metadata` comes back.
     pub(crate) fn append_now(
         &self,
         stream: StreamId<'_>,
         expected_version: u64,
         events: &mut Vec<NewEvent>,
-        metadata: &mut Metadata,
-    ) -> Result<Appended, StoreError> {
+        metadata: Metadata,
+        recorded_at: SystemTime,
+    ) -> Result<Appended, (StoreError, Metadata)> {
         let mut guard = self.write();
         let Inner {
             log,
@@ -172,12 +173,13 @@ impl MemoryStore {
             .and_then(|s| s.get_mut(stream.aggregate_id));
         let actual = target.as_ref().map_or(0, |s| s.events.len() as u64);
         if actual != expected_version {
-            return Err(StoreError::Conflict {
+            let conflict = StoreError::Conflict {
                 aggregate_type: stream.aggregate_type.to_owned(),
                 aggregate_id: stream.aggregate_id.to_owned(),
                 expected: expected_version,
                 actual,
-            });
+            };
+            return Err((conflict, metadata));
         }
         if events.is_empty() {
             let position = target.and_then(|s| s.events.last()).map_or(0, |i| i + 1) as u64;
@@ -197,9 +199,10 @@ impl MemoryStore {
                     for claimed in &events[..i] {
                         ids.remove(&claimed.event_id);
                     }
-                    return Err(StoreError::DuplicateEvent {
+                    let duplicate = StoreError::DuplicateEvent {
                         event_id: event.event_id,
-                    });
+                    };
+                    return Err((duplicate, metadata));
                 }
             }
         }
@@ -220,8 +223,8 @@ impl MemoryStore {
         };
         let batch = batches.len();
         batches.push(Batch {
-            metadata: std::mem::take(metadata),
-            recorded_at: SystemTime::now(),
+            metadata,
+            recorded_at,
         });
         let mut version = actual;
         for event in events.drain(..) {
@@ -296,8 +299,10 @@ impl EventStore for MemoryStore {
             stream,
             expected_version,
             &mut { events },
-            &mut metadata.clone(),
+            metadata.clone(),
+            SystemTime::now(),
         )
+        .map_err(|(error, _)| error)
     }
 
     async fn read_stream(
