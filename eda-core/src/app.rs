@@ -246,10 +246,7 @@ impl App {
         command: &C,
         mut metadata: Metadata,
         span: &tracing::Span,
-    ) -> Result<
-        Result<Committed<C::Aggregate>, CommandError<<C::Aggregate as Aggregate>::Error>>,
-        Metadata,
-    > {
+    ) -> Result<Outcome<C::Aggregate>, Metadata> {
         let Some(memory) = self.inner.store.as_memory() else {
             return Err(metadata);
         };

@@ -153,6 +153,9 @@ impl MemoryStore {
 
     /// Appends without waiting, recorded at `recorded_at`. On success `events` is
     /// drained and `metadata` kept with them; on failure `metadata` comes back.
+    // The large error hands the caller's metadata back, which is cheaper than boxing
+    // it on the path that matters (success), and the function is internal.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn append_now(
         &self,
         stream: StreamId<'_>,
