@@ -8,6 +8,8 @@ pub use eda_core::__private;
 
 /// Everything a domain crate and its wiring need: `use eda::prelude::*;`.
 pub mod prelude {
+    #[cfg(feature = "sqlite")]
+    pub use crate::SqliteStore;
     pub use crate::{aggregate, command, event};
     pub use crate::{
         Aggregate, AggregateEvent, App, Command, CommandError, Committed, Event, EventStore,

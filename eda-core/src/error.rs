@@ -27,8 +27,25 @@ pub enum StoreError {
         /// The id found in the store.
         event_id: Uuid,
     },
+    /// A stored row does not have the shape the store writes (edited by hand, or a
+    /// damaged file). Reading other rows is unaffected.
+    #[error("stored event at position {position} is corrupt: {what}")]
+    Corrupt {
+        /// Global position of the row.
+        position: u64,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// The database was written by a newer version of eda; it is never downgraded.
+    #[error("the database schema is version {found}, newer than version {supported} that this code knows")]
+    IncompatibleSchema {
+        /// Schema version found in the database.
+        found: u32,
+        /// Newest schema version this code knows.
+        supported: u32,
+    },
     /// The backend failed (connection, I/O, driver).
-    #[error("event store backend failed")]
+    #[error("event store backend failed: {0}")]
     Backend(#[source] Box<dyn StdError + Send + Sync>),
 }
 

@@ -24,6 +24,8 @@ pub use envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
 pub use error::{CommandError, DecodeError, DecodeErrorKind, LoadError, RegistryError, StoreError};
 pub use event::Event;
 pub use registry::{registry, DecodeFn, EventRegistration, Registry};
+#[cfg(feature = "sqlite")]
+pub use store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use store::{memory::MemoryStore, Appended, EventStore};
 /// Event, correlation and causation ids are UUIDs (re-exported so users need no `uuid` dependency).
 pub use uuid::Uuid;

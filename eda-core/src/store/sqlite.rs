@@ -1,0 +1,596 @@
+//! The embedded default: one SQLite file in WAL mode.
+//!
+//! A writer thread owns the only write connection. It takes every append that is
+//! waiting, runs them in one `BEGIN IMMEDIATE` transaction (each in its own
+//! savepoint, so one conflict does not fail the others) and commits once: with
+//! concurrent callers several commands share one fsync (group commit). Reads run on
+//! their own threads and connections, so async callers never block on file I/O and
+//! readers never wait for the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::error::StoreError;
+use crate::store::{Appended, EventStore};
+
+/// The schema version this code creates and reads.
+const SCHEMA_VERSION: u32 = 1;
+
+/// How durable an acknowledged append is (SQLite's `synchronous` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// An acknowledged append survives a power loss (fsync at every commit).
+    #[default]
+    Full,
+    /// Faster: an acknowledged append survives a crash of the process, but the last
+    /// commits before a power loss or OS crash can be lost (WAL is synced only at
+    /// checkpoints).
+    Normal,
+}
+
+/// Settings of a [`SqliteStore`]; `SqliteOptions::default()` is what
+/// [`SqliteStore::open`] uses.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct SqliteOptions {
+    synchronous: Synchronous,
+    busy_timeout: Duration,
+    readers: usize,
+    max_batch: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(5),
+            readers: 2,
+            max_batch: 256,
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// Default settings: `synchronous = FULL`, 5 s busy timeout, 2 reader threads.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Durability of acknowledged appends. Default: [`Synchronous::Full`].
+    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// How long a connection waits for another process holding the database lock.
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Number of reader threads (each with its own connection). Default: 2.
+    pub fn readers(mut self, readers: usize) -> Self {
+        self.readers = readers.max(1);
+        self
+    }
+
+    /// The most appends one transaction commits together. Default: 256.
+    pub fn max_batch(mut self, appends: usize) -> Self {
+        self.max_batch = appends.max(1);
+        self
+    }
+}
+
+/// An [`EventStore`] in one SQLite file (feature `sqlite`, on by default).
+///
+/// Tables (created and migrated when the store opens): `eda_events` (position,
+/// event id, aggregate type and id, version, event name and schema version, payload
+/// and metadata as JSON text, recorded-at in microseconds), `eda_aggregates`
+/// (aggregate type, id, current version) and `eda_schema` (the schema version; a
+/// database written by a newer eda is refused, never downgraded).
+///
+/// ```no_run
+/// use eda::prelude::*;
+/// # async fn demo() -> Result<(), eda::StoreError> {
+/// let store = SqliteStore::open("bank.db").await?;
+/// let app = App::new(store);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: mpsc::Sender<AppendRequest>,
+    readers: mpsc::Sender<ReadJob>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct AppendRequest {
+    aggregate_type: String,
+    aggregate_id: String,
+    expected_version: u64,
+    events: Vec<NewEvent>,
+    metadata: String,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` with the default options.
+    pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        Self::open_with(path, SqliteOptions::default()).await
+    }
+
+    /// Opens (creating if needed) the database at `path`.
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        options: SqliteOptions,
+    ) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (writer, requests) = mpsc::channel();
+        let writer_path = path.clone();
+        let writer_options = options.clone();
+        thread::Builder::new()
+            .name("eda-sqlite-writer".into())
+            .spawn(move || match open_writer(&writer_path, &writer_options) {
+                Ok(connection) => {
+                    let _ = ready_tx.send(Ok(()));
+                    write_loop(connection, requests, writer_options.max_batch);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(backend)?;
+        ready_rx.await.map_err(|_| closed())??;
+
+        let (readers, jobs) = mpsc::channel::<ReadJob>();
+        let jobs = Arc::new(Mutex::new(jobs));
+        for i in 0..options.readers {
+            let connection = open_reader(&path, &options)?;
+            let jobs = Arc::clone(&jobs);
+            thread::Builder::new()
+                .name(format!("eda-sqlite-reader-{i}"))
+                .spawn(move || read_loop(connection, jobs))
+                .map_err(backend)?;
+        }
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                writer,
+                readers,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` on a reader connection and waits for its result without blocking.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |connection| {
+            let _ = tx.send(f(connection));
+        });
+        self.inner.readers.send(job).map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+}
+
+impl EventStore for SqliteStore {
+    async fn append(
+        &self,
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: Vec<NewEvent>,
+        metadata: &Metadata,
+    ) -> Result<Appended, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let request = AppendRequest {
+            aggregate_type: stream.aggregate_type.to_owned(),
+            aggregate_id: stream.aggregate_id.to_owned(),
+            expected_version,
+            events,
+            metadata: serde_json::to_string(metadata).map_err(backend)?,
+            reply,
+        };
+        self.inner.writer.send(request).map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (aggregate_type, aggregate_id) = (
+            stream.aggregate_type.to_owned(),
+            stream.aggregate_id.to_owned(),
+        );
+        self.read(move |connection| {
+            let mut statement = connection
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM eda_events \
+                     WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version > ?3 ORDER BY version"
+                ))
+                .map_err(backend)?;
+            let rows = statement.query(params![aggregate_type, aggregate_id, to_i64(after_version)]).map_err(backend)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn read_all(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.read(move |connection| {
+            let mut statement = connection
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM eda_events WHERE position > ?1 ORDER BY position LIMIT ?2"
+                ))
+                .map_err(backend)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = statement.query(params![to_i64(after_position), limit]).map_err(backend)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        self.read(move |connection| {
+            let mut statement = connection
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM eda_events WHERE event_id = ?1"
+                ))
+                .map_err(backend)?;
+            let rows = statement
+                .query(params![event_id.as_bytes().as_slice()])
+                .map_err(backend)?;
+            Ok(collect(rows)?.pop())
+        })
+        .await
+    }
+}
+
+const COLUMNS: &str =
+    "position, event_id, aggregate_type, aggregate_id, version, name, event_version, payload, metadata, recorded_at";
+
+fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut events = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        events.push(recorded(row)?);
+    }
+    Ok(events)
+}
+
+/// One row as a [`RecordedEvent`]; a row that does not have the stored shape is a
+/// [`StoreError::Corrupt`] naming its position.
+fn recorded(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.get(0).map_err(backend)?;
+    let position = u64::try_from(position).unwrap_or_default();
+    let corrupt = |what: String| StoreError::Corrupt { position, what };
+    let column = |i: usize| -> Result<rusqlite::types::ValueRef<'_>, StoreError> {
+        row.get_ref(i)
+            .map_err(|e| corrupt(format!("column {i}: {e}")))
+    };
+    let text = |i: usize, name: &str| -> Result<String, StoreError> {
+        column(i)?
+            .as_str()
+            .map(str::to_owned)
+            .map_err(|e| corrupt(format!("{name} is not text: {e}")))
+    };
+    let integer = |i: usize, name: &str| -> Result<i64, StoreError> {
+        column(i)?
+            .as_i64()
+            .map_err(|e| corrupt(format!("{name} is not an integer: {e}")))
+    };
+    let event_id = column(1)?
+        .as_blob()
+        .ok()
+        .and_then(|bytes| Uuid::from_slice(bytes).ok())
+        .ok_or_else(|| corrupt("event_id is not a 16-byte id".into()))?;
+    let metadata = text(8, "metadata")?;
+    let metadata: Metadata = serde_json::from_str(&metadata)
+        .map_err(|e| corrupt(format!("metadata is not valid: {e}")))?;
+    let micros = integer(9, "recorded_at")?;
+    Ok(RecordedEvent {
+        event_id,
+        aggregate_type: text(2, "aggregate_type")?,
+        aggregate_id: text(3, "aggregate_id")?,
+        version: u64::try_from(integer(4, "version")?)
+            .map_err(|_| corrupt("negative version".into()))?,
+        position,
+        name: text(5, "name")?,
+        event_version: u32::try_from(integer(6, "event_version")?)
+            .map_err(|_| corrupt("event_version out of range".into()))?,
+        payload: text(7, "payload")?,
+        metadata,
+        recorded_at: DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or_default(),
+    })
+}
+
+fn open_connection(
+    path: &Path,
+    flags: OpenFlags,
+    options: &SqliteOptions,
+) -> Result<Connection, StoreError> {
+    let connection = Connection::open_with_flags(path, flags).map_err(backend)?;
+    connection
+        .busy_timeout(options.busy_timeout)
+        .map_err(backend)?;
+    let synchronous = match options.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    connection
+        .execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous};"
+        ))
+        .map_err(backend)?;
+    Ok(connection)
+}
+
+fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut connection = open_connection(path, flags, options)?;
+    migrate(&mut connection)?;
+    Ok(connection)
+}
+
+fn open_reader(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    open_connection(path, flags, options)
+}
+
+/// Creates or upgrades the schema in one transaction; refuses a newer schema.
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let tx = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS eda_schema (version INTEGER NOT NULL)")
+        .map_err(backend)?;
+    let found: Option<i64> = tx
+        .query_row("SELECT MAX(version) FROM eda_schema", [], |row| row.get(0))
+        .map_err(backend)?;
+    let found = found.map_or(0, |v| u32::try_from(v).unwrap_or(u32::MAX));
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::IncompatibleSchema {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < 1 {
+        tx.execute_batch(
+            "CREATE TABLE eda_events (
+                 position INTEGER PRIMARY KEY AUTOINCREMENT,
+                 event_id BLOB NOT NULL UNIQUE,
+                 aggregate_type TEXT NOT NULL,
+                 aggregate_id TEXT NOT NULL,
+                 version INTEGER NOT NULL,
+                 name TEXT NOT NULL,
+                 event_version INTEGER NOT NULL,
+                 payload TEXT NOT NULL,
+                 metadata TEXT NOT NULL,
+                 recorded_at INTEGER NOT NULL,
+                 UNIQUE (aggregate_type, aggregate_id, version)
+             );
+             CREATE TABLE eda_aggregates (
+                 aggregate_type TEXT NOT NULL,
+                 aggregate_id TEXT NOT NULL,
+                 version INTEGER NOT NULL,
+                 PRIMARY KEY (aggregate_type, aggregate_id)
+             ) WITHOUT ROWID;
+             DELETE FROM eda_schema;
+             INSERT INTO eda_schema (version) VALUES (1);",
+        )
+        .map_err(backend)?;
+    }
+    tx.commit().map_err(backend)
+}
+
+fn write_loop(
+    mut connection: Connection,
+    requests: mpsc::Receiver<AppendRequest>,
+    max_batch: usize,
+) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let results = append_batch(&mut connection, &batch);
+        for (request, result) in batch.into_iter().zip(results) {
+            let _ = request.reply.send(result);
+        }
+    }
+}
+
+/// Appends every request of `batch` in one transaction, each in a savepoint; the
+/// results are in the order of the batch. If the commit fails, all of them fail.
+fn append_batch(
+    connection: &mut Connection,
+    batch: &[AppendRequest],
+) -> Vec<Result<Appended, StoreError>> {
+    let tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return batch.iter().map(|_| Err(backend_ref(&e))).collect(),
+    };
+    let recorded_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    let mut results = Vec::with_capacity(batch.len());
+    for request in batch {
+        results.push(append_one(&tx, request, recorded_at));
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(e) => batch.iter().map(|_| Err(backend_ref(&e))).collect(),
+    }
+}
+
+fn append_one(
+    tx: &rusqlite::Transaction<'_>,
+    request: &AppendRequest,
+    recorded_at: i64,
+) -> Result<Appended, StoreError> {
+    let savepoint = "eda_append";
+    tx.execute_batch(&format!("SAVEPOINT {savepoint}"))
+        .map_err(backend)?;
+    let result = append_in_savepoint(tx, request, recorded_at);
+    let end = match result {
+        Ok(_) => format!("RELEASE {savepoint}"),
+        Err(_) => format!("ROLLBACK TO {savepoint}; RELEASE {savepoint}"),
+    };
+    tx.execute_batch(&end).map_err(backend)?;
+    result
+}
+
+fn append_in_savepoint(
+    tx: &rusqlite::Transaction<'_>,
+    request: &AppendRequest,
+    recorded_at: i64,
+) -> Result<Appended, StoreError> {
+    let actual: u64 = tx
+        .prepare_cached(
+            "SELECT version FROM eda_aggregates WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![request.aggregate_type, request.aggregate_id],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+        })
+        .map_err(backend)?
+        .map_or(0, |v| u64::try_from(v).unwrap_or_default());
+    if actual != request.expected_version {
+        return Err(StoreError::Conflict {
+            aggregate_type: request.aggregate_type.clone(),
+            aggregate_id: request.aggregate_id.clone(),
+            expected: request.expected_version,
+            actual,
+        });
+    }
+    if request.events.is_empty() {
+        let position: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(position) FROM eda_events WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+                params![request.aggregate_type, request.aggregate_id],
+                |row| row.get(0),
+            )
+            .map_err(backend)?;
+        return Ok(Appended {
+            version: actual,
+            position: position.map_or(0, |p| u64::try_from(p).unwrap_or(0)),
+        });
+    }
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO eda_events (event_id, aggregate_type, aggregate_id, version, name, event_version, payload, metadata, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .map_err(backend)?;
+    let mut version = actual;
+    let mut position = 0;
+    for event in &request.events {
+        version += 1;
+        let inserted = insert.execute(params![
+            event.event_id.as_bytes().as_slice(),
+            request.aggregate_type,
+            request.aggregate_id,
+            to_i64(version),
+            event.name.as_ref(),
+            event.version,
+            event.payload,
+            request.metadata,
+            recorded_at,
+        ]);
+        match inserted {
+            Ok(_) => position = u64::try_from(tx.last_insert_rowid()).unwrap_or_default(),
+            Err(e) if is_unique_violation(&e, "eda_events.event_id") => {
+                return Err(StoreError::DuplicateEvent {
+                    event_id: event.event_id,
+                });
+            }
+            Err(e) => return Err(backend(e)),
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO eda_aggregates (aggregate_type, aggregate_id, version) VALUES (?1, ?2, ?3)
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = excluded.version",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            request.aggregate_type,
+            request.aggregate_id,
+            to_i64(version)
+        ])
+    })
+    .map_err(backend)?;
+    Ok(Appended { version, position })
+}
+
+fn is_unique_violation(error: &rusqlite::Error, column: &str) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(e, Some(message))
+        if e.code == rusqlite::ErrorCode::ConstraintViolation && message.contains(column))
+}
+
+fn read_loop(connection: Connection, jobs: Arc<Mutex<mpsc::Receiver<ReadJob>>>) {
+    loop {
+        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        match job {
+            Ok(job) => job(&connection),
+            Err(_) => return,
+        }
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn backend(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(error))
+}
+
+fn backend_ref(error: &rusqlite::Error) -> StoreError {
+    StoreError::Backend(error.to_string().into())
+}
+
+fn closed() -> StoreError {
+    StoreError::Backend("the SQLite store's threads have stopped".into())
+}

@@ -1,0 +1,277 @@
+//! `SqliteStore` against the conformance suite, and what only a file can show:
+//! reopening, schema versions, corrupt rows.
+
+#![cfg(feature = "sqlite")]
+#![allow(missing_docs)]
+
+mod common;
+
+#[path = "../examples/domain/bank.rs"]
+mod bank;
+
+use bank::{Account, DepositMoney, OpenAccount};
+use common::conformance;
+use eda::prelude::*;
+use eda::{SqliteOptions, Synchronous};
+
+/// A fresh database in its own temporary directory (kept alive by the guard).
+async fn fresh() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("events.db"))
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn append_and_read_back() {
+    let (_dir, store) = fresh().await;
+    conformance::append_and_read_back(store).await;
+}
+
+#[tokio::test]
+async fn wrong_expected_version_is_a_conflict_and_stores_nothing() {
+    let (_dir, store) = fresh().await;
+    conformance::wrong_expected_version_is_a_conflict_and_stores_nothing(store).await;
+}
+
+#[tokio::test]
+async fn duplicate_event_ids_are_refused_whole() {
+    let (_dir, store) = fresh().await;
+    conformance::duplicate_event_ids_are_refused_whole(store).await;
+}
+
+#[tokio::test]
+async fn empty_append_stores_nothing() {
+    let (_dir, store) = fresh().await;
+    conformance::empty_append_stores_nothing(store).await;
+}
+
+#[tokio::test]
+async fn global_log_is_in_commit_order() {
+    let (_dir, store) = fresh().await;
+    conformance::global_log_is_in_commit_order(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_on_one_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions::new().synchronous(Synchronous::Normal);
+    let store = SqliteStore::open_with(dir.path().join("events.db"), options)
+        .await
+        .unwrap();
+    conformance::concurrent_writers_on_one_stream(store).await;
+}
+
+#[tokio::test]
+async fn events_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.db");
+    {
+        let app = App::new(SqliteStore::open(&path).await.unwrap());
+        app.execute(OpenAccount {
+            account: "a".into(),
+            owner: "ada".into(),
+        })
+        .await
+        .unwrap();
+        app.execute(DepositMoney {
+            account: "a".into(),
+            amount: 7,
+        })
+        .await
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let app = App::new(store.clone());
+    let (account, version) = app
+        .load_with_version::<Account>(&"a".to_string())
+        .await
+        .unwrap();
+    assert_eq!((account.balance, version), (7, 2));
+    assert_eq!(
+        app.execute(DepositMoney {
+            account: "a".into(),
+            amount: 1
+        })
+        .await
+        .unwrap()
+        .version,
+        3
+    );
+    let all = store.read_all(0, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(all[2].metadata.command.as_deref(), Some("DepositMoney"));
+    let age = chrono::Utc::now().signed_duration_since(all[0].recorded_at);
+    assert!(
+        age.num_seconds().abs() < 60,
+        "recorded_at is the time of the append: {}",
+        all[0].recorded_at
+    );
+}
+
+fn sql(path: &std::path::Path, statement: &str) {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    connection.execute_batch(statement).unwrap();
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_not_downgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    drop(SqliteStore::open(&path).await.unwrap());
+    sql(&path, "UPDATE eda_schema SET version = 99");
+    let err = SqliteStore::open(&path).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::IncompatibleSchema {
+                found: 99,
+                supported: 1
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the database schema is version 99, newer than version 1 that this code knows"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_row_is_a_typed_error_and_other_aggregates_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let app = App::new(store.clone());
+    for id in ["good", "bad"] {
+        app.execute(OpenAccount {
+            account: id.into(),
+            owner: "ada".into(),
+        })
+        .await
+        .unwrap();
+    }
+    sql(
+        &path,
+        "UPDATE eda_events SET metadata = 'not json' WHERE aggregate_id = 'bad'",
+    );
+    let fresh = App::new(store.clone());
+    let err = fresh.load::<Account>(&"bad".to_string()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::Store(StoreError::Corrupt { position: 2, .. })
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("stored event at position 2 is corrupt: metadata is not valid"),
+        "{err}"
+    );
+    assert_eq!(
+        fresh
+            .load::<Account>(&"good".to_string())
+            .await
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some("ada")
+    );
+
+    // A payload that is not the event's shape is the same decode error as anywhere.
+    sql(
+        &path,
+        "UPDATE eda_events SET metadata = '{}', payload = '[1,2]' WHERE aggregate_id = 'bad'",
+    );
+    let err = fresh.load::<Account>(&"bad".to_string()).await.unwrap_err();
+    match err {
+        LoadError::Decode(e) => assert_eq!(
+            (e.position, e.name.as_str(), e.aggregate_id.as_str()),
+            (2, "AccountOpened", "bad")
+        ),
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_database_is_in_wal_mode() {
+    let (dir, store) = fresh().await;
+    drop(store);
+    let connection = rusqlite::Connection::open(dir.path().join("events.db")).unwrap();
+    let mode: String = connection
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+/// 8 tasks x 50 commands on one aggregate through eight `App`s on one file: every
+/// accepted command exactly once, versions without gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_through_many_apps() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions::new().synchronous(Synchronous::Normal);
+    let store = SqliteStore::open_with(dir.path().join("events.db"), options)
+        .await
+        .unwrap();
+    let apps: Vec<App> = (0..8)
+        .map(|_| {
+            App::builder(store.clone())
+                .max_conflict_retries(1000)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    apps[0]
+        .execute(OpenAccount {
+            account: "shared".into(),
+            owner: "ada".into(),
+        })
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for (task, app) in (0..8u64).zip(apps) {
+        tasks.push(tokio::spawn(async move {
+            let mut total = 0;
+            for n in 0..50u64 {
+                let amount = task * 1000 + n + 1;
+                app.execute(DepositMoney {
+                    account: "shared".into(),
+                    amount,
+                })
+                .await
+                .unwrap();
+                total += amount;
+            }
+            total
+        }));
+    }
+    let mut expected = 0;
+    for task in tasks {
+        expected += task.await.unwrap();
+    }
+    let app = App::new(store.clone());
+    let (account, version) = app
+        .load_with_version::<Account>(&"shared".to_string())
+        .await
+        .unwrap();
+    assert_eq!((account.balance, version), (expected, 401));
+    let versions: Vec<u64> = store
+        .read_stream(
+            eda::StreamId {
+                aggregate_type: "Account",
+                aggregate_id: "shared",
+            },
+            0,
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, (1..=401).collect::<Vec<_>>());
+}
