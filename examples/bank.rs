@@ -1,4 +1,8 @@
 //! A bank account's life, told as a short story: `cargo run --example bank`.
+//!
+//! The events go to a SQLite file (the embedded default store), by default a fresh
+//! one in the temporary directory; `cargo run --example bank -- my.db` uses another
+//! path (and keeps what is there: rerun it and the account is already open).
 
 #[path = "domain/bank.rs"]
 mod bank;
@@ -8,7 +12,18 @@ use eda::prelude::*;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let app = App::new(MemoryStore::new());
+    let path = match std::env::args().nth(1) {
+        Some(path) => std::path::PathBuf::from(path),
+        None => {
+            let path = std::env::temp_dir().join("eda-bank-example.db");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            path
+        }
+    };
+    let app = App::new(SqliteStore::open(&path).await?);
+    println!("events are stored in {}", path.display());
     let account = "acc-1".to_string();
 
     let opened = app
