@@ -8,6 +8,8 @@ pub use eda_core::__private;
 
 /// Everything a domain crate and its wiring need: `use eda::prelude::*;`.
 pub mod prelude {
+    #[cfg(feature = "postgres")]
+    pub use crate::PostgresStore;
     #[cfg(feature = "sqlite")]
     pub use crate::SqliteStore;
     pub use crate::{aggregate, command, event};

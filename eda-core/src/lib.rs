@@ -24,6 +24,8 @@ pub use envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
 pub use error::{CommandError, DecodeError, DecodeErrorKind, LoadError, RegistryError, StoreError};
 pub use event::Event;
 pub use registry::{registry, DecodeFn, EventRegistration, Registry};
+#[cfg(feature = "postgres")]
+pub use store::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use store::{memory::MemoryStore, Appended, EventStore};

@@ -7,6 +7,8 @@ use crate::envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
 use crate::error::StoreError;
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

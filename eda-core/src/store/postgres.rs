@@ -1,0 +1,555 @@
+//! The production store: PostgreSQL through a connection pool.
+//!
+//! # The global log never skips an event
+//!
+//! With concurrent writers a transaction can commit after another one that took a
+//! later position, and a reader that already moved past that position would never
+//! see it. Here a position is the appending transaction's id (`xid8`) shifted left
+//! by 20 bits, plus the event's index in its append, so positions grow in the order
+//! transaction ids were assigned. [`EventStore::read_all`] returns only events whose
+//! transaction id is below the oldest transaction still running
+//! (`pg_snapshot_xmin(pg_current_snapshot())`): those transactions have all ended,
+//! and every transaction that commits later has a larger id, so it cannot land
+//! behind a reader's position.
+//!
+//! The cost: a long-running writing transaction holds back every event committed
+//! after it started until it ends ([`PostgresStore::held_back`] says how many).
+//! The trap: an append must be its transaction's first write, so that the
+//! transaction id is taken when the aggregate's version is checked; otherwise two
+//! appends to one aggregate could get positions in the opposite order of their
+//! versions. [`PostgresStore::append_in`] refuses to append in a transaction that
+//! has already written.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, NoTls, Row, Statement};
+use uuid::Uuid;
+
+use crate::envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::error::StoreError;
+use crate::store::{Appended, EventStore};
+
+/// The schema version this code creates and reads.
+const SCHEMA_VERSION: i32 = 1;
+
+/// Settings of a [`PostgresStore`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PostgresOptions {
+    schema: String,
+    pool_size: usize,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            schema: "public".into(),
+            pool_size: 16,
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// Default settings: schema `public`, 16 pooled connections.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The PostgreSQL schema that holds eda's tables (created if missing): lowercase
+    /// letters, digits and `_`, starting with a letter or `_`.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The most connections the pool opens. Default: 16.
+    pub fn pool_size(mut self, connections: usize) -> Self {
+        self.pool_size = connections.max(1);
+        self
+    }
+}
+
+/// An [`EventStore`] in PostgreSQL (feature `postgres`).
+///
+/// Tables, created and migrated on connect: `eda_events` (position, event id,
+/// aggregate type and id, version, event name and schema version, payload and
+/// metadata as `jsonb`, recorded-at), `eda_aggregates` (current version per
+/// aggregate, the row an append locks) and `eda_schema`. An append is one statement,
+/// so one round trip: it compare-and-sets the aggregate's version and inserts the
+/// events, or does nothing.
+///
+/// ```no_run
+/// use eda::prelude::*;
+/// # async fn demo() -> Result<(), eda::StoreError> {
+/// let store = eda::PostgresStore::connect("postgres://postgres@127.0.0.1:5432/test").await?;
+/// let app = App::new(store);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    schema: String,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/database`) with the default options.
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// Connects to `url`, creating or migrating eda's tables in `options`' schema.
+    pub async fn connect_with(
+        url: &str,
+        options: PostgresOptions,
+    ) -> Result<PostgresStore, StoreError> {
+        let schema = options.schema;
+        let valid = schema
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(StoreError::Backend(
+                format!("invalid schema name `{schema}`").into(),
+            ));
+        }
+        let mut config: tokio_postgres::Config = url.parse().map_err(backend)?;
+        config.options(format!("-c search_path={schema}"));
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size)
+            .build()
+            .map_err(backend)?;
+        let store = PostgresStore { pool, schema };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The schema holding eda's tables.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// How many committed events [`EventStore::read_all`] does not return yet,
+    /// because a transaction that started before they committed is still running.
+    pub async fn held_back(&self) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM eda_events \
+                 WHERE position >= (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)",
+                &[],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or_default())
+    }
+
+    /// Appends inside the caller's transaction, so that the events commit together
+    /// with the caller's own writes (a read model, an outbox). The append must be
+    /// the transaction's first write (see the module documentation); a transaction
+    /// that already wrote gets [`StoreError::Backend`] and nothing is appended.
+    pub async fn append_in(
+        &self,
+        transaction: &tokio_postgres::Transaction<'_>,
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: Vec<NewEvent>,
+        metadata: &Metadata,
+    ) -> Result<Appended, StoreError> {
+        let assigned = transaction
+            .query_one("SELECT pg_current_xact_id_if_assigned() IS NOT NULL", &[])
+            .await
+            .map_err(backend)?;
+        if assigned.get::<_, bool>(0) {
+            return Err(StoreError::Backend(
+                "append_in must be the first write of its transaction: an earlier write fixes the \
+                 transaction's position in the global log before the aggregate's version is checked"
+                    .into(),
+            ));
+        }
+        let cas = if expected_version == 0 {
+            APPEND_NEW
+        } else {
+            APPEND_EXISTING
+        };
+        let statement = transaction
+            .prepare(&format!("{cas}{APPEND_EVENTS}"))
+            .await
+            .map_err(backend)?;
+        append(
+            transaction,
+            &statement,
+            stream,
+            expected_version,
+            &events,
+            metadata,
+        )
+        .await
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(backend)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        // Concurrent openers migrate one at a time.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext('eda.migrate'))", &[])
+            .await
+            .map_err(backend)?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TABLE IF NOT EXISTS {schema}.eda_schema (version integer NOT NULL)",
+            schema = self.schema
+        ))
+        .await
+        .map_err(backend)?;
+        let found: Option<i32> = tx
+            .query_one("SELECT max(version) FROM eda_schema", &[])
+            .await
+            .map_err(backend)?
+            .get(0);
+        let found = found.unwrap_or(0);
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::IncompatibleSchema {
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+                supported: SCHEMA_VERSION.unsigned_abs(),
+            });
+        }
+        if found < 1 {
+            tx.batch_execute(
+                "CREATE TABLE eda_events (
+                     position bigint PRIMARY KEY,
+                     event_id uuid NOT NULL UNIQUE,
+                     aggregate_type text NOT NULL,
+                     aggregate_id text NOT NULL,
+                     version bigint NOT NULL,
+                     name text NOT NULL,
+                     event_version integer NOT NULL,
+                     payload jsonb NOT NULL,
+                     metadata jsonb NOT NULL,
+                     recorded_at timestamptz NOT NULL DEFAULT now(),
+                     UNIQUE (aggregate_type, aggregate_id, version)
+                 );
+                 CREATE TABLE eda_aggregates (
+                     aggregate_type text NOT NULL,
+                     aggregate_id text NOT NULL,
+                     version bigint NOT NULL,
+                     PRIMARY KEY (aggregate_type, aggregate_id)
+                 );
+                 DELETE FROM eda_schema;
+                 INSERT INTO eda_schema (version) VALUES (1);",
+            )
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+}
+
+const COLUMNS: &str =
+    "position, event_id, aggregate_type, aggregate_id, version, name, event_version, \
+                       payload::text, metadata::text, recorded_at";
+
+/// Compare-and-set of the aggregate's version, then the events, in one statement;
+/// the CAS is the statement's first write. `$3` is the expected version, `$4` the
+/// new one.
+const APPEND_NEW: &str = "WITH cas AS (
+        INSERT INTO eda_aggregates (aggregate_type, aggregate_id, version) VALUES ($1, $2, $4)
+        ON CONFLICT DO NOTHING
+        RETURNING version
+    )";
+const APPEND_EXISTING: &str = "WITH cas AS (
+        UPDATE eda_aggregates SET version = $4
+        WHERE aggregate_type = $1 AND aggregate_id = $2 AND version = $3
+        RETURNING version
+    )";
+const APPEND_EVENTS: &str = ", ins AS (
+        INSERT INTO eda_events
+            (position, event_id, aggregate_type, aggregate_id, version, name, event_version, payload, metadata)
+        SELECT (pg_current_xact_id()::text::bigint << 20) | e.ord, e.id, $1, $2, $3 + e.ord,
+               e.name, e.event_version, e.payload::jsonb, $9::text::jsonb
+        FROM unnest($5::uuid[], $6::text[], $7::int4[], $8::text[])
+             WITH ORDINALITY AS e(id, name, event_version, payload, ord)
+        WHERE EXISTS (SELECT 1 FROM cas)
+        RETURNING position
+    )
+    SELECT (SELECT count(*) FROM cas), (SELECT max(position) FROM ins)";
+
+/// The most events one append may carry: the low bits of a position.
+const MAX_EVENTS_PER_APPEND: usize = 1 << 20;
+
+/// Runs a prepared append statement (`APPEND_NEW` or `APPEND_EXISTING` followed by
+/// `APPEND_EVENTS`, chosen by `expected_version`).
+async fn append(
+    client: &impl GenericClient,
+    statement: &Statement,
+    stream: StreamId<'_>,
+    expected_version: u64,
+    events: &[NewEvent],
+    metadata: &Metadata,
+) -> Result<Appended, StoreError> {
+    if events.is_empty() {
+        let actual = current_version(client, stream).await?;
+        if actual != expected_version {
+            return Err(conflict(stream, expected_version, actual));
+        }
+        let row = client
+            .query_one(
+                "SELECT max(position) FROM eda_events WHERE aggregate_type = $1 AND aggregate_id = $2",
+                &[&stream.aggregate_type, &stream.aggregate_id],
+            )
+            .await
+            .map_err(backend)?;
+        let position: Option<i64> = row.get(0);
+        return Ok(Appended {
+            version: actual,
+            position: position.map_or(0, |p| u64::try_from(p).unwrap_or(0)),
+        });
+    }
+    if events.len() >= MAX_EVENTS_PER_APPEND {
+        return Err(StoreError::Backend(
+            format!("at most {} events per append", MAX_EVENTS_PER_APPEND - 1).into(),
+        ));
+    }
+    let expected = to_i64(expected_version);
+    let new_version = to_i64(expected_version + events.len() as u64);
+    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let names: Vec<&str> = events.iter().map(|e| e.name.as_ref()).collect();
+    let versions: Vec<i32> = events
+        .iter()
+        .map(|e| i32::try_from(e.version).unwrap_or(i32::MAX))
+        .collect();
+    let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+    let metadata = serde_json::to_string(metadata).map_err(backend)?;
+    let params: [&(dyn ToSql + Sync); 9] = [
+        &stream.aggregate_type,
+        &stream.aggregate_id,
+        &expected,
+        &new_version,
+        &ids,
+        &names,
+        &versions,
+        &payloads,
+        &metadata,
+    ];
+    let row = match client.query_one(statement, &params).await {
+        Ok(row) => row,
+        Err(e) => return Err(append_error(e, stream, expected_version)),
+    };
+    if row.get::<_, i64>(0) == 0 {
+        let actual = current_version(client, stream).await?;
+        return Err(conflict(stream, expected_version, actual));
+    }
+    let position: i64 = row.get(1);
+    Ok(Appended {
+        version: expected_version + events.len() as u64,
+        position: u64::try_from(position).unwrap_or(0),
+    })
+}
+
+/// A unique violation on the event id is a duplicate; on the version, a conflict
+/// (a concurrent first append to a new aggregate).
+fn append_error(error: tokio_postgres::Error, stream: StreamId<'_>, expected: u64) -> StoreError {
+    let Some(db) = error.as_db_error() else {
+        return backend(error);
+    };
+    if db.code() != &SqlState::UNIQUE_VIOLATION {
+        return backend(error);
+    }
+    if db.constraint().is_some_and(|c| c.contains("event_id")) {
+        let event_id = db
+            .detail()
+            .and_then(|d| d.split(")=(").nth(1))
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_default();
+        return StoreError::DuplicateEvent { event_id };
+    }
+    conflict(stream, expected, expected + 1)
+}
+
+async fn current_version(
+    client: &impl GenericClient,
+    stream: StreamId<'_>,
+) -> Result<u64, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT version FROM eda_aggregates WHERE aggregate_type = $1 AND aggregate_id = $2",
+            &[&stream.aggregate_type, &stream.aggregate_id],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(row.map_or(0, |row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)))
+}
+
+fn conflict(stream: StreamId<'_>, expected: u64, actual: u64) -> StoreError {
+    StoreError::Conflict {
+        aggregate_type: stream.aggregate_type.to_owned(),
+        aggregate_id: stream.aggregate_id.to_owned(),
+        expected,
+        actual,
+    }
+}
+
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: Vec<NewEvent>,
+        metadata: &Metadata,
+    ) -> Result<Appended, StoreError> {
+        let client = self.client().await?;
+        let cas = if expected_version == 0 {
+            APPEND_NEW
+        } else {
+            APPEND_EXISTING
+        };
+        let statement = client
+            .prepare_cached(&format!("{cas}{APPEND_EVENTS}"))
+            .await
+            .map_err(backend)?;
+        let connection: &tokio_postgres::Client = &client;
+        append(
+            connection,
+            &statement,
+            stream,
+            expected_version,
+            &events,
+            metadata,
+        )
+        .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM eda_events \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2 AND version > $3 ORDER BY version"
+            ))
+            .await
+            .map_err(backend)?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &stream.aggregate_type,
+                    &stream.aggregate_id,
+                    &to_i64(after_version),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        rows.iter().map(recorded).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM eda_events \
+                 WHERE position > $1 \
+                   AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20) \
+                 ORDER BY position LIMIT $2"
+            ))
+            .await
+            .map_err(backend)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(&statement, &[&to_i64(after_position), &limit])
+            .await
+            .map_err(backend)?;
+        rows.iter().map(recorded).collect()
+    }
+
+    async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM eda_events WHERE event_id = $1"
+            ))
+            .await
+            .map_err(backend)?;
+        let row = client
+            .query_opt(&statement, &[&event_id])
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(recorded).transpose()
+    }
+}
+
+fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
+    let position = u64::try_from(row.try_get::<_, i64>(0).map_err(backend)?).unwrap_or_default();
+    let corrupt = |what: String| StoreError::Corrupt { position, what };
+    let metadata: String = row
+        .try_get(8)
+        .map_err(|e| corrupt(format!("metadata: {e}")))?;
+    let metadata = serde_json::from_str(&metadata)
+        .map_err(|e| corrupt(format!("metadata is not valid: {e}")))?;
+    Ok(RecordedEvent {
+        event_id: row
+            .try_get(1)
+            .map_err(|e| corrupt(format!("event_id: {e}")))?,
+        aggregate_type: row
+            .try_get(2)
+            .map_err(|e| corrupt(format!("aggregate_type: {e}")))?,
+        aggregate_id: row
+            .try_get(3)
+            .map_err(|e| corrupt(format!("aggregate_id: {e}")))?,
+        version: u64::try_from(
+            row.try_get::<_, i64>(4)
+                .map_err(|e| corrupt(format!("version: {e}")))?,
+        )
+        .map_err(|_| corrupt("negative version".into()))?,
+        position,
+        name: row.try_get(5).map_err(|e| corrupt(format!("name: {e}")))?,
+        event_version: u32::try_from(
+            row.try_get::<_, i32>(6)
+                .map_err(|e| corrupt(format!("event_version: {e}")))?,
+        )
+        .map_err(|_| corrupt("negative event_version".into()))?,
+        payload: row
+            .try_get(7)
+            .map_err(|e| corrupt(format!("payload: {e}")))?,
+        metadata,
+        recorded_at: row
+            .try_get(9)
+            .map_err(|e| corrupt(format!("recorded_at: {e}")))?,
+    })
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn backend(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(error))
+}

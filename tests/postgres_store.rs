@@ -1,0 +1,504 @@
+//! `PostgresStore`: the conformance suite, the gap-free global log under concurrent
+//! writers (with a naive cursor as the control that must see skips), concurrency
+//! through `App`, bad data. Needs `EDA_TEST_POSTGRES_URL`; each test uses a schema
+//! of its own, dropped at the end.
+
+#![cfg(feature = "postgres")]
+#![allow(missing_docs)]
+
+mod common;
+
+#[path = "../examples/domain/bank.rs"]
+mod bank;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bank::{Account, DepositMoney, OpenAccount};
+use common::conformance;
+use eda::prelude::*;
+use eda::{Metadata, PostgresOptions, StreamId};
+
+static SCHEMAS: AtomicUsize = AtomicUsize::new(0);
+
+/// One test at a time: an open transaction anywhere in the database holds back
+/// every reader's `read_all` (by design), so concurrent tests would see each
+/// other's transactions.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A store in a fresh schema, or `None` (and a note) without a server to test on.
+struct TestDb {
+    url: String,
+    schema: String,
+    store: PostgresStore,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl TestDb {
+    async fn new() -> Option<TestDb> {
+        let Ok(url) = std::env::var("EDA_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: EDA_TEST_POSTGRES_URL is not set");
+            return None;
+        };
+        let turn = ONE_AT_A_TIME.lock().await;
+        let schema = format!(
+            "eda_test_{}_{}",
+            std::process::id(),
+            SCHEMAS.fetch_add(1, Ordering::Relaxed)
+        );
+        let store = PostgresStore::connect_with(&url, PostgresOptions::new().schema(&schema))
+            .await
+            .unwrap();
+        Some(TestDb {
+            url,
+            schema,
+            store,
+            _turn: turn,
+        })
+    }
+
+    /// A plain connection with the test schema on its search path.
+    async fn connect(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("SET search_path = {}", self.schema))
+            .await
+            .unwrap();
+        client
+    }
+
+    async fn drop_schema(self) {
+        let client = self.connect().await;
+        drop(self.store);
+        client
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await
+            .unwrap();
+    }
+}
+
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let Some(db) = TestDb::new().await else { return };
+            conformance::$name(db.store.clone()).await;
+            db.drop_schema().await;
+        }
+    )*};
+}
+
+conformance_tests!(
+    append_and_read_back,
+    wrong_expected_version_is_a_conflict_and_stores_nothing,
+    duplicate_event_ids_are_refused_whole,
+    empty_append_stores_nothing,
+    global_log_is_in_commit_order,
+    concurrent_writers_on_one_stream,
+);
+
+/// 8 tasks x 200 commands on one aggregate through eight `App`s: versions 1..=N
+/// without gap or repeat, every accepted command exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_through_many_apps() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let apps: Vec<App> = (0..8)
+        .map(|_| {
+            App::builder(db.store.clone())
+                .max_conflict_retries(10_000)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    apps[0]
+        .execute(OpenAccount {
+            account: "shared".into(),
+            owner: "ada".into(),
+        })
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for (task, app) in (0..8u64).zip(apps) {
+        tasks.push(tokio::spawn(async move {
+            let mut total = 0;
+            for n in 0..200u64 {
+                let amount = task * 1000 + n + 1;
+                app.execute(DepositMoney {
+                    account: "shared".into(),
+                    amount,
+                })
+                .await
+                .unwrap();
+                total += amount;
+            }
+            total
+        }));
+    }
+    let mut expected = 0;
+    for task in tasks {
+        expected += task.await.unwrap();
+    }
+    let (account, version) = App::new(db.store.clone())
+        .load_with_version::<Account>(&"shared".to_string())
+        .await
+        .unwrap();
+    assert_eq!((account.balance, version), (expected, 1601));
+    let stream = StreamId {
+        aggregate_type: "Account",
+        aggregate_id: "shared",
+    };
+    let versions: Vec<u64> = db
+        .store
+        .read_stream(stream, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, (1..=1601).collect::<Vec<_>>());
+    db.drop_schema().await;
+}
+
+/// What one reader saw: event ids with their aggregate and version, in order.
+type Seen = Vec<(eda::Uuid, String, u64)>;
+
+/// 8 writers append inside transactions of their own, with work before (reads,
+/// waits) and after the append (writes, waits), and roll back some. Meanwhile a
+/// reader tails `read_all` and another one tails with the naive `position > last`
+/// cursor. Returns (committed ids, full read, gap-safe reader, naive reader).
+async fn tail_while_writing(db: &TestDb) -> (HashSet<eda::Uuid>, Seen, Seen, Seen) {
+    let setup = db.connect().await;
+    setup
+        .batch_execute("CREATE TABLE work (writer int, n int)")
+        .await
+        .unwrap();
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        let (store, client, done) = (db.store.clone(), db.connect().await, Arc::clone(&done));
+        writers.push(tokio::spawn(async move {
+            let mut client = client;
+            let mut committed = Vec::new();
+            for n in 0..40u64 {
+                // Half the writers share two aggregates, so versions conflict too.
+                let id = if writer % 2 == 0 {
+                    format!("w{writer}")
+                } else {
+                    format!("shared{}", n % 2)
+                };
+                let stream = StreamId {
+                    aggregate_type: "Gap",
+                    aggregate_id: &id,
+                };
+                let version = store.read_stream(stream, 0).await.unwrap().len() as u64;
+                let tx = client.transaction().await.unwrap();
+                tx.query("SELECT count(*) FROM work", &[]).await.unwrap();
+                if rand::random::<u8>().is_multiple_of(4) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let events = vec![
+                    common::new_event("Happened", r#"{"n":1}"#),
+                    common::new_event("Happened", r#"{"n":2}"#),
+                ];
+                let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
+                match store
+                    .append_in(&tx, stream, version, events, &Metadata::default())
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => panic!("append failed: {e}"),
+                }
+                tx.execute(
+                    "INSERT INTO work VALUES ($1, $2)",
+                    &[&writer, &(n as i32)],
+                )
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(u64::from(rand::random::<u8>() % 6)))
+                    .await;
+                if rand::random::<u8>().is_multiple_of(10) {
+                    tx.rollback().await.unwrap();
+                } else {
+                    tx.commit().await.unwrap();
+                    committed.extend(ids);
+                }
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+            committed
+        }));
+    }
+
+    let safe = {
+        let (store, done) = (db.store.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            let (mut seen, mut after) = (Seen::new(), 0);
+            loop {
+                let finished = done.load(Ordering::SeqCst) == 8;
+                let page = store.read_all(after, 50).await.unwrap();
+                if page.is_empty() {
+                    if finished && store.held_back().await.unwrap() == 0 {
+                        return seen;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                for e in page {
+                    after = e.position;
+                    seen.push((e.event_id, e.aggregate_id, e.version));
+                }
+            }
+        })
+    };
+    let naive = {
+        let (client, done) = (db.connect().await, Arc::clone(&done));
+        tokio::spawn(async move {
+            let (mut seen, mut after) = (Seen::new(), 0i64);
+            loop {
+                let finished = done.load(Ordering::SeqCst) == 8;
+                let rows = client
+                    .query(
+                        "SELECT position, event_id, aggregate_id, version FROM eda_events WHERE position > $1 ORDER BY position LIMIT 50",
+                        &[&after],
+                    )
+                    .await
+                    .unwrap();
+                if rows.is_empty() {
+                    if finished {
+                        return seen;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                for row in rows {
+                    after = row.get(0);
+                    seen.push((
+                        row.get(1),
+                        row.get(2),
+                        u64::try_from(row.get::<_, i64>(3)).unwrap(),
+                    ));
+                }
+            }
+        })
+    };
+    let mut committed = HashSet::new();
+    for writer in writers {
+        committed.extend(writer.await.unwrap());
+    }
+    let (safe, naive) = (safe.await.unwrap(), naive.await.unwrap());
+    let full: Seen = db
+        .store
+        .read_all(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.event_id, e.aggregate_id, e.version))
+        .collect();
+    (committed, full, safe, naive)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_global_log_never_skips_an_event() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let (committed, full, safe, naive) = tail_while_writing(&db).await;
+
+    let full_ids: HashSet<_> = full.iter().map(|(id, _, _)| *id).collect();
+    assert_eq!(
+        full_ids, committed,
+        "the log holds exactly the committed appends"
+    );
+    assert_eq!(
+        safe, full,
+        "the tailing reader saw every event once, in log order"
+    );
+    let mut versions: BTreeMap<&str, u64> = BTreeMap::new();
+    for (_, aggregate, version) in &safe {
+        let last = versions.insert(aggregate, *version).unwrap_or(0);
+        assert_eq!(
+            *version,
+            last + 1,
+            "versions of {aggregate} in order in the log"
+        );
+    }
+
+    // Control: the naive cursor on the same run misses events that committed late.
+    let naive_ids: HashSet<_> = naive.iter().map(|(id, _, _)| *id).collect();
+    let skipped = full_ids.difference(&naive_ids).count();
+    assert!(
+        skipped > 0,
+        "the naive cursor skipped nothing: this run could not have caught a gap"
+    );
+    eprintln!(
+        "naive cursor skipped {skipped} of {} events; the store's feed skipped none",
+        full.len()
+    );
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_in_refuses_a_transaction_that_already_wrote() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let mut client = db.connect().await;
+    client
+        .batch_execute("CREATE TABLE other (x int)")
+        .await
+        .unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.execute("INSERT INTO other VALUES (1)", &[])
+        .await
+        .unwrap();
+    let stream = StreamId {
+        aggregate_type: "T",
+        aggregate_id: "1",
+    };
+    let err = db
+        .store
+        .append_in(
+            &tx,
+            stream,
+            0,
+            vec![common::new_event("E", "{}")],
+            &Metadata::default(),
+        )
+        .await;
+    assert!(
+        matches!(err, Err(StoreError::Backend(ref e)) if e.to_string().contains("first write")),
+        "{err:?}"
+    );
+    tx.rollback().await.unwrap();
+    assert!(db.store.read_all(0, 10).await.unwrap().is_empty());
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_are_typed_errors_and_other_aggregates_still_load() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let app = App::new(db.store.clone());
+    for id in ["good", "bad"] {
+        app.execute(OpenAccount {
+            account: id.into(),
+            owner: "ada".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let client = db.connect().await;
+    client
+        .batch_execute("UPDATE eda_events SET payload = '[1]' WHERE aggregate_id = 'bad'")
+        .await
+        .unwrap();
+    let fresh = App::new(db.store.clone());
+    match fresh.load::<Account>(&"bad".to_string()).await {
+        Err(LoadError::Decode(e)) => assert_eq!(
+            (e.name.as_str(), e.aggregate_id.as_str(), e.version),
+            ("AccountOpened", "bad", 1)
+        ),
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    client
+        .batch_execute("UPDATE eda_events SET name = 'AccountClosed', payload = '{}' WHERE aggregate_id = 'bad'")
+        .await
+        .unwrap();
+    match fresh.load::<Account>(&"bad".to_string()).await {
+        Err(LoadError::Decode(e)) => {
+            assert!(matches!(e.kind, eda::DecodeErrorKind::UnknownEvent), "{e}")
+        }
+        other => panic!("expected an unknown event, got {other:?}"),
+    }
+    client
+        .batch_execute(
+            r#"UPDATE eda_events SET metadata = '{"user": 5}' WHERE aggregate_id = 'bad'"#,
+        )
+        .await
+        .unwrap();
+    let err = fresh.load::<Account>(&"bad".to_string()).await.unwrap_err();
+    assert!(
+        matches!(err, LoadError::Store(StoreError::Corrupt { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        fresh
+            .load::<Account>(&"good".to_string())
+            .await
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some("ada")
+    );
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    db.connect()
+        .await
+        .batch_execute("UPDATE eda_schema SET version = 7")
+        .await
+        .unwrap();
+    let err = PostgresStore::connect_with(&db.url, PostgresOptions::new().schema(&db.schema))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::IncompatibleSchema {
+                found: 7,
+                supported: 1
+            }
+        ),
+        "{err:?}"
+    );
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bank_runs_on_postgres() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let app = App::new(db.store.clone());
+    app.execute(OpenAccount {
+        account: "a".into(),
+        owner: "ada".into(),
+    })
+    .await
+    .unwrap();
+    let first = app
+        .execute(DepositMoney {
+            account: "a".into(),
+            amount: 5,
+        })
+        .idempotency_key("k")
+        .await
+        .unwrap();
+    let again = app
+        .execute(DepositMoney {
+            account: "a".into(),
+            amount: 5,
+        })
+        .idempotency_key("k")
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.position, first.position);
+    let account: Account = App::new(db.store.clone())
+        .load(&"a".to_string())
+        .await
+        .unwrap();
+    assert_eq!(account.balance, 5);
+    db.drop_schema().await;
+}
