@@ -6,6 +6,10 @@ pub use eda_derive::{aggregate, command, event};
 #[doc(hidden)]
 pub use eda_core::__private;
 
+/// serde, for aggregates that take snapshots:
+/// `#[derive(eda::serde::Serialize, eda::serde::Deserialize)] #[serde(crate = "eda::serde")]`.
+pub use eda_core::__private::serde;
+
 /// Everything a domain crate and its wiring need: `use eda::prelude::*;`.
 pub mod prelude {
     #[cfg(feature = "postgres")]

@@ -37,6 +37,11 @@ async fn concurrent_writers_on_one_stream() {
     conformance::concurrent_writers_on_one_stream(MemoryStore::new()).await;
 }
 
+#[tokio::test]
+async fn snapshots_keep_the_newest_per_stream() {
+    conformance::snapshots_keep_the_newest_per_stream(MemoryStore::new()).await;
+}
+
 #[test]
 fn clones_share_the_same_events() {
     let store = MemoryStore::new();

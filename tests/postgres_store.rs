@@ -100,6 +100,7 @@ conformance_tests!(
     empty_append_stores_nothing,
     global_log_is_in_commit_order,
     concurrent_writers_on_one_stream,
+    snapshots_keep_the_newest_per_stream,
 );
 
 /// 8 tasks x 200 commands on one aggregate through eight `App`s: versions 1..=N
@@ -216,12 +217,9 @@ async fn tail_while_writing(db: &TestDb) -> (HashSet<eda::Uuid>, Seen, Seen, See
                     Err(StoreError::Conflict { .. }) => continue,
                     Err(e) => panic!("append failed: {e}"),
                 }
-                tx.execute(
-                    "INSERT INTO work VALUES ($1, $2)",
-                    &[&writer, &(n as i32)],
-                )
-                .await
-                .unwrap();
+                tx.execute("INSERT INTO work VALUES ($1, $2)", &[&writer, &(n as i32)])
+                    .await
+                    .unwrap();
                 tokio::time::sleep(Duration::from_millis(u64::from(rand::random::<u8>() % 6)))
                     .await;
                 if rand::random::<u8>().is_multiple_of(10) {
@@ -457,7 +455,7 @@ async fn a_newer_schema_is_refused() {
             err,
             StoreError::IncompatibleSchema {
                 found: 7,
-                supported: 1
+                supported: 2
             }
         ),
         "{err:?}"

@@ -64,6 +64,12 @@ async fn concurrent_writers_on_one_stream() {
 }
 
 #[tokio::test]
+async fn snapshots_keep_the_newest_per_stream() {
+    let (_dir, store) = fresh().await;
+    conformance::snapshots_keep_the_newest_per_stream(store).await;
+}
+
+#[tokio::test]
 async fn events_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bank.db");
@@ -130,14 +136,14 @@ async fn a_newer_schema_is_refused_not_downgraded() {
             err,
             StoreError::IncompatibleSchema {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "the database schema is version 99, newer than version 1 that this code knows"
+        "the database schema is version 99, newer than version 2 that this code knows"
     );
 }
 

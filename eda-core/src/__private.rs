@@ -128,3 +128,30 @@ pub const fn upcast_check<Old: Event>(name: &str, version: u32) -> UpcastCheck {
         UpcastCheck::Ok
     }
 }
+
+/// What `#[aggregate(snapshot_every = N)]` needs of the aggregate's state.
+#[diagnostic::on_unimplemented(
+    message = "`#[aggregate(snapshot_every = ..)]` needs `{Self}` to derive `Serialize` and `Deserialize`",
+    label = "snapshots of `{Self}` are stored as JSON",
+    note = "add `#[derive(eda::serde::Serialize, eda::serde::Deserialize)]` and `#[serde(crate = \"eda::serde\")]` to `{Self}`"
+)]
+pub trait SnapshotState: serde::Serialize + serde::de::DeserializeOwned {}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned> SnapshotState for T {}
+
+/// How an aggregate's state becomes a snapshot payload and back.
+pub struct SnapshotCodec<S> {
+    /// The state as JSON.
+    pub encode: fn(&S) -> Result<String, serde_json::Error>,
+    /// A state from JSON.
+    pub decode: fn(&str) -> Result<S, serde_json::Error>,
+}
+
+/// The codec of `S`: the one place the macro asks for `S`'s serde impls, so a
+/// missing derive is reported once.
+pub const fn snapshot_codec<S: SnapshotState>() -> SnapshotCodec<S> {
+    SnapshotCodec {
+        encode: |state| serde_json::to_string(state),
+        decode: |payload| serde_json::from_str(payload),
+    }
+}

@@ -54,8 +54,27 @@ pub trait Aggregate: Default + Send + 'static {
     /// The domain error its handlers reject commands with.
     type Error: Debug + Send + 'static;
 
+    /// Take a snapshot every this many events (`#[aggregate(snapshot_every = N)]`);
+    /// 0, the default, takes none.
+    const SNAPSHOT_EVERY: u64 = 0;
+    /// Version of the snapshot format (`#[aggregate(snapshot_version = N)]`, 1 by
+    /// default). Change it when the state's meaning changes: older snapshots are
+    /// then ignored and the aggregate is replayed from its events.
+    const SNAPSHOT_VERSION: u32 = 1;
+
     /// Folds one event into the state.
     fn apply(&mut self, event: &Self::Event);
+
+    /// The state as a snapshot payload; `None` when the aggregate takes no snapshots.
+    fn encode_snapshot(&self) -> Option<Result<String, serde_json::Error>> {
+        None
+    }
+
+    /// A state from a snapshot payload; `None` when the aggregate takes no snapshots.
+    fn decode_snapshot(payload: &str) -> Option<Result<Self, serde_json::Error>> {
+        let _ = payload;
+        None
+    }
 }
 
 /// Decides command `C` for an aggregate: implemented by `#[aggregate]` per `#[handle]`.

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::aggregate::{stream_key, Aggregate, AggregateEvent, Handle};
 use crate::cache::{Cache, Cached};
 use crate::command::HandledCommand;
-use crate::envelope::{event_id_at, unix_millis, EventRef, Metadata, NewEvent, StreamId};
+use crate::envelope::{event_id_at, unix_millis, EventRef, Metadata, NewEvent, Snapshot, StreamId};
 use crate::error::{CommandError, DecodeError, LoadError, RegistryError, StoreError};
 use crate::registry::registry;
 use crate::store::memory::MemoryStore;
@@ -201,12 +201,63 @@ impl App {
     }
 
     async fn replay<A: Aggregate>(&self, id: &str) -> Result<Cached<A>, LoadError> {
-        let mut cached = Cached {
+        let mut cached = match A::SNAPSHOT_EVERY {
+            0 => None,
+            _ => self.restore::<A>(id).await,
+        }
+        .unwrap_or(Cached {
             state: A::default(),
             version: 0,
-        };
+        });
         self.catch_up(&mut cached, id).await?;
         Ok(cached)
+    }
+
+    /// The state from the stream's snapshot, if there is a usable one. A snapshot
+    /// that cannot be read, or was taken with another `snapshot_version`, is
+    /// ignored: the aggregate is then replayed from its events.
+    async fn restore<A: Aggregate>(&self, id: &str) -> Option<Cached<A>> {
+        let stream = StreamId {
+            aggregate_type: A::TYPE,
+            aggregate_id: id,
+        };
+        let snapshot = match self.inner.store.load_snapshot(stream).await {
+            Ok(snapshot) => snapshot?,
+            Err(error) => {
+                tracing::warn!(aggregate_type = A::TYPE, aggregate_id = id, %error, "snapshot not loaded; replaying");
+                return None;
+            }
+        };
+        if snapshot.snapshot_version != A::SNAPSHOT_VERSION {
+            tracing::debug!(
+                aggregate_type = A::TYPE,
+                aggregate_id = id,
+                "snapshot of another version; replaying"
+            );
+            return None;
+        }
+        match A::decode_snapshot(&snapshot.payload)? {
+            Ok(state) => Some(Cached {
+                state,
+                version: snapshot.version,
+            }),
+            Err(error) => {
+                tracing::warn!(aggregate_type = A::TYPE, aggregate_id = id, %error, "snapshot not readable; replaying");
+                None
+            }
+        }
+    }
+
+    /// Stores a snapshot. A failure is logged, not returned: the events are
+    /// committed, and a missing snapshot only costs replay time.
+    async fn save_snapshot<A: Aggregate>(&self, id: &str, snapshot: Snapshot) {
+        let stream = StreamId {
+            aggregate_type: A::TYPE,
+            aggregate_id: id,
+        };
+        if let Err(error) = self.inner.store.save_snapshot(stream, &snapshot).await {
+            tracing::warn!(aggregate_type = A::TYPE, aggregate_id = id, %error, "snapshot not saved");
+        }
     }
 
     /// Applies the events stored after `cached.version`.
@@ -275,8 +326,15 @@ impl App {
         let append_span = append_span::<C::Aggregate>(&id, cached.version, events.len());
         let appended = append_span
             .in_scope(|| append_to_memory(memory, stream, cached.version, &events, metadata));
+        let before = cached.version;
         let result = match appended {
-            Ok(Ok(appended)) => Ok(Ok(commit(&mut cached, events, appended, span))),
+            Ok(Ok(appended)) => {
+                let committed = commit(&mut cached, events, appended, span);
+                if let Some(snapshot) = due_snapshot(&cached, before) {
+                    memory.keep_snapshot(stream, snapshot);
+                }
+                Ok(Ok(committed))
+            }
             Err(encode_error) => Ok(Err(encode_error)),
             // A conflict: `run` catches up and decides again.
             Ok(Err((_, metadata))) => Err(metadata),
@@ -381,7 +439,11 @@ impl App {
             };
             match appended {
                 Ok(appended) => {
+                    let before = cached.version;
                     let committed = commit(&mut cached, events, appended, &span);
+                    if let Some(snapshot) = due_snapshot(&cached, before) {
+                        self.save_snapshot::<C::Aggregate>(&id, snapshot).await;
+                    }
                     *guard = Some(cached);
                     return Ok(committed);
                 }
@@ -634,6 +696,26 @@ fn append_to_memory<E: AggregateEvent, Err>(
     let appended = memory.append_now(stream, expected_version, &mut buffer, metadata, now);
     ENCODED.set(buffer);
     Ok(appended)
+}
+
+/// A snapshot of `cached`, if the append from version `before` crossed a multiple
+/// of the aggregate's `snapshot_every`.
+fn due_snapshot<A: Aggregate>(cached: &Cached<A>, before: u64) -> Option<Snapshot> {
+    let every = A::SNAPSHOT_EVERY;
+    if every == 0 || before / every == cached.version / every {
+        return None;
+    }
+    match cached.state.encode_snapshot()? {
+        Ok(payload) => Some(Snapshot {
+            version: cached.version,
+            snapshot_version: A::SNAPSHOT_VERSION,
+            payload,
+        }),
+        Err(error) => {
+            tracing::warn!(aggregate_type = A::TYPE, %error, "snapshot not serializable");
+            None
+        }
+    }
 }
 
 /// Applies committed events to the cached state and describes the commit.

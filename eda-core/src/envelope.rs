@@ -35,6 +35,18 @@ pub struct Metadata {
     pub user: BTreeMap<String, String>,
 }
 
+/// An aggregate's state at a version, stored so that loading it replays only the
+/// events after that version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The aggregate version the state includes.
+    pub version: u64,
+    /// [`Aggregate::SNAPSHOT_VERSION`](crate::Aggregate::SNAPSHOT_VERSION) it was taken with.
+    pub snapshot_version: u32,
+    /// The serialized state (JSON).
+    pub payload: String,
+}
+
 /// An event about to be appended: encoded, with its id already chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {

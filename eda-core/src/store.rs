@@ -3,7 +3,7 @@ use std::pin::Pin;
 
 use uuid::Uuid;
 
-use crate::envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::envelope::{Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
 use crate::error::StoreError;
 
 pub mod memory;
@@ -81,6 +81,26 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         event_id: Uuid,
     ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send;
+
+    /// Keeps `snapshot` as the stream's latest snapshot (replacing an older one).
+    /// Stores that keep no snapshots accept and drop it: the default.
+    fn save_snapshot(
+        &self,
+        stream: StreamId<'_>,
+        snapshot: &Snapshot,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (stream, snapshot);
+        std::future::ready(Ok(()))
+    }
+
+    /// The stream's latest snapshot, if the store keeps one. Default: none.
+    fn load_snapshot(
+        &self,
+        stream: StreamId<'_>,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send {
+        let _ = stream;
+        std::future::ready(Ok(None))
+    }
 }
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -106,6 +126,17 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
         &self,
         event_id: Uuid,
     ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>>;
+
+    fn save_snapshot<'a>(
+        &'a self,
+        stream: StreamId<'a>,
+        snapshot: &'a Snapshot,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    fn load_snapshot<'a>(
+        &'a self,
+        stream: StreamId<'a>,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
 
     /// The store as a [`memory::MemoryStore`], whose appends complete without waiting.
     fn as_memory(&self) -> Option<&memory::MemoryStore>;
@@ -141,6 +172,21 @@ impl<S: EventStore> DynEventStore for S {
         event_id: Uuid,
     ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>> {
         Box::pin(EventStore::read_event(self, event_id))
+    }
+
+    fn save_snapshot<'a>(
+        &'a self,
+        stream: StreamId<'a>,
+        snapshot: &'a Snapshot,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(EventStore::save_snapshot(self, stream, snapshot))
+    }
+
+    fn load_snapshot<'a>(
+        &'a self,
+        stream: StreamId<'a>,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        Box::pin(EventStore::load_snapshot(self, stream))
     }
 
     fn as_memory(&self) -> Option<&memory::MemoryStore> {

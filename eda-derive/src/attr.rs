@@ -28,6 +28,8 @@ pub(crate) struct AggregateArgs {
     pub(crate) id: Option<Type>,
     pub(crate) error: Option<Type>,
     pub(crate) name: Option<LitStr>,
+    pub(crate) snapshot_every: Option<(u64, LitInt)>,
+    pub(crate) snapshot_version: Option<(u32, LitInt)>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -86,9 +88,15 @@ pub(crate) fn aggregate_args(cx: &mut Ctxt, args: TokenStream) -> AggregateArgs 
         cx,
         args,
         "aggregate",
-        "`id`, `error`, `name` or `crate`",
-        |_, meta| {
-            if meta.path.is_ident("id") {
+        "`id`, `error`, `name`, `snapshot_every`, `snapshot_version` or `crate`",
+        |cx, meta| {
+            if meta.path.is_ident("snapshot_every") {
+                out.snapshot_every = positive(cx, meta, "snapshot_every", "snapshot_every = 100")?;
+            } else if meta.path.is_ident("snapshot_version") {
+                out.snapshot_version =
+                    positive(cx, meta, "snapshot_version", "snapshot_version = 2")?
+                        .and_then(|(v, lit)| u32::try_from(v).ok().map(|v| (v, lit)));
+            } else if meta.path.is_ident("id") {
                 out.id = Some(meta.value()?.parse()?);
             } else if meta.path.is_ident("error") {
                 out.error = Some(meta.value()?.parse()?);
@@ -141,6 +149,40 @@ fn parse(
     for e in unknown {
         cx.push(e);
     }
+}
+
+/// `key = N` with N a positive integer; a bad value is reported and gives `None`.
+fn positive(
+    cx: &mut Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    key: &str,
+    example: &str,
+) -> syn::Result<Option<(u64, LitInt)>> {
+    let lit: syn::Lit = meta.value()?.parse()?;
+    Ok(match &lit {
+        syn::Lit::Int(int) => match int.base10_parse::<u64>() {
+            Ok(0) => {
+                cx.error_spanned_by(int, format_args!("`{key}` must be at least 1"));
+                None
+            }
+            Ok(v) if key == "snapshot_version" && u32::try_from(v).is_err() => {
+                cx.error_spanned_by(int, format_args!("`{key}` must fit in a `u32`"));
+                None
+            }
+            Ok(v) => Some((v, int.clone())),
+            Err(_) => {
+                cx.error_spanned_by(int, format_args!("`{key}` must fit in a `u64`"));
+                None
+            }
+        },
+        other => {
+            cx.error_spanned_by(
+                other,
+                format_args!("`{key}` must be an integer, like `{example}`"),
+            );
+            None
+        }
+    })
 }
 
 /// `crate = path` or `crate = "path"`.

@@ -231,3 +231,40 @@ pub async fn concurrent_writers_on_one_stream<S: EventStore>(store: S) {
         "every accepted append is stored exactly once, nothing else"
     );
 }
+
+pub async fn snapshots_keep_the_newest_per_stream<S: EventStore>(store: S) {
+    use eda::Snapshot;
+    let (a, b) = (stream("Account", "a"), stream("Account", "b"));
+    assert_eq!(store.load_snapshot(a).await.unwrap(), None);
+    let at = |version, payload: &str| Snapshot {
+        version,
+        snapshot_version: 1,
+        payload: payload.into(),
+    };
+    store
+        .save_snapshot(a, &at(10, r#"{"n":10}"#))
+        .await
+        .unwrap();
+    store.save_snapshot(b, &at(3, r#"{"n":3}"#)).await.unwrap();
+    store
+        .save_snapshot(a, &at(20, r#"{"n":20}"#))
+        .await
+        .unwrap();
+    // An older snapshot arriving late does not replace a newer one.
+    store
+        .save_snapshot(a, &at(15, r#"{"n":15}"#))
+        .await
+        .unwrap();
+    let loaded = store.load_snapshot(a).await.unwrap().expect("kept");
+    assert_eq!((loaded.version, loaded.snapshot_version), (20, 1));
+    let payload: serde_json::Value = serde_json::from_str(&loaded.payload).unwrap();
+    assert_eq!(payload, serde_json::json!({ "n": 20 }));
+    assert_eq!(
+        store.load_snapshot(b).await.unwrap().map(|s| s.version),
+        Some(3)
+    );
+    assert_eq!(
+        store.load_snapshot(stream("Other", "a")).await.unwrap(),
+        None
+    );
+}

@@ -7,7 +7,7 @@ use std::collections::hash_map::Entry;
 use foldhash::HashMap;
 use uuid::Uuid;
 
-use crate::envelope::{EventRef, Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::envelope::{EventRef, Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
 use crate::error::StoreError;
 use crate::store::{Appended, EventStore};
 
@@ -31,6 +31,8 @@ struct Inner {
     ids: HashMap<Uuid, usize>,
     /// Metadata and time of each append, shared by the events of its batch.
     batches: Vec<Batch>,
+    /// The latest snapshot of each stream that has one, by aggregate type and id.
+    snapshots: HashMap<(String, String), Snapshot>,
 }
 
 #[derive(Debug)]
@@ -170,6 +172,7 @@ impl MemoryStore {
             streams,
             ids,
             batches,
+            ..
         } = &mut *guard;
         let mut target = streams
             .get_mut(stream.aggregate_type)
@@ -252,6 +255,22 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
+    /// Keeps `snapshot` unless the stream has a newer one, without waiting.
+    pub(crate) fn keep_snapshot(&self, stream: StreamId<'_>, snapshot: Snapshot) {
+        let key = (
+            stream.aggregate_type.to_owned(),
+            stream.aggregate_id.to_owned(),
+        );
+        let mut inner = self.write();
+        match inner.snapshots.get_mut(&key) {
+            Some(kept) if kept.version > snapshot.version => {}
+            Some(kept) => *kept = snapshot,
+            None => {
+                inner.snapshots.insert(key, snapshot);
+            }
+        }
+    }
+
     /// Calls `f` on the events of `stream` after `after_version`, in order, without
     /// copying them. The lock is released every few hundred events so that a long
     /// replay does not hold up writers.
@@ -342,6 +361,24 @@ impl EventStore for MemoryStore {
             .take(limit)
             .map(|(i, e)| e.to_recorded(i, &inner.batches))
             .collect())
+    }
+
+    async fn save_snapshot(
+        &self,
+        stream: StreamId<'_>,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        self.keep_snapshot(stream, snapshot.clone());
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
+        let inner = self.read();
+        let key = (
+            stream.aggregate_type.to_owned(),
+            stream.aggregate_id.to_owned(),
+        );
+        Ok(inner.snapshots.get(&key).cloned())
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {

@@ -26,12 +26,12 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, NoTls, Row, Statement};
 use uuid::Uuid;
 
-use crate::envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::envelope::{Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
 use crate::error::StoreError;
 use crate::store::{Appended, EventStore};
 
 /// The schema version this code creates and reads.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// Settings of a [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -257,6 +257,21 @@ impl PostgresStore {
                  );
                  DELETE FROM eda_schema;
                  INSERT INTO eda_schema (version) VALUES (1);",
+            )
+            .await
+            .map_err(backend)?;
+        }
+        if found < 2 {
+            tx.batch_execute(
+                "CREATE TABLE eda_snapshots (
+                     aggregate_type text NOT NULL,
+                     aggregate_id text NOT NULL,
+                     version bigint NOT NULL,
+                     snapshot_version integer NOT NULL,
+                     payload jsonb NOT NULL,
+                     PRIMARY KEY (aggregate_type, aggregate_id)
+                 );
+                 UPDATE eda_schema SET version = 2;",
             )
             .await
             .map_err(backend)?;
@@ -488,6 +503,59 @@ impl EventStore for PostgresStore {
             .await
             .map_err(backend)?;
         rows.iter().map(recorded).collect()
+    }
+
+    async fn save_snapshot(
+        &self,
+        stream: StreamId<'_>,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO eda_snapshots (aggregate_type, aggregate_id, version, snapshot_version, payload)
+                 VALUES ($1, $2, $3, $4, $5::text::jsonb)
+                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+                 SET version = excluded.version, snapshot_version = excluded.snapshot_version, payload = excluded.payload
+                 WHERE excluded.version >= eda_snapshots.version",
+            )
+            .await
+            .map_err(backend)?;
+        let snapshot_version = i32::try_from(snapshot.snapshot_version).unwrap_or(i32::MAX);
+        client
+            .execute(
+                &statement,
+                &[
+                    &stream.aggregate_type,
+                    &stream.aggregate_id,
+                    &to_i64(snapshot.version),
+                    &snapshot_version,
+                    &snapshot.payload,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT version, snapshot_version, payload::text FROM eda_snapshots \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2",
+            )
+            .await
+            .map_err(backend)?;
+        let row = client
+            .query_opt(&statement, &[&stream.aggregate_type, &stream.aggregate_id])
+            .await
+            .map_err(backend)?;
+        Ok(row.map(|row| Snapshot {
+            version: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
+            snapshot_version: u32::try_from(row.get::<_, i32>(1)).unwrap_or_default(),
+            payload: row.get(2),
+        }))
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {

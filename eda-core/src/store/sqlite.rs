@@ -18,12 +18,12 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::envelope::{Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::envelope::{Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
 use crate::error::StoreError;
 use crate::store::{Appended, EventStore};
 
 /// The schema version this code creates and reads.
-const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_VERSION: u32 = 2;
 
 /// How durable an acknowledged append is (SQLite's `synchronous` setting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,7 +113,7 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    writer: mpsc::Sender<AppendRequest>,
+    writer: mpsc::Sender<WriteRequest>,
     readers: mpsc::Sender<ReadJob>,
 }
 
@@ -123,6 +123,20 @@ impl std::fmt::Debug for SqliteStore {
             .field("path", &self.inner.path)
             .finish_non_exhaustive()
     }
+}
+
+/// What the writer thread does: appends, and snapshots (which need the one write
+/// connection too).
+enum WriteRequest {
+    Append(AppendRequest),
+    Snapshot(SnapshotRequest),
+}
+
+struct SnapshotRequest {
+    aggregate_type: String,
+    aggregate_id: String,
+    snapshot: Snapshot,
+    reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
 struct AppendRequest {
@@ -221,8 +235,63 @@ impl EventStore for SqliteStore {
             metadata: serde_json::to_string(metadata).map_err(backend)?,
             reply,
         };
-        self.inner.writer.send(request).map_err(|_| closed())?;
+        self.inner
+            .writer
+            .send(WriteRequest::Append(request))
+            .map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
+    }
+
+    async fn save_snapshot(
+        &self,
+        stream: StreamId<'_>,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let request = SnapshotRequest {
+            aggregate_type: stream.aggregate_type.to_owned(),
+            aggregate_id: stream.aggregate_id.to_owned(),
+            snapshot: snapshot.clone(),
+            reply,
+        };
+        self.inner
+            .writer
+            .send(WriteRequest::Snapshot(request))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    async fn load_snapshot(&self, stream: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
+        let (aggregate_type, aggregate_id) = (
+            stream.aggregate_type.to_owned(),
+            stream.aggregate_id.to_owned(),
+        );
+        self.read(move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT version, snapshot_version, payload FROM eda_snapshots \
+                     WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+                )
+                .map_err(backend)?;
+            let snapshot = statement
+                .query_row(params![aggregate_type, aggregate_id], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
+                })
+                .optional()
+                .map_err(backend)?;
+            Ok(
+                snapshot.map(|(version, snapshot_version, payload)| Snapshot {
+                    version: u64::try_from(version).unwrap_or_default(),
+                    snapshot_version: u32::try_from(snapshot_version).unwrap_or_default(),
+                    payload,
+                }),
+            )
+        })
+        .await
     }
 
     async fn read_stream(
@@ -416,12 +485,26 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
         )
         .map_err(backend)?;
     }
+    if found < 2 {
+        tx.execute_batch(
+            "CREATE TABLE eda_snapshots (
+                 aggregate_type TEXT NOT NULL,
+                 aggregate_id TEXT NOT NULL,
+                 version INTEGER NOT NULL,
+                 snapshot_version INTEGER NOT NULL,
+                 payload TEXT NOT NULL,
+                 PRIMARY KEY (aggregate_type, aggregate_id)
+             ) WITHOUT ROWID;
+             UPDATE eda_schema SET version = 2;",
+        )
+        .map_err(backend)?;
+    }
     tx.commit().map_err(backend)
 }
 
 fn write_loop(
     mut connection: Connection,
-    requests: mpsc::Receiver<AppendRequest>,
+    requests: mpsc::Receiver<WriteRequest>,
     max_batch: usize,
 ) {
     while let Ok(first) = requests.recv() {
@@ -432,18 +515,26 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let results = append_batch(&mut connection, &batch);
+        let results = write_batch(&mut connection, &batch);
         for (request, result) in batch.into_iter().zip(results) {
-            let _ = request.reply.send(result);
+            match request {
+                WriteRequest::Append(append) => {
+                    let _ = append.reply.send(result);
+                }
+                WriteRequest::Snapshot(snapshot) => {
+                    let _ = snapshot.reply.send(result.map(|_| ()));
+                }
+            }
         }
     }
 }
 
-/// Appends every request of `batch` in one transaction, each in a savepoint; the
-/// results are in the order of the batch. If the commit fails, all of them fail.
-fn append_batch(
+/// Runs every request of `batch` in one transaction, each in a savepoint; the
+/// results are in the order of the batch (a snapshot's `Appended` is unused). If
+/// the commit fails, all of them fail.
+fn write_batch(
     connection: &mut Connection,
-    batch: &[AppendRequest],
+    batch: &[WriteRequest],
 ) -> Vec<Result<Appended, StoreError>> {
     let tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -454,7 +545,17 @@ fn append_batch(
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
     let mut results = Vec::with_capacity(batch.len());
     for request in batch {
-        results.push(append_one(&tx, request, recorded_at));
+        results.push(match request {
+            WriteRequest::Append(append) => {
+                in_savepoint(&tx, || append_in_savepoint(&tx, append, recorded_at))
+            }
+            WriteRequest::Snapshot(snapshot) => in_savepoint(&tx, || {
+                save_snapshot(&tx, snapshot).map(|()| Appended {
+                    version: 0,
+                    position: 0,
+                })
+            }),
+        });
     }
     match tx.commit() {
         Ok(()) => results,
@@ -462,21 +563,45 @@ fn append_batch(
     }
 }
 
-fn append_one(
+/// Runs `f` in a savepoint, rolled back if `f` fails, so one request's failure
+/// leaves the others of its batch intact.
+fn in_savepoint<T>(
     tx: &rusqlite::Transaction<'_>,
-    request: &AppendRequest,
-    recorded_at: i64,
-) -> Result<Appended, StoreError> {
-    let savepoint = "eda_append";
-    tx.execute_batch(&format!("SAVEPOINT {savepoint}"))
-        .map_err(backend)?;
-    let result = append_in_savepoint(tx, request, recorded_at);
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    tx.execute_batch("SAVEPOINT eda_request").map_err(backend)?;
+    let result = f();
     let end = match result {
-        Ok(_) => format!("RELEASE {savepoint}"),
-        Err(_) => format!("ROLLBACK TO {savepoint}; RELEASE {savepoint}"),
+        Ok(_) => "RELEASE eda_request",
+        Err(_) => "ROLLBACK TO eda_request; RELEASE eda_request",
     };
-    tx.execute_batch(&end).map_err(backend)?;
+    tx.execute_batch(end).map_err(backend)?;
     result
+}
+
+/// Keeps the newer of the stored and the given snapshot.
+fn save_snapshot(
+    tx: &rusqlite::Transaction<'_>,
+    request: &SnapshotRequest,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO eda_snapshots (aggregate_type, aggregate_id, version, snapshot_version, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+         SET version = excluded.version, snapshot_version = excluded.snapshot_version, payload = excluded.payload
+         WHERE excluded.version >= eda_snapshots.version",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            request.aggregate_type,
+            request.aggregate_id,
+            to_i64(request.snapshot.version),
+            request.snapshot.snapshot_version,
+            request.snapshot.payload,
+        ])
+    })
+    .map(|_| ())
+    .map_err(backend)
 }
 
 fn append_in_savepoint(

@@ -201,6 +201,28 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         }
     }
 
+    let snapshot_codec = args.snapshot_every.as_ref().map(|(_, lit)| {
+        quote_spanned! {lit.span()=>
+            const __EDA_SNAPSHOT_CODEC: #private::SnapshotCodec<#self_ty> = #private::snapshot_codec::<#self_ty>();
+        }
+    });
+    let snapshots = args.snapshot_every.as_ref().map(|(every, _)| {
+        let version = args.snapshot_version.as_ref().map_or(1, |(v, _)| *v);
+        quote! {
+            const SNAPSHOT_EVERY: u64 = #every;
+            const SNAPSHOT_VERSION: u32 = #version;
+            fn encode_snapshot(&self) -> ::core::option::Option<::core::result::Result<::std::string::String, #private::serde_json::Error>> {
+                ::core::option::Option::Some((__EDA_SNAPSHOT_CODEC.encode)(self))
+            }
+            fn decode_snapshot(__eda_payload: &str) -> ::core::option::Option<::core::result::Result<Self, #private::serde_json::Error>> {
+                ::core::option::Option::Some((__EDA_SNAPSHOT_CODEC.decode)(__eda_payload))
+            }
+        }
+    });
+    if let (None, Some((_, lit))) = (&args.snapshot_every, &args.snapshot_version) {
+        cx.error_spanned_by(lit, "`snapshot_version` goes with `snapshot_every = N`");
+    }
+
     let item = &agg.item;
     let errors = cx.into_compile_errors();
     let id_ty = id_ty.to_token_stream();
@@ -242,9 +264,12 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 }
             }
 
+            #snapshot_codec
+
             #[automatically_derived]
             impl #private::Aggregate for #self_ty {
                 const TYPE: &'static str = #type_name;
+                #snapshots
                 type Id = #id_ty;
                 type Event = #enum_ident;
                 type Error = #error_ty;

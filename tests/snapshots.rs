@@ -1,0 +1,210 @@
+//! Snapshots (`#[aggregate(snapshot_every = N)]`): loading with and without them
+//! gives the same state; a snapshot that cannot be used never fails a load.
+
+#![allow(missing_docs)]
+
+mod common;
+
+use common::YieldingStore;
+use eda::prelude::*;
+use eda::{Snapshot, StreamId};
+
+#[event]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Added {
+    pub n: u64,
+}
+
+#[command]
+#[derive(Debug, Clone)]
+pub struct Add {
+    #[aggregate_id]
+    pub id: String,
+    pub n: u64,
+}
+
+#[derive(Debug, Default, PartialEq, eda::serde::Serialize, eda::serde::Deserialize)]
+#[serde(crate = "eda::serde")]
+pub struct Tally {
+    pub total: u64,
+    pub count: u64,
+}
+
+#[aggregate(error = std::convert::Infallible, snapshot_every = 3, snapshot_version = 2)]
+impl Tally {
+    #[handle]
+    fn add(&self, cmd: Add) -> Result<Added, std::convert::Infallible> {
+        Ok(Added { n: cmd.n })
+    }
+
+    #[apply]
+    fn added(&mut self, e: &Added) {
+        self.total += e.n;
+        self.count += 1;
+    }
+}
+
+const STREAM: StreamId<'static> = StreamId {
+    aggregate_type: "Tally",
+    aggregate_id: "t",
+};
+
+async fn add(app: &App, n: u64) {
+    app.execute(Add { id: "t".into(), n }).await.unwrap();
+}
+
+async fn load(store: impl EventStore) -> (Tally, u64) {
+    App::new(store)
+        .load_with_version::<Tally>(&"t".to_string())
+        .await
+        .unwrap()
+}
+
+/// The snapshot path against the events-only path, on any store that keeps
+/// snapshots: `YieldingStore` wraps it without exposing them.
+async fn same_state_with_and_without_snapshots<S: EventStore + Clone>(
+    store: S,
+    events_only: impl EventStore,
+) {
+    let app = App::new(store.clone());
+    for n in 1..=10 {
+        add(&app, n).await;
+    }
+    let snapshot = store
+        .load_snapshot(STREAM)
+        .await
+        .unwrap()
+        .expect("a snapshot at version 9");
+    assert_eq!((snapshot.version, snapshot.snapshot_version), (9, 2));
+    let with = load(store).await;
+    let without = load(events_only).await;
+    assert_eq!(with, without);
+    assert_eq!(
+        with,
+        (
+            Tally {
+                total: 55,
+                count: 10
+            },
+            10
+        )
+    );
+}
+
+#[tokio::test]
+async fn memory_store_loads_the_same_with_and_without_snapshots() {
+    let memory = MemoryStore::new();
+    same_state_with_and_without_snapshots(memory.clone(), YieldingStore(memory)).await;
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn sqlite_store_loads_the_same_with_and_without_snapshots() {
+    /// The SQLite store without its snapshots.
+    struct EventsOnly(SqliteStore);
+    impl EventStore for EventsOnly {
+        async fn append(
+            &self,
+            s: StreamId<'_>,
+            v: u64,
+            e: Vec<eda::NewEvent>,
+            m: &eda::Metadata,
+        ) -> Result<eda::Appended, StoreError> {
+            self.0.append(s, v, e, m).await
+        }
+        async fn read_stream(
+            &self,
+            s: StreamId<'_>,
+            v: u64,
+        ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
+            self.0.read_stream(s, v).await
+        }
+        async fn read_all(&self, p: u64, l: usize) -> Result<Vec<eda::RecordedEvent>, StoreError> {
+            self.0.read_all(p, l).await
+        }
+        async fn read_event(
+            &self,
+            id: eda::Uuid,
+        ) -> Result<Option<eda::RecordedEvent>, StoreError> {
+            self.0.read_event(id).await
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("events.db"))
+        .await
+        .unwrap();
+    same_state_with_and_without_snapshots(store.clone(), EventsOnly(store)).await;
+}
+
+#[tokio::test]
+async fn a_snapshot_is_used_then_the_events_after_it() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    for n in 1..=4 {
+        add(&app, n).await;
+    }
+    // A recognisable state at version 3: loading must start there, then apply v4.
+    let planted = Snapshot {
+        version: 3,
+        snapshot_version: 2,
+        payload: r#"{"total":1000,"count":3}"#.into(),
+    };
+    store.save_snapshot(STREAM, &planted).await.unwrap();
+    assert_eq!(
+        load(store).await,
+        (
+            Tally {
+                total: 1004,
+                count: 4
+            },
+            4
+        )
+    );
+}
+
+#[tokio::test]
+async fn unusable_snapshots_are_ignored_and_the_events_replayed() {
+    let unusable = [
+        Snapshot {
+            version: 3,
+            snapshot_version: 1,
+            payload: r#"{"total":1000,"count":3}"#.into(),
+        },
+        Snapshot {
+            version: 3,
+            snapshot_version: 2,
+            payload: r#"{"tot":1}"#.into(),
+        },
+        Snapshot {
+            version: 3,
+            snapshot_version: 2,
+            payload: "not json".into(),
+        },
+    ];
+    for snapshot in unusable {
+        let store = MemoryStore::new();
+        let app = App::builder(store.clone())
+            .cache_capacity(0)
+            .build()
+            .unwrap();
+        for n in 1..=2 {
+            add(&app, n).await;
+        }
+        store.save_snapshot(STREAM, &snapshot).await.unwrap();
+        assert_eq!(
+            load(store.clone()).await,
+            (Tally { total: 3, count: 2 }, 2),
+            "{snapshot:?}"
+        );
+        // Commands keep working too, and replace the snapshot when one is due.
+        add(&app, 3).await;
+        assert_eq!(
+            store
+                .load_snapshot(STREAM)
+                .await
+                .unwrap()
+                .map(|s| (s.version, s.snapshot_version)),
+            Some((3, 2))
+        );
+    }
+}
