@@ -1,8 +1,9 @@
 //! A bank account's life, told as a short story: `cargo run --example bank`.
 //!
 //! The events go to a SQLite file (the embedded default store), by default a fresh
-//! one in the temporary directory; `cargo run --example bank -- my.db` uses another
-//! path (and keeps what is there: rerun it and the account is already open).
+//! one in the temporary directory. `cargo run --example bank -- my.db` uses another
+//! file, and `cargo run --example bank --features postgres -- postgres://postgres@127.0.0.1/test`
+//! PostgreSQL; both keep the events of earlier runs, so each run opens a new account.
 
 #[path = "domain/bank.rs"]
 mod bank;
@@ -12,19 +13,24 @@ use eda::prelude::*;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let path = match std::env::args().nth(1) {
-        Some(path) => std::path::PathBuf::from(path),
+    let (app, account) = match std::env::args().nth(1) {
+        Some(url) if url.starts_with("postgres://") => (postgres(&url).await?, fresh_account()),
+        Some(path) => {
+            println!("events are stored in {path}");
+            (App::new(SqliteStore::open(&path).await?), fresh_account())
+        }
         None => {
             let path = std::env::temp_dir().join("eda-bank-example.db");
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
             }
-            path
+            println!("events are stored in {}", path.display());
+            (
+                App::new(SqliteStore::open(&path).await?),
+                "acc-1".to_string(),
+            )
         }
     };
-    let app = App::new(SqliteStore::open(&path).await?);
-    println!("events are stored in {}", path.display());
-    let account = "acc-1".to_string();
 
     let opened = app
         .execute(OpenAccount {
@@ -32,10 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             owner: "Ada".into(),
         })
         .await?;
-    println!(
-        "Ada opens account {account}            -> version {}",
-        opened.version
-    );
+    println!("Ada opens account {account}: version {}", opened.version);
 
     let deposited = app
         .execute(DepositMoney {
@@ -43,10 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             amount: 100,
         })
         .await?;
-    println!(
-        "she deposits 100                    -> version {}",
-        deposited.version
-    );
+    println!("she deposits 100: version {}", deposited.version);
 
     let withdrawal = WithdrawMoney {
         account: account.clone(),
@@ -55,19 +55,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let withdrawn = app
         .execute(withdrawal.clone())
-        .idempotency_key("rent-2026-11")
+        .idempotency_key(format!("rent-2026-11-{account}"))
         .await?;
-    println!(
-        "she withdraws 30 for rent           -> version {}",
-        withdrawn.version
-    );
+    println!("she withdraws 30 for rent: version {}", withdrawn.version);
 
     let again = app
         .execute(withdrawal)
-        .idempotency_key("rent-2026-11")
+        .idempotency_key(format!("rent-2026-11-{account}"))
         .await?;
     println!(
-        "the same withdrawal is retried      -> version {} (duplicate: {}, nothing appended)",
+        "the same withdrawal is retried: still version {} (duplicate: {}, nothing appended)",
         again.version, again.duplicate
     );
 
@@ -80,9 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await;
     match overdraft {
         Err(CommandError::Rejected(AccountError::InsufficientFunds { balance, requested })) => {
-            println!(
-                "she tries to withdraw {requested}           -> rejected: only {balance} left"
-            );
+            println!("she tries to withdraw {requested}: rejected, only {balance} left");
         }
         other => return Err(format!("expected a rejected overdraft, got {other:?}").into()),
     }
@@ -94,4 +89,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         state.balance
     );
     Ok(())
+}
+
+/// An account id no earlier run used.
+fn fresh_account() -> String {
+    format!("acc-{}", &eda::Uuid::now_v7().simple().to_string()[20..])
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres(url: &str) -> Result<App, Box<dyn std::error::Error>> {
+    println!("events are stored in PostgreSQL at {url}");
+    Ok(App::new(eda::PostgresStore::connect(url).await?))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres(_: &str) -> Result<App, Box<dyn std::error::Error>> {
+    Err("this example was built without PostgreSQL: add `--features postgres`".into())
 }
