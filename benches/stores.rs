@@ -25,7 +25,10 @@ const COMMANDS: usize = ACCOUNTS * (1 + DEPOSITS);
 const CALLERS: usize = 16;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     println!("eda store benchmark: {COMMANDS} commands per run (1,000 accounts x 10), commands/s");
     for synchronous in [Synchronous::Full, Synchronous::Normal] {
         rt.block_on(sqlite(synchronous));
@@ -42,7 +45,10 @@ fn report(name: &str, commands: usize, time: Duration, raw: Option<Duration>) {
     print!("{name:<58} {per_second:>9.0} commands/s");
     if let Some(raw) = raw {
         let raw_per_second = commands as f64 / raw.as_secs_f64();
-        print!("  (raw loop {raw_per_second:.0}/s, ratio {:.2})", per_second / raw_per_second);
+        print!(
+            "  (raw loop {raw_per_second:.0}/s, ratio {:.2})",
+            per_second / raw_per_second
+        );
     }
     println!();
 }
@@ -56,9 +62,19 @@ async fn bank(app: &App, callers: usize) -> Duration {
         tasks.push(tokio::spawn(async move {
             for account in (caller..ACCOUNTS).step_by(callers) {
                 let id = format!("acc-{account}");
-                app.execute(OpenAccount { account: id.clone(), owner: "owner".into() }).await.expect("open");
+                app.execute(OpenAccount {
+                    account: id.clone(),
+                    owner: "owner".into(),
+                })
+                .await
+                .expect("open");
                 for _ in 0..DEPOSITS {
-                    app.execute(DepositMoney { account: id.clone(), amount: 10 }).await.expect("deposit");
+                    app.execute(DepositMoney {
+                        account: id.clone(),
+                        amount: 10,
+                    })
+                    .await
+                    .expect("deposit");
                 }
             }
         }));
@@ -76,11 +92,26 @@ async fn sqlite(synchronous: Synchronous) {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let raw = raw_sqlite(&dir.path().join("raw.db"), label);
-    let open = |name: &str| SqliteStore::open_with(dir.path().join(name), SqliteOptions::new().synchronous(synchronous));
+    let open = |name: &str| {
+        SqliteStore::open_with(
+            dir.path().join(name),
+            SqliteOptions::new().synchronous(synchronous),
+        )
+    };
     let sequential = bank(&App::new(open("seq.db").await.expect("open")), 1).await;
-    report(&format!("SQLite {label}, sequential"), COMMANDS, sequential, Some(raw));
+    report(
+        &format!("SQLite {label}, sequential"),
+        COMMANDS,
+        sequential,
+        Some(raw),
+    );
     let concurrent = bank(&App::new(open("conc.db").await.expect("open")), CALLERS).await;
-    report(&format!("SQLite {label}, {CALLERS} concurrent callers (group commit)"), COMMANDS, concurrent, Some(raw));
+    report(
+        &format!("SQLite {label}, {CALLERS} concurrent callers (group commit)"),
+        COMMANDS,
+        concurrent,
+        Some(raw),
+    );
 }
 
 /// The same writes as eda's append, one transaction per command, straight
@@ -103,7 +134,9 @@ fn raw_sqlite(path: &std::path::Path, synchronous: &str) -> Duration {
     for account in 0..ACCOUNTS {
         let id = format!("acc-{account}");
         for version in 1..=(1 + DEPOSITS) as i64 {
-            let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).expect("begin");
+            let tx = connection
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .expect("begin");
             let current: Option<i64> = tx
                 .prepare_cached("SELECT version FROM aggregates WHERE aggregate_type = ?1 AND aggregate_id = ?2")
                 .and_then(|mut s| {
@@ -140,19 +173,39 @@ mod postgres {
     pub async fn run(url: &str) {
         let schema = format!("eda_bench_{}", std::process::id());
         let raw = raw(url).await;
-        let store = PostgresStore::connect_with(url, PostgresOptions::new().schema(&schema)).await.expect("connect");
+        let store = PostgresStore::connect_with(url, PostgresOptions::new().schema(&schema))
+            .await
+            .expect("connect");
         let sequential = bank(&App::new(store.clone()), 1).await;
         report("PostgreSQL, sequential", COMMANDS, sequential, Some(raw.0));
         let schema2 = format!("{schema}_c");
-        let store2 = PostgresStore::connect_with(url, PostgresOptions::new().schema(&schema2)).await.expect("connect");
+        let store2 = PostgresStore::connect_with(url, PostgresOptions::new().schema(&schema2))
+            .await
+            .expect("connect");
         let concurrent = bank(&App::new(store2), CALLERS).await;
-        report(&format!("PostgreSQL, {CALLERS} concurrent callers"), COMMANDS, concurrent, Some(raw.1));
+        report(
+            &format!("PostgreSQL, {CALLERS} concurrent callers"),
+            COMMANDS,
+            concurrent,
+            Some(raw.1),
+        );
         long_stream(url, &format!("{schema}_l")).await;
-        drop_schemas(url, &[&schema, &schema2, &format!("{schema}_l"), &format!("{schema}_raw")]).await;
+        drop_schemas(
+            url,
+            &[
+                &schema,
+                &schema2,
+                &format!("{schema}_l"),
+                &format!("{schema}_raw"),
+            ],
+        )
+        .await;
     }
 
     async fn connect(url: &str) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect");
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
         tokio::spawn(connection);
         client
     }
@@ -160,25 +213,42 @@ mod postgres {
     async fn drop_schemas(url: &str, schemas: &[&str]) {
         let client = connect(url).await;
         for schema in schemas {
-            client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.expect("drop");
+            client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .await
+                .expect("drop");
         }
     }
 
     /// One account with 10,000 events, then 1,000 more commands with the cache off,
     /// with and without snapshots.
     async fn long_stream(url: &str, schema: &str) {
-        let store = PostgresStore::connect_with(url, PostgresOptions::new().schema(schema)).await.expect("connect");
+        let store = PostgresStore::connect_with(url, PostgresOptions::new().schema(schema))
+            .await
+            .expect("connect");
         let app = App::new(store.clone());
-        app.execute(snap::Open { id: "long".into() }).await.expect("open");
+        app.execute(snap::Open { id: "long".into() })
+            .await
+            .expect("open");
         for _ in 1..LONG {
-            app.execute(snap::Deposit { id: "long".into() }).await.expect("deposit");
+            app.execute(snap::Deposit { id: "long".into() })
+                .await
+                .expect("deposit");
         }
         let uncached = App::builder(store).cache_capacity(0).build().expect("app");
         let start = Instant::now();
         for _ in 0..TAIL {
-            uncached.execute(snap::Deposit { id: "long".into() }).await.expect("deposit");
+            uncached
+                .execute(snap::Deposit { id: "long".into() })
+                .await
+                .expect("deposit");
         }
-        report("PostgreSQL, 10,000-event stream, no cache, snapshot_every = 100", TAIL, start.elapsed(), None);
+        report(
+            "PostgreSQL, 10,000-event stream, no cache, snapshot_every = 100",
+            TAIL,
+            start.elapsed(),
+            None,
+        );
     }
 
     /// The same one-statement append eda sends, through tokio-postgres directly:

@@ -201,51 +201,43 @@ impl App {
     }
 
     async fn replay<A: Aggregate>(&self, id: &str) -> Result<Cached<A>, LoadError> {
-        let mut cached = match A::SNAPSHOT_EVERY {
-            0 => None,
-            _ => self.restore::<A>(id).await,
-        }
-        .unwrap_or(Cached {
+        let mut cached = Cached {
             state: A::default(),
             version: 0,
-        });
+        };
+        if A::SNAPSHOT_EVERY > 0 {
+            let stream = StreamId {
+                aggregate_type: A::TYPE,
+                aggregate_id: id,
+            };
+            match self.inner.store.read_from_snapshot(stream).await {
+                Ok((snapshot, tail)) => {
+                    let usable = match snapshot.as_ref().map(|s| restore::<A>(s, id)) {
+                        Some(Some(state)) => {
+                            cached = state;
+                            true
+                        }
+                        // Unusable: the tail is not enough; `catch_up` replays all.
+                        Some(None) => false,
+                        None => true,
+                    };
+                    if usable {
+                        for recorded in &tail {
+                            // A snapshot saved between the store's two reads can be
+                            // newer than where the tail starts: skip what it holds.
+                            if recorded.version > cached.version {
+                                apply_recorded(&mut cached, &recorded.as_ref())?;
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(aggregate_type = A::TYPE, aggregate_id = id, %error, "snapshot not loaded; replaying");
+                }
+            }
+        }
         self.catch_up(&mut cached, id).await?;
         Ok(cached)
-    }
-
-    /// The state from the stream's snapshot, if there is a usable one. A snapshot
-    /// that cannot be read, or was taken with another `snapshot_version`, is
-    /// ignored: the aggregate is then replayed from its events.
-    async fn restore<A: Aggregate>(&self, id: &str) -> Option<Cached<A>> {
-        let stream = StreamId {
-            aggregate_type: A::TYPE,
-            aggregate_id: id,
-        };
-        let snapshot = match self.inner.store.load_snapshot(stream).await {
-            Ok(snapshot) => snapshot?,
-            Err(error) => {
-                tracing::warn!(aggregate_type = A::TYPE, aggregate_id = id, %error, "snapshot not loaded; replaying");
-                return None;
-            }
-        };
-        if snapshot.snapshot_version != A::SNAPSHOT_VERSION {
-            tracing::debug!(
-                aggregate_type = A::TYPE,
-                aggregate_id = id,
-                "snapshot of another version; replaying"
-            );
-            return None;
-        }
-        match A::decode_snapshot(&snapshot.payload)? {
-            Ok(state) => Some(Cached {
-                state,
-                version: snapshot.version,
-            }),
-            Err(error) => {
-                tracing::warn!(aggregate_type = A::TYPE, aggregate_id = id, %error, "snapshot not readable; replaying");
-                None
-            }
-        }
     }
 
     /// Stores a snapshot. A failure is logged, not returned: the events are
@@ -271,12 +263,7 @@ impl App {
             aggregate_id: id,
         };
         let after = cached.version;
-        let mut apply = |stored: EventRef<'_>| {
-            let event = decode::<A>(&stored)?;
-            cached.state.apply(&event);
-            cached.version = stored.version;
-            Ok::<_, DecodeError>(())
-        };
+        let mut apply = |stored: EventRef<'_>| apply_recorded(cached, &stored);
         if let Some(memory) = self.inner.store.as_memory() {
             // Decoded where they are kept: no copies of the stored events.
             return Ok(memory.for_each_in_stream(stream, after, apply)?);
@@ -696,6 +683,40 @@ fn append_to_memory<E: AggregateEvent, Err>(
     let appended = memory.append_now(stream, expected_version, &mut buffer, metadata, now);
     ENCODED.set(buffer);
     Ok(appended)
+}
+
+/// The state of a snapshot, if it is usable: taken with this `snapshot_version` and
+/// readable. Otherwise the aggregate is replayed from its events.
+fn restore<A: Aggregate>(snapshot: &Snapshot, id: &str) -> Option<Cached<A>> {
+    if snapshot.snapshot_version != A::SNAPSHOT_VERSION {
+        tracing::debug!(
+            aggregate_type = A::TYPE,
+            aggregate_id = id,
+            "snapshot of another version; replaying"
+        );
+        return None;
+    }
+    match A::decode_snapshot(&snapshot.payload)? {
+        Ok(state) => Some(Cached {
+            state,
+            version: snapshot.version,
+        }),
+        Err(error) => {
+            tracing::warn!(aggregate_type = A::TYPE, aggregate_id = id, %error, "snapshot not readable; replaying");
+            None
+        }
+    }
+}
+
+/// Decodes one stored event and folds it into the state.
+fn apply_recorded<A: Aggregate>(
+    cached: &mut Cached<A>,
+    stored: &EventRef<'_>,
+) -> Result<(), DecodeError> {
+    let event = decode::<A>(stored)?;
+    cached.state.apply(&event);
+    cached.version = stored.version;
+    Ok(())
 }
 
 /// A snapshot of `cached`, if the append from version `before` crossed a multiple

@@ -93,6 +93,24 @@ pub trait EventStore: Send + Sync + 'static {
         std::future::ready(Ok(()))
     }
 
+    /// The stream's latest snapshot and the events after it (every event when there
+    /// is none). The default reads one, then the other; a store may answer both in
+    /// one round trip. A snapshot newer than the first event of the tail can come
+    /// back (it was saved in between): callers skip the events it includes.
+    fn read_from_snapshot(
+        &self,
+        stream: StreamId<'_>,
+    ) -> impl Future<Output = Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError>> + Send
+    {
+        async move {
+            let snapshot = self.load_snapshot(stream).await?;
+            let events = self
+                .read_stream(stream, snapshot.as_ref().map_or(0, |s| s.version))
+                .await?;
+            Ok((snapshot, events))
+        }
+    }
+
     /// The stream's latest snapshot, if the store keeps one. Default: none.
     fn load_snapshot(
         &self,
@@ -133,10 +151,11 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
         snapshot: &'a Snapshot,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    fn load_snapshot<'a>(
+    #[allow(clippy::type_complexity)]
+    fn read_from_snapshot<'a>(
         &'a self,
         stream: StreamId<'a>,
-    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>>;
+    ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError>>;
 
     /// The store as a [`memory::MemoryStore`], whose appends complete without waiting.
     fn as_memory(&self) -> Option<&memory::MemoryStore>;
@@ -182,11 +201,11 @@ impl<S: EventStore> DynEventStore for S {
         Box::pin(EventStore::save_snapshot(self, stream, snapshot))
     }
 
-    fn load_snapshot<'a>(
+    fn read_from_snapshot<'a>(
         &'a self,
         stream: StreamId<'a>,
-    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
-        Box::pin(EventStore::load_snapshot(self, stream))
+    ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError>> {
+        Box::pin(EventStore::read_from_snapshot(self, stream))
     }
 
     fn as_memory(&self) -> Option<&memory::MemoryStore> {

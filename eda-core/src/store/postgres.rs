@@ -538,24 +538,47 @@ impl EventStore for PostgresStore {
         Ok(())
     }
 
+    /// Both reads in one round trip: the two queries are pipelined on one connection.
+    async fn read_from_snapshot(
+        &self,
+        stream: StreamId<'_>,
+    ) -> Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError> {
+        let client = self.client().await?;
+        let snapshot_statement = client
+            .prepare_cached(LOAD_SNAPSHOT)
+            .await
+            .map_err(backend)?;
+        let tail_statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM eda_events
+                 WHERE aggregate_type = $1 AND aggregate_id = $2 AND version > coalesce(
+                     (SELECT version FROM eda_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2), 0)
+                 ORDER BY version"
+            ))
+            .await
+            .map_err(backend)?;
+        let params: [&(dyn ToSql + Sync); 2] = [&stream.aggregate_type, &stream.aggregate_id];
+        let (snapshot, tail) = futures_util::future::try_join(
+            client.query_opt(&snapshot_statement, &params),
+            client.query(&tail_statement, &params),
+        )
+        .await
+        .map_err(backend)?;
+        let events = tail.iter().map(recorded).collect::<Result<_, _>>()?;
+        Ok((snapshot.as_ref().and_then(snapshot_row), events))
+    }
+
     async fn load_snapshot(&self, stream: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
         let client = self.client().await?;
         let statement = client
-            .prepare_cached(
-                "SELECT version, snapshot_version, payload::text FROM eda_snapshots \
-                 WHERE aggregate_type = $1 AND aggregate_id = $2",
-            )
+            .prepare_cached(LOAD_SNAPSHOT)
             .await
             .map_err(backend)?;
         let row = client
             .query_opt(&statement, &[&stream.aggregate_type, &stream.aggregate_id])
             .await
             .map_err(backend)?;
-        Ok(row.map(|row| Snapshot {
-            version: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
-            snapshot_version: u32::try_from(row.get::<_, i32>(1)).unwrap_or_default(),
-            payload: row.get(2),
-        }))
+        Ok(row.as_ref().and_then(snapshot_row))
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
@@ -572,6 +595,19 @@ impl EventStore for PostgresStore {
             .map_err(backend)?;
         row.as_ref().map(recorded).transpose()
     }
+}
+
+const LOAD_SNAPSHOT: &str = "SELECT version, snapshot_version, payload::text FROM eda_snapshots \
+                             WHERE aggregate_type = $1 AND aggregate_id = $2";
+
+/// A snapshot row; one that does not have the stored shape counts as none (the
+/// aggregate is then replayed).
+fn snapshot_row(row: &Row) -> Option<Snapshot> {
+    Some(Snapshot {
+        version: u64::try_from(row.try_get::<_, i64>(0).ok()?).ok()?,
+        snapshot_version: u32::try_from(row.try_get::<_, i32>(1).ok()?).ok()?,
+        payload: row.try_get(2).ok()?,
+    })
 }
 
 fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
