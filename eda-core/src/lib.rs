@@ -10,6 +10,8 @@ mod command;
 mod envelope;
 mod error;
 mod event;
+#[cfg(feature = "sqlite")]
+mod failpoint;
 mod registry;
 mod store;
 pub mod testing;

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::envelope::{Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
 use crate::error::StoreError;
+use crate::failpoint;
 use crate::store::{Appended, EventStore};
 
 /// The schema version this code creates and reads.
@@ -532,36 +533,25 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let results = write_batch(&mut connection, &batch);
-        for (request, result) in batch.into_iter().zip(results) {
-            match request {
-                WriteRequest::Append(append) => {
-                    let _ = append.reply.send(result);
-                }
-                WriteRequest::Snapshot(snapshot) => {
-                    let _ = snapshot.reply.send(result.map(|_| ()));
-                }
-            }
-        }
+        write_batch(&mut connection, batch);
     }
 }
 
-/// Runs every request of `batch` in one transaction, each in a savepoint; the
-/// results are in the order of the batch (a snapshot's `Appended` is unused). If
-/// the commit fails, all of them fail.
-fn write_batch(
-    connection: &mut Connection,
-    batch: &[WriteRequest],
-) -> Vec<Result<Appended, StoreError>> {
+/// Runs every request of `batch` in one transaction, each in a savepoint, commits,
+/// then replies to each. If the commit fails, all of them fail.
+fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>) {
     let tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => return batch.iter().map(|_| Err(backend_ref(&e))).collect(),
+        Err(e) => {
+            let results = batch.iter().map(|_| Err(backend_ref(&e))).collect();
+            return reply(batch, results);
+        }
     };
     let recorded_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
     let mut results = Vec::with_capacity(batch.len());
-    for request in batch {
+    for request in &batch {
         results.push(match request {
             WriteRequest::Append(append) => {
                 in_savepoint(&tx, || append_in_savepoint(&tx, append, recorded_at))
@@ -574,9 +564,34 @@ fn write_batch(
             }),
         });
     }
-    match tx.commit() {
+    if failpoint::armed("sqlite.ack_before_commit") {
+        // The bug the fault tests must catch: acknowledging before the commit.
+        reply(batch, results);
+        // Give the caller time to report the acknowledgement before the crash.
+        failpoint::hit_after("sqlite.ack_before_commit", Duration::from_millis(300));
+        let _ = tx.commit();
+        return;
+    }
+    failpoint::hit("sqlite.before_commit");
+    let results = match tx.commit() {
         Ok(()) => results,
         Err(e) => batch.iter().map(|_| Err(backend_ref(&e))).collect(),
+    };
+    failpoint::hit("sqlite.after_commit");
+    reply(batch, results);
+}
+
+/// Sends each request its result (a snapshot's `Appended` is unused).
+fn reply(batch: Vec<WriteRequest>, results: Vec<Result<Appended, StoreError>>) {
+    for (request, result) in batch.into_iter().zip(results) {
+        match request {
+            WriteRequest::Append(append) => {
+                let _ = append.reply.send(result);
+            }
+            WriteRequest::Snapshot(snapshot) => {
+                let _ = snapshot.reply.send(result.map(|_| ()));
+            }
+        }
     }
 }
 
