@@ -164,6 +164,15 @@ async fn concurrent_commands_through_many_apps() {
         .map(|e| e.version)
         .collect();
     assert_eq!(versions, (1..=1601).collect::<Vec<_>>());
+    let sent: Vec<u64> = (0..8u64)
+        .flat_map(|task| (0..200u64).map(move |n| task * 1000 + n + 1))
+        .collect();
+    let stored = db.store.read_stream(stream, 0).await.unwrap();
+    assert_eq!(
+        common::stored_amounts(&stored),
+        sent,
+        "every command exactly once"
+    );
     db.drop_schema().await;
 }
 
@@ -238,7 +247,12 @@ async fn tail_while_writing(db: &TestDb) -> (HashSet<eda::Uuid>, Seen, Seen, See
         let (store, done) = (db.store.clone(), Arc::clone(&done));
         tokio::spawn(async move {
             let (mut seen, mut after) = (Seen::new(), 0);
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
             loop {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the feed is still held back after 2 minutes"
+                );
                 let finished = done.load(Ordering::SeqCst) == 8;
                 let page = store.read_all(after, 50).await.unwrap();
                 if page.is_empty() {
@@ -498,5 +512,138 @@ async fn the_bank_runs_on_postgres() {
         .await
         .unwrap();
     assert_eq!(account.balance, 5);
+    db.drop_schema().await;
+}
+
+mod tally {
+    use eda::prelude::*;
+
+    #[event]
+    #[derive(Debug)]
+    pub struct Counted {
+        pub n: u64,
+    }
+
+    #[command]
+    #[derive(Debug, Clone)]
+    pub struct Count {
+        #[aggregate_id]
+        pub id: String,
+        pub n: u64,
+    }
+
+    #[derive(Debug, Default, PartialEq, eda::serde::Serialize, eda::serde::Deserialize)]
+    #[serde(crate = "eda::serde")]
+    pub struct Tally {
+        pub total: u64,
+    }
+
+    #[aggregate(error = std::convert::Infallible, snapshot_every = 4)]
+    impl Tally {
+        #[handle]
+        fn count(&self, cmd: Count) -> Result<Counted, std::convert::Infallible> {
+            Ok(Counted { n: cmd.n })
+        }
+        #[apply]
+        fn counted(&mut self, e: &Counted) {
+            self.total += e.n;
+        }
+    }
+}
+
+/// Snapshots through `App` on PostgreSQL (snapshot and tail in one round trip):
+/// the same state as a replay of the events, also while other `App`s keep
+/// appending and saving newer snapshots between the two reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshots_give_the_same_state_as_the_events() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let writer = App::new(db.store.clone());
+    for n in 1..=10 {
+        writer
+            .execute(tally::Count { id: "t".into(), n })
+            .await
+            .unwrap();
+    }
+    let stream = StreamId {
+        aggregate_type: "Tally",
+        aggregate_id: "t",
+    };
+    assert_eq!(
+        db.store
+            .load_snapshot(stream)
+            .await
+            .unwrap()
+            .map(|s| s.version),
+        Some(8)
+    );
+
+    let busy = {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            for n in 11..=200 {
+                writer
+                    .execute(tally::Count { id: "t".into(), n })
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    for _ in 0..100 {
+        let reader = App::builder(db.store.clone())
+            .cache_capacity(0)
+            .build()
+            .unwrap();
+        let (state, version) = reader
+            .load_with_version::<tally::Tally>(&"t".to_string())
+            .await
+            .unwrap();
+        assert_eq!(
+            state.total,
+            version * (version + 1) / 2,
+            "a consistent state at version {version}"
+        );
+    }
+    busy.await.unwrap();
+    let (state, version) = App::new(db.store.clone())
+        .load_with_version::<tally::Tally>(&"t".to_string())
+        .await
+        .unwrap();
+    assert_eq!((state.total, version), (200 * 201 / 2, 200));
+    db.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_from_a_newer_schema_names_its_position() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let app = App::new(db.store.clone());
+    app.execute(OpenAccount {
+        account: "a".into(),
+        owner: "ada".into(),
+    })
+    .await
+    .unwrap();
+    let position = db.store.read_all(0, 10).await.unwrap()[0].position;
+    db.connect()
+        .await
+        .batch_execute("UPDATE eda_events SET event_version = 9")
+        .await
+        .unwrap();
+    match App::new(db.store.clone())
+        .load::<Account>(&"a".to_string())
+        .await
+    {
+        Err(LoadError::Decode(e)) => {
+            assert!(
+                matches!(e.kind, eda::DecodeErrorKind::NewerVersion { known: 1 }),
+                "{e}"
+            );
+            assert_eq!((e.position, e.event_version), (position, 9));
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
     db.drop_schema().await;
 }

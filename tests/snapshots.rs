@@ -164,21 +164,27 @@ async fn a_snapshot_is_used_then_the_events_after_it() {
 
 #[tokio::test]
 async fn unusable_snapshots_are_ignored_and_the_events_replayed() {
+    // Each replaces the snapshot taken at version 3 of a 5-event stream.
     let unusable = [
         Snapshot {
-            version: 3,
+            version: 4,
             snapshot_version: 1,
-            payload: r#"{"total":1000,"count":3}"#.into(),
+            payload: r#"{"total":1000,"count":4}"#.into(),
         },
         Snapshot {
-            version: 3,
+            version: 4,
             snapshot_version: 2,
             payload: r#"{"tot":1}"#.into(),
         },
         Snapshot {
-            version: 3,
+            version: 4,
             snapshot_version: 2,
             payload: "not json".into(),
+        },
+        Snapshot {
+            version: 0,
+            snapshot_version: 2,
+            payload: r#"{"total":1000,"count":0}"#.into(),
         },
     ];
     for snapshot in unusable {
@@ -187,24 +193,125 @@ async fn unusable_snapshots_are_ignored_and_the_events_replayed() {
             .cache_capacity(0)
             .build()
             .unwrap();
-        for n in 1..=2 {
+        for n in 1..=5 {
             add(&app, n).await;
         }
-        store.save_snapshot(STREAM, &snapshot).await.unwrap();
+        if snapshot.version > 0 {
+            store.save_snapshot(STREAM, &snapshot).await.unwrap();
+        } else {
+            // Replace the kept one outright: a corrupt row read as version 0.
+            let racy = RacyStore {
+                inner: store.clone(),
+                older: snapshot.clone(),
+            };
+            assert_eq!(
+                load(racy).await,
+                (
+                    Tally {
+                        total: 15,
+                        count: 5
+                    },
+                    5
+                ),
+                "{snapshot:?}"
+            );
+            continue;
+        }
         assert_eq!(
             load(store.clone()).await,
-            (Tally { total: 3, count: 2 }, 2),
+            (
+                Tally {
+                    total: 15,
+                    count: 5
+                },
+                5
+            ),
             "{snapshot:?}"
         );
         // Commands keep working too, and replace the snapshot when one is due.
-        add(&app, 3).await;
-        assert_eq!(
-            store
-                .load_snapshot(STREAM)
-                .await
-                .unwrap()
-                .map(|s| (s.version, s.snapshot_version)),
-            Some((3, 2))
-        );
+        add(&app, 6).await;
+        let kept = store
+            .load_snapshot(STREAM)
+            .await
+            .unwrap()
+            .map(|s| (s.version, s.snapshot_version));
+        assert_eq!(kept, Some((6, 2)));
     }
+}
+
+/// A store whose snapshot and tail come from two reads with a newer snapshot saved
+/// in between: the tail starts after the newer snapshot, the snapshot returned is
+/// the older one. Replay must notice the gap instead of skipping events.
+struct RacyStore {
+    inner: MemoryStore,
+    older: Snapshot,
+}
+
+impl EventStore for RacyStore {
+    async fn append(
+        &self,
+        s: StreamId<'_>,
+        v: u64,
+        e: Vec<eda::NewEvent>,
+        m: &eda::Metadata,
+    ) -> Result<eda::Appended, StoreError> {
+        self.inner.append(s, v, e, m).await
+    }
+    async fn read_stream(
+        &self,
+        s: StreamId<'_>,
+        v: u64,
+    ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
+        self.inner.read_stream(s, v).await
+    }
+    async fn read_all(&self, p: u64, l: usize) -> Result<Vec<eda::RecordedEvent>, StoreError> {
+        self.inner.read_all(p, l).await
+    }
+    async fn read_event(&self, id: eda::Uuid) -> Result<Option<eda::RecordedEvent>, StoreError> {
+        self.inner.read_event(id).await
+    }
+    async fn read_from_snapshot(
+        &self,
+        s: StreamId<'_>,
+    ) -> Result<(Option<Snapshot>, Vec<eda::RecordedEvent>), StoreError> {
+        let newer = self
+            .inner
+            .load_snapshot(s)
+            .await?
+            .expect("a newer snapshot");
+        let tail = self.inner.read_stream(s, newer.version).await?;
+        Ok((Some(self.older.clone()), tail))
+    }
+}
+
+#[tokio::test]
+async fn a_tail_that_does_not_follow_the_snapshot_is_not_trusted() {
+    let memory = MemoryStore::new();
+    let app = App::new(memory.clone());
+    for n in 1..=3 {
+        add(&app, n).await;
+    }
+    let older = memory
+        .load_snapshot(STREAM)
+        .await
+        .unwrap()
+        .expect("snapshot at 3");
+    for n in 4..=7 {
+        add(&app, n).await; // a newer snapshot at 6
+    }
+    assert_eq!(older.version, 3);
+    let racy = RacyStore {
+        inner: memory,
+        older,
+    };
+    assert_eq!(
+        load(racy).await,
+        (
+            Tally {
+                total: 28,
+                count: 7
+            },
+            7
+        )
+    );
 }

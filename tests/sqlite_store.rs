@@ -280,4 +280,67 @@ async fn concurrent_commands_through_many_apps() {
         .map(|e| e.version)
         .collect();
     assert_eq!(versions, (1..=401).collect::<Vec<_>>());
+    let sent: Vec<u64> = (0..8u64)
+        .flat_map(|task| (0..50u64).map(move |n| task * 1000 + n + 1))
+        .collect();
+    let stream = eda::StreamId {
+        aggregate_type: "Account",
+        aggregate_id: "shared",
+    };
+    let stored = store.read_stream(stream, 0).await.unwrap();
+    assert_eq!(
+        common::stored_amounts(&stored),
+        sent,
+        "every command exactly once"
+    );
+}
+
+#[tokio::test]
+async fn unknown_names_and_newer_schemas_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let app = App::new(store.clone());
+    for id in ["renamed", "newer", "good"] {
+        app.execute(OpenAccount {
+            account: id.into(),
+            owner: "ada".into(),
+        })
+        .await
+        .unwrap();
+    }
+    sql(
+        &path,
+        "UPDATE eda_events SET name = 'AccountClosed' WHERE aggregate_id = 'renamed'",
+    );
+    sql(
+        &path,
+        "UPDATE eda_events SET event_version = 9 WHERE aggregate_id = 'newer'",
+    );
+    let fresh = App::new(store);
+    let expect = |id: &str, position: u64, check: fn(&eda::DecodeErrorKind) -> bool| {
+        let fresh = fresh.clone();
+        let id = id.to_string();
+        async move {
+            match fresh.load::<Account>(&id).await {
+                Err(LoadError::Decode(e)) => {
+                    assert!(check(&e.kind), "{e}");
+                    assert_eq!(
+                        (e.position, e.aggregate_id.as_str()),
+                        (position, id.as_str())
+                    );
+                }
+                other => panic!("expected a decode error for {id}, got {other:?}"),
+            }
+        }
+    };
+    expect("renamed", 1, |k| {
+        matches!(k, eda::DecodeErrorKind::UnknownEvent)
+    })
+    .await;
+    expect("newer", 2, |k| {
+        matches!(k, eda::DecodeErrorKind::NewerVersion { known: 1 })
+    })
+    .await;
+    assert!(fresh.load::<Account>(&"good".to_string()).await.is_ok());
 }

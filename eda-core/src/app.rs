@@ -205,39 +205,50 @@ impl App {
             state: A::default(),
             version: 0,
         };
-        if A::SNAPSHOT_EVERY > 0 {
-            let stream = StreamId {
-                aggregate_type: A::TYPE,
-                aggregate_id: id,
-            };
-            match self.inner.store.read_from_snapshot(stream).await {
-                Ok((snapshot, tail)) => {
-                    let usable = match snapshot.as_ref().map(|s| restore::<A>(s, id)) {
-                        Some(Some(state)) => {
-                            cached = state;
-                            true
-                        }
-                        // Unusable: the tail is not enough; `catch_up` replays all.
-                        Some(None) => false,
-                        None => true,
-                    };
-                    if usable {
-                        for recorded in &tail {
-                            // A snapshot saved between the store's two reads can be
-                            // newer than where the tail starts: skip what it holds.
-                            if recorded.version > cached.version {
-                                apply_recorded(&mut cached, &recorded.as_ref())?;
-                            }
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(aggregate_type = A::TYPE, aggregate_id = id, %error, "snapshot not loaded; replaying");
-                }
-            }
+        if A::SNAPSHOT_EVERY > 0 && self.replay_from_snapshot(&mut cached, id).await? {
+            return Ok(cached);
         }
         self.catch_up(&mut cached, id).await?;
         Ok(cached)
+    }
+
+    /// Loads the stream's snapshot and the events after it. Returns whether that
+    /// gave the current state; if not (no usable snapshot, a tail that does not
+    /// follow on from it, a store error), `cached` holds a consistent prefix and
+    /// the caller reads the rest.
+    async fn replay_from_snapshot<A: Aggregate>(
+        &self,
+        cached: &mut Cached<A>,
+        id: &str,
+    ) -> Result<bool, LoadError> {
+        let stream = StreamId {
+            aggregate_type: A::TYPE,
+            aggregate_id: id,
+        };
+        let (snapshot, tail) = match self.inner.store.read_from_snapshot(stream).await {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(aggregate_type = A::TYPE, aggregate_id = id, %error, "snapshot not loaded; replaying");
+                return Ok(false);
+            }
+        };
+        match snapshot.as_ref().map(|s| restore::<A>(s, id)) {
+            Some(Some(state)) => *cached = state,
+            Some(None) => return Ok(false),
+            None => {}
+        }
+        for recorded in &tail {
+            // The snapshot and the tail may come from two reads with a snapshot
+            // saved in between: skip events the state holds, and stop at a gap.
+            if recorded.version <= cached.version {
+                continue;
+            }
+            if recorded.version != cached.version + 1 {
+                return Ok(false);
+            }
+            apply_recorded(cached, &recorded.as_ref())?;
+        }
+        Ok(true)
     }
 
     /// Stores a snapshot. A failure is logged, not returned: the events are
@@ -688,7 +699,7 @@ fn append_to_memory<E: AggregateEvent, Err>(
 /// The state of a snapshot, if it is usable: taken with this `snapshot_version` and
 /// readable. Otherwise the aggregate is replayed from its events.
 fn restore<A: Aggregate>(snapshot: &Snapshot, id: &str) -> Option<Cached<A>> {
-    if snapshot.snapshot_version != A::SNAPSHOT_VERSION {
+    if snapshot.version == 0 || snapshot.snapshot_version != A::SNAPSHOT_VERSION {
         tracing::debug!(
             aggregate_type = A::TYPE,
             aggregate_id = id,

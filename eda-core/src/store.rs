@@ -25,9 +25,11 @@ pub struct Appended {
 /// one stream, tail the global log.
 ///
 /// Every backend passes the same conformance suite: appends are all-or-nothing,
-/// versions within a stream are `1..=n` without gaps, and positions in the global
-/// log increase in commit order, so a reader at position `p` never later finds an
-/// event below `p` that it has not seen.
+/// versions within a stream are `1..=n` without gaps, and [`EventStore::read_all`]
+/// returns the global log in an order that a reader can follow with its last
+/// position as the cursor, never finding later an event below that position. (The
+/// position in an [`Appended`] is where the events landed, not a cursor: on
+/// PostgreSQL, events with lower positions may still be committing.)
 ///
 /// ```
 /// use eda::prelude::*;
@@ -69,7 +71,8 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
 
     /// Up to `limit` events of the global log with a position greater than
-    /// `after_position`, in position order.
+    /// `after_position`, in position order. Pass the position of the last event
+    /// read as the next `after_position`: no event will appear behind it later.
     fn read_all(
         &self,
         after_position: u64,

@@ -78,3 +78,16 @@ impl eda::EventStore for YieldingStore {
         result
     }
 }
+
+/// The `amount` of every event in `events` that has one, sorted: with the amounts
+/// a test sent, it shows every command stored exactly once.
+pub fn stored_amounts(events: &[eda::RecordedEvent]) -> Vec<u64> {
+    let mut amounts: Vec<u64> = events
+        .iter()
+        .filter_map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.payload).ok()?["amount"].as_u64()
+        })
+        .collect();
+    amounts.sort_unstable();
+    amounts
+}

@@ -267,7 +267,7 @@ impl PostgresStore {
                      aggregate_type text NOT NULL,
                      aggregate_id text NOT NULL,
                      version bigint NOT NULL,
-                     snapshot_version integer NOT NULL,
+                     snapshot_version bigint NOT NULL,
                      payload jsonb NOT NULL,
                      PRIMARY KEY (aggregate_type, aggregate_id)
                  );
@@ -368,7 +368,19 @@ async fn append(
     ];
     let row = match client.query_one(statement, &params).await {
         Ok(row) => row,
-        Err(e) => return Err(append_error(e, stream, expected_version)),
+        Err(e) => {
+            return Err(match append_error(e, stream, expected_version) {
+                // Another first append to the same new aggregate won: report the
+                // version it left (if this connection can still ask).
+                StoreError::Conflict { .. } => {
+                    let actual = current_version(client, stream)
+                        .await
+                        .unwrap_or(expected_version + 1);
+                    conflict(stream, expected_version, actual)
+                }
+                other => other,
+            });
+        }
     };
     if row.get::<_, i64>(0) == 0 {
         let actual = current_version(client, stream).await?;
@@ -521,7 +533,7 @@ impl EventStore for PostgresStore {
             )
             .await
             .map_err(backend)?;
-        let snapshot_version = i32::try_from(snapshot.snapshot_version).unwrap_or(i32::MAX);
+        let snapshot_version = i64::from(snapshot.snapshot_version);
         client
             .execute(
                 &statement,
@@ -605,7 +617,7 @@ const LOAD_SNAPSHOT: &str = "SELECT version, snapshot_version, payload::text FRO
 fn snapshot_row(row: &Row) -> Option<Snapshot> {
     Some(Snapshot {
         version: u64::try_from(row.try_get::<_, i64>(0).ok()?).ok()?,
-        snapshot_version: u32::try_from(row.try_get::<_, i32>(1).ok()?).ok()?,
+        snapshot_version: u32::try_from(row.try_get::<_, i64>(1).ok()?).ok()?,
         payload: row.try_get(2).ok()?,
     })
 }

@@ -184,12 +184,22 @@ impl SqliteStore {
         let (readers, jobs) = mpsc::channel::<ReadJob>();
         let jobs = Arc::new(Mutex::new(jobs));
         for i in 0..options.readers {
-            let connection = open_reader(&path, &options)?;
-            let jobs = Arc::clone(&jobs);
+            // Opened on the reader's own thread: the caller never waits on file I/O.
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let (path, options, jobs) = (path.clone(), options.clone(), Arc::clone(&jobs));
             thread::Builder::new()
                 .name(format!("eda-sqlite-reader-{i}"))
-                .spawn(move || read_loop(connection, jobs))
+                .spawn(move || match open_reader(&path, &options) {
+                    Ok(connection) => {
+                        let _ = ready_tx.send(Ok(()));
+                        read_loop(connection, jobs);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                })
                 .map_err(backend)?;
+            ready_rx.await.map_err(|_| closed())??;
         }
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -284,13 +294,14 @@ impl EventStore for SqliteStore {
                 })
                 .optional()
                 .map_err(backend)?;
-            Ok(
-                snapshot.map(|(version, snapshot_version, payload)| Snapshot {
-                    version: u64::try_from(version).unwrap_or_default(),
-                    snapshot_version: u32::try_from(snapshot_version).unwrap_or_default(),
+            // A row out of range counts as no snapshot: the aggregate is replayed.
+            Ok(snapshot.and_then(|(version, snapshot_version, payload)| {
+                Some(Snapshot {
+                    version: u64::try_from(version).ok()?,
+                    snapshot_version: u32::try_from(snapshot_version).ok()?,
                     payload,
-                }),
-            )
+                })
+            }))
         })
         .await
     }
@@ -563,6 +574,22 @@ fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>) {
                 })
             }),
         });
+        if tx.is_autocommit() {
+            break;
+        }
+    }
+    if tx.is_autocommit() {
+        // SQLite rolled the whole transaction back (disk full, I/O error): none of
+        // the batch is stored, and going on would run the rest outside a transaction.
+        let results = batch
+            .iter()
+            .map(|_| {
+                Err(StoreError::Backend(
+                    "SQLite rolled the transaction back".into(),
+                ))
+            })
+            .collect();
+        return reply(batch, results);
     }
     if failpoint::armed("sqlite.ack_before_commit") {
         // The bug the fault tests must catch: acknowledging before the commit.
