@@ -561,18 +561,22 @@ fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>) {
     let recorded_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    // Savepoints keep one request's failure from undoing the others; a lone
+    // request needs none: if it fails, the whole transaction is rolled back.
+    let isolate = batch.len() > 1;
     let mut results = Vec::with_capacity(batch.len());
     for request in &batch {
-        results.push(match request {
-            WriteRequest::Append(append) => {
-                in_savepoint(&tx, || append_in_savepoint(&tx, append, recorded_at))
-            }
-            WriteRequest::Snapshot(snapshot) => in_savepoint(&tx, || {
-                save_snapshot(&tx, snapshot).map(|()| Appended {
-                    version: 0,
-                    position: 0,
-                })
+        let run = || match request {
+            WriteRequest::Append(append) => append_in_savepoint(&tx, append, recorded_at),
+            WriteRequest::Snapshot(snapshot) => save_snapshot(&tx, snapshot).map(|()| Appended {
+                version: 0,
+                position: 0,
             }),
+        };
+        results.push(if isolate {
+            in_savepoint(&tx, run)
+        } else {
+            run()
         });
         if tx.is_autocommit() {
             break;
@@ -589,6 +593,10 @@ fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>) {
                 ))
             })
             .collect();
+        return reply(batch, results);
+    }
+    if !isolate && results.iter().any(Result::is_err) {
+        drop(tx); // rolls back whatever the failed request wrote
         return reply(batch, results);
     }
     if failpoint::armed("sqlite.ack_before_commit") {
