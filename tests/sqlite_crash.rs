@@ -1,14 +1,18 @@
 //! Crash safety of `SqliteStore`: a child process appends in a loop and is killed
 //! with SIGKILL; after reopening, every append it acknowledged is there exactly
-//! once, each append is all-or-nothing, and the store opens cleanly.
+//! once, each append is all-or-nothing, nothing unsent is stored, and the store
+//! opens cleanly. The control runs a child that reports each append before making
+//! it (acknowledging too early): the checker must find an acknowledged append
+//! missing.
 //!
 //! The child is this test binary itself, started with `--ignored --exact child`.
 
 #![cfg(all(feature = "sqlite", unix))]
 #![allow(missing_docs)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use eda::prelude::*;
@@ -32,24 +36,116 @@ fn batch(n: u64) -> Vec<NewEvent> {
 }
 
 /// The child: appends forever, printing `ok <append number>` after each
-/// acknowledged append. Only runs when the parent starts it.
+/// acknowledged append (before it, with `EDA_CRASH_EARLY_ACK`). Only runs when a
+/// parent starts it.
 #[tokio::test]
-#[ignore = "started by appends_acknowledged_before_sigkill_survive"]
+#[ignore = "started by the crash tests"]
 async fn child() {
     let Ok(path) = std::env::var("EDA_CRASH_DB") else {
         return;
     };
+    let early = std::env::var("EDA_CRASH_EARLY_ACK").is_ok();
     let store = SqliteStore::open(&path).await.expect("open");
     let mut stdout = std::io::stdout();
     for n in 0.. {
+        if early {
+            writeln!(stdout, "ok {n}")
+                .and_then(|()| stdout.flush())
+                .expect("report");
+        }
         store
             .append(STREAM, n * PER_APPEND, batch(n), &Metadata::default())
             .await
             .expect("append");
-        writeln!(stdout, "ok {n}")
-            .and_then(|()| stdout.flush())
-            .expect("report");
+        if !early {
+            writeln!(stdout, "ok {n}")
+                .and_then(|()| stdout.flush())
+                .expect("report");
+        }
     }
+}
+
+/// Runs a child on `path` until it has acknowledged `target` appends, then kills
+/// it with SIGKILL. Returns the acknowledged appends.
+fn run_and_kill(path: &Path, target: usize, early_ack: bool) -> BTreeSet<u64> {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--ignored",
+            "--exact",
+            "child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("EDA_CRASH_DB", path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if early_ack {
+        command.env("EDA_CRASH_EARLY_ACK", "1");
+    }
+    let mut child = command.spawn().unwrap();
+    let mut acknowledged = BTreeSet::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        if let Some(n) = line.unwrap().strip_prefix("ok ") {
+            acknowledged.insert(n.parse::<u64>().unwrap());
+        }
+        if acknowledged.len() >= target {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(
+        acknowledged.len(),
+        target,
+        "the child stopped before it was killed"
+    );
+    acknowledged
+}
+
+/// Checks the store against what was acknowledged; `Err` names the violation.
+async fn check(path: &Path, acknowledged: &BTreeSet<u64>) -> Result<(), String> {
+    let store = SqliteStore::open(path)
+        .await
+        .map_err(|e| format!("the store does not open: {e}"))?;
+    let events = store
+        .read_stream(STREAM, 0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+    if versions != (1..=versions.len() as u64).collect::<Vec<_>>() {
+        return Err(format!("versions with gaps: {versions:?}"));
+    }
+    let mut parts: BTreeMap<u64, u64> = BTreeMap::new();
+    for event in &events {
+        let payload: serde_json::Value =
+            serde_json::from_str(&event.payload).map_err(|e| e.to_string())?;
+        *parts
+            .entry(payload["append"].as_u64().unwrap_or(u64::MAX))
+            .or_default() += 1;
+    }
+    for n in acknowledged {
+        if parts.get(n) != Some(&PER_APPEND) {
+            return Err(format!(
+                "acknowledged append {n} is missing or partial: {:?}",
+                parts.get(n)
+            ));
+        }
+    }
+    // The child sends appends in order, so at most the one after the last
+    // acknowledged may be stored without an acknowledgement.
+    let next = acknowledged.last().map_or(0, |n| n + 1);
+    for (n, count) in &parts {
+        if *count != PER_APPEND {
+            return Err(format!(
+                "append {n} is partly stored ({count} of {PER_APPEND} events)"
+            ));
+        }
+        if *n > next {
+            return Err(format!("append {n} was never sent but is stored"));
+        }
+    }
+    Ok(())
 }
 
 #[tokio::test]
@@ -57,68 +153,24 @@ async fn appends_acknowledged_before_sigkill_survive() {
     let dir = tempfile::tempdir().unwrap();
     for round in 0..3 {
         let path = dir.path().join(format!("crash-{round}.db"));
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--ignored",
-                "--exact",
-                "child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("EDA_CRASH_DB", &path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let target = 100 + round * 37;
-        let mut acknowledged = BTreeSet::new();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        for line in lines {
-            let line = line.unwrap();
-            if let Some(n) = line.strip_prefix("ok ") {
-                acknowledged.insert(n.parse::<u64>().unwrap());
-            }
-            if acknowledged.len() >= target {
-                break;
-            }
-        }
-        assert_eq!(
-            acknowledged.len(),
-            target,
-            "the child stopped before it was killed"
-        );
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        let acknowledged = run_and_kill(&path, 100 + round * 37, false);
+        check(&path, &acknowledged).await.unwrap();
+    }
+}
 
-        let store = SqliteStore::open(&path)
-            .await
-            .expect("the store opens cleanly after a kill");
-        let events = store.read_stream(STREAM, 0).await.unwrap();
-        let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
-        assert_eq!(
-            versions,
-            (1..=versions.len() as u64).collect::<Vec<_>>(),
-            "versions without gaps"
-        );
-        // Per append: how many of its events are stored.
-        let mut parts: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
-        for event in &events {
-            let payload: serde_json::Value = serde_json::from_str(&event.payload).unwrap();
-            *parts
-                .entry(payload["append"].as_u64().unwrap())
-                .or_default() += 1;
-        }
-        for n in &acknowledged {
-            assert_eq!(
-                parts.get(n),
-                Some(&PER_APPEND),
-                "acknowledged append {n} is stored once, whole"
-            );
-        }
-        let last_acknowledged = acknowledged.last().copied().unwrap_or(0);
-        for (n, count) in &parts {
-            assert_eq!(*count, PER_APPEND, "append {n} is all-or-nothing");
-            assert!(*n <= last_acknowledged + 1, "append {n} was never sent");
+/// Control: a child that acknowledges before it appends loses acknowledged appends
+/// to the kill, and the checker says so. (A run where the kill landed after the
+/// early-acknowledged append committed would prove nothing, so up to 5 tries.)
+#[tokio::test]
+async fn control_acknowledging_before_appending_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    for attempt in 0..5 {
+        let path = dir.path().join(format!("control-{attempt}.db"));
+        let acknowledged = run_and_kill(&path, 50, true);
+        if let Err(violation) = check(&path, &acknowledged).await {
+            assert!(violation.contains("is missing"), "{violation}");
+            return;
         }
     }
+    panic!("the checker never caught an append acknowledged before it was made");
 }
