@@ -30,8 +30,12 @@ fn main() {
         .build()
         .expect("runtime");
     println!("eda store benchmark: {COMMANDS} commands per run (1,000 accounts x 10), commands/s");
+    // EDA_BENCH_ONLY=normal runs SQLite NORMAL alone (for profiling).
+    let only_normal = std::env::var("EDA_BENCH_ONLY").is_ok_and(|only| only == "normal");
     for synchronous in [Synchronous::Full, Synchronous::Normal] {
-        rt.block_on(sqlite(synchronous));
+        if !only_normal || synchronous == Synchronous::Normal {
+            rt.block_on(sqlite(synchronous));
+        }
     }
     #[cfg(feature = "postgres")]
     match std::env::var("EDA_BENCH_POSTGRES_URL") {
