@@ -6,6 +6,8 @@
 #![cfg(feature = "postgres")]
 #![allow(missing_docs)]
 
+#[path = "common/bank_load.rs"]
+mod bank_load;
 mod common;
 
 #[path = "../examples/domain/bank.rs"]
@@ -110,69 +112,7 @@ async fn concurrent_commands_through_many_apps() {
     let Some(db) = TestDb::new().await else {
         return;
     };
-    let apps: Vec<App> = (0..8)
-        .map(|_| {
-            App::builder(db.store.clone())
-                .max_conflict_retries(10_000)
-                .build()
-                .unwrap()
-        })
-        .collect();
-    apps[0]
-        .execute(OpenAccount {
-            account: "shared".into(),
-            owner: "ada".into(),
-        })
-        .await
-        .unwrap();
-    let mut tasks = Vec::new();
-    for (task, app) in (0..8u64).zip(apps) {
-        tasks.push(tokio::spawn(async move {
-            let mut total = 0;
-            for n in 0..200u64 {
-                let amount = task * 1000 + n + 1;
-                app.execute(DepositMoney {
-                    account: "shared".into(),
-                    amount,
-                })
-                .await
-                .unwrap();
-                total += amount;
-            }
-            total
-        }));
-    }
-    let mut expected = 0;
-    for task in tasks {
-        expected += task.await.unwrap();
-    }
-    let (account, version) = App::new(db.store.clone())
-        .load_with_version::<Account>(&"shared".to_string())
-        .await
-        .unwrap();
-    assert_eq!((account.balance, version), (expected, 1601));
-    let stream = StreamId {
-        aggregate_type: "Account",
-        aggregate_id: "shared",
-    };
-    let versions: Vec<u64> = db
-        .store
-        .read_stream(stream, 0)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.version)
-        .collect();
-    assert_eq!(versions, (1..=1601).collect::<Vec<_>>());
-    let sent: Vec<u64> = (0..8u64)
-        .flat_map(|task| (0..200u64).map(move |n| task * 1000 + n + 1))
-        .collect();
-    let stored = db.store.read_stream(stream, 0).await.unwrap();
-    assert_eq!(
-        common::stored_amounts(&stored),
-        sent,
-        "every command exactly once"
-    );
+    bank_load::every_command_once_through_many_apps(db.store.clone(), 200).await;
     db.drop_schema().await;
 }
 

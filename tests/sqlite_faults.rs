@@ -8,21 +8,20 @@
 #![cfg(all(feature = "sqlite", feature = "failpoints", unix))]
 #![allow(missing_docs)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use eda::prelude::*;
-use eda::{Metadata, NewEvent, StreamId};
+use eda::Metadata;
 
-const STREAM: StreamId<'static> = StreamId {
-    aggregate_type: "Fault",
-    aggregate_id: "loop",
-};
-const PER_APPEND: u64 = 3;
+#[path = "common/appends.rs"]
+mod appends;
 
-/// The child: appends until the armed point kills it, reporting `sent n` before and
-/// `ok n` after each append.
+use appends::{batch, check, PER_APPEND, STREAM};
+
+/// The child: appends until the armed point kills it, reporting `eda-sent n` before and
+/// `eda-ack n` after each append.
 #[tokio::test]
 #[ignore = "started by the fault tests"]
 async fn child() {
@@ -32,22 +31,15 @@ async fn child() {
     let store = SqliteStore::open(&path).await.expect("open");
     let mut out = std::io::stdout();
     for n in 0u64.. {
-        let events = (0..PER_APPEND)
-            .map(|part| NewEvent {
-                event_id: eda::__private::new_event_id(),
-                name: "Tick".into(),
-                version: 1,
-                payload: format!(r#"{{"append":{n},"part":{part}}}"#),
-            })
-            .collect();
-        writeln!(out, "sent {n}")
+        let events = batch(n);
+        writeln!(out, "eda-sent {n}")
             .and_then(|()| out.flush())
             .expect("report");
         store
             .append(STREAM, n * PER_APPEND, events, &Metadata::default())
             .await
             .expect("append");
-        writeln!(out, "ok {n}")
+        writeln!(out, "eda-ack {n}")
             .and_then(|()| out.flush())
             .expect("report");
     }
@@ -78,9 +70,9 @@ fn run_child(path: &std::path::Path, failpoint: &str, after: u32) -> History {
     let (mut ok, mut sent) = (BTreeSet::new(), BTreeSet::new());
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
-        if let Some(n) = line.strip_prefix("sent ") {
+        if let Some((_, n)) = line.split_once("eda-sent ") {
             sent.insert(n.parse::<u64>().unwrap());
-        } else if let Some(n) = line.strip_prefix("ok ") {
+        } else if let Some((_, n)) = line.split_once("eda-ack ") {
             ok.insert(n.parse::<u64>().unwrap());
         }
     }
@@ -98,58 +90,12 @@ fn run_child(path: &std::path::Path, failpoint: &str, after: u32) -> History {
     }
 }
 
-/// Checks the store against the history; `Err` names the first violation.
-async fn check(path: &std::path::Path, history: &History) -> Result<BTreeMap<u64, usize>, String> {
-    let store = SqliteStore::open(path)
-        .await
-        .map_err(|e| format!("the store does not open: {e}"))?;
-    let events = store
-        .read_stream(STREAM, 0)
-        .await
-        .map_err(|e| e.to_string())?;
-    let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
-    if versions != (1..=versions.len() as u64).collect::<Vec<_>>() {
-        return Err(format!("versions with gaps: {versions:?}"));
-    }
-    let mut parts: BTreeMap<u64, usize> = BTreeMap::new();
-    for event in &events {
-        let payload: serde_json::Value =
-            serde_json::from_str(&event.payload).map_err(|e| e.to_string())?;
-        *parts
-            .entry(payload["append"].as_u64().unwrap_or(u64::MAX))
-            .or_default() += 1;
-    }
-    for n in &history.ok {
-        match parts.get(n) {
-            Some(&count) if count == PER_APPEND as usize => {}
-            Some(count) => {
-                return Err(format!(
-                    "acknowledged append {n} stored {count} times of {PER_APPEND}"
-                ))
-            }
-            None => return Err(format!("acknowledged append {n} is missing")),
-        }
-    }
-    for (n, count) in &parts {
-        let known = history.ok.contains(n) || history.unknown == Some(*n);
-        if !known {
-            return Err(format!("append {n} was never sent but is stored"));
-        }
-        if *count != PER_APPEND as usize {
-            return Err(format!(
-                "append {n} is partly stored ({count} of {PER_APPEND} events)"
-            ));
-        }
-    }
-    Ok(parts)
-}
-
 #[tokio::test]
 async fn a_crash_before_the_commit_loses_only_the_unacknowledged_append() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("before.db");
     let history = run_child(&path, "sqlite.before_commit", 20);
-    let stored = check(&path, &history).await.unwrap();
+    let stored = check(&path, &history.ok, history.unknown).await.unwrap();
     let unknown = history.unknown.expect("the append being committed");
     assert!(
         !stored.contains_key(&unknown),
@@ -162,13 +108,13 @@ async fn a_crash_after_the_commit_keeps_the_unacknowledged_append() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("after.db");
     let history = run_child(&path, "sqlite.after_commit", 20);
-    let stored = check(&path, &history).await.unwrap();
+    let stored = check(&path, &history.ok, history.unknown).await.unwrap();
     let unknown = history
         .unknown
         .expect("the append committed but not acknowledged");
     assert_eq!(
         stored.get(&unknown),
-        Some(&(PER_APPEND as usize)),
+        Some(&PER_APPEND),
         "a committed append is kept whole"
     );
 }
@@ -180,7 +126,7 @@ async fn control_acknowledging_before_the_commit_is_caught() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("control.db");
     let history = run_child(&path, "sqlite.ack_before_commit", 20);
-    let verdict = check(&path, &history).await;
+    let verdict = check(&path, &history.ok, history.unknown).await;
     let violation = verdict.expect_err("the checker must report the lost acknowledged append");
     assert!(violation.contains("is missing"), "{violation}");
 }

@@ -4,6 +4,8 @@
 #![cfg(feature = "sqlite")]
 #![allow(missing_docs)]
 
+#[path = "common/bank_load.rs"]
+mod bank_load;
 mod common;
 
 #[path = "../examples/domain/bank.rs"]
@@ -23,51 +25,25 @@ async fn fresh() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
-#[tokio::test]
-async fn append_and_read_back() {
-    let (_dir, store) = fresh().await;
-    conformance::append_and_read_back(store).await;
+macro_rules! conformance_tests {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let (_dir, store) = fresh().await;
+            conformance::$name(store).await;
+        }
+    )*};
 }
 
-#[tokio::test]
-async fn wrong_expected_version_is_a_conflict_and_stores_nothing() {
-    let (_dir, store) = fresh().await;
-    conformance::wrong_expected_version_is_a_conflict_and_stores_nothing(store).await;
-}
-
-#[tokio::test]
-async fn duplicate_event_ids_are_refused_whole() {
-    let (_dir, store) = fresh().await;
-    conformance::duplicate_event_ids_are_refused_whole(store).await;
-}
-
-#[tokio::test]
-async fn empty_append_stores_nothing() {
-    let (_dir, store) = fresh().await;
-    conformance::empty_append_stores_nothing(store).await;
-}
-
-#[tokio::test]
-async fn global_log_is_in_commit_order() {
-    let (_dir, store) = fresh().await;
-    conformance::global_log_is_in_commit_order(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writers_on_one_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = SqliteOptions::new().synchronous(Synchronous::Normal);
-    let store = SqliteStore::open_with(dir.path().join("events.db"), options)
-        .await
-        .unwrap();
-    conformance::concurrent_writers_on_one_stream(store).await;
-}
-
-#[tokio::test]
-async fn snapshots_keep_the_newest_per_stream() {
-    let (_dir, store) = fresh().await;
-    conformance::snapshots_keep_the_newest_per_stream(store).await;
-}
+conformance_tests!(
+    append_and_read_back,
+    wrong_expected_version_is_a_conflict_and_stores_nothing,
+    duplicate_event_ids_are_refused_whole,
+    empty_append_stores_nothing,
+    global_log_is_in_commit_order,
+    concurrent_writers_on_one_stream,
+    snapshots_keep_the_newest_per_stream,
+);
 
 #[tokio::test]
 async fn events_survive_reopening() {
@@ -224,75 +200,7 @@ async fn concurrent_commands_through_many_apps() {
     let store = SqliteStore::open_with(dir.path().join("events.db"), options)
         .await
         .unwrap();
-    let apps: Vec<App> = (0..8)
-        .map(|_| {
-            App::builder(store.clone())
-                .max_conflict_retries(1000)
-                .build()
-                .unwrap()
-        })
-        .collect();
-    apps[0]
-        .execute(OpenAccount {
-            account: "shared".into(),
-            owner: "ada".into(),
-        })
-        .await
-        .unwrap();
-    let mut tasks = Vec::new();
-    for (task, app) in (0..8u64).zip(apps) {
-        tasks.push(tokio::spawn(async move {
-            let mut total = 0;
-            for n in 0..50u64 {
-                let amount = task * 1000 + n + 1;
-                app.execute(DepositMoney {
-                    account: "shared".into(),
-                    amount,
-                })
-                .await
-                .unwrap();
-                total += amount;
-            }
-            total
-        }));
-    }
-    let mut expected = 0;
-    for task in tasks {
-        expected += task.await.unwrap();
-    }
-    let app = App::new(store.clone());
-    let (account, version) = app
-        .load_with_version::<Account>(&"shared".to_string())
-        .await
-        .unwrap();
-    assert_eq!((account.balance, version), (expected, 401));
-    let versions: Vec<u64> = store
-        .read_stream(
-            eda::StreamId {
-                aggregate_type: "Account",
-                aggregate_id: "shared",
-            },
-            0,
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.version)
-        .collect();
-    assert_eq!(versions, (1..=401).collect::<Vec<_>>());
-    let sent: Vec<u64> = (0..8u64)
-        .flat_map(|task| (0..50u64).map(move |n| task * 1000 + n + 1))
-        .collect();
-    let stream = eda::StreamId {
-        aggregate_type: "Account",
-        aggregate_id: "shared",
-    };
-    let stored = store.read_stream(stream, 0).await.unwrap();
-    assert_eq!(
-        common::stored_amounts(&stored),
-        sent,
-        "every command exactly once"
-    );
+    bank_load::every_command_once_through_many_apps(store, 50).await;
 }
 
 #[tokio::test]

@@ -185,13 +185,8 @@ impl PostgresStore {
                     .into(),
             ));
         }
-        let cas = if expected_version == 0 {
-            APPEND_NEW
-        } else {
-            APPEND_EXISTING
-        };
         let statement = transaction
-            .prepare(&format!("{cas}{APPEND_EVENTS}"))
+            .prepare(&append_sql(expected_version))
             .await
             .map_err(backend)?;
         append(
@@ -308,6 +303,16 @@ const APPEND_EVENTS: &str = ", ins AS (
         RETURNING position
     )
     SELECT (SELECT count(*) FROM cas), (SELECT max(position) FROM ins)";
+
+/// The append statement for a new aggregate (`expected_version` 0) or an existing one.
+fn append_sql(expected_version: u64) -> String {
+    let cas = if expected_version == 0 {
+        APPEND_NEW
+    } else {
+        APPEND_EXISTING
+    };
+    format!("{cas}{APPEND_EVENTS}")
+}
 
 /// The most events one append may carry: the low bits of a position.
 const MAX_EVENTS_PER_APPEND: usize = 1 << 20;
@@ -446,13 +451,8 @@ impl EventStore for PostgresStore {
         metadata: &Metadata,
     ) -> Result<Appended, StoreError> {
         let client = self.client().await?;
-        let cas = if expected_version == 0 {
-            APPEND_NEW
-        } else {
-            APPEND_EXISTING
-        };
         let statement = client
-            .prepare_cached(&format!("{cas}{APPEND_EVENTS}"))
+            .prepare_cached(&append_sql(expected_version))
             .await
             .map_err(backend)?;
         let connection: &tokio_postgres::Client = &client;
