@@ -42,6 +42,16 @@ async fn snapshots_keep_the_newest_per_stream() {
     conformance::snapshots_keep_the_newest_per_stream(MemoryStore::new()).await;
 }
 
+#[tokio::test]
+async fn undecodable_events_are_typed_errors() {
+    conformance::undecodable_events_are_typed_errors(MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tailing_reader_sees_every_event_once() {
+    conformance::a_tailing_reader_sees_every_event_once(MemoryStore::new()).await;
+}
+
 #[test]
 fn clones_share_the_same_events() {
     let store = MemoryStore::new();

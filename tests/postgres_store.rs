@@ -103,6 +103,8 @@ conformance_tests!(
     global_log_is_in_commit_order,
     concurrent_writers_on_one_stream,
     snapshots_keep_the_newest_per_stream,
+    undecodable_events_are_typed_errors,
+    a_tailing_reader_sees_every_event_once,
 );
 
 /// 8 tasks x 200 commands on one aggregate through eight `App`s: versions 1..=N

@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use eda::{EventStore, Metadata, StoreError};
+use eda::prelude::*;
+use eda::Metadata;
 
 use super::{meta, new_event, stream};
 
@@ -267,4 +268,161 @@ pub async fn snapshots_keep_the_newest_per_stream<S: EventStore>(store: S) {
         store.load_snapshot(stream("Other", "a")).await.unwrap(),
         None
     );
+}
+
+/// A small domain of the suite's own, so decode errors can be checked on any store.
+pub mod notes {
+    use eda::prelude::*;
+
+    #[event(name = "conformance.Noted")]
+    #[derive(Debug)]
+    pub struct Noted {
+        pub text: String,
+    }
+
+    #[derive(Debug, Default)]
+    pub struct Notebook {
+        pub notes: Vec<String>,
+    }
+
+    #[aggregate(name = "conformance.Notebook")]
+    impl Notebook {
+        #[apply]
+        fn noted(&mut self, e: &Noted) {
+            self.notes.push(e.text.clone());
+        }
+    }
+}
+
+/// Stored events that cannot be decoded are typed errors naming the position, the
+/// aggregate and the event; other aggregates still load.
+pub async fn undecodable_events_are_typed_errors<S: EventStore + Clone>(store: S) {
+    use eda::{DecodeErrorKind, LoadError};
+    let cases: [(&str, &str, u32, &str); 4] = [
+        ("payload", "conformance.Noted", 1, "[1]"),
+        ("unknown", "conformance.Erased", 1, "{}"),
+        ("newer", "conformance.Noted", 9, r#"{"text":"x"}"#),
+        ("good", "conformance.Noted", 1, r#"{"text":"fine"}"#),
+    ];
+    let mut positions = Vec::new();
+    for (id, name, version, payload) in cases {
+        let event = eda::NewEvent {
+            event_id: eda::__private::new_event_id(),
+            name: name.into(),
+            version,
+            payload: payload.into(),
+        };
+        let appended = store
+            .append(stream("conformance.Notebook", id), 0, vec![event], &meta())
+            .await
+            .unwrap();
+        positions.push(appended.position);
+    }
+    let app = App::new(store);
+    for (i, (id, _, _, _)) in cases.iter().enumerate().take(3) {
+        match app.load::<notes::Notebook>(&id.to_string()).await {
+            Err(LoadError::Decode(e)) => {
+                assert_eq!(
+                    (e.position, e.aggregate_id.as_str(), e.version),
+                    (positions[i], *id, 1),
+                    "{e}"
+                );
+                let expected = match *id {
+                    "payload" => matches!(e.kind, DecodeErrorKind::Payload(_)),
+                    "unknown" => matches!(e.kind, DecodeErrorKind::UnknownEvent),
+                    _ => matches!(e.kind, DecodeErrorKind::NewerVersion { known: 1 }),
+                };
+                assert!(expected, "{id}: {e}");
+            }
+            other => panic!("{id}: expected a decode error, got {other:?}"),
+        }
+    }
+    let good = app
+        .load::<notes::Notebook>(&"good".to_string())
+        .await
+        .unwrap();
+    assert_eq!(good.notes, ["fine"]);
+}
+
+/// 8 writers append to their own and to shared streams while a reader tails
+/// `read_all` with its last position as the cursor: the reader sees exactly the
+/// final log, in order, nothing skipped or repeated.
+pub async fn a_tailing_reader_sees_every_event_once<S: EventStore + Clone>(store: S) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        let (store, done) = (store.clone(), Arc::clone(&done));
+        writers.push(tokio::spawn(async move {
+            for n in 0..40 {
+                let id = if writer % 2 == 0 {
+                    format!("own{writer}")
+                } else {
+                    format!("shared{}", n % 2)
+                };
+                loop {
+                    let s = stream("Tail", &id);
+                    let version = store.read_stream(s, 0).await.unwrap().len() as u64;
+                    match store
+                        .append(
+                            s,
+                            version,
+                            vec![new_event("E", "{}"), new_event("E", "{}")],
+                            &meta(),
+                        )
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(StoreError::Conflict { .. }) => tokio::task::yield_now().await,
+                        Err(e) => panic!("append failed: {e}"),
+                    }
+                }
+            }
+            done.fetch_add(1, Ordering::SeqCst);
+        }));
+    }
+    let reader = {
+        let (store, done) = (store.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            let (mut seen, mut after) = (Vec::new(), 0);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            let mut quiet_reads = 0;
+            loop {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the reader did not catch up in 2 minutes"
+                );
+                let page = store.read_all(after, 25).await.unwrap();
+                if page.is_empty() {
+                    // After the writers finish, a few empty reads in a row (the feed
+                    // may trail commits briefly on some stores) end the tail.
+                    if done.load(Ordering::SeqCst) == 8 {
+                        quiet_reads += 1;
+                        if quiet_reads > 50 {
+                            return seen;
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+                for e in page {
+                    quiet_reads = 0;
+                    after = e.position;
+                    seen.push(e.event_id);
+                }
+            }
+        })
+    };
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let seen = reader.await.unwrap();
+    let full: Vec<_> = store
+        .read_all(0, 100_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.event_id)
+        .collect();
+    assert_eq!(full.len(), 8 * 40 * 2);
+    assert_eq!(seen, full, "the tailing reader saw the final log exactly");
 }
