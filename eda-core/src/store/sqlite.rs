@@ -163,43 +163,24 @@ impl SqliteStore {
         options: SqliteOptions,
     ) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
-        let (ready_tx, ready_rx) = oneshot::channel();
         let (writer, requests) = mpsc::channel();
-        let writer_path = path.clone();
-        let writer_options = options.clone();
-        thread::Builder::new()
-            .name("eda-sqlite-writer".into())
-            .spawn(move || match open_writer(&writer_path, &writer_options) {
-                Ok(connection) => {
-                    let _ = ready_tx.send(Ok(()));
-                    write_loop(connection, requests, writer_options.max_batch);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            })
-            .map_err(backend)?;
-        ready_rx.await.map_err(|_| closed())??;
-
+        let (writer_path, writer_options) = (path.clone(), options.clone());
+        spawn_connected(
+            "eda-sqlite-writer".into(),
+            move || open_writer(&writer_path, &writer_options),
+            move |connection| write_loop(connection, requests, options.max_batch),
+        )
+        .await?;
         let (readers, jobs) = mpsc::channel::<ReadJob>();
         let jobs = Arc::new(Mutex::new(jobs));
         for i in 0..options.readers {
-            // Opened on the reader's own thread: the caller never waits on file I/O.
-            let (ready_tx, ready_rx) = oneshot::channel();
             let (path, options, jobs) = (path.clone(), options.clone(), Arc::clone(&jobs));
-            thread::Builder::new()
-                .name(format!("eda-sqlite-reader-{i}"))
-                .spawn(move || match open_reader(&path, &options) {
-                    Ok(connection) => {
-                        let _ = ready_tx.send(Ok(()));
-                        read_loop(connection, jobs);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                })
-                .map_err(backend)?;
-            ready_rx.await.map_err(|_| closed())??;
+            spawn_connected(
+                format!("eda-sqlite-reader-{i}"),
+                move || open_reader(&path, &options),
+                move |connection| read_loop(connection, jobs),
+            )
+            .await?;
         }
         Ok(SqliteStore {
             inner: Arc::new(Inner {
@@ -417,6 +398,29 @@ fn recorded(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
         metadata,
         recorded_at: DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or_default(),
     })
+}
+
+/// Starts a thread that opens its own connection (so the caller never waits on
+/// file I/O), reports whether that worked, then runs `run` with it.
+async fn spawn_connected(
+    name: String,
+    open: impl FnOnce() -> Result<Connection, StoreError> + Send + 'static,
+    run: impl FnOnce(Connection) + Send + 'static,
+) -> Result<(), StoreError> {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    thread::Builder::new()
+        .name(name)
+        .spawn(move || match open() {
+            Ok(connection) => {
+                let _ = ready_tx.send(Ok(()));
+                run(connection);
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+            }
+        })
+        .map_err(backend)?;
+    ready_rx.await.map_err(|_| closed())?
 }
 
 fn open_connection(
