@@ -144,10 +144,16 @@ async fn a_snapshot_is_used_then_the_events_after_it() {
         add(&app, n).await;
     }
     // A recognisable state at version 3: loading must start there, then apply v4.
+    let taken = store
+        .load_snapshot(STREAM)
+        .await
+        .unwrap()
+        .expect("the snapshot at 3");
     let planted = Snapshot {
         version: 3,
         snapshot_version: 2,
         payload: r#"{"total":1000,"count":3}"#.into(),
+        fingerprint: taken.fingerprint,
     };
     store.save_snapshot(STREAM, &planted).await.unwrap();
     assert_eq!(
@@ -165,29 +171,40 @@ async fn a_snapshot_is_used_then_the_events_after_it() {
 #[tokio::test]
 async fn unusable_snapshots_are_ignored_and_the_events_replayed() {
     // Each replaces the snapshot taken at version 3 of a 5-event stream.
-    let unusable = [
-        Snapshot {
+    let unusable: [fn(u64) -> Snapshot; 5] = [
+        |fingerprint| Snapshot {
             version: 4,
             snapshot_version: 1,
             payload: r#"{"total":1000,"count":4}"#.into(),
+            fingerprint,
         },
-        Snapshot {
+        |fingerprint| Snapshot {
             version: 4,
             snapshot_version: 2,
             payload: r#"{"tot":1}"#.into(),
+            fingerprint,
         },
-        Snapshot {
+        |fingerprint| Snapshot {
             version: 4,
             snapshot_version: 2,
             payload: "not json".into(),
+            fingerprint,
         },
-        Snapshot {
+        // The state type changed shape, though `snapshot_version` was not bumped.
+        |fingerprint| Snapshot {
+            version: 4,
+            snapshot_version: 2,
+            payload: r#"{"total":1000,"count":4}"#.into(),
+            fingerprint: fingerprint ^ 1,
+        },
+        |fingerprint| Snapshot {
             version: 0,
             snapshot_version: 2,
             payload: r#"{"total":1000,"count":0}"#.into(),
+            fingerprint,
         },
     ];
-    for snapshot in unusable {
+    for unusable in unusable {
         let store = MemoryStore::new();
         let app = App::builder(store.clone())
             .cache_capacity(0)
@@ -196,6 +213,12 @@ async fn unusable_snapshots_are_ignored_and_the_events_replayed() {
         for n in 1..=5 {
             add(&app, n).await;
         }
+        let taken = store
+            .load_snapshot(STREAM)
+            .await
+            .unwrap()
+            .expect("the snapshot at 3");
+        let snapshot = unusable(taken.fingerprint);
         if snapshot.version > 0 {
             store.save_snapshot(STREAM, &snapshot).await.unwrap();
         } else {
@@ -312,6 +335,99 @@ async fn a_tail_that_does_not_follow_the_snapshot_is_not_trusted() {
                 count: 7
             },
             7
+        )
+    );
+}
+
+/// The state type gains a field (with a serde default) but `snapshot_version` is
+/// not bumped: the old snapshot still deserializes, yet would leave the new field
+/// at its default. Its fingerprint differs, so it is ignored and the events replayed.
+mod reshaped {
+    use eda::prelude::*;
+
+    #[event]
+    #[derive(Debug)]
+    pub struct Bumped {
+        pub by: u64,
+    }
+
+    #[command]
+    #[derive(Debug, Clone)]
+    pub struct Bump {
+        #[aggregate_id]
+        pub id: String,
+        pub by: u64,
+    }
+
+    #[derive(Debug, Default, eda::serde::Serialize, eda::serde::Deserialize)]
+    #[serde(crate = "eda::serde")]
+    pub struct Before {
+        pub total: u64,
+    }
+
+    #[aggregate(name = "Reshaped", error = std::convert::Infallible, snapshot_every = 2)]
+    impl Before {
+        #[handle]
+        fn bump(&self, cmd: Bump) -> Result<Bumped, std::convert::Infallible> {
+            Ok(Bumped { by: cmd.by })
+        }
+        #[apply]
+        fn bumped(&mut self, e: &Bumped) {
+            self.total += e.by;
+        }
+    }
+
+    #[derive(Debug, Default, PartialEq, eda::serde::Serialize, eda::serde::Deserialize)]
+    #[serde(crate = "eda::serde")]
+    pub struct After {
+        pub total: u64,
+        #[serde(default)]
+        pub bumps: u64,
+    }
+
+    #[aggregate(name = "Reshaped", snapshot_every = 2)]
+    impl After {
+        #[apply]
+        fn bumped(&mut self, e: &Bumped) {
+            self.total += e.by;
+            self.bumps += 1;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_of_a_reshaped_state_is_ignored() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    for by in 1..=4 {
+        app.execute(reshaped::Bump { id: "r".into(), by })
+            .await
+            .unwrap();
+    }
+    let stream = StreamId {
+        aggregate_type: "Reshaped",
+        aggregate_id: "r",
+    };
+    assert_eq!(
+        store
+            .load_snapshot(stream)
+            .await
+            .unwrap()
+            .map(|s| s.version),
+        Some(4)
+    );
+    let (state, version) = App::new(store)
+        .load_with_version::<reshaped::After>(&"r".to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        (state, version),
+        (
+            reshaped::After {
+                total: 10,
+                bumps: 4
+            },
+            4
         )
     );
 }

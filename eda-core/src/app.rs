@@ -699,7 +699,9 @@ fn append_to_memory<E: AggregateEvent, Err>(
 /// The state of a snapshot, if it is usable: taken with this `snapshot_version` and
 /// readable. Otherwise the aggregate is replayed from its events.
 fn restore<A: Aggregate>(snapshot: &Snapshot, id: &str) -> Option<Cached<A>> {
-    if snapshot.version == 0 || snapshot.snapshot_version != A::SNAPSHOT_VERSION {
+    let changed = snapshot.snapshot_version != A::SNAPSHOT_VERSION
+        || snapshot.fingerprint != state_fingerprint::<A>();
+    if snapshot.version == 0 || changed {
         tracing::debug!(
             aggregate_type = A::TYPE,
             aggregate_id = id,
@@ -717,6 +719,39 @@ fn restore<A: Aggregate>(snapshot: &Snapshot, id: &str) -> Option<Cached<A>> {
             None
         }
     }
+}
+
+/// The shape of `A`'s state: field names and JSON kinds of the default state,
+/// nested, hashed with FNV-1a (stable across builds, unlike the std hasher). Two
+/// states with other fields, or fields of another kind, have other fingerprints.
+fn state_fingerprint<A: Aggregate>() -> u64 {
+    fn shape(value: &serde_json::Value, out: &mut String) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                out.push('{');
+                for (name, field) in fields {
+                    out.push_str(name);
+                    out.push(':');
+                    shape(field, out);
+                    out.push(',');
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(_) => out.push('['),
+            serde_json::Value::String(_) => out.push('s'),
+            serde_json::Value::Number(_) => out.push('n'),
+            serde_json::Value::Bool(_) => out.push('b'),
+            serde_json::Value::Null => out.push('0'),
+        }
+    }
+    let default = A::default().encode_snapshot().and_then(Result::ok);
+    let mut text = String::new();
+    if let Some(value) = default.and_then(|json| serde_json::from_str(&json).ok()) {
+        shape(&value, &mut text);
+    }
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Decodes one stored event and folds it into the state.
@@ -741,6 +776,7 @@ fn due_snapshot<A: Aggregate>(cached: &Cached<A>, before: u64) -> Option<Snapsho
         Ok(payload) => Some(Snapshot {
             version: cached.version,
             snapshot_version: A::SNAPSHOT_VERSION,
+            fingerprint: state_fingerprint::<A>(),
             payload,
         }),
         Err(error) => {

@@ -43,6 +43,10 @@ pub struct Snapshot {
     pub version: u64,
     /// [`Aggregate::SNAPSHOT_VERSION`](crate::Aggregate::SNAPSHOT_VERSION) it was taken with.
     pub snapshot_version: u32,
+    /// Fingerprint of the state's shape (its fields, as the default state
+    /// serializes); a snapshot whose state type gained, lost or renamed a field is
+    /// ignored even if `snapshot_version` was not changed.
+    pub fingerprint: u64,
     /// The serialized state (JSON).
     pub payload: String,
 }

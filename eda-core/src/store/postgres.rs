@@ -264,6 +264,7 @@ impl PostgresStore {
                      version bigint NOT NULL,
                      snapshot_version bigint NOT NULL,
                      payload jsonb NOT NULL,
+                     fingerprint bigint NOT NULL,
                      PRIMARY KEY (aggregate_type, aggregate_id)
                  );
                  UPDATE eda_schema SET version = 2;",
@@ -525,10 +526,11 @@ impl EventStore for PostgresStore {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
-                "INSERT INTO eda_snapshots (aggregate_type, aggregate_id, version, snapshot_version, payload)
-                 VALUES ($1, $2, $3, $4, $5::text::jsonb)
+                "INSERT INTO eda_snapshots (aggregate_type, aggregate_id, version, snapshot_version, payload, fingerprint)
+                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)
                  ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-                 SET version = excluded.version, snapshot_version = excluded.snapshot_version, payload = excluded.payload
+                 SET version = excluded.version, snapshot_version = excluded.snapshot_version,
+                     payload = excluded.payload, fingerprint = excluded.fingerprint
                  WHERE excluded.version >= eda_snapshots.version",
             )
             .await
@@ -543,6 +545,8 @@ impl EventStore for PostgresStore {
                     &to_i64(snapshot.version),
                     &snapshot_version,
                     &snapshot.payload,
+                    // The bits as they are: bigint is signed.
+                    &(snapshot.fingerprint as i64),
                 ],
             )
             .await
@@ -609,7 +613,8 @@ impl EventStore for PostgresStore {
     }
 }
 
-const LOAD_SNAPSHOT: &str = "SELECT version, snapshot_version, payload::text FROM eda_snapshots \
+const LOAD_SNAPSHOT: &str =
+    "SELECT version, snapshot_version, payload::text, fingerprint FROM eda_snapshots \
                              WHERE aggregate_type = $1 AND aggregate_id = $2";
 
 /// A snapshot row; one that does not have the stored shape counts as none (the
@@ -619,6 +624,7 @@ fn snapshot_row(row: &Row) -> Option<Snapshot> {
         version: u64::try_from(row.try_get::<_, i64>(0).ok()?).ok()?,
         snapshot_version: u32::try_from(row.try_get::<_, i64>(1).ok()?).ok()?,
         payload: row.try_get(2).ok()?,
+        fingerprint: row.try_get::<_, i64>(3).ok()? as u64,
     })
 }
 

@@ -261,7 +261,7 @@ impl EventStore for SqliteStore {
         self.read(move |connection| {
             let mut statement = connection
                 .prepare_cached(
-                    "SELECT version, snapshot_version, payload FROM eda_snapshots \
+                    "SELECT version, snapshot_version, payload, fingerprint FROM eda_snapshots \
                      WHERE aggregate_type = ?1 AND aggregate_id = ?2",
                 )
                 .map_err(backend)?;
@@ -271,18 +271,22 @@ impl EventStore for SqliteStore {
                         row.get::<_, i64>(0)?,
                         row.get::<_, i64>(1)?,
                         row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
                     ))
                 })
                 .optional()
                 .map_err(backend)?;
             // A row out of range counts as no snapshot: the aggregate is replayed.
-            Ok(snapshot.and_then(|(version, snapshot_version, payload)| {
-                Some(Snapshot {
-                    version: u64::try_from(version).ok()?,
-                    snapshot_version: u32::try_from(snapshot_version).ok()?,
-                    payload,
-                })
-            }))
+            Ok(
+                snapshot.and_then(|(version, snapshot_version, payload, fingerprint)| {
+                    Some(Snapshot {
+                        version: u64::try_from(version).ok()?,
+                        snapshot_version: u32::try_from(snapshot_version).ok()?,
+                        payload,
+                        fingerprint: fingerprint as u64,
+                    })
+                }),
+            )
         })
         .await
     }
@@ -509,6 +513,7 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
                  version INTEGER NOT NULL,
                  snapshot_version INTEGER NOT NULL,
                  payload TEXT NOT NULL,
+                 fingerprint INTEGER NOT NULL,
                  PRIMARY KEY (aggregate_type, aggregate_id)
              ) WITHOUT ROWID;
              UPDATE eda_schema SET version = 2;",
@@ -656,10 +661,11 @@ fn save_snapshot(
     request: &SnapshotRequest,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "INSERT INTO eda_snapshots (aggregate_type, aggregate_id, version, snapshot_version, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO eda_snapshots (aggregate_type, aggregate_id, version, snapshot_version, payload, fingerprint)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-         SET version = excluded.version, snapshot_version = excluded.snapshot_version, payload = excluded.payload
+         SET version = excluded.version, snapshot_version = excluded.snapshot_version,
+             payload = excluded.payload, fingerprint = excluded.fingerprint
          WHERE excluded.version >= eda_snapshots.version",
     )
     .and_then(|mut s| {
@@ -669,6 +675,8 @@ fn save_snapshot(
             to_i64(request.snapshot.version),
             request.snapshot.snapshot_version,
             request.snapshot.payload,
+            // The bits as they are: SQLite integers are signed.
+            request.snapshot.fingerprint as i64,
         ])
     })
     .map(|_| ())
