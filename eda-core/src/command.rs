@@ -4,6 +4,18 @@ use crate::aggregate::{Aggregate, AggregateId, Handle};
 ///
 /// Implemented by `#[command]`. A command is a plain message: it is cloned when a
 /// version conflict makes [`App::execute`](crate::App::execute) decide again.
+///
+/// ```
+/// use eda::prelude::*;
+///
+/// #[command]
+/// #[derive(Debug, Clone)]
+/// pub struct RelocateCustomer { #[aggregate_id] pub customer: u64, pub street: String }
+///
+/// let cmd = RelocateCustomer { customer: 7, street: "Main St 1".into() };
+/// assert_eq!(*cmd.aggregate_id(), 7);
+/// assert_eq!(<RelocateCustomer as Command>::NAME, "RelocateCustomer");
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a command",
     label = "not a command",
@@ -22,6 +34,24 @@ pub trait Command: Clone + Send + 'static {
 ///
 /// Implemented by `#[aggregate]` for every command it handles, so
 /// `app.execute(cmd)` finds the aggregate from the command's type alone.
+///
+/// ```
+/// use eda::prelude::*;
+/// use eda::HandledCommand;
+///
+/// #[event] #[derive(Debug)] pub struct Opened;
+/// #[command] #[derive(Debug, Clone)] pub struct Open { #[aggregate_id] pub id: String }
+/// #[derive(Debug, Default)] pub struct Account;
+///
+/// #[aggregate(error = std::convert::Infallible)]
+/// impl Account {
+///     #[handle] fn open(&self, _: Open) -> Result<Opened, std::convert::Infallible> { Ok(Opened) }
+///     #[apply] fn opened(&mut self, _: &Opened) {}
+/// }
+///
+/// fn aggregate_of<C: HandledCommand>() -> &'static str { <C::Aggregate as Aggregate>::TYPE }
+/// assert_eq!(aggregate_of::<Open>(), "Account");
+/// ```
 #[diagnostic::on_unimplemented(
     message = "command `{Self}` is not handled by any aggregate",
     label = "no `#[handle]` method takes `{Self}`",
