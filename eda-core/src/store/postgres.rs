@@ -12,8 +12,10 @@
 //! and every transaction that commits later has a larger id, so it cannot land
 //! behind a reader's position.
 //!
-//! The cost: a long-running writing transaction holds back every event committed
-//! after it started until it ends ([`PostgresStore::held_back`] says how many).
+//! The cost: a long-running writing transaction anywhere on the server holds back
+//! every event committed after it started until it ends ([`PostgresStore::held_back`]
+//! says how many). Positions fit a `bigint` while the server has run fewer than
+//! 2^43 (about 8.8 trillion) transactions.
 //! The trap: an append must be its transaction's first write, so that the
 //! transaction id is taken when the aggregate's version is checked; otherwise two
 //! appends to one aggregate could get positions in the opposite order of their
