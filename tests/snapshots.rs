@@ -100,40 +100,11 @@ async fn memory_store_loads_the_same_with_and_without_snapshots() {
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sqlite_store_loads_the_same_with_and_without_snapshots() {
-    /// The SQLite store without its snapshots.
-    struct EventsOnly(SqliteStore);
-    impl EventStore for EventsOnly {
-        async fn append(
-            &self,
-            s: StreamId<'_>,
-            v: u64,
-            e: Vec<eda::NewEvent>,
-            m: &eda::Metadata,
-        ) -> Result<eda::Appended, StoreError> {
-            self.0.append(s, v, e, m).await
-        }
-        async fn read_stream(
-            &self,
-            s: StreamId<'_>,
-            v: u64,
-        ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
-            self.0.read_stream(s, v).await
-        }
-        async fn read_all(&self, p: u64, l: usize) -> Result<Vec<eda::RecordedEvent>, StoreError> {
-            self.0.read_all(p, l).await
-        }
-        async fn read_event(
-            &self,
-            id: eda::Uuid,
-        ) -> Result<Option<eda::RecordedEvent>, StoreError> {
-            self.0.read_event(id).await
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("events.db"))
         .await
         .unwrap();
-    same_state_with_and_without_snapshots(store.clone(), EventsOnly(store)).await;
+    same_state_with_and_without_snapshots(store.clone(), YieldingStore(store)).await;
 }
 
 #[tokio::test]

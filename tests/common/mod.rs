@@ -26,12 +26,19 @@ pub fn meta() -> Metadata {
     Metadata::default()
 }
 
-/// A `MemoryStore` whose every call yields to the scheduler before and after, as a
-/// networked store does, so tasks interleave inside `App::execute`.
-#[derive(Clone, Default)]
-pub struct YieldingStore(pub eda::MemoryStore);
+/// A store (a `MemoryStore` by default) whose every call yields to the scheduler
+/// before and after, as a networked store does, so tasks interleave inside
+/// `App::execute`. It forwards the events only: it keeps no snapshots.
+#[derive(Clone)]
+pub struct YieldingStore<S = eda::MemoryStore>(pub S);
 
-impl eda::EventStore for YieldingStore {
+impl Default for YieldingStore {
+    fn default() -> Self {
+        YieldingStore(eda::MemoryStore::new())
+    }
+}
+
+impl<S: eda::EventStore> eda::EventStore for YieldingStore<S> {
     async fn append(
         &self,
         stream: StreamId<'_>,
