@@ -9,21 +9,8 @@ pub use serde_json;
 pub use crate::aggregate::{Aggregate, AggregateEvent, Handle, IntoEvents};
 pub use crate::command::{Command, HandledCommand};
 pub use crate::error::DecodeErrorKind;
-pub use crate::event::Event;
+pub use crate::event::{decode_upcast, Event};
 pub use crate::registry::EventRegistration;
-
-/// Decoder of an event type without an upcast chain.
-pub fn decode_exact<E: Event>(version: u32, payload: &str) -> Result<E, DecodeErrorKind> {
-    crate::event::decode_exact(version, payload)
-}
-
-/// Decoder of an event type declared with `upcast_from = Old`.
-pub fn decode_upcast<E: Event, Old: UpcastInto<E>>(
-    version: u32,
-    payload: &str,
-) -> Result<E, DecodeErrorKind> {
-    crate::event::decode_upcast::<E, Old>(version, payload)
-}
 
 /// The registry's type-erased decoder for `E`.
 pub fn decode_boxed<E: Event>(

@@ -49,6 +49,18 @@ pub enum StoreError {
     Backend(#[source] Box<dyn StdError + Send + Sync>),
 }
 
+impl StoreError {
+    /// The conflict of an append to `stream` decided at `expected` that found `actual`.
+    pub(crate) fn conflict(stream: crate::StreamId<'_>, expected: u64, actual: u64) -> Self {
+        StoreError::Conflict {
+            aggregate_type: stream.aggregate_type.to_owned(),
+            aggregate_id: stream.aggregate_id.to_owned(),
+            expected,
+            actual,
+        }
+    }
+}
+
 /// Why a stored event could not become a Rust value.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

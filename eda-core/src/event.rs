@@ -2,6 +2,7 @@ use std::fmt::Debug;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::__private::UpcastInto;
 use crate::error::DecodeErrorKind;
 
 /// A fact that happened, stored and shared under a stable name and schema version.
@@ -51,12 +52,12 @@ pub(crate) fn decode_exact<E: Event>(version: u32, payload: &str) -> Result<E, D
     }
 }
 
-/// Decodes `payload` as `E`, or as `Old` upcast into `E` when it is older.
-pub(crate) fn decode_upcast<E, Old>(version: u32, payload: &str) -> Result<E, DecodeErrorKind>
-where
-    E: Event,
-    Old: crate::__private::UpcastInto<E>,
-{
+/// Decodes `payload` as `E`, or as `Old` upcast into `E` when it is older: the
+/// decoder of an event declared with `upcast_from = Old`.
+pub fn decode_upcast<E: Event, Old: UpcastInto<E>>(
+    version: u32,
+    payload: &str,
+) -> Result<E, DecodeErrorKind> {
     if version < E::VERSION {
         Old::decode(version, payload).map(Old::upcast)
     } else {

@@ -124,6 +124,18 @@ pub trait EventStore: Send + Sync + 'static {
     }
 }
 
+/// A driver's error as [`StoreError::Backend`].
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn backend(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(error))
+}
+
+/// A version or position as the databases' signed 64-bit integer.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Object-safe mirror of [`EventStore`], so `App` can hold any store without a

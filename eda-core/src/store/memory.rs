@@ -179,13 +179,10 @@ impl MemoryStore {
             .and_then(|s| s.get_mut(stream.aggregate_id));
         let actual = target.as_ref().map_or(0, |s| s.events.len() as u64);
         if actual != expected_version {
-            let conflict = StoreError::Conflict {
-                aggregate_type: stream.aggregate_type.to_owned(),
-                aggregate_id: stream.aggregate_id.to_owned(),
-                expected: expected_version,
-                actual,
-            };
-            return Err((conflict, metadata));
+            return Err((
+                StoreError::conflict(stream, expected_version, actual),
+                metadata,
+            ));
         }
         if events.is_empty() {
             let position = target.and_then(|s| s.events.last()).map_or(0, |i| i + 1) as u64;

@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::envelope::{Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
 use crate::error::StoreError;
-use crate::store::{Appended, EventStore};
+use crate::store::{backend, to_i64, Appended, EventStore};
 
 /// The schema version this code creates and reads.
 const SCHEMA_VERSION: i32 = 2;
@@ -333,7 +333,7 @@ async fn append(
     if events.is_empty() {
         let actual = current_version(client, stream).await?;
         if actual != expected_version {
-            return Err(conflict(stream, expected_version, actual));
+            return Err(StoreError::conflict(stream, expected_version, actual));
         }
         let row = client
             .query_one(
@@ -384,7 +384,7 @@ async fn append(
                     let actual = current_version(client, stream)
                         .await
                         .unwrap_or(expected_version + 1);
-                    conflict(stream, expected_version, actual)
+                    StoreError::conflict(stream, expected_version, actual)
                 }
                 other => other,
             });
@@ -392,7 +392,7 @@ async fn append(
     };
     if row.get::<_, i64>(0) == 0 {
         let actual = current_version(client, stream).await?;
-        return Err(conflict(stream, expected_version, actual));
+        return Err(StoreError::conflict(stream, expected_version, actual));
     }
     let position: i64 = row.get(1);
     Ok(Appended {
@@ -419,7 +419,7 @@ fn append_error(error: tokio_postgres::Error, stream: StreamId<'_>, expected: u6
             .unwrap_or_default();
         return StoreError::DuplicateEvent { event_id };
     }
-    conflict(stream, expected, expected + 1)
+    StoreError::conflict(stream, expected, expected + 1)
 }
 
 async fn current_version(
@@ -434,15 +434,6 @@ async fn current_version(
         .await
         .map_err(backend)?;
     Ok(row.map_or(0, |row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)))
-}
-
-fn conflict(stream: StreamId<'_>, expected: u64, actual: u64) -> StoreError {
-    StoreError::Conflict {
-        aggregate_type: stream.aggregate_type.to_owned(),
-        aggregate_id: stream.aggregate_id.to_owned(),
-        expected,
-        actual,
-    }
 }
 
 impl EventStore for PostgresStore {
@@ -668,12 +659,4 @@ fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
             .try_get(9)
             .map_err(|e| corrupt(format!("recorded_at: {e}")))?,
     })
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn backend(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Backend(Box::new(error))
 }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::envelope::{Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
 use crate::error::StoreError;
 use crate::failpoint;
-use crate::store::{Appended, EventStore};
+use crate::store::{backend, to_i64, Appended, EventStore};
 
 /// The schema version this code creates and reads.
 const SCHEMA_VERSION: u32 = 2;
@@ -783,12 +783,15 @@ fn append_in_savepoint(
         .map_err(backend)?
         .map_or(0, |v| u64::try_from(v).unwrap_or_default());
     if actual != request.expected_version {
-        return Err(StoreError::Conflict {
-            aggregate_type: request.aggregate_type.clone(),
-            aggregate_id: request.aggregate_id.clone(),
-            expected: request.expected_version,
+        let stream = StreamId {
+            aggregate_type: &request.aggregate_type,
+            aggregate_id: &request.aggregate_id,
+        };
+        return Err(StoreError::conflict(
+            stream,
+            request.expected_version,
             actual,
-        });
+        ));
     }
     if request.events.is_empty() {
         let position: Option<i64> = tx
@@ -862,14 +865,6 @@ fn read_loop(connection: Connection, jobs: Arc<Mutex<mpsc::Receiver<ReadJob>>>) 
             Err(_) => return,
         }
     }
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn backend(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Backend(Box::new(error))
 }
 
 fn backend_ref(error: &rusqlite::Error) -> StoreError {
