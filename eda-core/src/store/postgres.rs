@@ -188,7 +188,7 @@ impl PostgresStore {
             ));
         }
         let statement = transaction
-            .prepare(&append_sql(expected_version))
+            .prepare(append_sql(expected_version, events.len()))
             .await
             .map_err(backend)?;
         append(
@@ -285,43 +285,71 @@ const COLUMNS: &str =
 /// Compare-and-set of the aggregate's version, then the events, in one statement;
 /// the CAS is the statement's first write. `$3` is the expected version, `$4` the
 /// new one.
-const APPEND_NEW: &str = "WITH cas AS (
-        INSERT INTO eda_aggregates (aggregate_type, aggregate_id, version) VALUES ($1, $2, $4)
-        ON CONFLICT DO NOTHING
-        RETURNING version
-    )";
-const APPEND_EXISTING: &str = "WITH cas AS (
-        UPDATE eda_aggregates SET version = $4
-        WHERE aggregate_type = $1 AND aggregate_id = $2 AND version = $3
-        RETURNING version
-    )";
-const APPEND_EVENTS: &str = ", ins AS (
+macro_rules! cas_new {
+    () => {
+        "WITH cas AS (
+            INSERT INTO eda_aggregates (aggregate_type, aggregate_id, version) VALUES ($1, $2, $4)
+            ON CONFLICT DO NOTHING
+            RETURNING version
+        )"
+    };
+}
+macro_rules! cas_existing {
+    () => {
+        "WITH cas AS (
+            UPDATE eda_aggregates SET version = $4
+            WHERE aggregate_type = $1 AND aggregate_id = $2 AND version = $3
+            RETURNING version
+        )"
+    };
+}
+/// Any number of events, as arrays (`$5` ids, `$6` names, `$7` schema versions,
+/// `$8` payloads); `$9` is the metadata. One row: how many CAS rows (0 is a
+/// conflict) and the last position.
+macro_rules! insert_many {
+    () => {
+        ", ins AS (
+            INSERT INTO eda_events
+                (position, event_id, aggregate_type, aggregate_id, version, name, event_version, payload, metadata)
+            SELECT (pg_current_xact_id()::text::bigint << 20) | e.ord, e.id, $1, $2, $3 + e.ord,
+                   e.name, e.event_version, e.payload::jsonb, $9::text::jsonb
+            FROM unnest($5::uuid[], $6::text[], $7::int4[], $8::text[])
+                 WITH ORDINALITY AS e(id, name, event_version, payload, ord)
+            WHERE EXISTS (SELECT 1 FROM cas)
+            RETURNING position
+        )
+        SELECT (SELECT count(*) FROM cas), (SELECT max(position) FROM ins)"
+    };
+}
+/// The common case, one event, without arrays (less work for the server and the
+/// client): the same parameters as scalars. Its position, or no row on a conflict.
+macro_rules! insert_one {
+    () => {
+        "
         INSERT INTO eda_events
             (position, event_id, aggregate_type, aggregate_id, version, name, event_version, payload, metadata)
-        SELECT (pg_current_xact_id()::text::bigint << 20) | e.ord, e.id, $1, $2, $3 + e.ord,
-               e.name, e.event_version, e.payload::jsonb, $9::text::jsonb
-        FROM unnest($5::uuid[], $6::text[], $7::int4[], $8::text[])
-             WITH ORDINALITY AS e(id, name, event_version, payload, ord)
-        WHERE EXISTS (SELECT 1 FROM cas)
-        RETURNING position
-    )
-    SELECT (SELECT count(*) FROM cas), (SELECT max(position) FROM ins)";
-
-/// The append statement for a new aggregate (`expected_version` 0) or an existing one.
-fn append_sql(expected_version: u64) -> String {
-    let cas = if expected_version == 0 {
-        APPEND_NEW
-    } else {
-        APPEND_EXISTING
+        SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $5, $1, $2, $3::bigint + 1,
+               $6, $7, $8::text::jsonb, $9::text::jsonb
+        FROM cas
+        RETURNING position"
     };
-    format!("{cas}{APPEND_EVENTS}")
+}
+
+/// The append statement for a new aggregate (`expected_version` 0) or an existing
+/// one, carrying one event or several.
+fn append_sql(expected_version: u64, events: usize) -> &'static str {
+    match (expected_version == 0, events == 1) {
+        (true, true) => concat!(cas_new!(), insert_one!()),
+        (true, false) => concat!(cas_new!(), insert_many!()),
+        (false, true) => concat!(cas_existing!(), insert_one!()),
+        (false, false) => concat!(cas_existing!(), insert_many!()),
+    }
 }
 
 /// The most events one append may carry: the low bits of a position.
 const MAX_EVENTS_PER_APPEND: usize = 1 << 20;
 
-/// Runs a prepared append statement (`APPEND_NEW` or `APPEND_EXISTING` followed by
-/// `APPEND_EVENTS`, chosen by `expected_version`).
+/// Runs a prepared append statement, the one [`append_sql`] chose.
 async fn append(
     client: &impl GenericClient,
     statement: &Statement,
@@ -355,26 +383,46 @@ async fn append(
     }
     let expected = to_i64(expected_version);
     let new_version = to_i64(expected_version + events.len() as u64);
-    let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-    let names: Vec<&str> = events.iter().map(|e| e.name.as_ref()).collect();
-    let versions: Vec<i32> = events
-        .iter()
-        .map(|e| i32::try_from(e.version).unwrap_or(i32::MAX))
-        .collect();
-    let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
     let metadata = serde_json::to_string(metadata).map_err(backend)?;
-    let params: [&(dyn ToSql + Sync); 9] = [
-        &stream.aggregate_type,
-        &stream.aggregate_id,
-        &expected,
-        &new_version,
-        &ids,
-        &names,
-        &versions,
-        &payloads,
-        &metadata,
-    ];
-    let row = match client.query_one(statement, &params).await {
+    let row = if let [event] = events {
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &stream.aggregate_type,
+            &stream.aggregate_id,
+            &expected,
+            &new_version,
+            &event.event_id,
+            &event.name.as_ref(),
+            &i32::try_from(event.version).unwrap_or(i32::MAX),
+            &event.payload.as_str(),
+            &metadata,
+        ];
+        client.query_opt(statement, &params).await
+    } else {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let names: Vec<&str> = events.iter().map(|e| e.name.as_ref()).collect();
+        let versions: Vec<i32> = events
+            .iter()
+            .map(|e| i32::try_from(e.version).unwrap_or(i32::MAX))
+            .collect();
+        let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &stream.aggregate_type,
+            &stream.aggregate_id,
+            &expected,
+            &new_version,
+            &ids,
+            &names,
+            &versions,
+            &payloads,
+            &metadata,
+        ];
+        // One row: (CAS rows, last position); no CAS row is a conflict.
+        client
+            .query_one(statement, &params)
+            .await
+            .map(|row| (row.get::<_, i64>(0) > 0).then_some(row))
+    };
+    let row = match row {
         Ok(row) => row,
         Err(e) => {
             return Err(match append_error(e, stream, expected_version) {
@@ -390,11 +438,11 @@ async fn append(
             });
         }
     };
-    if row.get::<_, i64>(0) == 0 {
+    let Some(row) = row else {
         let actual = current_version(client, stream).await?;
         return Err(StoreError::conflict(stream, expected_version, actual));
-    }
-    let position: i64 = row.get(1);
+    };
+    let position: i64 = row.get(if events.len() == 1 { 0 } else { 1 });
     Ok(Appended {
         version: expected_version + events.len() as u64,
         position: u64::try_from(position).unwrap_or(0),
@@ -446,7 +494,7 @@ impl EventStore for PostgresStore {
     ) -> Result<Appended, StoreError> {
         let client = self.client().await?;
         let statement = client
-            .prepare_cached(&append_sql(expected_version))
+            .prepare_cached(append_sql(expected_version, events.len()))
             .await
             .map_err(backend)?;
         let connection: &tokio_postgres::Client = &client;
