@@ -205,6 +205,70 @@ async fn concurrent_commands_through_many_apps() {
     bank_load::every_command_once_through_many_apps(store, 50).await;
 }
 
+/// A lone caller polls for its reply (yielding, so other tasks on its thread still
+/// run) or sleeps until woken, as configured; the answers are the same.
+#[tokio::test]
+async fn replies_arrive_polling_or_sleeping() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    for window in [
+        Duration::ZERO,
+        Duration::from_millis(1),
+        Duration::from_secs(5),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions::new()
+            .synchronous(Synchronous::Normal)
+            .poll_for_reply(window);
+        let store = SqliteStore::open_with(dir.path().join("events.db"), options)
+            .await
+            .unwrap();
+        // Another task on this single-threaded runtime, counting its turns.
+        let (turns, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let ticker = tokio::spawn({
+            let (turns, stop) = (Arc::clone(&turns), Arc::clone(&stop));
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    turns.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let app = App::new(store.clone());
+        app.execute(OpenAccount {
+            account: "a".into(),
+            owner: "ada".into(),
+        })
+        .await
+        .unwrap();
+        let before = turns.load(Ordering::Relaxed);
+        for _ in 0..50 {
+            app.execute(DepositMoney {
+                account: "a".into(),
+                amount: 1,
+            })
+            .await
+            .unwrap();
+        }
+        assert!(
+            turns.load(Ordering::Relaxed) > before,
+            "the other task never ran while {window:?} of polling"
+        );
+        stop.store(true, Ordering::Relaxed);
+        ticker.await.unwrap();
+        let (account, version) = App::new(store)
+            .load_with_version::<Account>(&"a".to_string())
+            .await
+            .unwrap();
+        assert_eq!((account.balance, version), (50, 51));
+    }
+}
+
 #[tokio::test]
 async fn unknown_names_and_newer_schemas_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
