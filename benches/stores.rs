@@ -393,6 +393,19 @@ mod postgres {
             "PostgreSQL, 10,000-event stream, no cache, snapshot_every = 100",
             per_second(TAIL, start.elapsed())
         );
+        // Where that time goes: the loads alone (snapshot and tail, one round trip).
+        let start = Instant::now();
+        for _ in 0..TAIL {
+            uncached
+                .load::<snap::Long>(&"long".to_owned())
+                .await
+                .expect("load");
+        }
+        println!(
+            "{:<58} {:>7.0}/s",
+            "  of which loads alone (snapshot + tail of 0-99 events)",
+            per_second(TAIL, start.elapsed())
+        );
     }
 
     /// The same one-statement append eda sends, through tokio-postgres directly:

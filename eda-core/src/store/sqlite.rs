@@ -102,7 +102,7 @@ impl SqliteOptions {
     /// Waking a sleeping thread costs 10 to 300 µs on a small virtual machine,
     /// as much as a whole `NORMAL` commit, and a caller that sleeps through its
     /// reply also lets the writer thread fall asleep before the next append: a
-    /// sequential caller gets about a third fewer appends per second without
+    /// sequential caller gets a third to a half fewer appends per second without
     /// polling (see the README's performance section). The price is CPU: the
     /// caller's thread stays busy while it waits. The caller polls only when its
     /// request is the only one in flight (and, for an append, when the writer's
