@@ -43,6 +43,11 @@ async fn snapshots_keep_the_newest_per_stream() {
 }
 
 #[tokio::test]
+async fn snapshot_and_tail_load_together() {
+    conformance::snapshot_and_tail_load_together(MemoryStore::new()).await;
+}
+
+#[tokio::test]
 async fn undecodable_events_are_typed_errors() {
     conformance::undecodable_events_are_typed_errors(MemoryStore::new()).await;
 }

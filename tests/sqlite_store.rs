@@ -43,6 +43,7 @@ conformance_tests!(
     global_log_is_in_commit_order,
     concurrent_writers_on_one_stream,
     snapshots_keep_the_newest_per_stream,
+    snapshot_and_tail_load_together,
     undecodable_events_are_typed_errors,
     a_tailing_reader_sees_every_event_once,
 );

@@ -273,6 +273,58 @@ pub async fn snapshots_keep_the_newest_per_stream<S: EventStore>(store: S) {
     );
 }
 
+pub async fn snapshot_and_tail_load_together<S: EventStore>(store: S) {
+    use eda::Snapshot;
+    let (s, other) = (stream("Account", "a"), stream("Account", "b"));
+    let (snapshot, tail) = store.read_from_snapshot(s).await.unwrap();
+    assert!(snapshot.is_none() && tail.is_empty());
+
+    let events = (1..=5).map(|n| new_event("Deposited", &format!(r#"{{"n":{n}}}"#)));
+    store.append(s, 0, events.collect(), &meta()).await.unwrap();
+    store
+        .append(other, 0, vec![new_event("Opened", "{}")], &meta())
+        .await
+        .unwrap();
+    let versions = |tail: &[eda::RecordedEvent]| tail.iter().map(|e| e.version).collect::<Vec<_>>();
+    let (snapshot, tail) = store.read_from_snapshot(s).await.unwrap();
+    assert!(snapshot.is_none());
+    assert_eq!(versions(&tail), [1, 2, 3, 4, 5]);
+
+    let at = |version| Snapshot {
+        version,
+        snapshot_version: 3,
+        payload: format!(r#"{{"n":{version}}}"#),
+        fingerprint: 7,
+    };
+    store.save_snapshot(s, &at(2)).await.unwrap();
+    let (snapshot, tail) = store.read_from_snapshot(s).await.unwrap();
+    let snapshot = snapshot.expect("snapshot");
+    assert_eq!(
+        (
+            snapshot.version,
+            snapshot.snapshot_version,
+            snapshot.fingerprint
+        ),
+        (2, 3, 7)
+    );
+    let payload: serde_json::Value = serde_json::from_str(&snapshot.payload).unwrap();
+    assert_eq!(payload, serde_json::json!({ "n": 2 }));
+    assert_eq!(versions(&tail), [3, 4, 5]);
+    assert!(tail.iter().all(|e| e.aggregate_id == "a"));
+    let payload: serde_json::Value = serde_json::from_str(&tail[0].payload).unwrap();
+    assert_eq!(payload, serde_json::json!({ "n": 3 }));
+
+    // A snapshot at the head: nothing after it.
+    store.save_snapshot(s, &at(5)).await.unwrap();
+    let (snapshot, tail) = store.read_from_snapshot(s).await.unwrap();
+    assert_eq!(snapshot.map(|s| s.version), Some(5));
+    assert!(tail.is_empty());
+    // Another stream's events are its own.
+    let (snapshot, tail) = store.read_from_snapshot(other).await.unwrap();
+    assert!(snapshot.is_none());
+    assert_eq!(versions(&tail), [1]);
+}
+
 /// A small domain of the suite's own, so decode errors can be checked on any store.
 pub mod notes {
     use eda::prelude::*;

@@ -601,28 +601,39 @@ impl EventStore for PostgresStore {
         stream: StreamId<'_>,
     ) -> Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError> {
         let client = self.client().await?;
-        let snapshot_statement = client
-            .prepare_cached(LOAD_SNAPSHOT)
-            .await
-            .map_err(backend)?;
-        let tail_statement = client
+        // One statement, so one reply to wait for and one view of the data: the
+        // tail starts right after the snapshot it comes with. The snapshot's row
+        // comes first (its event columns are null), then the events in order.
+        let statement = client
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM eda_events
-                 WHERE aggregate_type = $1 AND aggregate_id = $2 AND version > coalesce(
-                     (SELECT version FROM eda_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2), 0)
-                 ORDER BY version"
+                "SELECT * FROM (
+                     SELECT NULL::bigint AS position, NULL::uuid, NULL::text, NULL::text,
+                            NULL::bigint AS version, NULL::text, NULL::int4, NULL::text, NULL::text,
+                            NULL::timestamptz, version AS snapshot_at, snapshot_version,
+                            payload::text, fingerprint
+                     FROM eda_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2
+                     UNION ALL
+                     SELECT {COLUMNS}, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint
+                     FROM eda_events
+                     WHERE aggregate_type = $1 AND aggregate_id = $2 AND version > coalesce(
+                         (SELECT version FROM eda_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2), 0)
+                 ) AS loaded
+                 ORDER BY version NULLS FIRST"
             ))
             .await
             .map_err(backend)?;
-        let params: [&(dyn ToSql + Sync); 2] = [&stream.aggregate_type, &stream.aggregate_id];
-        let (snapshot, tail) = futures_util::future::try_join(
-            client.query_opt(&snapshot_statement, &params),
-            client.query(&tail_statement, &params),
-        )
-        .await
-        .map_err(backend)?;
+        let rows = client
+            .query(&statement, &[&stream.aggregate_type, &stream.aggregate_id])
+            .await
+            .map_err(backend)?;
+        let (snapshot, tail) = match rows.split_first() {
+            Some((first, tail)) if first.try_get::<_, Option<i64>>(0).ok().flatten().is_none() => {
+                (snapshot_row(first, SNAPSHOT_AFTER_EVENT_COLUMNS), tail)
+            }
+            _ => (None, rows.as_slice()),
+        };
         let events = tail.iter().map(recorded).collect::<Result<_, _>>()?;
-        Ok((snapshot.as_ref().and_then(snapshot_row), events))
+        Ok((snapshot, events))
     }
 
     async fn load_snapshot(&self, stream: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
@@ -635,7 +646,7 @@ impl EventStore for PostgresStore {
             .query_opt(&statement, &[&stream.aggregate_type, &stream.aggregate_id])
             .await
             .map_err(backend)?;
-        Ok(row.as_ref().and_then(snapshot_row))
+        Ok(row.as_ref().and_then(|row| snapshot_row(row, 0)))
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
@@ -658,14 +669,17 @@ const LOAD_SNAPSHOT: &str =
     "SELECT version, snapshot_version, payload::text, fingerprint FROM eda_snapshots \
                              WHERE aggregate_type = $1 AND aggregate_id = $2";
 
-/// A snapshot row; one that does not have the stored shape counts as none (the
-/// aggregate is then replayed).
-fn snapshot_row(row: &Row) -> Option<Snapshot> {
+/// Where `read_from_snapshot`'s rows carry the snapshot's columns.
+const SNAPSHOT_AFTER_EVENT_COLUMNS: usize = 10;
+
+/// The snapshot in `row`'s columns from `at` on; one that does not have the stored
+/// shape counts as none (the aggregate is then replayed).
+fn snapshot_row(row: &Row, at: usize) -> Option<Snapshot> {
     Some(Snapshot {
-        version: u64::try_from(row.try_get::<_, i64>(0).ok()?).ok()?,
-        snapshot_version: u32::try_from(row.try_get::<_, i64>(1).ok()?).ok()?,
-        payload: row.try_get(2).ok()?,
-        fingerprint: row.try_get::<_, i64>(3).ok()? as u64,
+        version: u64::try_from(row.try_get::<_, i64>(at).ok()?).ok()?,
+        snapshot_version: u32::try_from(row.try_get::<_, i64>(at + 1).ok()?).ok()?,
+        payload: row.try_get(at + 2).ok()?,
+        fingerprint: row.try_get::<_, i64>(at + 3).ok()? as u64,
     })
 }
 
