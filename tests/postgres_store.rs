@@ -119,6 +119,327 @@ async fn concurrent_commands_through_many_apps() {
     db.drop_schema().await;
 }
 
+/// Concurrent appends are committed together, several to a statement, and each
+/// still gets its own answer: new aggregates are created, the loser of a race for a
+/// new aggregate and a stale expected version get the conflict, a stored event id
+/// gets `DuplicateEvent` (its batch is then retried append by append), and every
+/// position returned is the one stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_commit_together_each_with_its_own_answer() {
+    use eda::{NewEvent, StoreError};
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    // A pool of 4 has one committing task, so appends queue up and share statements.
+    let store = PostgresStore::connect_with(
+        &db.url,
+        PostgresOptions::new().schema(&db.schema).pool_size(4),
+    )
+    .await
+    .unwrap();
+    let event = |n: usize| common::new_event("Noted", &format!(r#"{{"n":{n}}}"#));
+    store
+        .append(
+            common::stream("Old", "o"),
+            0,
+            vec![event(0), event(0)],
+            &Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let stored = store
+        .read_stream(common::stream("Old", "o"), 0)
+        .await
+        .unwrap();
+    let taken_id = stored[0].event_id;
+
+    enum Expect {
+        Stored,
+        Conflict(u64),
+        Duplicate,
+    }
+    // (aggregate id, expected version, events, what must happen)
+    let mut cases: Vec<(String, u64, Vec<NewEvent>, Option<Expect>)> = Vec::new();
+    for i in 0..40 {
+        cases.push((
+            format!("new-{i}"),
+            0,
+            (0..1 + i % 3).map(event).collect(),
+            Some(Expect::Stored),
+        ));
+    }
+    for i in 0..8 {
+        // Two racers for one new aggregate: one wins, decided below.
+        cases.push((format!("race-{i}"), 0, vec![event(1)], None));
+        cases.push((format!("race-{i}"), 0, vec![event(2), event(3)], None));
+    }
+    cases.push(("o".into(), 5, vec![event(4)], Some(Expect::Conflict(2))));
+    // A second wave, once the first is answered: an append with a stored event id
+    // fails its statement, and its batch is retried append by append.
+    let second_wave = cases.len();
+    let mut duplicate = event(5);
+    duplicate.event_id = taken_id;
+    cases.push((
+        "dup".into(),
+        0,
+        vec![event(6), duplicate],
+        Some(Expect::Duplicate),
+    ));
+    for i in 0..8 {
+        cases.push((format!("late-{i}"), 0, vec![event(7)], Some(Expect::Stored)));
+    }
+
+    let mut results = Vec::new();
+    for wave in [&cases[..second_wave], &cases[second_wave..]] {
+        let mut tasks = Vec::new();
+        for (id, expected, events, _) in wave {
+            let (store, id, expected, events) =
+                (store.clone(), id.clone(), *expected, events.clone());
+            let aggregate_type = if id == "o" { "Old" } else { "New" };
+            tasks.push(tokio::spawn(async move {
+                store
+                    .append(
+                        common::stream(aggregate_type, &id),
+                        expected,
+                        events,
+                        &Metadata::default(),
+                    )
+                    .await
+            }));
+        }
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+    }
+
+    let mut transactions = std::collections::HashMap::<u64, usize>::new();
+    let mut race_winners = std::collections::HashMap::<String, usize>::new();
+    for ((id, expected, events, expect), result) in cases.iter().zip(&results) {
+        let expect = match expect {
+            Some(expect) => expect,
+            None => match result {
+                Ok(_) => {
+                    *race_winners.entry(id.clone()).or_default() += 1;
+                    &Expect::Stored
+                }
+                Err(StoreError::Conflict { actual, .. }) => {
+                    assert!(*actual == 1 || *actual == 2, "{id}: {result:?}");
+                    continue;
+                }
+                Err(other) => panic!("{id}: {other:?}"),
+            },
+        };
+        match (expect, result) {
+            (Expect::Stored, Ok(appended)) => {
+                assert_eq!(appended.version, expected + events.len() as u64, "{id}");
+                let aggregate_type = if id == "o" { "Old" } else { "New" };
+                let read = store
+                    .read_stream(common::stream(aggregate_type, id), 0)
+                    .await
+                    .unwrap();
+                let ids: Vec<_> = read.iter().map(|e| e.event_id).collect();
+                assert_eq!(
+                    ids,
+                    events.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+                    "{id}"
+                );
+                assert_eq!(read.last().unwrap().position, appended.position, "{id}");
+                *transactions.entry(appended.position >> 20).or_default() += 1;
+            }
+            (
+                Expect::Conflict(actual),
+                Err(StoreError::Conflict {
+                    actual: found,
+                    expected: e,
+                    ..
+                }),
+            ) => {
+                assert_eq!((*found, *e), (*actual, *expected), "{id}");
+            }
+            (Expect::Duplicate, Err(StoreError::DuplicateEvent { event_id })) => {
+                assert_eq!(*event_id, taken_id);
+            }
+            (_, other) => panic!("{id}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        race_winners.len(),
+        8,
+        "every race has exactly one winner: {race_winners:?}"
+    );
+    assert!(race_winners.values().all(|&wins| wins == 1));
+    // Nothing of the refused appends was stored: the 2 old events, those of the 40
+    // new aggregates, and one racer's of each pair.
+    let all = store.read_all(0, 10_000).await.unwrap();
+    let race_events: usize = all
+        .iter()
+        .filter(|e| e.aggregate_id.starts_with("race-"))
+        .count();
+    let new_events: usize = cases[..40].iter().map(|case| case.2.len()).sum();
+    assert_eq!(all.len(), 2 + new_events + race_events + 8);
+    assert!((8..=16).contains(&race_events));
+    assert!(store
+        .read_stream(common::stream("New", "dup"), 0)
+        .await
+        .unwrap()
+        .is_empty());
+    // Appends shared transactions: batching happened.
+    assert!(
+        transactions.values().any(|&appends| appends > 1),
+        "every append had a transaction of its own: {transactions:?}"
+    );
+    drop(store);
+    db.drop_schema().await;
+}
+
+/// A batch takes its transaction id at its first write, before it checks the other
+/// aggregates' versions; an aggregate whose last event already sits at a later
+/// position must not get events at earlier ones. Here one aggregate's last
+/// position is set past every running transaction: its append, batched with
+/// others, is refused by the batch and committed on its own; the others share
+/// the batch's transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batched_append_never_lands_before_its_aggregates_last_event() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let store = PostgresStore::connect_with(
+        &db.url,
+        PostgresOptions::new().schema(&db.schema).pool_size(4),
+    )
+    .await
+    .unwrap();
+    let ids = ["blocker", "late", "a0", "a1", "a2", "a3", "a4"];
+    for id in ids {
+        store
+            .append(
+                common::stream("Doc", id),
+                0,
+                vec![common::new_event("Noted", "{}")],
+                &Metadata::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let sql = db.connect().await;
+    sql.batch_execute(
+        "UPDATE eda_aggregates SET last_position = (pg_current_xact_id()::text::bigint + 1000000) << 20
+         WHERE aggregate_id = 'late'",
+    )
+    .await
+    .unwrap();
+    // Hold the only committing task on the blocker's row while the others queue.
+    let locker = db.connect().await;
+    locker
+        .batch_execute(
+            "BEGIN; SELECT 1 FROM eda_aggregates WHERE aggregate_id = 'blocker' FOR UPDATE",
+        )
+        .await
+        .unwrap();
+    let append = |id: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .append(
+                    common::stream("Doc", id),
+                    1,
+                    vec![common::new_event("Noted", "{}")],
+                    &Metadata::default(),
+                )
+                .await
+                .unwrap()
+        })
+    };
+    let blocker = append("blocker");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let rest: Vec<_> = ids[1..].iter().map(|&id| (id, append(id))).collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    locker.batch_execute("COMMIT").await.unwrap();
+    blocker.await.unwrap();
+    let mut transaction_of = std::collections::HashMap::new();
+    for (id, task) in rest {
+        let appended = task.await.unwrap();
+        assert_eq!(appended.version, 2, "{id}");
+        let stored = store
+            .read_stream(common::stream("Doc", id), 1)
+            .await
+            .unwrap();
+        assert_eq!(stored[0].position, appended.position, "{id}");
+        transaction_of.insert(id, appended.position >> 20);
+    }
+    let batch = transaction_of["a0"];
+    for id in ["a1", "a2", "a3", "a4"] {
+        assert_eq!(transaction_of[id], batch, "{id} was not batched with a0");
+    }
+    assert_ne!(
+        transaction_of["late"], batch,
+        "`late` went into the batch's transaction"
+    );
+    drop(store);
+    db.drop_schema().await;
+}
+
+/// A version 2 schema (before aggregates kept their last position) is migrated:
+/// the positions are filled in from the events, and appends go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_schema_is_migrated() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    for id in ["x", "y"] {
+        db.store
+            .append(
+                common::stream("Doc", id),
+                0,
+                vec![
+                    common::new_event("Noted", "{}"),
+                    common::new_event("Noted", "{}"),
+                ],
+                &Metadata::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let sql = db.connect().await;
+    sql.batch_execute(
+        "ALTER TABLE eda_aggregates DROP COLUMN last_position; UPDATE eda_schema SET version = 2",
+    )
+    .await
+    .unwrap();
+    let store = PostgresStore::connect_with(&db.url, PostgresOptions::new().schema(&db.schema))
+        .await
+        .unwrap();
+    let rows = sql
+        .query(
+            "SELECT g.last_position, (SELECT max(position) FROM eda_events e WHERE e.aggregate_id = g.aggregate_id)
+             FROM eda_aggregates g ORDER BY aggregate_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        assert_eq!(row.get::<_, i64>(0), row.get::<_, i64>(1));
+    }
+    let version: i32 = sql
+        .query_one("SELECT version FROM eda_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 3);
+    store
+        .append(
+            common::stream("Doc", "x"),
+            2,
+            vec![common::new_event("Noted", "{}")],
+            &Metadata::default(),
+        )
+        .await
+        .unwrap();
+    drop(store);
+    db.drop_schema().await;
+}
+
 /// What one reader saw: event ids with their aggregate and version, in order.
 type Seen = Vec<(eda::Uuid, String, u64)>;
 
@@ -412,7 +733,7 @@ async fn a_newer_schema_is_refused() {
             err,
             StoreError::IncompatibleSchema {
                 found: 7,
-                supported: 2
+                supported: 3
             }
         ),
         "{err:?}"

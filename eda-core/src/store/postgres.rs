@@ -20,9 +20,16 @@
 //! transaction id is taken when the aggregate's version is checked; otherwise two
 //! appends to one aggregate could get positions in the opposite order of their
 //! versions. [`PostgresStore::append_in`] refuses to append in a transaction that
-//! has already written.
+//! has already written. Batched appends (see [`PostgresOptions::max_batch`]) are
+//! safe although they share a transaction: the transaction that wrote the version
+//! an append expects committed before that version was read, so before the
+//! batch's statement began, and has a smaller id; a later writer of that aggregate
+//! makes the append's version check fail.
+
+use std::sync::{Arc, Mutex, PoisonError};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::oneshot;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, NoTls, Row, Statement};
@@ -33,7 +40,7 @@ use crate::error::StoreError;
 use crate::store::{backend, to_i64, Appended, EventStore};
 
 /// The schema version this code creates and reads.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// Settings of a [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -41,6 +48,7 @@ const SCHEMA_VERSION: i32 = 2;
 pub struct PostgresOptions {
     schema: String,
     pool_size: usize,
+    max_batch: usize,
 }
 
 impl Default for PostgresOptions {
@@ -48,12 +56,14 @@ impl Default for PostgresOptions {
         PostgresOptions {
             schema: "public".into(),
             pool_size: 16,
+            max_batch: 64,
         }
     }
 }
 
 impl PostgresOptions {
-    /// Default settings: schema `public`, 16 pooled connections.
+    /// Default settings: schema `public`, 16 pooled connections, batches of up to
+    /// 64 appends.
     pub fn new() -> Self {
         Self::default()
     }
@@ -70,16 +80,31 @@ impl PostgresOptions {
         self.pool_size = connections.max(1);
         self
     }
+
+    /// The most appends one statement commits together. Default: 64; 1 sends each
+    /// append on its own.
+    ///
+    /// Appends from concurrent callers queue for a few committing tasks (one per 8
+    /// pooled connections, at least one); each takes every append waiting and
+    /// commits them in one statement and one transaction, where each append still
+    /// succeeds or conflicts on its own. A sequential caller's append goes alone.
+    /// An append whose event id is stored already fails the shared statement; its
+    /// batch is then committed append by append.
+    pub fn max_batch(mut self, appends: usize) -> Self {
+        self.max_batch = appends.max(1);
+        self
+    }
 }
 
 /// An [`EventStore`] in PostgreSQL (feature `postgres`).
 ///
 /// Tables, created and migrated on connect: `eda_events` (position, event id,
 /// aggregate type and id, version, event name and schema version, payload and
-/// metadata as `jsonb`, recorded-at), `eda_aggregates` (current version per
-/// aggregate, the row an append locks) and `eda_schema`. An append is one statement,
-/// so one round trip: it compare-and-sets the aggregate's version and inserts the
-/// events, or does nothing.
+/// metadata as `jsonb`, recorded-at), `eda_aggregates` (current version and last
+/// event's position per aggregate, the row an append locks), `eda_snapshots` and
+/// `eda_schema`. An append is one statement, so one round trip: it compare-and-sets
+/// the aggregate's version and inserts the events, or does nothing. Concurrent
+/// appends share statements (see [`PostgresOptions::max_batch`]).
 ///
 /// ```no_run
 /// use eda::prelude::*;
@@ -92,6 +117,7 @@ impl PostgresOptions {
 pub struct PostgresStore {
     pool: Pool,
     schema: String,
+    batcher: Arc<Batcher>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -139,7 +165,16 @@ impl PostgresStore {
             .max_size(options.pool_size)
             .build()
             .map_err(backend)?;
-        let store = PostgresStore { pool, schema };
+        let batcher = Arc::new(Batcher {
+            state: Mutex::new(BatchState::default()),
+            max_committers: (options.pool_size / 8).max(1),
+            max_batch: options.max_batch,
+        });
+        let store = PostgresStore {
+            pool,
+            schema,
+            batcher,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -191,13 +226,14 @@ impl PostgresStore {
             .prepare(append_sql(expected_version, events.len()))
             .await
             .map_err(backend)?;
+        let metadata = serde_json::to_string(metadata).map_err(backend)?;
         append(
             transaction,
             &statement,
             stream,
             expected_version,
             &events,
-            metadata,
+            &metadata,
         )
         .await
     }
@@ -274,6 +310,19 @@ impl PostgresStore {
             .await
             .map_err(backend)?;
         }
+        if found < 3 {
+            // Each aggregate's last position, so that a batch of appends can check
+            // that it does not place an aggregate's events before earlier ones.
+            tx.batch_execute(
+                "ALTER TABLE eda_aggregates ADD COLUMN last_position bigint NOT NULL DEFAULT 0;
+                 UPDATE eda_aggregates g SET last_position = coalesce(
+                     (SELECT max(position) FROM eda_events e
+                      WHERE e.aggregate_type = g.aggregate_type AND e.aggregate_id = g.aggregate_id), 0);
+                 UPDATE eda_schema SET version = 3;",
+            )
+            .await
+            .map_err(backend)?;
+        }
         tx.commit().await.map_err(backend)
     }
 }
@@ -285,10 +334,12 @@ const COLUMNS: &str =
 /// Compare-and-set of the aggregate's version, then the events, in one statement;
 /// the CAS is the statement's first write. `$3` is the expected version, `$4` the
 /// new one.
+/// The aggregate's row also keeps its last event's position.
 macro_rules! cas_new {
     () => {
         "WITH cas AS (
-            INSERT INTO eda_aggregates (aggregate_type, aggregate_id, version) VALUES ($1, $2, $4)
+            INSERT INTO eda_aggregates (aggregate_type, aggregate_id, version, last_position)
+            VALUES ($1, $2, $4, (pg_current_xact_id()::text::bigint << 20) | ($4::bigint - $3::bigint))
             ON CONFLICT DO NOTHING
             RETURNING version
         )"
@@ -297,7 +348,8 @@ macro_rules! cas_new {
 macro_rules! cas_existing {
     () => {
         "WITH cas AS (
-            UPDATE eda_aggregates SET version = $4
+            UPDATE eda_aggregates
+            SET version = $4, last_position = (pg_current_xact_id()::text::bigint << 20) | ($4::bigint - $3::bigint)
             WHERE aggregate_type = $1 AND aggregate_id = $2 AND version = $3
             RETURNING version
         )"
@@ -356,7 +408,7 @@ async fn append(
     stream: StreamId<'_>,
     expected_version: u64,
     events: &[NewEvent],
-    metadata: &Metadata,
+    metadata: &str,
 ) -> Result<Appended, StoreError> {
     if events.is_empty() {
         let actual = current_version(client, stream).await?;
@@ -383,7 +435,6 @@ async fn append(
     }
     let expected = to_i64(expected_version);
     let new_version = to_i64(expected_version + events.len() as u64);
-    let metadata = serde_json::to_string(metadata).map_err(backend)?;
     let row = if let [event] = events {
         let params: [&(dyn ToSql + Sync); 9] = [
             &stream.aggregate_type,
@@ -484,6 +535,304 @@ async fn current_version(
     Ok(row.map_or(0, |row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)))
 }
 
+/// Runs one append on its own (the statement [`append_sql`] picks).
+async fn append_alone(
+    client: &deadpool_postgres::Client,
+    stream: StreamId<'_>,
+    expected_version: u64,
+    events: &[NewEvent],
+    metadata: &str,
+) -> Result<Appended, StoreError> {
+    let statement = client
+        .prepare_cached(append_sql(expected_version, events.len()))
+        .await
+        .map_err(backend)?;
+    let connection: &tokio_postgres::Client = client;
+    append(
+        connection,
+        &statement,
+        stream,
+        expected_version,
+        events,
+        metadata,
+    )
+    .await
+}
+
+/// The appends waiting to be committed and the tasks committing them.
+struct Batcher {
+    state: Mutex<BatchState>,
+    max_committers: usize,
+    max_batch: usize,
+}
+
+#[derive(Default)]
+struct BatchState {
+    waiting: Vec<Pending>,
+    /// Tasks running [`commit_waiting`].
+    committers: usize,
+}
+
+impl Batcher {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BatchState> {
+        // The lock guards plain pushes and takes: a panic elsewhere leaves it sound.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// An append waiting for a committing task.
+struct Pending {
+    aggregate_type: String,
+    aggregate_id: String,
+    expected_version: u64,
+    events: Vec<NewEvent>,
+    /// JSON text.
+    metadata: String,
+    reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+impl Pending {
+    fn stream(&self) -> StreamId<'_> {
+        StreamId {
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+        }
+    }
+}
+
+/// A committing task: takes every append waiting (up to the batch limits),
+/// commits them, answers each, and ends when none is left.
+async fn commit_waiting(store: PostgresStore) {
+    loop {
+        let batch = {
+            let mut state = store.batcher.lock();
+            if state.waiting.is_empty() {
+                state.committers -= 1;
+                return;
+            }
+            let (mut appends, mut events) = (0, 0);
+            let take = state
+                .waiting
+                .iter()
+                .take_while(|pending| {
+                    appends += 1;
+                    events += pending.events.len();
+                    appends == 1
+                        || (appends <= store.batcher.max_batch && events < MAX_EVENTS_PER_APPEND)
+                })
+                .count();
+            state.waiting.drain(..take).collect::<Vec<_>>()
+        };
+        let results = commit_batch(&store, &batch).await;
+        for (pending, result) in batch.into_iter().zip(results) {
+            // A caller that stopped waiting no longer wants the answer.
+            let _ = pending.reply.send(result);
+        }
+    }
+}
+
+/// Commits `batch`, one result per append, in order.
+async fn commit_batch(
+    store: &PostgresStore,
+    batch: &[Pending],
+) -> Vec<Result<Appended, StoreError>> {
+    let client = match store.client().await {
+        Ok(client) => client,
+        Err(error) => return batch.iter().map(|_| Err(same_error(&error))).collect(),
+    };
+    if let [only] = batch {
+        return vec![
+            append_alone(
+                &client,
+                only.stream(),
+                only.expected_version,
+                &only.events,
+                &only.metadata,
+            )
+            .await,
+        ];
+    }
+    match append_together(&client, batch).await {
+        Ok(results) => results,
+        // An event id stored already (a retried idempotent command) fails the whole
+        // statement: then each append on its own gets its own answer.
+        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            let mut results = Vec::with_capacity(batch.len());
+            for pending in batch {
+                results.push(
+                    append_alone(
+                        &client,
+                        pending.stream(),
+                        pending.expected_version,
+                        &pending.events,
+                        &pending.metadata,
+                    )
+                    .await,
+                );
+            }
+            results
+        }
+        Err(error) => {
+            let error = backend(error);
+            batch.iter().map(|_| Err(same_error(&error))).collect()
+        }
+    }
+}
+
+/// The same error for every append of a batch.
+fn same_error(error: &StoreError) -> StoreError {
+    StoreError::Backend(error.to_string().into())
+}
+
+/// Several appends in one statement, and so one transaction. Each is a
+/// compare-and-set of its aggregate's version: those that match insert their
+/// events, the others insert nothing. Positions are the transaction id shifted left
+/// by 20 bits plus each event's index in the whole batch. The transaction id is
+/// taken at the batch's first write, before some of the version checks; so each
+/// check also requires the aggregate's last position to be below this
+/// transaction's, or a transaction that began later but committed first could hold
+/// the aggregate's earlier events at later positions. (Appends whose expected
+/// version was read from the store pass anyway; an append that fails only this
+/// check is retried on its own.)
+const APPEND_BATCH: &str = "WITH a AS (
+        SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $12::int8[])
+            WITH ORDINALITY AS a(aggregate_type, aggregate_id, expected, new_version, metadata, last_index, idx)
+    ),
+    existing AS (
+        UPDATE eda_aggregates g
+        SET version = a.new_version,
+            last_position = (pg_current_xact_id()::text::bigint << 20) | a.last_index
+        FROM a
+        WHERE a.expected > 0 AND g.aggregate_type = a.aggregate_type
+          AND g.aggregate_id = a.aggregate_id AND g.version = a.expected
+          AND g.last_position < (pg_current_xact_id()::text::bigint << 20)
+        RETURNING a.idx
+    ),
+    created AS (
+        INSERT INTO eda_aggregates (aggregate_type, aggregate_id, version, last_position)
+        SELECT DISTINCT ON (aggregate_type, aggregate_id) aggregate_type, aggregate_id, new_version,
+               (pg_current_xact_id()::text::bigint << 20) | last_index
+        FROM a WHERE expected = 0
+        ORDER BY aggregate_type, aggregate_id, idx
+        ON CONFLICT DO NOTHING
+        RETURNING aggregate_type, aggregate_id
+    ),
+    won AS (
+        SELECT idx FROM existing
+        UNION ALL
+        SELECT min(a.idx) FROM a JOIN created USING (aggregate_type, aggregate_id)
+        WHERE a.expected = 0
+        GROUP BY a.aggregate_type, a.aggregate_id
+    ),
+    ins AS (
+        INSERT INTO eda_events
+            (position, event_id, aggregate_type, aggregate_id, version, name, event_version, payload, metadata)
+        SELECT (pg_current_xact_id()::text::bigint << 20) | e.ord, e.id, a.aggregate_type, a.aggregate_id,
+               a.expected + e.n, e.name, e.event_version, e.payload::jsonb, a.metadata::jsonb
+        FROM unnest($6::int8[], $7::int8[], $8::uuid[], $9::text[], $10::int4[], $11::text[])
+             WITH ORDINALITY AS e(append, n, id, name, event_version, payload, ord)
+        JOIN a ON a.idx = e.append
+        WHERE e.append IN (SELECT idx FROM won)
+    )
+    SELECT pg_current_xact_id()::text::bigint, ARRAY(SELECT idx FROM won)";
+
+/// Runs [`APPEND_BATCH`]; a losing append gets the conflict with its aggregate's
+/// current version.
+async fn append_together(
+    client: &deadpool_postgres::Client,
+    batch: &[Pending],
+) -> Result<Vec<Result<Appended, StoreError>>, tokio_postgres::Error> {
+    let types: Vec<&str> = batch.iter().map(|p| p.aggregate_type.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(|p| p.aggregate_id.as_str()).collect();
+    let expected: Vec<i64> = batch.iter().map(|p| to_i64(p.expected_version)).collect();
+    let new_versions: Vec<i64> = batch
+        .iter()
+        .map(|p| to_i64(p.expected_version + p.events.len() as u64))
+        .collect();
+    let metadata: Vec<&str> = batch.iter().map(|p| p.metadata.as_str()).collect();
+    // Each append's last event's index in the batch.
+    let last_indexes: Vec<i64> = batch
+        .iter()
+        .scan(0, |last, p| {
+            *last += p.events.len() as i64;
+            Some(*last)
+        })
+        .collect();
+    let events = batch.iter().enumerate().flat_map(|(i, p)| {
+        p.events
+            .iter()
+            .enumerate()
+            .map(move |(n, event)| (i, n, event))
+    });
+    let (mut append_of, mut index_in_append, mut event_ids, mut names, mut versions, mut payloads) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for (i, n, event) in events {
+        append_of.push(i as i64 + 1);
+        index_in_append.push(n as i64 + 1);
+        event_ids.push(event.event_id);
+        names.push(event.name.as_ref());
+        versions.push(i32::try_from(event.version).unwrap_or(i32::MAX));
+        payloads.push(event.payload.as_str());
+    }
+    let params: [&(dyn ToSql + Sync); 12] = [
+        &types,
+        &ids,
+        &expected,
+        &new_versions,
+        &metadata,
+        &append_of,
+        &index_in_append,
+        &event_ids,
+        &names,
+        &versions,
+        &payloads,
+        &last_indexes,
+    ];
+    let statement = client.prepare_cached(APPEND_BATCH).await?;
+    let row = client.query_one(&statement, &params).await?;
+    let transaction: i64 = row.get(0);
+    let won: Vec<i64> = row.get(1);
+    let mut results = Vec::with_capacity(batch.len());
+    for ((i, pending), last_index) in batch.iter().enumerate().zip(last_indexes) {
+        let stream = pending.stream();
+        let connection: &tokio_postgres::Client = client;
+        if won.contains(&(i as i64 + 1)) {
+            results.push(Ok(Appended {
+                version: pending.expected_version + pending.events.len() as u64,
+                position: u64::try_from((transaction << 20) | last_index).unwrap_or(0),
+            }));
+            continue;
+        }
+        results.push(match current_version(connection, stream).await {
+            // Only the order check failed: on its own, the append is the
+            // transaction's first write and needs no such check.
+            Ok(actual) if actual == pending.expected_version && actual > 0 => {
+                append_alone(
+                    client,
+                    stream,
+                    pending.expected_version,
+                    &pending.events,
+                    &pending.metadata,
+                )
+                .await
+            }
+            Ok(actual) => Err(StoreError::conflict(
+                stream,
+                pending.expected_version,
+                actual,
+            )),
+            Err(error) => Err(error),
+        });
+    }
+    Ok(results)
+}
+
 impl EventStore for PostgresStore {
     async fn append(
         &self,
@@ -492,21 +841,36 @@ impl EventStore for PostgresStore {
         events: Vec<NewEvent>,
         metadata: &Metadata,
     ) -> Result<Appended, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(append_sql(expected_version, events.len()))
-            .await
-            .map_err(backend)?;
-        let connection: &tokio_postgres::Client = &client;
-        append(
-            connection,
-            &statement,
-            stream,
-            expected_version,
-            &events,
-            metadata,
-        )
-        .await
+        let metadata = serde_json::to_string(metadata).map_err(backend)?;
+        if events.is_empty() || events.len() >= MAX_EVENTS_PER_APPEND {
+            // Nothing to batch: answered (or refused) by the plain path.
+            let client = self.client().await?;
+            return append_alone(&client, stream, expected_version, &events, &metadata).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        let start_committer = {
+            let mut state = self.batcher.lock();
+            state.waiting.push(Pending {
+                aggregate_type: stream.aggregate_type.to_owned(),
+                aggregate_id: stream.aggregate_id.to_owned(),
+                expected_version,
+                events,
+                metadata,
+                reply,
+            });
+            let start = state.committers < self.batcher.max_committers;
+            state.committers += usize::from(start);
+            start
+        };
+        if start_committer {
+            tokio::spawn(commit_waiting(self.clone()));
+        }
+        answer.await.map_err(|_| {
+            StoreError::Backend(
+                "the committing task ended without an answer; the append may or may not be stored"
+                    .into(),
+            )
+        })?
     }
 
     async fn read_stream(
