@@ -796,8 +796,8 @@ async fn append_together(
     ];
     let statement = client.prepare_cached(APPEND_BATCH).await?;
     let row = client.query_one(&statement, &params).await?;
-    let transaction: i64 = row.get(0);
-    let won: Vec<i64> = row.get(1);
+    let transaction: i64 = row.try_get(0)?;
+    let won: Vec<i64> = row.try_get(1)?;
     let mut results = Vec::with_capacity(batch.len());
     for ((i, pending), last_index) in batch.iter().enumerate().zip(last_indexes) {
         let stream = pending.stream();
