@@ -74,6 +74,17 @@ impl TestDb {
         client
     }
 
+    /// Another store on the test schema, with a pool of 4 and so one committing
+    /// task: concurrent appends queue up and share statements.
+    async fn one_committer(&self) -> PostgresStore {
+        PostgresStore::connect_with(
+            &self.url,
+            PostgresOptions::new().schema(&self.schema).pool_size(4),
+        )
+        .await
+        .unwrap()
+    }
+
     async fn drop_schema(self) {
         let client = self.connect().await;
         drop(self.store);
@@ -130,13 +141,7 @@ async fn concurrent_appends_commit_together_each_with_its_own_answer() {
     let Some(db) = TestDb::new().await else {
         return;
     };
-    // A pool of 4 has one committing task, so appends queue up and share statements.
-    let store = PostgresStore::connect_with(
-        &db.url,
-        PostgresOptions::new().schema(&db.schema).pool_size(4),
-    )
-    .await
-    .unwrap();
+    let store = db.one_committer().await;
     let event = |n: usize| common::new_event("Noted", &format!(r#"{{"n":{n}}}"#));
     store
         .append(
@@ -303,12 +308,7 @@ async fn a_batched_append_never_lands_before_its_aggregates_last_event() {
     let Some(db) = TestDb::new().await else {
         return;
     };
-    let store = PostgresStore::connect_with(
-        &db.url,
-        PostgresOptions::new().schema(&db.schema).pool_size(4),
-    )
-    .await
-    .unwrap();
+    let store = db.one_committer().await;
     let ids = ["blocker", "late", "a0", "a1", "a2", "a3", "a4"];
     for id in ids {
         store

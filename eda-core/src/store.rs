@@ -131,6 +131,47 @@ pub(crate) fn backend(error: impl std::error::Error + Send + Sync + 'static) -> 
 }
 
 /// A version or position as the databases' signed 64-bit integer.
+/// An append handed to another thread or task (the SQLite writer, a PostgreSQL
+/// committing task), with the channel its answer goes back on.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) struct AppendRequest {
+    pub(crate) aggregate_type: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) expected_version: u64,
+    pub(crate) events: Vec<NewEvent>,
+    /// JSON text.
+    pub(crate) metadata: String,
+    pub(crate) reply: tokio::sync::oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl AppendRequest {
+    /// Takes a copy of the append, to send it away.
+    pub(crate) fn new(
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: Vec<NewEvent>,
+        metadata: String,
+        reply: tokio::sync::oneshot::Sender<Result<Appended, StoreError>>,
+    ) -> AppendRequest {
+        AppendRequest {
+            aggregate_type: stream.aggregate_type.to_owned(),
+            aggregate_id: stream.aggregate_id.to_owned(),
+            expected_version,
+            events,
+            metadata,
+            reply,
+        }
+    }
+
+    pub(crate) fn stream(&self) -> StreamId<'_> {
+        StreamId {
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+        }
+    }
+}
+
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)

@@ -37,7 +37,7 @@ use uuid::Uuid;
 
 use crate::envelope::{Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
 use crate::error::StoreError;
-use crate::store::{backend, to_i64, Appended, EventStore};
+use crate::store::{backend, to_i64, AppendRequest, Appended, EventStore};
 
 /// The schema version this code creates and reads.
 const SCHEMA_VERSION: i32 = 3;
@@ -568,7 +568,7 @@ struct Batcher {
 
 #[derive(Default)]
 struct BatchState {
-    waiting: Vec<Pending>,
+    waiting: Vec<AppendRequest>,
     /// Tasks running [`commit_waiting`].
     committers: usize,
 }
@@ -577,26 +577,6 @@ impl Batcher {
     fn lock(&self) -> std::sync::MutexGuard<'_, BatchState> {
         // The lock guards plain pushes and takes: a panic elsewhere leaves it sound.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// An append waiting for a committing task.
-struct Pending {
-    aggregate_type: String,
-    aggregate_id: String,
-    expected_version: u64,
-    events: Vec<NewEvent>,
-    /// JSON text.
-    metadata: String,
-    reply: oneshot::Sender<Result<Appended, StoreError>>,
-}
-
-impl Pending {
-    fn stream(&self) -> StreamId<'_> {
-        StreamId {
-            aggregate_type: &self.aggregate_type,
-            aggregate_id: &self.aggregate_id,
-        }
     }
 }
 
@@ -634,7 +614,7 @@ async fn commit_waiting(store: PostgresStore) {
 /// Commits `batch`, one result per append, in order.
 async fn commit_batch(
     store: &PostgresStore,
-    batch: &[Pending],
+    batch: &[AppendRequest],
 ) -> Vec<Result<Appended, StoreError>> {
     let client = match store.client().await {
         Ok(client) => client,
@@ -740,7 +720,7 @@ const APPEND_BATCH: &str = "WITH a AS (
 /// current version.
 async fn append_together(
     client: &deadpool_postgres::Client,
-    batch: &[Pending],
+    batch: &[AppendRequest],
 ) -> Result<Vec<Result<Appended, StoreError>>, tokio_postgres::Error> {
     let types: Vec<&str> = batch.iter().map(|p| p.aggregate_type.as_str()).collect();
     let ids: Vec<&str> = batch.iter().map(|p| p.aggregate_id.as_str()).collect();
@@ -850,14 +830,13 @@ impl EventStore for PostgresStore {
         let (reply, answer) = oneshot::channel();
         let start_committer = {
             let mut state = self.batcher.lock();
-            state.waiting.push(Pending {
-                aggregate_type: stream.aggregate_type.to_owned(),
-                aggregate_id: stream.aggregate_id.to_owned(),
+            state.waiting.push(AppendRequest::new(
+                stream,
                 expected_version,
                 events,
                 metadata,
                 reply,
-            });
+            ));
             let start = state.committers < self.batcher.max_committers;
             state.committers += usize::from(start);
             start

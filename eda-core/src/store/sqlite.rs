@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::envelope::{Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
 use crate::error::StoreError;
 use crate::failpoint;
-use crate::store::{backend, to_i64, Appended, EventStore};
+use crate::store::{backend, to_i64, AppendRequest, Appended, EventStore};
 
 /// The schema version this code creates and reads.
 const SCHEMA_VERSION: u32 = 2;
@@ -241,15 +241,6 @@ struct SnapshotRequest {
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
-struct AppendRequest {
-    aggregate_type: String,
-    aggregate_id: String,
-    expected_version: u64,
-    events: Vec<NewEvent>,
-    metadata: String,
-    reply: oneshot::Sender<Result<Appended, StoreError>>,
-}
-
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 impl SqliteStore {
@@ -343,14 +334,8 @@ impl EventStore for SqliteStore {
         metadata: &Metadata,
     ) -> Result<Appended, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let request = AppendRequest {
-            aggregate_type: stream.aggregate_type.to_owned(),
-            aggregate_id: stream.aggregate_id.to_owned(),
-            expected_version,
-            events,
-            metadata: serde_json::to_string(metadata).map_err(backend)?,
-            reply,
-        };
+        let metadata = serde_json::to_string(metadata).map_err(backend)?;
+        let request = AppendRequest::new(stream, expected_version, events, metadata, reply);
         let pace = &self.inner.pace;
         let _in_flight = InFlight::enter(pace);
         self.inner
@@ -841,10 +826,7 @@ fn append_in_savepoint(
         .map_err(backend)?
         .map_or(0, |v| u64::try_from(v).unwrap_or_default());
     if actual != request.expected_version {
-        let stream = StreamId {
-            aggregate_type: &request.aggregate_type,
-            aggregate_id: &request.aggregate_id,
-        };
+        let stream = request.stream();
         return Err(StoreError::conflict(
             stream,
             request.expected_version,
