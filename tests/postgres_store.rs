@@ -309,7 +309,7 @@ async fn a_batched_append_never_lands_before_its_aggregates_last_event() {
         return;
     };
     let store = db.one_committer().await;
-    let ids = ["blocker", "late", "a0", "a1", "a2", "a3", "a4"];
+    let ids = ["blocker", "blocker2", "late", "a0", "a1", "a2", "a3", "a4"];
     for id in ids {
         store
             .append(
@@ -328,11 +328,12 @@ async fn a_batched_append_never_lands_before_its_aggregates_last_event() {
     )
     .await
     .unwrap();
-    // Hold the only committing task on the blocker's row while the others queue.
+    // Hold the blockers' rows: the first append is sent by its own task, the
+    // second by the only committing task, and the others queue behind it.
     let locker = db.connect().await;
     locker
         .batch_execute(
-            "BEGIN; SELECT 1 FROM eda_aggregates WHERE aggregate_id = 'blocker' FOR UPDATE",
+            "BEGIN; SELECT 1 FROM eda_aggregates WHERE aggregate_id LIKE 'blocker%' FOR UPDATE",
         )
         .await
         .unwrap();
@@ -350,12 +351,17 @@ async fn a_batched_append_never_lands_before_its_aggregates_last_event() {
                 .unwrap()
         })
     };
-    let blocker = append("blocker");
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let rest: Vec<_> = ids[1..].iter().map(|&id| (id, append(id))).collect();
+    let mut blockers = Vec::new();
+    for id in &ids[..2] {
+        blockers.push(append(id));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let rest: Vec<_> = ids[2..].iter().map(|&id| (id, append(id))).collect();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     locker.batch_execute("COMMIT").await.unwrap();
-    blocker.await.unwrap();
+    for blocker in blockers {
+        blocker.await.unwrap();
+    }
     let mut transaction_of = std::collections::HashMap::new();
     for (id, task) in rest {
         let appended = task.await.unwrap();

@@ -87,7 +87,8 @@ impl PostgresOptions {
     /// Appends from concurrent callers queue for a few committing tasks (one per 8
     /// pooled connections, at least one); each takes every append waiting and
     /// commits them in one statement and one transaction, where each append still
-    /// succeeds or conflicts on its own. A sequential caller's append goes alone.
+    /// succeeds or conflicts on its own. The only append in flight (a sequential
+    /// caller's) is sent from its caller's task, without waiting for another.
     /// An append whose event id is stored already fails the shared statement; its
     /// batch is then committed append by append.
     pub fn max_batch(mut self, appends: usize) -> Self {
@@ -571,6 +572,18 @@ struct BatchState {
     waiting: Vec<AppendRequest>,
     /// Tasks running [`commit_waiting`].
     committers: usize,
+    /// Appends sent by their caller's own task: at most one, when nothing else
+    /// is in flight.
+    alone: usize,
+}
+
+/// Marks the append its caller sends itself until it ends (or is cancelled).
+struct Alone<'a>(&'a Batcher);
+
+impl Drop for Alone<'_> {
+    fn drop(&mut self) {
+        self.0.lock().alone -= 1;
+    }
 }
 
 impl Batcher {
@@ -822,8 +835,21 @@ impl EventStore for PostgresStore {
         metadata: &Metadata,
     ) -> Result<Appended, StoreError> {
         let metadata = serde_json::to_string(metadata).map_err(backend)?;
-        if events.is_empty() || events.len() >= MAX_EVENTS_PER_APPEND {
+        if events.is_empty() || events.len() >= MAX_EVENTS_PER_APPEND || self.batcher.max_batch == 1
+        {
             // Nothing to batch: answered (or refused) by the plain path.
+            let client = self.client().await?;
+            return append_alone(&client, stream, expected_version, &events, &metadata).await;
+        }
+        let go_alone = {
+            let mut state = self.batcher.lock();
+            let alone = state.alone == 0 && state.committers == 0 && state.waiting.is_empty();
+            state.alone += usize::from(alone);
+            alone
+        };
+        if go_alone {
+            // The only append: sent from this task, without a hop to another.
+            let _alone = Alone(&self.batcher);
             let client = self.client().await?;
             return append_alone(&client, stream, expected_version, &events, &metadata).await;
         }
