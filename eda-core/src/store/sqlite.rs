@@ -104,10 +104,13 @@ impl SqliteOptions {
     /// reply also lets the writer thread fall asleep before the next append: a
     /// sequential caller gets a third to a half fewer appends per second without
     /// polling (see the README's performance section). The price is CPU: the
-    /// caller's thread stays busy while it waits. The caller polls only when its
-    /// request is the only one in flight (and, for an append, when the writer's
-    /// last transaction took no longer than this); concurrent callers (group
-    /// commit) always sleep.
+    /// caller's thread stays busy while it waits, yielding its CPU to any thread
+    /// that wants it. The caller polls only when its request is the only one in
+    /// flight (and, for an append, when the writer's last transaction took no
+    /// longer than this); concurrent callers (group commit) always sleep. A poller
+    /// that finds it lost its CPU for half a millisecond (another busy thread, or a
+    /// busy runtime) stops, and callers then sleep for the next 50 ms: on a busy
+    /// machine polling would only take CPU time from the writer.
     pub fn poll_for_reply(mut self, window: Duration) -> Self {
         self.poll_for_reply = window;
         self
@@ -150,6 +153,23 @@ struct Pace {
     last_write_micros: AtomicU64,
     /// [`SqliteOptions::poll_for_reply`].
     poll_window: Duration,
+    /// Until when callers sleep instead of polling (microseconds since `epoch`),
+    /// after a poller found itself descheduled: the CPU is busy.
+    no_polling_until: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+/// A poller that finds this long between two of its polls lost its CPU to another
+/// thread (or its runtime is busy): polling would only slow the writer down.
+const DESCHEDULED: Duration = Duration::from_micros(500);
+
+/// How long callers then sleep instead of polling.
+const BACK_OFF: Duration = Duration::from_millis(50);
+
+impl Pace {
+    fn micros(&self, at: std::time::Instant) -> u64 {
+        u64::try_from(at.duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
+    }
 }
 
 /// Counts an append as in flight until it is dropped (answered or cancelled).
@@ -169,23 +189,42 @@ impl Drop for InFlight<'_> {
 }
 
 /// The reply of a writer or reader thread. The only request in flight polls for
-/// it for up to [`SqliteOptions::poll_for_reply`], yielding to other tasks
-/// between polls, unless it is `expected` to take longer than that; then, or with
-/// several requests in flight (group commit), it sleeps until woken.
+/// it for up to [`SqliteOptions::poll_for_reply`], yielding to other threads and
+/// tasks between polls, unless it is `expected` to take longer than that; then, or
+/// with several requests in flight (group commit), or while the CPU is busy, it
+/// sleeps until woken.
 async fn reply_of<T>(
     mut rx: oneshot::Receiver<Result<T, StoreError>>,
     pace: &Pace,
     expected: Duration,
 ) -> Result<T, StoreError> {
     let window = pace.poll_window;
-    if pace.in_flight.load(Ordering::Relaxed) == 1 && !window.is_zero() && expected <= window {
-        let until = std::time::Instant::now() + window;
-        while std::time::Instant::now() < until {
+    let start = std::time::Instant::now();
+    if pace.in_flight.load(Ordering::Relaxed) == 1
+        && !window.is_zero()
+        && expected <= window
+        && pace.micros(start) >= pace.no_polling_until.load(Ordering::Relaxed)
+    {
+        let mut last = start;
+        loop {
             match rx.try_recv() {
                 Ok(result) => return result,
                 Err(oneshot::error::TryRecvError::Closed) => return Err(closed()),
-                Err(oneshot::error::TryRecvError::Empty) => YieldNow(false).await,
+                Err(oneshot::error::TryRecvError::Empty) => {}
             }
+            // Let a thread waiting for this CPU (the writer, perhaps) have it.
+            std::thread::yield_now();
+            YieldNow(false).await;
+            let now = std::time::Instant::now();
+            if now.duration_since(last) > DESCHEDULED {
+                let until = pace.micros(now + BACK_OFF);
+                pace.no_polling_until.store(until, Ordering::Relaxed);
+                break;
+            }
+            if now.duration_since(start) > window {
+                break;
+            }
+            last = now;
         }
     }
     rx.await.map_err(|_| closed())?
@@ -260,6 +299,8 @@ impl SqliteStore {
             in_flight: AtomicUsize::new(0),
             last_write_micros: AtomicU64::new(0),
             poll_window: options.poll_for_reply,
+            no_polling_until: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         });
         let writer_pace = Arc::clone(&pace);
         let (writer_path, writer_options) = (path.clone(), options.clone());
