@@ -257,8 +257,6 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// What the writer thread does: appends, and snapshots (which need the one write
-/// connection too).
 /// What the writer thread is sent.
 enum WriterJob {
     Write(WriteRequest),
@@ -268,6 +266,8 @@ enum WriterJob {
     Read(ReadJob),
 }
 
+/// What the writer thread writes: appends, and snapshots (which need the one write
+/// connection too).
 enum WriteRequest {
     Append(AppendRequest),
     Snapshot(SnapshotRequest),
