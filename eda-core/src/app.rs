@@ -724,7 +724,27 @@ fn restore<A: Aggregate>(snapshot: &Snapshot, id: &str) -> Option<Cached<A>> {
 /// The shape of `A`'s state: field names and JSON kinds of the default state,
 /// nested, hashed with FNV-1a (stable across builds, unlike the std hasher). Two
 /// states with other fields, or fields of another kind, have other fingerprints.
+/// Worked out once per type: every snapshot load and save compares or stores it.
 fn state_fingerprint<A: Aggregate>() -> u64 {
+    static FINGERPRINTS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<std::any::TypeId, u64>>,
+    > = std::sync::OnceLock::new();
+    let known = FINGERPRINTS.get_or_init(Default::default);
+    let lock = || {
+        known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
+    let id = std::any::TypeId::of::<A>();
+    if let Some(&fingerprint) = lock().get(&id) {
+        return fingerprint;
+    }
+    let fingerprint = shape_fingerprint::<A>();
+    lock().insert(id, fingerprint);
+    fingerprint
+}
+
+fn shape_fingerprint<A: Aggregate>() -> u64 {
     fn shape(value: &serde_json::Value, out: &mut String) {
         match value {
             serde_json::Value::Object(fields) => {

@@ -560,6 +560,22 @@ async fn append_alone(
     .await
 }
 
+/// Runs a queued append on its own.
+async fn append_request_alone(
+    client: &deadpool_postgres::Client,
+    request: &AppendRequest,
+) -> Result<Appended, StoreError> {
+    let (events, metadata) = (&request.events, &request.metadata);
+    append_alone(
+        client,
+        request.stream(),
+        request.expected_version,
+        events,
+        metadata,
+    )
+    .await
+}
+
 /// The appends waiting to be committed and the tasks committing them.
 struct Batcher {
     state: Mutex<BatchState>,
@@ -634,16 +650,7 @@ async fn commit_batch(
         Err(error) => return batch.iter().map(|_| Err(same_error(&error))).collect(),
     };
     if let [only] = batch {
-        return vec![
-            append_alone(
-                &client,
-                only.stream(),
-                only.expected_version,
-                &only.events,
-                &only.metadata,
-            )
-            .await,
-        ];
+        return vec![append_request_alone(&client, only).await];
     }
     match append_together(&client, batch).await {
         Ok(results) => results,
@@ -652,16 +659,7 @@ async fn commit_batch(
         Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             let mut results = Vec::with_capacity(batch.len());
             for pending in batch {
-                results.push(
-                    append_alone(
-                        &client,
-                        pending.stream(),
-                        pending.expected_version,
-                        &pending.events,
-                        &pending.metadata,
-                    )
-                    .await,
-                );
+                results.push(append_request_alone(&client, pending).await);
             }
             results
         }
@@ -806,14 +804,7 @@ async fn append_together(
             // Only the order check failed: on its own, the append is the
             // transaction's first write and needs no such check.
             Ok(actual) if actual == pending.expected_version && actual > 0 => {
-                append_alone(
-                    client,
-                    stream,
-                    pending.expected_version,
-                    &pending.events,
-                    &pending.metadata,
-                )
-                .await
+                append_request_alone(client, pending).await
             }
             Ok(actual) => Err(StoreError::conflict(
                 stream,
