@@ -685,17 +685,39 @@ async fn bad_rows_are_typed_errors_and_other_aggregates_still_load() {
         }
         other => panic!("expected an unknown event, got {other:?}"),
     }
+    let bad_position = db
+        .store
+        .read_stream(common::stream("Account", "bad"), 0)
+        .await
+        .unwrap()[0]
+        .position;
     client
         .batch_execute(
             r#"UPDATE eda_events SET metadata = '{"user": 5}' WHERE aggregate_id = 'bad'"#,
         )
         .await
         .unwrap();
-    let err = fresh.load::<Account>(&"bad".to_string()).await.unwrap_err();
+    // Metadata of the wrong shape: the reads that return it say so, with the
+    // position; replay does not read it.
+    let err = db
+        .store
+        .read_stream(common::stream("Account", "bad"), 0)
+        .await
+        .unwrap_err();
     assert!(
-        matches!(err, LoadError::Store(StoreError::Corrupt { .. })),
+        matches!(err, StoreError::Corrupt { position, .. } if position == bad_position),
         "{err:?}"
     );
+    assert!(matches!(
+        db.store.read_all(0, 10).await,
+        Err(StoreError::Corrupt { position, .. }) if position == bad_position
+    ));
+    client
+        .batch_execute("UPDATE eda_events SET name = 'AccountOpened', payload = '{\"owner\":\"bob\"}' WHERE aggregate_id = 'bad'")
+        .await
+        .unwrap();
+    let account = fresh.load::<Account>(&"bad".to_string()).await.unwrap();
+    assert_eq!(account.owner.as_deref(), Some("bob"));
     assert_eq!(
         fresh
             .load::<Account>(&"good".to_string())

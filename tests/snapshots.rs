@@ -267,13 +267,13 @@ impl EventStore for RacyStore {
     async fn read_from_snapshot(
         &self,
         s: StreamId<'_>,
-    ) -> Result<(Option<Snapshot>, Vec<eda::RecordedEvent>), StoreError> {
+    ) -> Result<(Option<Snapshot>, Vec<eda::ReplayEvent>), StoreError> {
         let newer = self
             .inner
             .load_snapshot(s)
             .await?
             .expect("a newer snapshot");
-        let tail = self.inner.read_stream(s, newer.version).await?;
+        let tail = self.inner.read_for_replay(s, newer.version).await?;
         Ok((Some(self.older.clone()), tail))
     }
 }

@@ -127,7 +127,7 @@ async fn a_corrupt_row_is_a_typed_error_and_other_aggregates_still_load() {
     }
     sql(
         &path,
-        "UPDATE eda_events SET metadata = 'not json' WHERE aggregate_id = 'bad'",
+        "UPDATE eda_events SET payload = x'00ff' WHERE aggregate_id = 'bad'",
     );
     let fresh = App::new(store.clone());
     let err = fresh.load::<Account>(&"bad".to_string()).await.unwrap_err();
@@ -140,7 +140,7 @@ async fn a_corrupt_row_is_a_typed_error_and_other_aggregates_still_load() {
     );
     assert!(
         err.to_string()
-            .starts_with("stored event at position 2 is corrupt: metadata is not valid"),
+            .starts_with("stored event at position 2 is corrupt: payload is not text"),
         "{err}"
     );
     assert_eq!(
@@ -152,6 +152,28 @@ async fn a_corrupt_row_is_a_typed_error_and_other_aggregates_still_load() {
             .as_deref(),
         Some("ada")
     );
+
+    // Corrupt metadata: the reads that return it say so; replay does not read it.
+    sql(
+        &path,
+        "UPDATE eda_events SET payload = '{\"owner\":\"bob\"}', metadata = 'not json' \
+         WHERE aggregate_id = 'bad'",
+    );
+    let err = store
+        .read_stream(common::stream("Account", "bad"), 0)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("stored event at position 2 is corrupt: metadata is not valid"),
+        "{err}"
+    );
+    assert!(matches!(
+        store.read_all(0, 10).await,
+        Err(StoreError::Corrupt { position: 2, .. })
+    ));
+    let account = fresh.load::<Account>(&"bad".to_string()).await.unwrap();
+    assert_eq!(account.owner.as_deref(), Some("bob"));
 
     // A payload that is not the event's shape is the same decode error as anywhere.
     sql(

@@ -237,16 +237,16 @@ impl App {
             Some(None) => return Ok(false),
             None => {}
         }
-        for recorded in &tail {
+        for event in &tail {
             // The snapshot and the tail may come from two reads with a snapshot
             // saved in between: skip events the state holds, and stop at a gap.
-            if recorded.version <= cached.version {
+            if event.version <= cached.version {
                 continue;
             }
-            if recorded.version != cached.version + 1 {
+            if event.version != cached.version + 1 {
                 return Ok(false);
             }
-            apply_recorded(cached, &recorded.as_ref())?;
+            apply_recorded(cached, &event.as_ref(stream))?;
         }
         Ok(true)
     }
@@ -279,9 +279,9 @@ impl App {
             // Decoded where they are kept: no copies of the stored events.
             return Ok(memory.for_each_in_stream(stream, after, apply)?);
         }
-        let events = self.inner.store.read_stream(stream, after).await?;
-        for recorded in &events {
-            apply(recorded.as_ref())?;
+        let events = self.inner.store.read_for_replay(stream, after).await?;
+        for event in &events {
+            apply(event.as_ref(stream))?;
         }
         Ok(())
     }

@@ -110,6 +110,53 @@ impl RecordedEvent {
     }
 }
 
+/// A stored event as replay reads it: what rebuilding an aggregate's state needs.
+///
+/// [`EventStore::read_for_replay`](crate::EventStore::read_for_replay) and
+/// [`EventStore::read_from_snapshot`](crate::EventStore::read_from_snapshot) return
+/// these rather than [`RecordedEvent`]s, so that a store can leave out what replay
+/// never looks at: the metadata, the recording time, the event id, and the stream's
+/// name repeated on every row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayEvent {
+    /// Position in the global log (named in decode errors).
+    pub position: u64,
+    /// Version within the aggregate.
+    pub version: u64,
+    /// Stored event name.
+    pub name: String,
+    /// Schema version the payload was written with.
+    pub event_version: u32,
+    /// Serialized payload (JSON).
+    pub payload: String,
+}
+
+impl From<RecordedEvent> for ReplayEvent {
+    fn from(event: RecordedEvent) -> ReplayEvent {
+        ReplayEvent {
+            position: event.position,
+            version: event.version,
+            name: event.name,
+            event_version: event.event_version,
+            payload: event.payload,
+        }
+    }
+}
+
+impl ReplayEvent {
+    /// This event of `stream`, as replay reads it.
+    pub(crate) fn as_ref<'a>(&'a self, stream: StreamId<'a>) -> EventRef<'a> {
+        EventRef {
+            position: self.position,
+            stream,
+            version: self.version,
+            name: &self.name,
+            event_version: self.event_version,
+            payload: &self.payload,
+        }
+    }
+}
+
 /// What replay needs of a stored event, borrowed from wherever it is kept.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EventRef<'a> {

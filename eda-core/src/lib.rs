@@ -22,7 +22,7 @@ pub mod __private;
 pub use aggregate::{Aggregate, AggregateEvent, AggregateId, Handle, IntoEvents};
 pub use app::{App, AppBuilder, Committed, Execute, ExecuteFuture};
 pub use command::{Command, HandledCommand};
-pub use envelope::{Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
+pub use envelope::{Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId};
 pub use error::{CommandError, DecodeError, DecodeErrorKind, LoadError, RegistryError, StoreError};
 pub use event::Event;
 pub use registry::{registry, DecodeFn, EventRegistration, Registry};

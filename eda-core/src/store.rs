@@ -3,7 +3,7 @@ use std::pin::Pin;
 
 use uuid::Uuid;
 
-use crate::envelope::{Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
+use crate::envelope::{Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId};
 use crate::error::StoreError;
 
 pub mod memory;
@@ -96,19 +96,33 @@ pub trait EventStore: Send + Sync + 'static {
         std::future::ready(Ok(()))
     }
 
+    /// The events of `stream` after `after_version`, in version order, as replay
+    /// reads them. The default takes them from [`read_stream`](Self::read_stream);
+    /// a store can read less per event (no metadata, no stream name per row).
+    fn read_for_replay(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+    ) -> impl Future<Output = Result<Vec<ReplayEvent>, StoreError>> + Send {
+        async move {
+            let events = self.read_stream(stream, after_version).await?;
+            Ok(events.into_iter().map(ReplayEvent::from).collect())
+        }
+    }
+
     /// The stream's latest snapshot and the events after it (every event when there
-    /// is none). The default reads one, then the other; a store may answer both in
-    /// one round trip. A snapshot newer than the first event of the tail can come
-    /// back (it was saved in between): callers skip the events it includes.
+    /// is none), as replay reads them. The default reads one, then the other; a
+    /// store may answer both in one round trip. A snapshot newer than the first
+    /// event of the tail can come back (it was saved in between): callers skip the
+    /// events it includes.
     fn read_from_snapshot(
         &self,
         stream: StreamId<'_>,
-    ) -> impl Future<Output = Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError>> + Send
-    {
+    ) -> impl Future<Output = Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError>> + Send {
         async move {
             let snapshot = self.load_snapshot(stream).await?;
             let events = self
-                .read_stream(stream, snapshot.as_ref().map_or(0, |s| s.version))
+                .read_for_replay(stream, snapshot.as_ref().map_or(0, |s| s.version))
                 .await?;
             Ok((snapshot, events))
         }
@@ -190,11 +204,11 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
         metadata: &'a Metadata,
     ) -> BoxFuture<'a, Result<Appended, StoreError>>;
 
-    fn read_stream<'a>(
+    fn read_for_replay<'a>(
         &'a self,
         stream: StreamId<'a>,
         after_version: u64,
-    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Vec<ReplayEvent>, StoreError>>;
 
     fn read_event(
         &self,
@@ -211,7 +225,7 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
     fn read_from_snapshot<'a>(
         &'a self,
         stream: StreamId<'a>,
-    ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError>>;
+    ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError>>;
 
     /// The store as a [`memory::MemoryStore`], whose appends complete without waiting.
     fn as_memory(&self) -> Option<&memory::MemoryStore>;
@@ -234,12 +248,12 @@ impl<S: EventStore> DynEventStore for S {
         ))
     }
 
-    fn read_stream<'a>(
+    fn read_for_replay<'a>(
         &'a self,
         stream: StreamId<'a>,
         after_version: u64,
-    ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
-        Box::pin(EventStore::read_stream(self, stream, after_version))
+    ) -> BoxFuture<'a, Result<Vec<ReplayEvent>, StoreError>> {
+        Box::pin(EventStore::read_for_replay(self, stream, after_version))
     }
 
     fn read_event(
@@ -260,7 +274,7 @@ impl<S: EventStore> DynEventStore for S {
     fn read_from_snapshot<'a>(
         &'a self,
         stream: StreamId<'a>,
-    ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError>> {
+    ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError>> {
         Box::pin(EventStore::read_from_snapshot(self, stream))
     }
 

@@ -35,7 +35,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, NoTls, Row, Statement};
 use uuid::Uuid;
 
-use crate::envelope::{Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
+use crate::envelope::{Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId};
 use crate::error::StoreError;
 use crate::store::{backend, to_i64, AppendRequest, Appended, EventStore};
 
@@ -164,6 +164,7 @@ impl PostgresStore {
         );
         let pool = Pool::builder(manager)
             .max_size(options.pool_size)
+            .queue_mode(deadpool::managed::QueueMode::Lifo)
             .build()
             .map_err(backend)?;
         let batcher = Arc::new(Batcher {
@@ -328,9 +329,13 @@ impl PostgresStore {
     }
 }
 
-const COLUMNS: &str =
-    "position, event_id, aggregate_type, aggregate_id, version, name, event_version, \
-                       payload::text, metadata::text, recorded_at";
+/// A full [`RecordedEvent`]'s columns, in the order [`recorded`] reads them.
+macro_rules! columns {
+    () => {
+        "position, event_id, aggregate_type, aggregate_id, version, name, event_version, \
+         payload::text, metadata::text, recorded_at"
+    };
+}
 
 /// Compare-and-set of the aggregate's version, then the events, in one statement;
 /// the CAS is the statement's first write. `$3` is the expected version, `$4` the
@@ -875,13 +880,7 @@ impl EventStore for PostgresStore {
         after_version: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM eda_events \
-                 WHERE aggregate_type = $1 AND aggregate_id = $2 AND version > $3 ORDER BY version"
-            ))
-            .await
-            .map_err(backend)?;
+        let statement = client.prepare_cached(READ_STREAM).await.map_err(backend)?;
         let rows = client
             .query(
                 &statement,
@@ -896,21 +895,37 @@ impl EventStore for PostgresStore {
         rows.iter().map(recorded).collect()
     }
 
+    async fn read_for_replay(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+    ) -> Result<Vec<ReplayEvent>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(READ_FOR_REPLAY)
+            .await
+            .map_err(backend)?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &stream.aggregate_type,
+                    &stream.aggregate_id,
+                    &to_i64(after_version),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        rows.iter().map(replay_event).collect()
+    }
+
     async fn read_all(
         &self,
         after_position: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM eda_events \
-                 WHERE position > $1 \
-                   AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20) \
-                 ORDER BY position LIMIT $2"
-            ))
-            .await
-            .map_err(backend)?;
+        let statement = client.prepare_cached(READ_ALL).await.map_err(backend)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = client
             .query(&statement, &[&to_i64(after_position), &limit])
@@ -955,31 +970,15 @@ impl EventStore for PostgresStore {
         Ok(())
     }
 
-    /// Both reads in one round trip: the two queries are pipelined on one connection.
+    /// The snapshot and its tail in one statement: one reply to wait for, and one
+    /// view of the data (the tail starts right after the snapshot it comes with).
     async fn read_from_snapshot(
         &self,
         stream: StreamId<'_>,
-    ) -> Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError> {
+    ) -> Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError> {
         let client = self.client().await?;
-        // One statement, so one reply to wait for and one view of the data: the
-        // tail starts right after the snapshot it comes with. The snapshot's row
-        // comes first (its event columns are null), then the events in order.
         let statement = client
-            .prepare_cached(&format!(
-                "SELECT * FROM (
-                     SELECT NULL::bigint AS position, NULL::uuid, NULL::text, NULL::text,
-                            NULL::bigint AS version, NULL::text, NULL::int4, NULL::text, NULL::text,
-                            NULL::timestamptz, version AS snapshot_at, snapshot_version,
-                            payload::text, fingerprint
-                     FROM eda_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2
-                     UNION ALL
-                     SELECT {COLUMNS}, NULL::bigint, NULL::bigint, NULL::text, NULL::bigint
-                     FROM eda_events
-                     WHERE aggregate_type = $1 AND aggregate_id = $2 AND version > coalesce(
-                         (SELECT version FROM eda_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2), 0)
-                 ) AS loaded
-                 ORDER BY version NULLS FIRST"
-            ))
+            .prepare_cached(READ_FROM_SNAPSHOT)
             .await
             .map_err(backend)?;
         let rows = client
@@ -988,11 +987,11 @@ impl EventStore for PostgresStore {
             .map_err(backend)?;
         let (snapshot, tail) = match rows.split_first() {
             Some((first, tail)) if first.try_get::<_, Option<i64>>(0).ok().flatten().is_none() => {
-                (snapshot_row(first, SNAPSHOT_AFTER_EVENT_COLUMNS), tail)
+                (snapshot_row(first, SNAPSHOT_IN_REPLAY_ROW), tail)
             }
             _ => (None, rows.as_slice()),
         };
-        let events = tail.iter().map(recorded).collect::<Result<_, _>>()?;
+        let events = tail.iter().map(replay_event).collect::<Result<_, _>>()?;
         Ok((snapshot, events))
     }
 
@@ -1006,14 +1005,16 @@ impl EventStore for PostgresStore {
             .query_opt(&statement, &[&stream.aggregate_type, &stream.aggregate_id])
             .await
             .map_err(backend)?;
-        Ok(row.as_ref().and_then(|row| snapshot_row(row, 0)))
+        Ok(row.as_ref().and_then(|row| snapshot_row(row, SNAPSHOT_ROW)))
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
         let client = self.client().await?;
         let statement = client
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM eda_events WHERE event_id = $1"
+            .prepare_cached(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM eda_events WHERE event_id = $1"
             ))
             .await
             .map_err(backend)?;
@@ -1025,21 +1026,109 @@ impl EventStore for PostgresStore {
     }
 }
 
+/// An aggregate's events after a version, in order. `version <= i64::MAX` is
+/// always true and is there for the planner: given a lower bound it does not know
+/// (a parameter in a generic plan, a version read by the same statement), it
+/// expects a third of the aggregate's rows, and once the table's statistics show
+/// one aggregate holding most events it scans the whole table (1.7 ms instead of
+/// 0.04 ms for a 50-event tail of a 10,000-event aggregate, measured). A range
+/// bounded on both sides gets a small estimate, so the index on (aggregate_type,
+/// aggregate_id, version) is used.
+macro_rules! after_version {
+    ($after:literal) => {
+        concat!(
+            "aggregate_type = $1 AND aggregate_id = $2 AND version > ",
+            $after,
+            " AND version <= 9223372036854775807"
+        )
+    };
+}
+
+const READ_STREAM: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM eda_events WHERE ",
+    after_version!("$3"),
+    " ORDER BY version"
+);
+
+/// The global log after a position, up to the oldest transaction still running
+/// (see the module documentation).
+const READ_ALL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM eda_events WHERE position > $1 \
+       AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20) \
+     ORDER BY position LIMIT $2"
+);
+
+/// Replay's columns only: no metadata to convert and parse, no stream name per row.
+const READ_FOR_REPLAY: &str = concat!(
+    "SELECT position, version, payload::text, name, event_version FROM eda_events WHERE ",
+    after_version!("$3"),
+    " ORDER BY version"
+);
+
+/// The snapshot's row (no position; [`SNAPSHOT_IN_REPLAY_ROW`]), then the events
+/// after it in [`READ_FOR_REPLAY`]'s columns. The snapshot's version is below its
+/// tail's, so ordering by version puts it first.
+const READ_FROM_SNAPSHOT: &str = concat!(
+    "SELECT NULL::bigint AS position, version, payload::text, NULL::text AS name,
+            NULL::int4 AS event_version, snapshot_version, fingerprint
+     FROM eda_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2
+     UNION ALL
+     SELECT position, version, payload::text, name, event_version, NULL::bigint, NULL::bigint
+     FROM eda_events WHERE ",
+    after_version!(
+        "coalesce((SELECT version FROM eda_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2), 0)"
+    ),
+    " ORDER BY version"
+);
+
 const LOAD_SNAPSHOT: &str =
     "SELECT version, snapshot_version, payload::text, fingerprint FROM eda_snapshots \
                              WHERE aggregate_type = $1 AND aggregate_id = $2";
 
-/// Where `read_from_snapshot`'s rows carry the snapshot's columns.
-const SNAPSHOT_AFTER_EVENT_COLUMNS: usize = 10;
+/// Where a snapshot's version, snapshot version, payload and fingerprint are in a
+/// [`LOAD_SNAPSHOT`] row and in [`READ_FROM_SNAPSHOT`]'s first row.
+const SNAPSHOT_ROW: [usize; 4] = [0, 1, 2, 3];
+const SNAPSHOT_IN_REPLAY_ROW: [usize; 4] = [1, 5, 2, 6];
 
-/// The snapshot in `row`'s columns from `at` on; one that does not have the stored
-/// shape counts as none (the aggregate is then replayed).
-fn snapshot_row(row: &Row, at: usize) -> Option<Snapshot> {
+/// The snapshot in `row`'s `columns`; one that does not have the stored shape
+/// counts as none (the aggregate is then replayed).
+fn snapshot_row(
+    row: &Row,
+    [version, snapshot_version, payload, fingerprint]: [usize; 4],
+) -> Option<Snapshot> {
     Some(Snapshot {
-        version: u64::try_from(row.try_get::<_, i64>(at).ok()?).ok()?,
-        snapshot_version: u32::try_from(row.try_get::<_, i64>(at + 1).ok()?).ok()?,
-        payload: row.try_get(at + 2).ok()?,
-        fingerprint: row.try_get::<_, i64>(at + 3).ok()? as u64,
+        version: u64::try_from(row.try_get::<_, i64>(version).ok()?).ok()?,
+        snapshot_version: u32::try_from(row.try_get::<_, i64>(snapshot_version).ok()?).ok()?,
+        payload: row.try_get(payload).ok()?,
+        fingerprint: row.try_get::<_, i64>(fingerprint).ok()? as u64,
+    })
+}
+
+/// A [`READ_FOR_REPLAY`] row; one that does not have the stored shape is a
+/// [`StoreError::Corrupt`] naming its position.
+fn replay_event(row: &Row) -> Result<ReplayEvent, StoreError> {
+    let position = u64::try_from(row.try_get::<_, i64>(0).map_err(backend)?).unwrap_or_default();
+    let corrupt = |what: String| StoreError::Corrupt { position, what };
+    Ok(ReplayEvent {
+        position,
+        version: u64::try_from(
+            row.try_get::<_, i64>(1)
+                .map_err(|e| corrupt(format!("version: {e}")))?,
+        )
+        .map_err(|_| corrupt("negative version".into()))?,
+        payload: row
+            .try_get(2)
+            .map_err(|e| corrupt(format!("payload: {e}")))?,
+        name: row.try_get(3).map_err(|e| corrupt(format!("name: {e}")))?,
+        event_version: u32::try_from(
+            row.try_get::<_, i32>(4)
+                .map_err(|e| corrupt(format!("event_version: {e}")))?,
+        )
+        .map_err(|_| corrupt("negative event_version".into()))?,
     })
 }
 
@@ -1081,4 +1170,91 @@ fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
             .try_get(9)
             .map_err(|e| corrupt(format!("recorded_at: {e}")))?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plans PostgreSQL picks for `statement` (with `arguments`, SQL literals),
+    /// generic and custom, as `EXPLAIN` prints them.
+    async fn plans(client: &tokio_postgres::Client, statement: &str, arguments: &str) -> String {
+        let types = if statement.contains("$3") {
+            "text, text, bigint"
+        } else {
+            "text, text"
+        };
+        client
+            .batch_execute(&format!("PREPARE replay({types}) AS {statement}"))
+            .await
+            .unwrap();
+        let mut plans = String::new();
+        for mode in ["force_generic_plan", "force_custom_plan"] {
+            client
+                .batch_execute(&format!("SET plan_cache_mode = {mode}"))
+                .await
+                .unwrap();
+            for row in client
+                .query(&format!("EXPLAIN EXECUTE replay({arguments})"), &[])
+                .await
+                .unwrap()
+            {
+                plans.push_str(row.get::<_, &str>(0));
+                plans.push('\n');
+            }
+        }
+        client
+            .batch_execute("DEALLOCATE replay; RESET plan_cache_mode")
+            .await
+            .unwrap();
+        plans
+    }
+
+    /// Once the statistics show one aggregate holding most of the table, replay's
+    /// reads still go through the index; the same reads without the upper bound
+    /// (the control) scan the whole table.
+    #[tokio::test]
+    async fn a_long_stream_is_read_through_the_index() {
+        let Ok(url) = std::env::var("EDA_TEST_POSTGRES_URL") else {
+            println!("skipped: set EDA_TEST_POSTGRES_URL to run the PostgreSQL tests");
+            return;
+        };
+        let schema = format!("eda_plan_{}", std::process::id());
+        let store = PostgresStore::connect_with(&url, PostgresOptions::new().schema(&schema))
+            .await
+            .unwrap();
+        let client = store.client().await.unwrap();
+        client
+            .batch_execute(
+                "INSERT INTO eda_events
+                     (position, event_id, aggregate_type, aggregate_id, version, name,
+                      event_version, payload, metadata)
+                 SELECT v, gen_random_uuid(), 'Long', 'long', v, 'Deposited', 1, '{}', '{}'
+                 FROM generate_series(1, 10000) AS v;
+                 INSERT INTO eda_aggregates VALUES ('Long', 'long', 10000, 10000);
+                 INSERT INTO eda_snapshots VALUES ('Long', 'long', 9950, 1, '{}', 0);
+                 ANALYZE eda_events; ANALYZE eda_aggregates; ANALYZE eda_snapshots;",
+            )
+            .await
+            .unwrap();
+        let with_version = "'Long', 'long', 9950";
+        for (statement, arguments) in [
+            (READ_FROM_SNAPSHOT, "'Long', 'long'"),
+            (READ_FOR_REPLAY, with_version),
+            (READ_STREAM, with_version),
+        ] {
+            let plans = plans(&client, statement, arguments).await;
+            assert!(
+                !plans.contains("Seq Scan on eda_events"),
+                "{statement}\n{plans}"
+            );
+        }
+        let unbounded = READ_FROM_SNAPSHOT.replace(" AND version <= 9223372036854775807", "");
+        let plans = plans(&client, &unbounded, "'Long', 'long'").await;
+        assert!(plans.contains("Seq Scan on eda_events"), "{plans}");
+        client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .unwrap();
+    }
 }

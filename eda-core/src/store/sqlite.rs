@@ -19,7 +19,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::envelope::{Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
+use crate::envelope::{Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId};
 use crate::error::StoreError;
 use crate::failpoint;
 use crate::store::{backend, to_i64, AppendRequest, Appended, EventStore};
@@ -412,34 +412,40 @@ impl EventStore for SqliteStore {
             stream.aggregate_id.to_owned(),
         );
         self.read(true, move |connection| {
-            let mut statement = connection
-                .prepare_cached(
-                    "SELECT version, snapshot_version, payload, fingerprint FROM eda_snapshots \
-                     WHERE aggregate_type = ?1 AND aggregate_id = ?2",
-                )
-                .map_err(backend)?;
-            let snapshot = statement
-                .query_row(params![aggregate_type, aggregate_id], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, i64>(3)?,
-                    ))
-                })
-                .optional()
-                .map_err(backend)?;
-            // A row out of range counts as no snapshot: the aggregate is replayed.
-            Ok(
-                snapshot.and_then(|(version, snapshot_version, payload, fingerprint)| {
-                    Some(Snapshot {
-                        version: u64::try_from(version).ok()?,
-                        snapshot_version: u32::try_from(snapshot_version).ok()?,
-                        payload,
-                        fingerprint: fingerprint as u64,
-                    })
-                }),
-            )
+            snapshot_of(connection, &aggregate_type, &aggregate_id)
+        })
+        .await
+    }
+
+    /// Both reads in one job, on one connection: one hand-over between threads.
+    async fn read_from_snapshot(
+        &self,
+        stream: StreamId<'_>,
+    ) -> Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError> {
+        let (aggregate_type, aggregate_id) = (
+            stream.aggregate_type.to_owned(),
+            stream.aggregate_id.to_owned(),
+        );
+        self.read(true, move |connection| {
+            let snapshot = snapshot_of(connection, &aggregate_type, &aggregate_id)?;
+            let after = snapshot.as_ref().map_or(0, |s| s.version);
+            let tail = replay_events(connection, &aggregate_type, &aggregate_id, after)?;
+            Ok((snapshot, tail))
+        })
+        .await
+    }
+
+    async fn read_for_replay(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+    ) -> Result<Vec<ReplayEvent>, StoreError> {
+        let (aggregate_type, aggregate_id) = (
+            stream.aggregate_type.to_owned(),
+            stream.aggregate_id.to_owned(),
+        );
+        self.read(true, move |connection| {
+            replay_events(connection, &aggregate_type, &aggregate_id, after_version)
         })
         .await
     }
@@ -503,6 +509,112 @@ impl EventStore for SqliteStore {
 const COLUMNS: &str =
     "position, event_id, aggregate_type, aggregate_id, version, name, event_version, payload, metadata, recorded_at";
 
+/// The stream's snapshot; a row out of range counts as none (the aggregate is
+/// then replayed).
+fn snapshot_of(
+    connection: &Connection,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<Option<Snapshot>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT version, snapshot_version, payload, fingerprint FROM eda_snapshots \
+             WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+        )
+        .map_err(backend)?;
+    let snapshot = statement
+        .query_row(params![aggregate_type, aggregate_id], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+            ))
+        })
+        .optional()
+        .map_err(backend)?;
+    Ok(
+        snapshot.and_then(|(version, snapshot_version, payload, fingerprint)| {
+            Some(Snapshot {
+                version: u64::try_from(version).ok()?,
+                snapshot_version: u32::try_from(snapshot_version).ok()?,
+                payload,
+                fingerprint: fingerprint as u64,
+            })
+        }),
+    )
+}
+
+/// The stream's events after `after_version` with replay's columns only: no
+/// metadata to parse, no stream name per row. A row that does not have the stored
+/// shape is a [`StoreError::Corrupt`] naming its position.
+fn replay_events(
+    connection: &Connection,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    after_version: u64,
+) -> Result<Vec<ReplayEvent>, StoreError> {
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT position, version, name, event_version, payload FROM eda_events \
+             WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version > ?3 ORDER BY version",
+        )
+        .map_err(backend)?;
+    let mut rows = statement
+        .query(params![aggregate_type, aggregate_id, to_i64(after_version)])
+        .map_err(backend)?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        let position = u64::try_from(row.get::<_, i64>(0).map_err(backend)?).unwrap_or_default();
+        let columns = Columns { row, position };
+        events.push(ReplayEvent {
+            position,
+            version: u64::try_from(columns.integer(1, "version")?)
+                .map_err(|_| columns.corrupt("negative version".into()))?,
+            name: columns.text(2, "name")?,
+            event_version: u32::try_from(columns.integer(3, "event_version")?)
+                .map_err(|_| columns.corrupt("event_version out of range".into()))?,
+            payload: columns.text(4, "payload")?,
+        });
+    }
+    Ok(events)
+}
+
+/// A row's columns, each read with a [`StoreError::Corrupt`] naming the row's
+/// position when it does not have the stored type.
+struct Columns<'a, 'r> {
+    row: &'a rusqlite::Row<'r>,
+    position: u64,
+}
+
+impl Columns<'_, '_> {
+    fn corrupt(&self, what: String) -> StoreError {
+        StoreError::Corrupt {
+            position: self.position,
+            what,
+        }
+    }
+
+    fn value(&self, i: usize) -> Result<rusqlite::types::ValueRef<'_>, StoreError> {
+        self.row
+            .get_ref(i)
+            .map_err(|e| self.corrupt(format!("column {i}: {e}")))
+    }
+
+    fn text(&self, i: usize, name: &str) -> Result<String, StoreError> {
+        self.value(i)?
+            .as_str()
+            .map(str::to_owned)
+            .map_err(|e| self.corrupt(format!("{name} is not text: {e}")))
+    }
+
+    fn integer(&self, i: usize, name: &str) -> Result<i64, StoreError> {
+        self.value(i)?
+            .as_i64()
+            .map_err(|e| self.corrupt(format!("{name} is not an integer: {e}")))
+    }
+}
+
 fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut events = Vec::new();
     while let Some(row) = rows.next().map_err(backend)? {
@@ -516,42 +628,28 @@ fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<RecordedEvent>, StoreErro
 fn recorded(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
     let position: i64 = row.get(0).map_err(backend)?;
     let position = u64::try_from(position).unwrap_or_default();
-    let corrupt = |what: String| StoreError::Corrupt { position, what };
-    let column = |i: usize| -> Result<rusqlite::types::ValueRef<'_>, StoreError> {
-        row.get_ref(i)
-            .map_err(|e| corrupt(format!("column {i}: {e}")))
-    };
-    let text = |i: usize, name: &str| -> Result<String, StoreError> {
-        column(i)?
-            .as_str()
-            .map(str::to_owned)
-            .map_err(|e| corrupt(format!("{name} is not text: {e}")))
-    };
-    let integer = |i: usize, name: &str| -> Result<i64, StoreError> {
-        column(i)?
-            .as_i64()
-            .map_err(|e| corrupt(format!("{name} is not an integer: {e}")))
-    };
-    let event_id = column(1)?
+    let columns = Columns { row, position };
+    let event_id = columns
+        .value(1)?
         .as_blob()
         .ok()
         .and_then(|bytes| Uuid::from_slice(bytes).ok())
-        .ok_or_else(|| corrupt("event_id is not a 16-byte id".into()))?;
-    let metadata = text(8, "metadata")?;
+        .ok_or_else(|| columns.corrupt("event_id is not a 16-byte id".into()))?;
+    let metadata = columns.text(8, "metadata")?;
     let metadata: Metadata = serde_json::from_str(&metadata)
-        .map_err(|e| corrupt(format!("metadata is not valid: {e}")))?;
-    let micros = integer(9, "recorded_at")?;
+        .map_err(|e| columns.corrupt(format!("metadata is not valid: {e}")))?;
+    let micros = columns.integer(9, "recorded_at")?;
     Ok(RecordedEvent {
         event_id,
-        aggregate_type: text(2, "aggregate_type")?,
-        aggregate_id: text(3, "aggregate_id")?,
-        version: u64::try_from(integer(4, "version")?)
-            .map_err(|_| corrupt("negative version".into()))?,
+        aggregate_type: columns.text(2, "aggregate_type")?,
+        aggregate_id: columns.text(3, "aggregate_id")?,
+        version: u64::try_from(columns.integer(4, "version")?)
+            .map_err(|_| columns.corrupt("negative version".into()))?,
         position,
-        name: text(5, "name")?,
-        event_version: u32::try_from(integer(6, "event_version")?)
-            .map_err(|_| corrupt("event_version out of range".into()))?,
-        payload: text(7, "payload")?,
+        name: columns.text(5, "name")?,
+        event_version: u32::try_from(columns.integer(6, "event_version")?)
+            .map_err(|_| columns.corrupt("event_version out of range".into()))?,
+        payload: columns.text(7, "payload")?,
         metadata,
         recorded_at: DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or_default(),
     })
