@@ -267,13 +267,14 @@ impl EventStore for RacyStore {
     async fn read_from_snapshot(
         &self,
         s: StreamId<'_>,
+        limit: usize,
     ) -> Result<(Option<Snapshot>, Vec<eda::ReplayEvent>), StoreError> {
         let newer = self
             .inner
             .load_snapshot(s)
             .await?
             .expect("a newer snapshot");
-        let tail = self.inner.read_for_replay(s, newer.version).await?;
+        let tail = self.inner.read_for_replay(s, newer.version, limit).await?;
         Ok((Some(self.older.clone()), tail))
     }
 }
@@ -401,4 +402,98 @@ async fn a_snapshot_of_a_reshaped_state_is_ignored() {
             4
         )
     );
+}
+
+/// A store that records each page replay asks for (its limit) and gets (its
+/// length), and offers `snapshot` as the stream's snapshot.
+#[derive(Clone)]
+struct PagingStore {
+    inner: MemoryStore,
+    snapshot: Option<Snapshot>,
+    pages: std::sync::Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
+}
+
+impl EventStore for PagingStore {
+    async fn append(
+        &self,
+        s: StreamId<'_>,
+        v: u64,
+        e: Vec<eda::NewEvent>,
+        m: &eda::Metadata,
+    ) -> Result<eda::Appended, StoreError> {
+        self.inner.append(s, v, e, m).await
+    }
+    async fn read_stream(
+        &self,
+        s: StreamId<'_>,
+        v: u64,
+    ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
+        self.inner.read_stream(s, v).await
+    }
+    async fn read_all(&self, p: u64, l: usize) -> Result<Vec<eda::RecordedEvent>, StoreError> {
+        self.inner.read_all(p, l).await
+    }
+    async fn read_event(&self, id: eda::Uuid) -> Result<Option<eda::RecordedEvent>, StoreError> {
+        self.inner.read_event(id).await
+    }
+    async fn load_snapshot(&self, _: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.snapshot.clone())
+    }
+    async fn read_for_replay(
+        &self,
+        s: StreamId<'_>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<eda::ReplayEvent>, StoreError> {
+        let page = self.inner.read_for_replay(s, after, limit).await?;
+        self.pages.lock().unwrap().push((limit, page.len()));
+        Ok(page)
+    }
+}
+
+#[tokio::test]
+async fn a_long_stream_is_replayed_a_page_at_a_time() {
+    const EVENTS: u64 = 2_500;
+    let memory = MemoryStore::new();
+    let app = App::new(memory.clone());
+    for n in 1..=EVENTS {
+        add(&app, n).await;
+    }
+    let early = Snapshot {
+        version: 3,
+        snapshot_version: 2,
+        payload: r#"{"total":6,"count":3}"#.into(),
+        fingerprint: memory
+            .load_snapshot(STREAM)
+            .await
+            .unwrap()
+            .unwrap()
+            .fingerprint,
+    };
+    let expected = (
+        Tally {
+            total: EVENTS * (EVENTS + 1) / 2,
+            count: EVENTS,
+        },
+        EVENTS,
+    );
+    // From the first event, and from a snapshot far behind the stream's head.
+    for (snapshot, replayed) in [(None, EVENTS), (Some(early), EVENTS - 3)] {
+        let store = PagingStore {
+            inner: memory.clone(),
+            snapshot,
+            pages: Default::default(),
+        };
+        assert_eq!(load(store.clone()).await, expected);
+        let pages = store.pages.lock().unwrap().clone();
+        assert!(pages.len() >= 3, "{pages:?}");
+        assert!(pages.iter().all(|&(limit, got)| got <= limit), "{pages:?}");
+        assert!(pages.iter().all(|&(limit, _)| limit < 2_000), "{pages:?}");
+        let got: usize = pages.iter().map(|&(_, got)| got).sum();
+        assert_eq!(got as u64, replayed, "{pages:?}");
+        // Every page but the last is full.
+        let (last, full) = pages.split_last().unwrap();
+        assert!(full.iter().all(|&(limit, got)| got == limit), "{pages:?}");
+        assert!(last.1 < last.0, "{pages:?}");
+    }
 }

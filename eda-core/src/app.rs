@@ -16,6 +16,10 @@ use crate::registry::registry;
 use crate::store::memory::MemoryStore;
 use crate::store::{Appended, DynEventStore, EventStore};
 
+/// How many events replay reads from a durable store at a time: a long stream is
+/// decoded page by page, never held in memory whole.
+const REPLAY_PAGE: usize = 1_000;
+
 /// The entry point: executes commands and loads aggregates against one event store.
 ///
 /// `App` is a cheap `Clone` handle (`Send + Sync + 'static`); the store behind it is
@@ -225,7 +229,8 @@ impl App {
             aggregate_type: A::TYPE,
             aggregate_id: id,
         };
-        let (snapshot, tail) = match self.inner.store.read_from_snapshot(stream).await {
+        let read = self.inner.store.read_from_snapshot(stream, REPLAY_PAGE);
+        let (snapshot, tail) = match read.await {
             Ok(read) => read,
             Err(error) => {
                 tracing::warn!(aggregate_type = A::TYPE, aggregate_id = id, %error, "snapshot not loaded; replaying");
@@ -248,7 +253,8 @@ impl App {
             }
             apply_recorded(cached, &event.as_ref(stream))?;
         }
-        Ok(true)
+        // A full page: the caller reads on from here.
+        Ok(tail.len() < REPLAY_PAGE)
     }
 
     /// Stores a snapshot. A failure is logged, not returned: the events are
@@ -263,7 +269,7 @@ impl App {
         }
     }
 
-    /// Applies the events stored after `cached.version`.
+    /// Applies the events stored after `cached.version`, a page at a time.
     async fn catch_up<A: Aggregate>(
         &self,
         cached: &mut Cached<A>,
@@ -273,17 +279,28 @@ impl App {
             aggregate_type: A::TYPE,
             aggregate_id: id,
         };
-        let after = cached.version;
-        let mut apply = |stored: EventRef<'_>| apply_recorded(cached, &stored);
         if let Some(memory) = self.inner.store.as_memory() {
             // Decoded where they are kept: no copies of the stored events.
+            let after = cached.version;
+            let apply = |stored: EventRef<'_>| apply_recorded(cached, &stored);
             return Ok(memory.for_each_in_stream(stream, after, apply)?);
         }
-        let events = self.inner.store.read_for_replay(stream, after).await?;
-        for event in &events {
-            apply(event.as_ref(stream))?;
+        loop {
+            let before = cached.version;
+            let page = self
+                .inner
+                .store
+                .read_for_replay(stream, before, REPLAY_PAGE)
+                .await?;
+            for event in &page {
+                apply_recorded(cached, &event.as_ref(stream))?;
+            }
+            // A short page is the end; so is a page that did not move the version
+            // on (a store that ignores `after_version`), rather than a loop.
+            if page.len() < REPLAY_PAGE || cached.version <= before {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     /// The common case without waiting, on the in-process store: the aggregate is

@@ -96,34 +96,42 @@ pub trait EventStore: Send + Sync + 'static {
         std::future::ready(Ok(()))
     }
 
-    /// The events of `stream` after `after_version`, in version order, as replay
-    /// reads them. The default takes them from [`read_stream`](Self::read_stream);
-    /// a store can read less per event (no metadata, no stream name per row).
+    /// At most `limit` events of `stream` after `after_version`, in version order,
+    /// as replay reads them; replay asks for pages until one comes back short, so
+    /// a long stream is never held in memory whole. The default takes them from
+    /// [`read_stream`](Self::read_stream); a store can read less per event (no
+    /// metadata, no stream name per row) and stop at the limit.
     fn read_for_replay(
         &self,
         stream: StreamId<'_>,
         after_version: u64,
+        limit: usize,
     ) -> impl Future<Output = Result<Vec<ReplayEvent>, StoreError>> + Send {
         async move {
             let events = self.read_stream(stream, after_version).await?;
-            Ok(events.into_iter().map(ReplayEvent::from).collect())
+            Ok(events
+                .into_iter()
+                .take(limit)
+                .map(ReplayEvent::from)
+                .collect())
         }
     }
 
-    /// The stream's latest snapshot and the events after it (every event when there
-    /// is none), as replay reads them. The default reads one, then the other; a
-    /// store may answer both in one round trip. A snapshot newer than the first
-    /// event of the tail can come back (it was saved in between): callers skip the
-    /// events it includes.
+    /// The stream's latest snapshot and at most `limit` events after it (from the
+    /// first event when there is no snapshot), as replay reads them; replay reads
+    /// on with [`read_for_replay`](Self::read_for_replay) when the tail is full.
+    /// The default reads one, then the other; a store may answer both in one round
+    /// trip. A snapshot newer than the first event of the tail can come back (it
+    /// was saved in between): callers skip the events it includes.
     fn read_from_snapshot(
         &self,
         stream: StreamId<'_>,
+        limit: usize,
     ) -> impl Future<Output = Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError>> + Send {
         async move {
             let snapshot = self.load_snapshot(stream).await?;
-            let events = self
-                .read_for_replay(stream, snapshot.as_ref().map_or(0, |s| s.version))
-                .await?;
+            let after = snapshot.as_ref().map_or(0, |s| s.version);
+            let events = self.read_for_replay(stream, after, limit).await?;
             Ok((snapshot, events))
         }
     }
@@ -208,6 +216,7 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
         &'a self,
         stream: StreamId<'a>,
         after_version: u64,
+        limit: usize,
     ) -> BoxFuture<'a, Result<Vec<ReplayEvent>, StoreError>>;
 
     fn read_event(
@@ -225,6 +234,7 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
     fn read_from_snapshot<'a>(
         &'a self,
         stream: StreamId<'a>,
+        limit: usize,
     ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError>>;
 
     /// The store as a [`memory::MemoryStore`], whose appends complete without waiting.
@@ -252,8 +262,14 @@ impl<S: EventStore> DynEventStore for S {
         &'a self,
         stream: StreamId<'a>,
         after_version: u64,
+        limit: usize,
     ) -> BoxFuture<'a, Result<Vec<ReplayEvent>, StoreError>> {
-        Box::pin(EventStore::read_for_replay(self, stream, after_version))
+        Box::pin(EventStore::read_for_replay(
+            self,
+            stream,
+            after_version,
+            limit,
+        ))
     }
 
     fn read_event(
@@ -274,8 +290,9 @@ impl<S: EventStore> DynEventStore for S {
     fn read_from_snapshot<'a>(
         &'a self,
         stream: StreamId<'a>,
+        limit: usize,
     ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError>> {
-        Box::pin(EventStore::read_from_snapshot(self, stream))
+        Box::pin(EventStore::read_from_snapshot(self, stream, limit))
     }
 
     fn as_memory(&self) -> Option<&memory::MemoryStore> {

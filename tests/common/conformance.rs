@@ -91,11 +91,16 @@ pub async fn append_and_read_back<S: EventStore>(store: S) {
             .collect::<Vec<_>>()
     };
     for after in 0..=2 {
-        let lean = store.read_for_replay(s, after).await.unwrap();
+        let lean = store.read_for_replay(s, after, 10).await.unwrap();
         assert_eq!(lean, replayed(after), "after version {after}");
     }
+    // At most `limit` events, from the first after the version.
+    assert_eq!(
+        store.read_for_replay(s, 0, 1).await.unwrap(),
+        replayed(0)[..1]
+    );
     assert!(store
-        .read_for_replay(stream("Account", "other"), 0)
+        .read_for_replay(stream("Account", "other"), 0, 10)
         .await
         .unwrap()
         .is_empty());
@@ -324,7 +329,7 @@ pub async fn snapshots_keep_the_newest_per_stream<S: EventStore>(store: S) {
 pub async fn snapshot_and_tail_load_together<S: EventStore>(store: S) {
     use eda::Snapshot;
     let (s, other) = (stream("Account", "a"), stream("Account", "b"));
-    let (snapshot, tail) = store.read_from_snapshot(s).await.unwrap();
+    let (snapshot, tail) = store.read_from_snapshot(s, 10).await.unwrap();
     assert!(snapshot.is_none() && tail.is_empty());
 
     let events = (1..=5).map(|n| new_event("Deposited", &format!(r#"{{"n":{n}}}"#)));
@@ -334,7 +339,7 @@ pub async fn snapshot_and_tail_load_together<S: EventStore>(store: S) {
         .await
         .unwrap();
     let versions = |tail: &[eda::ReplayEvent]| tail.iter().map(|e| e.version).collect::<Vec<_>>();
-    let (snapshot, tail) = store.read_from_snapshot(s).await.unwrap();
+    let (snapshot, tail) = store.read_from_snapshot(s, 10).await.unwrap();
     assert!(snapshot.is_none());
     assert_eq!(versions(&tail), [1, 2, 3, 4, 5]);
 
@@ -345,7 +350,7 @@ pub async fn snapshot_and_tail_load_together<S: EventStore>(store: S) {
         fingerprint: 7,
     };
     store.save_snapshot(s, &at(2)).await.unwrap();
-    let (snapshot, tail) = store.read_from_snapshot(s).await.unwrap();
+    let (snapshot, tail) = store.read_from_snapshot(s, 10).await.unwrap();
     let snapshot = snapshot.expect("snapshot");
     assert_eq!(
         (
@@ -372,11 +377,11 @@ pub async fn snapshot_and_tail_load_together<S: EventStore>(store: S) {
 
     // A snapshot at the head: nothing after it.
     store.save_snapshot(s, &at(5)).await.unwrap();
-    let (snapshot, tail) = store.read_from_snapshot(s).await.unwrap();
+    let (snapshot, tail) = store.read_from_snapshot(s, 10).await.unwrap();
     assert_eq!(snapshot.map(|s| s.version), Some(5));
     assert!(tail.is_empty());
     // Another stream's events are its own.
-    let (snapshot, tail) = store.read_from_snapshot(other).await.unwrap();
+    let (snapshot, tail) = store.read_from_snapshot(other, 10).await.unwrap();
     assert!(snapshot.is_none());
     assert_eq!(versions(&tail), [1]);
 }

@@ -421,6 +421,7 @@ impl EventStore for SqliteStore {
     async fn read_from_snapshot(
         &self,
         stream: StreamId<'_>,
+        limit: usize,
     ) -> Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError> {
         let (aggregate_type, aggregate_id) = (
             stream.aggregate_type.to_owned(),
@@ -429,7 +430,7 @@ impl EventStore for SqliteStore {
         self.read(true, move |connection| {
             let snapshot = snapshot_of(connection, &aggregate_type, &aggregate_id)?;
             let after = snapshot.as_ref().map_or(0, |s| s.version);
-            let tail = replay_events(connection, &aggregate_type, &aggregate_id, after)?;
+            let tail = replay_events(connection, &aggregate_type, &aggregate_id, after, limit)?;
             Ok((snapshot, tail))
         })
         .await
@@ -439,13 +440,20 @@ impl EventStore for SqliteStore {
         &self,
         stream: StreamId<'_>,
         after_version: u64,
+        limit: usize,
     ) -> Result<Vec<ReplayEvent>, StoreError> {
         let (aggregate_type, aggregate_id) = (
             stream.aggregate_type.to_owned(),
             stream.aggregate_id.to_owned(),
         );
         self.read(true, move |connection| {
-            replay_events(connection, &aggregate_type, &aggregate_id, after_version)
+            replay_events(
+                connection,
+                &aggregate_type,
+                &aggregate_id,
+                after_version,
+                limit,
+            )
         })
         .await
     }
@@ -545,23 +553,31 @@ fn snapshot_of(
     )
 }
 
-/// The stream's events after `after_version` with replay's columns only: no
-/// metadata to parse, no stream name per row. A row that does not have the stored
-/// shape is a [`StoreError::Corrupt`] naming its position.
+/// At most `limit` of the stream's events after `after_version`, with replay's
+/// columns only: no metadata to parse, no stream name per row. A row that does not
+/// have the stored shape is a [`StoreError::Corrupt`] naming its position.
 fn replay_events(
     connection: &Connection,
     aggregate_type: &str,
     aggregate_id: &str,
     after_version: u64,
+    limit: usize,
 ) -> Result<Vec<ReplayEvent>, StoreError> {
     let mut statement = connection
         .prepare_cached(
             "SELECT position, version, name, event_version, payload FROM eda_events \
-             WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version > ?3 ORDER BY version",
+             WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version > ?3 \
+             ORDER BY version LIMIT ?4",
         )
         .map_err(backend)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut rows = statement
-        .query(params![aggregate_type, aggregate_id, to_i64(after_version)])
+        .query(params![
+            aggregate_type,
+            aggregate_id,
+            to_i64(after_version),
+            limit
+        ])
         .map_err(backend)?;
     let mut events = Vec::new();
     while let Some(row) = rows.next().map_err(backend)? {
