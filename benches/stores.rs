@@ -13,6 +13,9 @@
 //! 1,000 accounts / rounds each, the raw loop first in even rounds and eda first in
 //! odd ones. The report gives each side's rate over all rounds, the ratio of the
 //! two, and the median and range of the per-round ratios.
+//!
+//! `EDA_BENCH_ONLY=normal` runs SQLite NORMAL alone, `=postgres` skips SQLite, and
+//! `=long` runs PostgreSQL's long stream alone.
 
 #![allow(missing_docs)]
 
