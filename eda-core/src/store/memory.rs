@@ -7,7 +7,9 @@ use std::collections::hash_map::Entry;
 use foldhash::HashMap;
 use uuid::Uuid;
 
-use crate::envelope::{EventRef, Metadata, NewEvent, RecordedEvent, Snapshot, StreamId};
+use crate::envelope::{
+    EventRef, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
+};
 use crate::error::StoreError;
 use crate::store::{Appended, EventStore};
 
@@ -338,6 +340,36 @@ impl EventStore for MemoryStore {
                     .iter()
                     .skip(skip)
                     .map(|&i| inner.log.get(i).to_recorded(i, &inner.batches))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn read_for_replay(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<ReplayEvent>, StoreError> {
+        let inner = self.read();
+        let skip = usize::try_from(after_version).unwrap_or(usize::MAX);
+        Ok(inner
+            .stream(stream)
+            .map(|s| {
+                s.events
+                    .iter()
+                    .skip(skip)
+                    .take(limit)
+                    .map(|&index| {
+                        let stored = inner.log.get(index);
+                        ReplayEvent {
+                            position: index as u64 + 1,
+                            version: stored.version,
+                            name: stored.name.clone().into_owned(),
+                            event_version: stored.event_version,
+                            payload: stored.payload.clone(),
+                        }
+                    })
                     .collect()
             })
             .unwrap_or_default())

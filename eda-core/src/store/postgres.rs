@@ -1225,7 +1225,7 @@ mod tests {
     #[tokio::test]
     async fn a_long_stream_is_read_through_the_index() {
         let Ok(url) = std::env::var("EDA_TEST_POSTGRES_URL") else {
-            println!("skipped: set EDA_TEST_POSTGRES_URL to run the PostgreSQL tests");
+            eprintln!("skipped: EDA_TEST_POSTGRES_URL is not set");
             return;
         };
         let schema = format!("eda_plan_{}", std::process::id());
