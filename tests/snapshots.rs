@@ -233,6 +233,38 @@ async fn unusable_snapshots_are_ignored_and_the_events_replayed() {
     }
 }
 
+/// The methods every [`EventStore`] must have, passed on to `self.inner`: the
+/// test stores below change only the reads they are about.
+macro_rules! forward_to_inner {
+    () => {
+        async fn append(
+            &self,
+            s: StreamId<'_>,
+            v: u64,
+            e: Vec<eda::NewEvent>,
+            m: &eda::Metadata,
+        ) -> Result<eda::Appended, StoreError> {
+            self.inner.append(s, v, e, m).await
+        }
+        async fn read_stream(
+            &self,
+            s: StreamId<'_>,
+            v: u64,
+        ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
+            self.inner.read_stream(s, v).await
+        }
+        async fn read_all(&self, p: u64, l: usize) -> Result<Vec<eda::RecordedEvent>, StoreError> {
+            self.inner.read_all(p, l).await
+        }
+        async fn read_event(
+            &self,
+            id: eda::Uuid,
+        ) -> Result<Option<eda::RecordedEvent>, StoreError> {
+            self.inner.read_event(id).await
+        }
+    };
+}
+
 /// A store whose snapshot and tail come from two reads with a newer snapshot saved
 /// in between: the tail starts after the newer snapshot, the snapshot returned is
 /// the older one. Replay must notice the gap instead of skipping events.
@@ -242,28 +274,7 @@ struct RacyStore {
 }
 
 impl EventStore for RacyStore {
-    async fn append(
-        &self,
-        s: StreamId<'_>,
-        v: u64,
-        e: Vec<eda::NewEvent>,
-        m: &eda::Metadata,
-    ) -> Result<eda::Appended, StoreError> {
-        self.inner.append(s, v, e, m).await
-    }
-    async fn read_stream(
-        &self,
-        s: StreamId<'_>,
-        v: u64,
-    ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
-        self.inner.read_stream(s, v).await
-    }
-    async fn read_all(&self, p: u64, l: usize) -> Result<Vec<eda::RecordedEvent>, StoreError> {
-        self.inner.read_all(p, l).await
-    }
-    async fn read_event(&self, id: eda::Uuid) -> Result<Option<eda::RecordedEvent>, StoreError> {
-        self.inner.read_event(id).await
-    }
+    forward_to_inner!();
     async fn read_from_snapshot(
         &self,
         s: StreamId<'_>,
@@ -414,28 +425,7 @@ struct PagingStore {
 }
 
 impl EventStore for PagingStore {
-    async fn append(
-        &self,
-        s: StreamId<'_>,
-        v: u64,
-        e: Vec<eda::NewEvent>,
-        m: &eda::Metadata,
-    ) -> Result<eda::Appended, StoreError> {
-        self.inner.append(s, v, e, m).await
-    }
-    async fn read_stream(
-        &self,
-        s: StreamId<'_>,
-        v: u64,
-    ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
-        self.inner.read_stream(s, v).await
-    }
-    async fn read_all(&self, p: u64, l: usize) -> Result<Vec<eda::RecordedEvent>, StoreError> {
-        self.inner.read_all(p, l).await
-    }
-    async fn read_event(&self, id: eda::Uuid) -> Result<Option<eda::RecordedEvent>, StoreError> {
-        self.inner.read_event(id).await
-    }
+    forward_to_inner!();
     async fn load_snapshot(&self, _: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
         Ok(self.snapshot.clone())
     }

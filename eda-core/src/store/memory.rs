@@ -146,6 +146,30 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// `f` of at most `limit` of the stream's events after `after_version` (given
+    /// by their index in the log).
+    fn map_stream<T>(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+        limit: usize,
+        f: impl Fn(&Inner, usize) -> T,
+    ) -> Vec<T> {
+        let inner = self.read();
+        let skip = usize::try_from(after_version).unwrap_or(usize::MAX);
+        inner
+            .stream(stream)
+            .map(|s| {
+                s.events
+                    .iter()
+                    .skip(skip)
+                    .take(limit)
+                    .map(|&index| f(&inner, index))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         // A panic cannot leave `Inner` half-updated: appends validate before mutating.
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
@@ -331,18 +355,11 @@ impl EventStore for MemoryStore {
         stream: StreamId<'_>,
         after_version: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let inner = self.read();
-        let skip = usize::try_from(after_version).unwrap_or(usize::MAX);
-        Ok(inner
-            .stream(stream)
-            .map(|s| {
-                s.events
-                    .iter()
-                    .skip(skip)
-                    .map(|&i| inner.log.get(i).to_recorded(i, &inner.batches))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(
+            self.map_stream(stream, after_version, usize::MAX, |inner, index| {
+                inner.log.get(index).to_recorded(index, &inner.batches)
+            }),
+        )
     }
 
     async fn read_for_replay(
@@ -351,28 +368,18 @@ impl EventStore for MemoryStore {
         after_version: u64,
         limit: usize,
     ) -> Result<Vec<ReplayEvent>, StoreError> {
-        let inner = self.read();
-        let skip = usize::try_from(after_version).unwrap_or(usize::MAX);
-        Ok(inner
-            .stream(stream)
-            .map(|s| {
-                s.events
-                    .iter()
-                    .skip(skip)
-                    .take(limit)
-                    .map(|&index| {
-                        let stored = inner.log.get(index);
-                        ReplayEvent {
-                            position: index as u64 + 1,
-                            version: stored.version,
-                            name: stored.name.clone().into_owned(),
-                            event_version: stored.event_version,
-                            payload: stored.payload.clone(),
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(
+            self.map_stream(stream, after_version, limit, |inner, index| {
+                let stored = inner.log.get(index);
+                ReplayEvent {
+                    position: index as u64 + 1,
+                    version: stored.version,
+                    name: stored.name.clone().into_owned(),
+                    event_version: stored.event_version,
+                    payload: stored.payload.clone(),
+                }
+            }),
+        )
     }
 
     async fn read_all(

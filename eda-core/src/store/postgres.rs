@@ -244,6 +244,18 @@ impl PostgresStore {
         self.pool.get().await.map_err(backend)
     }
 
+    /// Runs one of the store's statements (prepared once per connection) on a
+    /// pooled connection.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(backend)?;
+        client.query(&statement, params).await.map_err(backend)
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(backend)?;
@@ -879,19 +891,11 @@ impl EventStore for PostgresStore {
         stream: StreamId<'_>,
         after_version: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(READ_STREAM).await.map_err(backend)?;
-        let rows = client
-            .query(
-                &statement,
-                &[
-                    &stream.aggregate_type,
-                    &stream.aggregate_id,
-                    &to_i64(after_version),
-                ],
-            )
-            .await
-            .map_err(backend)?;
+        let (aggregate_type, aggregate_id) = (stream.aggregate_type, stream.aggregate_id);
+        let after = to_i64(after_version);
+        let rows = self
+            .query(READ_STREAM, &[&aggregate_type, &aggregate_id, &after])
+            .await?;
         rows.iter().map(recorded).collect()
     }
 
@@ -901,23 +905,14 @@ impl EventStore for PostgresStore {
         after_version: u64,
         limit: usize,
     ) -> Result<Vec<ReplayEvent>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(READ_FOR_REPLAY)
-            .await
-            .map_err(backend)?;
-        let rows = client
+        let (aggregate_type, aggregate_id) = (stream.aggregate_type, stream.aggregate_id);
+        let (after, limit) = (to_i64(after_version), to_i64(limit as u64));
+        let rows = self
             .query(
-                &statement,
-                &[
-                    &stream.aggregate_type,
-                    &stream.aggregate_id,
-                    &to_i64(after_version),
-                    &i64::try_from(limit).unwrap_or(i64::MAX),
-                ],
+                READ_FOR_REPLAY,
+                &[&aggregate_type, &aggregate_id, &after, &limit],
             )
-            .await
-            .map_err(backend)?;
+            .await?;
         rows.iter().map(replay_event).collect()
     }
 
@@ -926,13 +921,8 @@ impl EventStore for PostgresStore {
         after_position: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached(READ_ALL).await.map_err(backend)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
-            .query(&statement, &[&to_i64(after_position), &limit])
-            .await
-            .map_err(backend)?;
+        let (after, limit) = (to_i64(after_position), to_i64(limit as u64));
+        let rows = self.query(READ_ALL, &[&after, &limit]).await?;
         rows.iter().map(recorded).collect()
     }
 
@@ -979,19 +969,14 @@ impl EventStore for PostgresStore {
         stream: StreamId<'_>,
         limit: usize,
     ) -> Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(READ_FROM_SNAPSHOT)
-            .await
-            .map_err(backend)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client
+        let (aggregate_type, aggregate_id) = (stream.aggregate_type, stream.aggregate_id);
+        let limit = to_i64(limit as u64);
+        let rows = self
             .query(
-                &statement,
-                &[&stream.aggregate_type, &stream.aggregate_id, &limit],
+                READ_FROM_SNAPSHOT,
+                &[&aggregate_type, &aggregate_id, &limit],
             )
-            .await
-            .map_err(backend)?;
+            .await?;
         let (snapshot, tail) = match rows.split_first() {
             Some((first, tail)) if first.try_get::<_, Option<i64>>(0).ok().flatten().is_none() => {
                 (snapshot_row(first, SNAPSHOT_IN_REPLAY_ROW), tail)
@@ -1003,33 +988,16 @@ impl EventStore for PostgresStore {
     }
 
     async fn load_snapshot(&self, stream: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(LOAD_SNAPSHOT)
-            .await
-            .map_err(backend)?;
-        let row = client
-            .query_opt(&statement, &[&stream.aggregate_type, &stream.aggregate_id])
-            .await
-            .map_err(backend)?;
-        Ok(row.as_ref().and_then(|row| snapshot_row(row, SNAPSHOT_ROW)))
+        let (aggregate_type, aggregate_id) = (stream.aggregate_type, stream.aggregate_id);
+        let rows = self
+            .query(LOAD_SNAPSHOT, &[&aggregate_type, &aggregate_id])
+            .await?;
+        Ok(rows.first().and_then(|row| snapshot_row(row, SNAPSHOT_ROW)))
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(concat!(
-                "SELECT ",
-                columns!(),
-                " FROM eda_events WHERE event_id = $1"
-            ))
-            .await
-            .map_err(backend)?;
-        let row = client
-            .query_opt(&statement, &[&event_id])
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(recorded).transpose()
+        let rows = self.query(READ_EVENT, &[&event_id]).await?;
+        rows.first().map(recorded).transpose()
     }
 }
 
@@ -1058,6 +1026,12 @@ const READ_STREAM: &str = concat!(
     " FROM eda_events WHERE ",
     after_version!("$3"),
     " ORDER BY version"
+);
+
+const READ_EVENT: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM eda_events WHERE event_id = $1"
 );
 
 /// The global log after a position, up to the oldest transaction still running
