@@ -14,8 +14,8 @@
 //! odd ones. The report gives each side's rate over all rounds, the ratio of the
 //! two, and the median and range of the per-round ratios.
 //!
-//! `EDA_BENCH_ONLY=normal` runs SQLite NORMAL alone, `=postgres` skips SQLite, and
-//! `=long` runs PostgreSQL's long stream alone.
+//! `EDA_BENCH_ONLY=normal` runs SQLite NORMAL only (and PostgreSQL when its URL is
+//! set), `=postgres` skips SQLite, and `=long` runs PostgreSQL's long stream alone.
 
 #![allow(missing_docs)]
 

@@ -718,6 +718,18 @@ async fn bad_rows_are_typed_errors_and_other_aggregates_still_load() {
         .unwrap();
     let account = fresh.load::<Account>(&"bad".to_string()).await.unwrap();
     assert_eq!(account.owner.as_deref(), Some("bob"));
+    // A column out of range is corrupt for replay too, with the position.
+    client
+        .batch_execute("UPDATE eda_events SET event_version = -1 WHERE aggregate_id = 'bad'")
+        .await
+        .unwrap();
+    match fresh.load::<Account>(&"bad".to_string()).await {
+        Err(LoadError::Store(StoreError::Corrupt { position, what })) => {
+            assert_eq!(position, bad_position);
+            assert_eq!(what, "negative event_version");
+        }
+        other => panic!("expected a corrupt row, got {other:?}"),
+    }
     assert_eq!(
         fresh
             .load::<Account>(&"good".to_string())

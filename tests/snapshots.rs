@@ -487,3 +487,44 @@ async fn a_long_stream_is_replayed_a_page_at_a_time() {
         assert!(last.1 < last.0, "{pages:?}");
     }
 }
+
+/// A store that has lost one row: version 2 of every stream.
+struct LostRowStore {
+    inner: MemoryStore,
+}
+
+impl EventStore for LostRowStore {
+    forward_to_inner!();
+    async fn read_for_replay(
+        &self,
+        s: StreamId<'_>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<eda::ReplayEvent>, StoreError> {
+        let mut page = self.inner.read_for_replay(s, after, limit).await?;
+        page.retain(|e| e.version != 2);
+        Ok(page)
+    }
+}
+
+#[tokio::test]
+async fn a_missing_version_is_a_typed_error_not_a_wrong_state() {
+    let memory = MemoryStore::new();
+    let app = App::new(memory.clone());
+    for n in 1..=4 {
+        add(&app, n).await;
+    }
+    let lost = memory.read_stream(STREAM, 1).await.unwrap()[0].position;
+    let err = App::new(LostRowStore { inner: memory })
+        .load::<Tally>(&"t".to_string())
+        .await
+        .unwrap_err();
+    match err {
+        LoadError::Store(StoreError::Corrupt { position, what }) => {
+            // The first event after the gap is named, with the version it follows.
+            assert_eq!(position, lost + 1);
+            assert_eq!(what, "version 3 of Tally/t follows version 1");
+        }
+        other => panic!("expected a corrupt stream, got {other:?}"),
+    }
+}

@@ -253,8 +253,8 @@ impl App {
             }
             apply_recorded(cached, &event.as_ref(stream))?;
         }
-        // A full page: the caller reads on from here.
-        Ok(tail.len() < REPLAY_PAGE)
+        // A page exactly full: the caller reads on from here.
+        Ok(tail.len() != REPLAY_PAGE)
     }
 
     /// Stores a snapshot. A failure is logged, not returned: the events are
@@ -293,12 +293,37 @@ impl App {
                 .read_for_replay(stream, before, REPLAY_PAGE)
                 .await?;
             for event in &page {
+                if event.version <= cached.version {
+                    continue;
+                }
+                if event.version != cached.version + 1 {
+                    return Err(LoadError::Store(StoreError::Corrupt {
+                        position: event.position,
+                        what: format!(
+                            "version {} of {}/{} follows version {}",
+                            event.version,
+                            stream.aggregate_type,
+                            stream.aggregate_id,
+                            cached.version
+                        ),
+                    }));
+                }
                 apply_recorded(cached, &event.as_ref(stream))?;
             }
-            // A short page is the end; so is a page that did not move the version
-            // on (a store that ignores `after_version`), rather than a loop.
-            if page.len() < REPLAY_PAGE || cached.version <= before {
+            // Only a page exactly full may have more after it.
+            if page.len() != REPLAY_PAGE {
                 return Ok(());
+            }
+            if cached.version == before {
+                // A store that ignores `after_version`: stop rather than loop,
+                // and say so rather than return a stale state.
+                return Err(LoadError::Store(StoreError::Backend(
+                    format!(
+                        "read_for_replay returned a full page without an event after version {before} of {}/{}",
+                        stream.aggregate_type, stream.aggregate_id
+                    )
+                    .into(),
+                )));
             }
         }
     }

@@ -96,30 +96,32 @@ pub trait EventStore: Send + Sync + 'static {
         std::future::ready(Ok(()))
     }
 
-    /// At most `limit` events of `stream` after `after_version`, in version order,
-    /// as replay reads them; replay asks for pages until one comes back short, so
-    /// a long stream is never held in memory whole. The default takes them from
-    /// [`read_stream`](Self::read_stream); a store can read less per event (no
-    /// metadata, no stream name per row) and stop at the limit.
+    /// The events of `stream` after `after_version`, in version order, as replay
+    /// reads them: at most `limit` of them, and fewer only when the stream has no
+    /// more. Replay asks for the next page while pages come back exactly full, so
+    /// a store that keeps to the limit never has a long stream in memory whole.
+    ///
+    /// The default returns every event after `after_version`, from
+    /// [`read_stream`](Self::read_stream), ignoring `limit` (a page longer than
+    /// asked also ends replay's reading). A store should override it to stop at
+    /// the limit and to read less per event: no metadata, no stream name per row.
     fn read_for_replay(
         &self,
         stream: StreamId<'_>,
         after_version: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<ReplayEvent>, StoreError>> + Send {
+        let _ = limit;
         async move {
             let events = self.read_stream(stream, after_version).await?;
-            Ok(events
-                .into_iter()
-                .take(limit)
-                .map(ReplayEvent::from)
-                .collect())
+            Ok(events.into_iter().map(ReplayEvent::from).collect())
         }
     }
 
-    /// The stream's latest snapshot and at most `limit` events after it (from the
-    /// first event when there is no snapshot), as replay reads them; replay reads
-    /// on with [`read_for_replay`](Self::read_for_replay) when the tail is full.
+    /// The stream's latest snapshot and the events after it (from the first event
+    /// when there is no snapshot), as replay reads them, paged like
+    /// [`read_for_replay`](Self::read_for_replay): at most `limit` events (the
+    /// snapshot does not count), fewer only at the stream's end.
     /// The default reads one, then the other; a store may answer both in one round
     /// trip. A snapshot newer than the first event of the tail can come back (it
     /// was saved in between): callers skip the events it includes.

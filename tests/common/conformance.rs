@@ -99,6 +99,10 @@ pub async fn append_and_read_back<S: EventStore>(store: S) {
         store.read_for_replay(s, 0, 1).await.unwrap(),
         replayed(0)[..1]
     );
+    assert_eq!(
+        store.read_for_replay(s, 1, 1).await.unwrap(),
+        replayed(1)[..1]
+    );
     assert!(store
         .read_for_replay(stream("Account", "other"), 0, 10)
         .await
@@ -342,6 +346,9 @@ pub async fn snapshot_and_tail_load_together<S: EventStore>(store: S) {
     let (snapshot, tail) = store.read_from_snapshot(s, 10).await.unwrap();
     assert!(snapshot.is_none());
     assert_eq!(versions(&tail), [1, 2, 3, 4, 5]);
+    let (snapshot, tail) = store.read_from_snapshot(s, 2).await.unwrap();
+    assert!(snapshot.is_none());
+    assert_eq!(versions(&tail), [1, 2]);
 
     let at = |version| Snapshot {
         version,
