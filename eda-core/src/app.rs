@@ -10,7 +10,9 @@ use uuid::Uuid;
 use crate::aggregate::{stream_key, Aggregate, AggregateEvent, Handle};
 use crate::cache::{Cache, Cached};
 use crate::command::HandledCommand;
-use crate::envelope::{event_id_at, unix_millis, EventRef, Metadata, NewEvent, Snapshot, StreamId};
+use crate::envelope::{
+    event_id_at, unix_millis, EventRef, Metadata, NewEvent, ReplayEvent, Snapshot, StreamId,
+};
 use crate::error::{CommandError, DecodeError, LoadError, RegistryError, StoreError};
 use crate::registry::registry;
 use crate::store::memory::MemoryStore;
@@ -242,16 +244,10 @@ impl App {
             Some(None) => return Ok(false),
             None => {}
         }
-        for event in &tail {
-            // The snapshot and the tail may come from two reads with a snapshot
-            // saved in between: skip events the state holds, and stop at a gap.
-            if event.version <= cached.version {
-                continue;
-            }
-            if event.version != cached.version + 1 {
-                return Ok(false);
-            }
-            apply_recorded(cached, &event.as_ref(stream))?;
+        // The snapshot and the tail may come from two reads with a snapshot saved in
+        // between: events the state holds are skipped, and a gap is not trusted.
+        if apply_following(cached, stream, &tail)?.is_some() {
+            return Ok(false);
         }
         // A page exactly full: the caller reads on from here.
         Ok(tail.len() != REPLAY_PAGE)
@@ -292,23 +288,17 @@ impl App {
                 .store
                 .read_for_replay(stream, before, REPLAY_PAGE)
                 .await?;
-            for event in &page {
-                if event.version <= cached.version {
-                    continue;
-                }
-                if event.version != cached.version + 1 {
-                    return Err(LoadError::Store(StoreError::Corrupt {
-                        position: event.position,
-                        what: format!(
-                            "version {} of {}/{} follows version {}",
-                            event.version,
-                            stream.aggregate_type,
-                            stream.aggregate_id,
-                            cached.version
-                        ),
-                    }));
-                }
-                apply_recorded(cached, &event.as_ref(stream))?;
+            if let Some(after_gap) = apply_following(cached, stream, &page)? {
+                return Err(LoadError::Store(StoreError::Corrupt {
+                    position: after_gap.position,
+                    what: format!(
+                        "version {} of {}/{} follows version {}",
+                        after_gap.version,
+                        stream.aggregate_type,
+                        stream.aggregate_id,
+                        cached.version
+                    ),
+                }));
             }
             // Only a page exactly full may have more after it.
             if page.len() != REPLAY_PAGE {
@@ -825,6 +815,25 @@ fn apply_recorded<A: Aggregate>(
     cached.state.apply(&event);
     cached.version = stored.version;
     Ok(())
+}
+
+/// Applies the events of `page` that follow on from `cached`, skipping those it
+/// already holds; stops at a gap and returns the first event after it.
+fn apply_following<'p, A: Aggregate>(
+    cached: &mut Cached<A>,
+    stream: StreamId<'_>,
+    page: &'p [ReplayEvent],
+) -> Result<Option<&'p ReplayEvent>, DecodeError> {
+    for event in page {
+        if event.version <= cached.version {
+            continue;
+        }
+        if event.version != cached.version + 1 {
+            return Ok(Some(event));
+        }
+        apply_recorded(cached, &event.as_ref(stream))?;
+    }
+    Ok(None)
 }
 
 /// A snapshot of `cached`, if the append from version `before` crossed a multiple

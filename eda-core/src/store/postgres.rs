@@ -931,34 +931,25 @@ impl EventStore for PostgresStore {
         stream: StreamId<'_>,
         snapshot: &Snapshot,
     ) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO eda_snapshots (aggregate_type, aggregate_id, version, snapshot_version, payload, fingerprint)
-                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)
-                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
-                 SET version = excluded.version, snapshot_version = excluded.snapshot_version,
-                     payload = excluded.payload, fingerprint = excluded.fingerprint
-                 WHERE excluded.version >= eda_snapshots.version",
-            )
-            .await
-            .map_err(backend)?;
-        let snapshot_version = i64::from(snapshot.snapshot_version);
-        client
-            .execute(
-                &statement,
-                &[
-                    &stream.aggregate_type,
-                    &stream.aggregate_id,
-                    &to_i64(snapshot.version),
-                    &snapshot_version,
-                    &snapshot.payload,
-                    // The bits as they are: bigint is signed.
-                    &(snapshot.fingerprint as i64),
-                ],
-            )
-            .await
-            .map_err(backend)?;
+        let (aggregate_type, aggregate_id) = (stream.aggregate_type, stream.aggregate_id);
+        let (version, snapshot_version) = (
+            to_i64(snapshot.version),
+            i64::from(snapshot.snapshot_version),
+        );
+        // The bits as they are: bigint is signed.
+        let fingerprint = snapshot.fingerprint as i64;
+        self.query(
+            SAVE_SNAPSHOT,
+            &[
+                &aggregate_type,
+                &aggregate_id,
+                &version,
+                &snapshot_version,
+                &snapshot.payload,
+                &fingerprint,
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -1068,6 +1059,15 @@ const READ_FROM_SNAPSHOT: &str = concat!(
     " ORDER BY version LIMIT $3)
      ORDER BY version"
 );
+
+/// A snapshot replaces the stream's one unless that one is newer.
+const SAVE_SNAPSHOT: &str =
+    "INSERT INTO eda_snapshots (aggregate_type, aggregate_id, version, snapshot_version, payload, fingerprint)
+     VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)
+     ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+     SET version = excluded.version, snapshot_version = excluded.snapshot_version,
+         payload = excluded.payload, fingerprint = excluded.fingerprint
+     WHERE excluded.version >= eda_snapshots.version";
 
 const LOAD_SNAPSHOT: &str =
     "SELECT version, snapshot_version, payload::text, fingerprint FROM eda_snapshots \

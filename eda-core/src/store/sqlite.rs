@@ -407,10 +407,7 @@ impl EventStore for SqliteStore {
     }
 
     async fn load_snapshot(&self, stream: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
-        let (aggregate_type, aggregate_id) = (
-            stream.aggregate_type.to_owned(),
-            stream.aggregate_id.to_owned(),
-        );
+        let (aggregate_type, aggregate_id) = owned(stream);
         self.read(true, move |connection| {
             snapshot_of(connection, &aggregate_type, &aggregate_id)
         })
@@ -423,10 +420,7 @@ impl EventStore for SqliteStore {
         stream: StreamId<'_>,
         limit: usize,
     ) -> Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError> {
-        let (aggregate_type, aggregate_id) = (
-            stream.aggregate_type.to_owned(),
-            stream.aggregate_id.to_owned(),
-        );
+        let (aggregate_type, aggregate_id) = owned(stream);
         self.read(true, move |connection| {
             let snapshot = snapshot_of(connection, &aggregate_type, &aggregate_id)?;
             let after = snapshot.as_ref().map_or(0, |s| s.version);
@@ -442,10 +436,7 @@ impl EventStore for SqliteStore {
         after_version: u64,
         limit: usize,
     ) -> Result<Vec<ReplayEvent>, StoreError> {
-        let (aggregate_type, aggregate_id) = (
-            stream.aggregate_type.to_owned(),
-            stream.aggregate_id.to_owned(),
-        );
+        let (aggregate_type, aggregate_id) = owned(stream);
         self.read(true, move |connection| {
             replay_events(
                 connection,
@@ -463,10 +454,7 @@ impl EventStore for SqliteStore {
         stream: StreamId<'_>,
         after_version: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let (aggregate_type, aggregate_id) = (
-            stream.aggregate_type.to_owned(),
-            stream.aggregate_id.to_owned(),
-        );
+        let (aggregate_type, aggregate_id) = owned(stream);
         self.read(true, move |connection| {
             let mut statement = connection
                 .prepare_cached(&format!(
@@ -512,6 +500,14 @@ impl EventStore for SqliteStore {
         })
         .await
     }
+}
+
+/// The stream's names, owned, for a job on another thread.
+fn owned(stream: StreamId<'_>) -> (String, String) {
+    (
+        stream.aggregate_type.to_owned(),
+        stream.aggregate_id.to_owned(),
+    )
 }
 
 const COLUMNS: &str =
@@ -581,10 +577,9 @@ fn replay_events(
         .map_err(backend)?;
     let mut events = Vec::new();
     while let Some(row) = rows.next().map_err(backend)? {
-        let position = u64::try_from(row.get::<_, i64>(0).map_err(backend)?).unwrap_or_default();
-        let columns = Columns { row, position };
+        let columns = Columns::of(row)?;
         events.push(ReplayEvent {
-            position,
+            position: columns.position,
             version: u64::try_from(columns.integer(1, "version")?)
                 .map_err(|_| columns.corrupt("negative version".into()))?,
             name: columns.text(2, "name")?,
@@ -603,7 +598,16 @@ struct Columns<'a, 'r> {
     position: u64,
 }
 
-impl Columns<'_, '_> {
+impl<'a, 'r> Columns<'a, 'r> {
+    /// `row`, whose first column is its position.
+    fn of(row: &'a rusqlite::Row<'r>) -> Result<Self, StoreError> {
+        let position: i64 = row.get(0).map_err(backend)?;
+        Ok(Columns {
+            row,
+            position: u64::try_from(position).unwrap_or_default(),
+        })
+    }
+
     fn corrupt(&self, what: String) -> StoreError {
         StoreError::Corrupt {
             position: self.position,
@@ -642,9 +646,7 @@ fn collect(mut rows: rusqlite::Rows<'_>) -> Result<Vec<RecordedEvent>, StoreErro
 /// One row as a [`RecordedEvent`]; a row that does not have the stored shape is a
 /// [`StoreError::Corrupt`] naming its position.
 fn recorded(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
-    let position: i64 = row.get(0).map_err(backend)?;
-    let position = u64::try_from(position).unwrap_or_default();
-    let columns = Columns { row, position };
+    let columns = Columns::of(row)?;
     let event_id = columns
         .value(1)?
         .as_blob()
@@ -661,7 +663,7 @@ fn recorded(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
         aggregate_id: columns.text(3, "aggregate_id")?,
         version: u64::try_from(columns.integer(4, "version")?)
             .map_err(|_| columns.corrupt("negative version".into()))?,
-        position,
+        position: columns.position,
         name: columns.text(5, "name")?,
         event_version: u32::try_from(columns.integer(6, "event_version")?)
             .map_err(|_| columns.corrupt("event_version out of range".into()))?,
