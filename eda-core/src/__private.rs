@@ -7,8 +7,9 @@ pub use serde;
 pub use serde_json;
 
 pub use crate::aggregate::{Aggregate, AggregateEvent, Handle, IntoEvents};
+pub use crate::codec::{Probe, ViaPartialEq, WithoutPartialEq};
 pub use crate::command::{Command, HandledCommand};
-pub use crate::error::DecodeErrorKind;
+pub use crate::error::{DecodeErrorKind, EncodeError};
 pub use crate::event::{decode_upcast, Event};
 pub use crate::registry::EventRegistration;
 
@@ -20,9 +21,9 @@ pub fn decode_boxed<E: Event>(
     E::decode(version, payload).map(|e| Box::new(e) as Box<dyn Any + Send>)
 }
 
-/// Serializes one event as its stored payload.
-pub fn encode<E: Event>(event: &E) -> Result<String, serde_json::Error> {
-    serde_json::to_string(event)
+/// Serializes one event as its stored payload, refusing non-finite floats.
+pub fn encode<E: Event>(event: &E) -> Result<String, EncodeError> {
+    crate::codec::to_json(event)
 }
 
 /// Error for a stored name the aggregate has no `#[apply]` for.
@@ -129,7 +130,7 @@ impl<T: serde::Serialize + serde::de::DeserializeOwned> SnapshotState for T {}
 /// How an aggregate's state becomes a snapshot payload and back.
 pub struct SnapshotCodec<S> {
     /// The state as JSON.
-    pub encode: fn(&S) -> Result<String, serde_json::Error>,
+    pub encode: fn(&S) -> Result<String, EncodeError>,
     /// A state from JSON.
     pub decode: fn(&str) -> Result<S, serde_json::Error>,
 }
@@ -138,7 +139,7 @@ pub struct SnapshotCodec<S> {
 /// missing derive is reported once.
 pub const fn snapshot_codec<S: SnapshotState>() -> SnapshotCodec<S> {
     SnapshotCodec {
-        encode: |state| serde_json::to_string(state),
+        encode: |state| crate::codec::to_json(state),
         decode: |payload| serde_json::from_str(payload),
     }
 }

@@ -3,7 +3,7 @@ use std::borrow::Cow;
 use std::fmt::{Debug, Display};
 use std::hash::Hash;
 
-use crate::error::DecodeErrorKind;
+use crate::error::{DecodeErrorKind, EncodeError};
 
 /// A consistency boundary: state rebuilt from its own events, deciding commands.
 ///
@@ -66,7 +66,7 @@ pub trait Aggregate: Default + Send + 'static {
     fn apply(&mut self, event: &Self::Event);
 
     /// The state as a snapshot payload; `None` when the aggregate takes no snapshots.
-    fn encode_snapshot(&self) -> Option<Result<String, serde_json::Error>> {
+    fn encode_snapshot(&self) -> Option<Result<String, EncodeError>> {
         None
     }
 
@@ -143,10 +143,18 @@ pub trait AggregateEvent: Debug + Send + Sync + Sized + 'static {
     fn name(&self) -> &'static str;
     /// Schema version of the event inside.
     fn version(&self) -> u32;
-    /// Serializes the event inside as its stored payload (JSON).
-    fn encode(&self) -> Result<String, serde_json::Error>;
+    /// Serializes the event inside as its stored payload (JSON); NaN and the
+    /// infinities, which JSON cannot represent, are refused.
+    fn encode(&self) -> Result<String, EncodeError>;
     /// Decodes a stored payload by name and schema version, upcasting old versions.
     fn decode(name: &str, version: u32, payload: &str) -> Result<Self, DecodeErrorKind>;
+    /// `Some(self == other)` when the event inside implements `PartialEq` (and both
+    /// are the same event type), `None` when it does not.
+    #[doc(hidden)]
+    fn same_value(&self, other: &Self) -> Option<bool> {
+        let _ = other;
+        None
+    }
 }
 
 /// Values that become a list of events `E`: one event, `Option`, `Vec`, tuples of

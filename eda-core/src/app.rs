@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::aggregate::{stream_key, Aggregate, AggregateEvent, Handle};
 use crate::cache::{Cache, Cached};
+use crate::codec;
 use crate::command::HandledCommand;
 use crate::envelope::{
     event_id_at, unix_millis, EventRef, Metadata, NewEvent, ReplayEvent, Snapshot, StreamId,
@@ -355,7 +356,7 @@ impl App {
         };
         let append_span = append_span::<C::Aggregate>(&id, cached.version, events.len());
         let appended = append_span
-            .in_scope(|| append_to_memory(memory, stream, cached.version, &events, metadata));
+            .in_scope(|| append_to_memory(memory, stream, cached.version, &mut events, metadata));
         let before = cached.version;
         let result = match appended {
             Ok(Ok(appended)) => {
@@ -444,7 +445,7 @@ impl App {
                 Some(memory) => {
                     let taken = std::mem::take(&mut metadata);
                     let appended = append_span.in_scope(|| {
-                        append_to_memory(memory, stream, cached.version, &events, taken)
+                        append_to_memory(memory, stream, cached.version, &mut events, taken)
                     })?;
                     appended.map_err(|(error, given_back)| {
                         metadata = given_back;
@@ -455,7 +456,7 @@ impl App {
                     let mut new_events = Vec::with_capacity(events.len());
                     let now = std::time::SystemTime::now();
                     encode(
-                        &events,
+                        &mut events,
                         metadata.idempotency_key.as_deref(),
                         &mut new_events,
                         now,
@@ -550,8 +551,14 @@ impl App {
             if !(same_command && same_stream) {
                 return Err(CommandError::IdempotencyKeyReused {
                     key: key.to_owned(),
-                    first_command: recorded.metadata.command.clone().map(Cow::into_owned),
+                    first_command: recorded
+                        .metadata
+                        .command
+                        .clone()
+                        .map(Cow::into_owned)
+                        .unwrap_or_default(),
                     first_stream: (recorded.aggregate_type, recorded.aggregate_id),
+                    other_arguments: false,
                 });
             }
             events.push(decode::<C::Aggregate>(&recorded.as_ref()).map_err(CommandError::Decode)?);
@@ -712,7 +719,7 @@ fn append_to_memory<E: AggregateEvent, Err>(
     memory: &MemoryStore,
     stream: StreamId<'_>,
     expected_version: u64,
-    events: &[E],
+    events: &mut [E],
     metadata: Metadata,
 ) -> Result<Result<Appended, (StoreError, Metadata)>, CommandError<Err>> {
     let now = std::time::SystemTime::now();
@@ -883,9 +890,11 @@ thread_local! {
 }
 
 /// Encodes `events` into `out` (cleared first), with ids derived from the
-/// idempotency key if there is one.
+/// idempotency key if there is one. Each event must read back from its payload as
+/// itself ([`codec::encode_checked`]), in every build: what the cache applies and
+/// what a replay applies are then the same.
 fn encode<E: AggregateEvent, Err>(
-    events: &[E],
+    events: &mut [E],
     key: Option<&str>,
     out: &mut Vec<NewEvent>,
     now: std::time::SystemTime,
@@ -893,13 +902,11 @@ fn encode<E: AggregateEvent, Err>(
     out.clear();
     // One clock read per command; the random bits keep ids within a batch unique.
     let millis = unix_millis(now);
-    for (i, event) in events.iter().enumerate() {
-        let payload = event.encode().map_err(|source| CommandError::Encode {
+    for (i, event) in events.iter_mut().enumerate() {
+        let payload = codec::encode_checked(event).map_err(|source| CommandError::Encode {
             event: event.name(),
             source,
         })?;
-        #[cfg(debug_assertions)]
-        check_round_trip(event, &payload)?;
         let event_id = match key {
             Some(key) => idempotent_event_id(key, i),
             None => event_id_at(millis),
@@ -912,44 +919,6 @@ fn encode<E: AggregateEvent, Err>(
         });
     }
     Ok(())
-}
-
-/// Debug builds check that an event reads back as itself (compared by `Debug`): the
-/// cache applies the event in memory while a replay applies the decoded payload, and
-/// the two states must not drift apart (`#[serde(skip)]` fields, lossy custom serde).
-#[cfg(debug_assertions)]
-fn check_round_trip<E: AggregateEvent, Err>(
-    event: &E,
-    payload: &str,
-) -> Result<(), CommandError<Err>> {
-    match E::decode(event.name(), event.version(), payload) {
-        Ok(back) => {
-            let (before, after) = (format!("{event:?}"), format!("{back:?}"));
-            if before == after {
-                Ok(())
-            } else {
-                Err(round_trip_error(
-                    event.name(),
-                    format!("{before} is stored as {payload} and reads back as {after}"),
-                ))
-            }
-        }
-        Err(e) => Err(round_trip_error(
-            event.name(),
-            format!("{payload} does not read back: {e}"),
-        )),
-    }
-}
-
-#[cfg(debug_assertions)]
-fn round_trip_error<Err>(event: &'static str, problem: String) -> CommandError<Err> {
-    use serde::ser::Error as _;
-    CommandError::Encode {
-        event,
-        source: serde_json::Error::custom(format!(
-            "the event does not survive its stored form: {problem}"
-        )),
-    }
 }
 
 /// The id of the `index`th event of the command with idempotency key `key`.

@@ -1,9 +1,13 @@
 use std::error::Error as StdError;
-use std::fmt;
 
 use uuid::Uuid;
 
 /// A failure of an [`EventStore`](crate::EventStore).
+///
+/// Errors carry their cause as [`source`](StdError::source) and do not repeat its
+/// text in their own message, so an error-chain printer (`anyhow`'s `{:#}`, or a
+/// loop over `source()`) shows each cause once: "event store backend failed: db
+/// error: ERROR: ...".
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -27,6 +31,22 @@ pub enum StoreError {
         /// The id found in the store.
         event_id: Uuid,
     },
+    /// An append carried an idempotency key the store already holds (a retried
+    /// command that raced its first execution). Nothing of the batch was stored.
+    #[error("idempotency key `{key}` is already stored")]
+    DuplicateKey {
+        /// The key.
+        key: String,
+    },
+    /// A name or id that not every store can keep, refused the same way by every
+    /// store before anything is stored (see the README's limits).
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was refused: `aggregate id`, `aggregate type`, `event name`, `idempotency key`.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// A stored row does not have the shape the store writes (edited by hand, or a
     /// damaged file). Reading other rows is unaffected.
     #[error("stored event at position {position} is corrupt: {what}")]
@@ -44,8 +64,30 @@ pub enum StoreError {
         /// Newest schema version this code knows.
         supported: u32,
     },
-    /// The backend failed (connection, I/O, driver).
-    #[error("event store backend failed: {0}")]
+    /// The append was sent, but the connection was lost (or the task sending it
+    /// was cancelled) before its answer came: it may or may not be stored. Read the
+    /// stream, or retry the command with the same idempotency key, which is safe
+    /// either way.
+    #[error("the append's outcome is unknown: it may or may not be stored")]
+    OutcomeUnknown {
+        /// What cut the append off, when there is an error to show.
+        #[source]
+        source: Option<Box<dyn StdError + Send + Sync>>,
+    },
+    /// The store was closed ([`App::close`](crate::App::close)); nothing more is
+    /// read or written through it.
+    #[error("the event store is closed")]
+    Closed,
+    /// The SQLite database file was deleted or replaced while the store had it
+    /// open. Appends are refused from then on, since they would go to a file no
+    /// one can open again.
+    #[error("the database file {} was deleted or replaced while the store had it open", path.display())]
+    FileChanged {
+        /// The path the store was opened with.
+        path: std::path::PathBuf,
+    },
+    /// The backend failed (connection, I/O, driver): the cause is the source.
+    #[error("event store backend failed")]
     Backend(#[source] Box<dyn StdError + Send + Sync>),
 }
 
@@ -87,7 +129,7 @@ pub enum DecodeErrorKind {
 
 /// A stored event that could not be decoded, with where it was found.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot decode event `{name}` v{event_version} at position {position} ({aggregate_type} `{aggregate_id}` version {version}): {kind}")]
+#[error("cannot decode event `{name}` v{event_version} at position {position} ({aggregate_type} `{aggregate_id}` version {version})")]
 #[non_exhaustive]
 pub struct DecodeError {
     /// Global position of the event.
@@ -152,13 +194,19 @@ pub enum LoadError {
 }
 
 /// Why [`App::execute`](crate::App::execute) did not commit; `E` is the domain error.
-#[derive(Debug)]
+///
+/// `Rejected`, `Store` and `Decode` are transparent: they display as the error
+/// inside, so a rejection's message can be shown to a user as it is (an HTTP
+/// handler returning `e.to_string()` shows "insufficient funds", not an eda prefix).
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommandError<E> {
     /// The aggregate's rules rejected the command. Nothing was stored.
+    #[error(transparent)]
     Rejected(E),
     /// Other writers kept appending to the aggregate: every retry met a newer version.
     /// Nothing was stored.
+    #[error("version conflict on {aggregate_type} `{aggregate_id}` after {attempts} attempts: expected version {expected}, found {actual}")]
     Conflict {
         /// Aggregate type.
         aggregate_type: &'static str,
@@ -171,27 +219,75 @@ pub enum CommandError<E> {
         /// How many times the command was decided.
         attempts: u32,
     },
-    /// The idempotency key was first used by another command type or on another
-    /// aggregate: a client reused a key it should not have. Nothing was stored.
+    /// The idempotency key was first used for another request: another command
+    /// type, another aggregate, or the same command with other arguments. A client
+    /// reused a key it should not have. Nothing was stored.
+    #[error("idempotency key `{key}` was first used by `{first_command}` on {} `{}`{}", first_stream.0, first_stream.1, if *other_arguments { " with other arguments" } else { "" })]
     IdempotencyKeyReused {
         /// The key.
         key: String,
         /// The command the key was first used by.
-        first_command: Option<String>,
+        first_command: String,
         /// Aggregate type and id the key was first used on.
         first_stream: (String, String),
+        /// Same command and aggregate, but the command's fields differed.
+        other_arguments: bool,
     },
-    /// An event could not be serialized.
+    /// An event cannot be stored as exactly what was decided. Nothing was stored.
+    #[error("event `{event}` cannot be stored")]
     Encode {
         /// Name of the event.
         event: &'static str,
-        /// The serializer's error.
-        source: serde_json::Error,
+        /// What is wrong with it.
+        #[source]
+        source: EncodeError,
     },
-    /// The store failed; whether the append happened is unknown if it was in flight.
+    /// The store failed. [`StoreError::OutcomeUnknown`] means the append may have
+    /// been stored: retry with the same idempotency key.
+    #[error(transparent)]
     Store(StoreError),
     /// A stored event of the aggregate could not be decoded.
+    #[error(transparent)]
     Decode(DecodeError),
+}
+
+/// Why an event cannot be stored: its stored form would not read back as the
+/// event that was decided, so the state rebuilt by replay would differ from the
+/// state the command produced.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// Serialization failed (a map with keys that are not strings, a failing
+    /// `Serialize` impl).
+    #[error("it does not serialize")]
+    Serialize(#[source] serde_json::Error),
+    /// A float that JSON cannot represent: `serde_json` would write `null`, which
+    /// does not read back.
+    #[error("`{path}` is {value}, which JSON cannot represent")]
+    NonFinite {
+        /// Where the value is: field names and indexes from the event's root.
+        path: String,
+        /// The value (NaN or an infinity).
+        value: f64,
+    },
+    /// The stored form does not decode as the event type.
+    #[error("its stored form {payload} does not read back")]
+    Unreadable {
+        /// The serialized event.
+        payload: String,
+        /// Why decoding failed.
+        #[source]
+        source: DecodeErrorKind,
+    },
+    /// The stored form decodes as another value (a `#[serde(skip)]` field, a
+    /// lossy `Serialize`/`Deserialize` pair).
+    #[error("its stored form {payload} reads back as {read_back}")]
+    Changed {
+        /// The serialized event.
+        payload: String,
+        /// What decoding it gives (`Debug`).
+        read_back: String,
+    },
 }
 
 impl<E> CommandError<E> {
@@ -217,40 +313,6 @@ impl<E> From<LoadError> for CommandError<E> {
         match e {
             LoadError::Store(e) => CommandError::Store(e),
             LoadError::Decode(e) => CommandError::Decode(e),
-        }
-    }
-}
-
-impl<E: fmt::Display> fmt::Display for CommandError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CommandError::Rejected(e) => write!(f, "command rejected: {e}"),
-            CommandError::Conflict { aggregate_type, aggregate_id, expected, actual, attempts } => write!(
-                f,
-                "version conflict on {aggregate_type} `{aggregate_id}` after {attempts} attempts: expected version {expected}, found {actual}"
-            ),
-            CommandError::IdempotencyKeyReused { key, first_command, first_stream } => write!(
-                f,
-                "idempotency key `{key}` was first used by `{}` on {} `{}`",
-                first_command.as_deref().unwrap_or("?"),
-                first_stream.0,
-                first_stream.1
-            ),
-            CommandError::Encode { event, .. } => write!(f, "cannot serialize event `{event}`"),
-            CommandError::Store(e) => fmt::Display::fmt(e, f),
-            CommandError::Decode(e) => fmt::Display::fmt(e, f),
-        }
-    }
-}
-
-impl<E: StdError + 'static> StdError for CommandError<E> {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        match self {
-            CommandError::Rejected(e) => Some(e),
-            CommandError::Encode { source, .. } => Some(source),
-            CommandError::Store(e) => e.source(),
-            CommandError::Decode(e) => e.source(),
-            CommandError::Conflict { .. } | CommandError::IdempotencyKeyReused { .. } => None,
         }
     }
 }

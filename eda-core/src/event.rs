@@ -39,6 +39,15 @@ pub trait Event: Serialize + DeserializeOwned + Debug + Send + Sync + 'static {
     fn decode(version: u32, payload: &str) -> Result<Self, DecodeErrorKind> {
         decode_exact(version, payload)
     }
+
+    /// `Some(self == other)` when the type implements `PartialEq`, `None` when it
+    /// does not: `#[event]` finds out. Used to check that an event reads back from
+    /// its stored form as itself.
+    #[doc(hidden)]
+    fn same_value(&self, other: &Self) -> Option<bool> {
+        let _ = other;
+        None
+    }
 }
 
 /// Decodes `payload` as `E` if it was stored at exactly `E::VERSION`.

@@ -6,6 +6,7 @@
 mod aggregate;
 mod app;
 mod cache;
+mod codec;
 mod command;
 mod envelope;
 mod error;
@@ -23,7 +24,9 @@ pub use aggregate::{Aggregate, AggregateEvent, AggregateId, Handle, IntoEvents};
 pub use app::{App, AppBuilder, Committed, Execute, ExecuteFuture};
 pub use command::{Command, HandledCommand};
 pub use envelope::{Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId};
-pub use error::{CommandError, DecodeError, DecodeErrorKind, LoadError, RegistryError, StoreError};
+pub use error::{
+    CommandError, DecodeError, DecodeErrorKind, EncodeError, LoadError, RegistryError, StoreError,
+};
 pub use event::Event;
 pub use registry::{registry, DecodeFn, EventRegistration, Registry};
 #[cfg(feature = "postgres")]

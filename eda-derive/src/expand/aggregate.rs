@@ -128,6 +128,9 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let encodes = events
         .iter()
         .map(|(v, _, _)| quote!(#enum_ident::#v(ref __eda_event) => #private::encode(__eda_event)));
+    let same_values = events.iter().map(|(v, ty, _)| {
+        quote!((#enum_ident::#v(__eda_a), #enum_ident::#v(__eda_b)) => <#ty as #private::Event>::same_value(__eda_a, __eda_b))
+    });
     let decodes = events.iter().map(|(v, ty, _)| {
         quote! {
             if __eda_name == <#ty as #private::Event>::NAME {
@@ -211,7 +214,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         quote! {
             const SNAPSHOT_EVERY: u64 = #every;
             const SNAPSHOT_VERSION: u32 = #version;
-            fn encode_snapshot(&self) -> ::core::option::Option<::core::result::Result<::std::string::String, #private::serde_json::Error>> {
+            fn encode_snapshot(&self) -> ::core::option::Option<::core::result::Result<::std::string::String, #private::EncodeError>> {
                 ::core::option::Option::Some((__EDA_SNAPSHOT_CODEC.encode)(self))
             }
             fn decode_snapshot(__eda_payload: &str) -> ::core::option::Option<::core::result::Result<Self, #private::serde_json::Error>> {
@@ -250,8 +253,15 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 fn version(&self) -> u32 {
                     match *self { #(#versions,)* }
                 }
-                fn encode(&self) -> ::core::result::Result<::std::string::String, #private::serde_json::Error> {
+                fn encode(&self) -> ::core::result::Result<::std::string::String, #private::EncodeError> {
                     match *self { #(#encodes,)* }
+                }
+                fn same_value(&self, __eda_other: &Self) -> ::core::option::Option<bool> {
+                    #[allow(unreachable_patterns)]
+                    match (self, __eda_other) {
+                        #(#same_values,)*
+                        _ => ::core::option::Option::Some(false),
+                    }
                 }
                 fn decode(
                     __eda_name: &str,

@@ -88,6 +88,11 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 const NAME: &'static str = #name;
                 const VERSION: u32 = #version;
                 #decode
+                fn same_value(&self, __eda_other: &Self) -> ::core::option::Option<bool> {
+                    #[allow(unused_imports)]
+                    use #private::{ViaPartialEq as _, WithoutPartialEq as _};
+                    (&#private::Probe(self)).__eda_same_value(__eda_other)
+                }
             }
 
             #checks
