@@ -100,7 +100,7 @@ async fn a_newer_schema_is_refused_not_downgraded() {
             err,
             StoreError::IncompatibleSchema {
                 found: 99,
-                supported: 2
+                supported: 3
             }
         ),
         "{err:?}"

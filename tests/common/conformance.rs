@@ -27,6 +27,7 @@ macro_rules! conformance_tests {
             snapshot_and_tail_load_together,
             undecodable_events_are_typed_errors,
             a_tailing_reader_sees_every_event_once,
+            payloads_read_back_byte_for_byte,
         );
     };
     (@each $with_store:path; $($name:ident,)*) => {$(
@@ -548,4 +549,78 @@ pub async fn a_tailing_reader_sees_every_event_once<S: EventStore + Clone>(store
         .collect();
     assert_eq!(full.len(), 8 * 40 * 2);
     assert_eq!(seen, full, "the tailing reader saw the final log exactly");
+}
+
+/// JSON texts a store might be tempted to rewrite: every read returns each one
+/// exactly as it was appended (and snapshots and metadata likewise).
+pub const AWKWARD_PAYLOADS: [&str; 8] = [
+    r#"{"max":1.7976931348623157e308,"min":-1.7976931348623157e308,"tiny":5e-324}"#,
+    r#"{"zero":-0.0,"one":1.0,"ulp":219.92000000000002}"#,
+    r#"{"z":1,"a":2,"m":{"y":true,"b":null}}"#,
+    r#"{"big":123456789012345678901234567890,"neg":-9223372036854775808}"#,
+    r#"{"nul":"a\u0000b","quote":"\"","unicode":"\u00e9\ud83d\ude00 é😀","tab":"\t"}"#,
+    "{ \"spaced\" : [ 1 , 2 ] ,\n  \"x\":{} }",
+    r#"{"dup":1,"dup":2}"#,
+    r#"[1,"two",3.0,[],{}]"#,
+];
+
+pub async fn payloads_read_back_byte_for_byte<S: EventStore>(store: S) {
+    use eda::Snapshot;
+    let s = stream("Payload", "p-1");
+    let mut metadata = Metadata::default();
+    metadata
+        .user
+        .insert("nul\u{0}key".into(), "a\u{0}b \u{e9}\u{1F600}\"".into());
+    let events: Vec<_> = AWKWARD_PAYLOADS
+        .iter()
+        .map(|payload| new_event("Awkward", payload))
+        .collect();
+    let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
+    store.append(s, 0, events, &metadata).await.unwrap();
+
+    let payloads = |texts: Vec<String>| {
+        assert_eq!(texts, AWKWARD_PAYLOADS, "payloads as appended, byte for byte");
+    };
+    let read = store.read_stream(s, 0).await.unwrap();
+    assert!(read.iter().all(|e| e.metadata == metadata), "{read:?}");
+    payloads(read.into_iter().map(|e| e.payload).collect());
+    payloads(
+        store
+            .read_all(0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.payload)
+            .collect(),
+    );
+    let mut by_id = Vec::new();
+    for id in ids {
+        by_id.push(store.read_event(id).await.unwrap().unwrap().payload);
+    }
+    payloads(by_id);
+    payloads(
+        store
+            .read_for_replay(s, 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.payload)
+            .collect(),
+    );
+    for (i, payload) in AWKWARD_PAYLOADS.iter().enumerate() {
+        let snapshot = Snapshot {
+            version: i as u64 + 1,
+            snapshot_version: 1,
+            fingerprint: 0,
+            payload: payload.to_string(),
+        };
+        store.save_snapshot(s, &snapshot).await.unwrap();
+        let loaded = store.load_snapshot(s).await.unwrap();
+        // A store may keep no snapshots; one that does keeps them exactly.
+        if let Some(loaded) = loaded {
+            assert_eq!(loaded.payload, *payload);
+            let (with_tail, _) = store.read_from_snapshot(s, 100).await.unwrap();
+            assert_eq!(with_tail.map(|s| s.payload).as_deref(), Some(*payload));
+        }
+    }
 }

@@ -40,7 +40,7 @@ use crate::error::StoreError;
 use crate::store::{backend, to_i64, AppendRequest, Appended, EventStore};
 
 /// The schema version this code creates and reads.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// Settings of a [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -101,7 +101,7 @@ impl PostgresOptions {
 ///
 /// Tables, created and migrated on connect: `eda_events` (position, event id,
 /// aggregate type and id, version, event name and schema version, payload and
-/// metadata as `jsonb`, recorded-at), `eda_aggregates` (current version and last
+/// metadata as `json`, which keeps the text byte for byte, recorded-at), `eda_aggregates` (current version and last
 /// event's position per aggregate, the row an append locks), `eda_snapshots` and
 /// `eda_schema`. An append is one statement, so one round trip: it compare-and-sets
 /// the aggregate's version and inserts the events, or does nothing. Concurrent
@@ -337,6 +337,32 @@ impl PostgresStore {
             .await
             .map_err(backend)?;
         }
+        if found < 4 {
+            // `json` keeps the text it is given, byte for byte; `jsonb` rewrote
+            // payloads (f64::MAX as a 309-digit integer, keys sorted, -0.0 as 0)
+            // and refused `\u0000`. Payloads stored as `jsonb` before keep the
+            // rewritten text. The key records remember each idempotency key's
+            // outcome, no-ops included.
+            tx.batch_execute(
+                "ALTER TABLE eda_events ALTER COLUMN payload TYPE json USING payload::text::json,
+                                        ALTER COLUMN metadata TYPE json USING metadata::text::json;
+                 ALTER TABLE eda_snapshots ALTER COLUMN payload TYPE json USING payload::text::json;
+                 CREATE TABLE eda_idempotency (
+                     key text PRIMARY KEY,
+                     aggregate_type text NOT NULL,
+                     aggregate_id text NOT NULL,
+                     command text NOT NULL,
+                     fingerprint uuid,
+                     expected_version bigint NOT NULL,
+                     version bigint NOT NULL,
+                     position bigint,
+                     recorded_at timestamptz NOT NULL DEFAULT now()
+                 );
+                 UPDATE eda_schema SET version = 4;",
+            )
+            .await
+            .map_err(backend)?;
+        }
         tx.commit().await.map_err(backend)
     }
 }
@@ -382,7 +408,7 @@ macro_rules! insert_many {
             INSERT INTO eda_events
                 (position, event_id, aggregate_type, aggregate_id, version, name, event_version, payload, metadata)
             SELECT (pg_current_xact_id()::text::bigint << 20) | e.ord, e.id, $1, $2, $3 + e.ord,
-                   e.name, e.event_version, e.payload::jsonb, $9::text::jsonb
+                   e.name, e.event_version, e.payload::json, $9::text::json
             FROM unnest($5::uuid[], $6::text[], $7::int4[], $8::text[])
                  WITH ORDINALITY AS e(id, name, event_version, payload, ord)
             WHERE EXISTS (SELECT 1 FROM cas)
@@ -399,7 +425,7 @@ macro_rules! insert_one {
         INSERT INTO eda_events
             (position, event_id, aggregate_type, aggregate_id, version, name, event_version, payload, metadata)
         SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $5, $1, $2, $3::bigint + 1,
-               $6, $7, $8::text::jsonb, $9::text::jsonb
+               $6, $7, $8::text::json, $9::text::json
         FROM cas
         RETURNING position"
     };
@@ -736,7 +762,7 @@ const APPEND_BATCH: &str = "WITH a AS (
         INSERT INTO eda_events
             (position, event_id, aggregate_type, aggregate_id, version, name, event_version, payload, metadata)
         SELECT (pg_current_xact_id()::text::bigint << 20) | e.ord, e.id, a.aggregate_type, a.aggregate_id,
-               a.expected + e.n, e.name, e.event_version, e.payload::jsonb, a.metadata::jsonb
+               a.expected + e.n, e.name, e.event_version, e.payload::json, a.metadata::json
         FROM unnest($6::int8[], $7::int8[], $8::uuid[], $9::text[], $10::int4[], $11::text[])
              WITH ORDINALITY AS e(append, n, id, name, event_version, payload, ord)
         JOIN a ON a.idx = e.append
@@ -1063,7 +1089,7 @@ const READ_FROM_SNAPSHOT: &str = concat!(
 /// A snapshot replaces the stream's one unless that one is newer.
 const SAVE_SNAPSHOT: &str =
     "INSERT INTO eda_snapshots (aggregate_type, aggregate_id, version, snapshot_version, payload, fingerprint)
-     VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)
+     VALUES ($1, $2, $3, $4, $5::text::json, $6)
      ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
      SET version = excluded.version, snapshot_version = excluded.snapshot_version,
          payload = excluded.payload, fingerprint = excluded.fingerprint

@@ -25,7 +25,7 @@ use crate::failpoint;
 use crate::store::{backend, to_i64, AppendRequest, Appended, EventStore};
 
 /// The schema version this code creates and reads.
-const SCHEMA_VERSION: u32 = 2;
+const SCHEMA_VERSION: u32 = 3;
 
 /// How durable an acknowledged append is (SQLite's `synchronous` setting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -786,6 +786,24 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
                  PRIMARY KEY (aggregate_type, aggregate_id)
              ) WITHOUT ROWID;
              UPDATE eda_schema SET version = 2;",
+        )
+        .map_err(backend)?;
+    }
+    if found < 3 {
+        // Each idempotency key's outcome, no-ops included.
+        tx.execute_batch(
+            "CREATE TABLE eda_idempotency (
+                 key TEXT PRIMARY KEY,
+                 aggregate_type TEXT NOT NULL,
+                 aggregate_id TEXT NOT NULL,
+                 command TEXT NOT NULL,
+                 fingerprint BLOB,
+                 expected_version INTEGER NOT NULL,
+                 version INTEGER NOT NULL,
+                 position INTEGER,
+                 recorded_at INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             UPDATE eda_schema SET version = 3;",
         )
         .map_err(backend)?;
     }
