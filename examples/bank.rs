@@ -88,6 +88,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         state.owner.as_deref().unwrap_or("?"),
         state.balance
     );
+    // Everything into the database file before the program ends (SQLite keeps
+    // recent commits in its write-ahead log until then).
+    app.close().await?;
     Ok(())
 }
 

@@ -79,7 +79,11 @@ impl TestDb {
     async fn one_committer(&self) -> PostgresStore {
         PostgresStore::connect_with(
             &self.url,
-            PostgresOptions::new().schema(&self.schema).pool_size(4),
+            PostgresOptions::new()
+                .schema(&self.schema)
+                .pool_size(4)
+                // Batches wait for locks as long as the tests hold them.
+                .batch_lock_timeout(Duration::from_secs(60)),
         )
         .await
         .unwrap()
@@ -455,7 +459,8 @@ async fn a_version_3_schema_is_migrated_to_exact_payloads() {
     // The old `jsonb` statements, as a version 3 store ran them.
     sql.batch_execute(&format!(
         r#"INSERT INTO eda_events (position, event_id, aggregate_type, aggregate_id, version, name, event_version, payload, metadata)
-           VALUES (1, '{}', 'Doc', 'old', 1, 'Noted', 1, '{{"b":1, "a":2}}'::jsonb, '{{}}'::jsonb);
+           VALUES (1, '{}', 'Doc', 'old', 1, 'Noted', 1, '{{"b":1, "a":2}}'::jsonb,
+                   '{{"idempotency_key": "old-key", "command": "Note"}}'::jsonb);
            INSERT INTO eda_aggregates VALUES ('Doc', 'old', 1, 1)"#,
         eda::__private::new_event_id()
     ))
@@ -491,6 +496,21 @@ async fn a_version_3_schema_is_migrated_to_exact_payloads() {
         .unwrap()
         .get(0);
     assert_eq!(version, 4);
+    // The key of a stored event is known after the migration.
+    let record = store
+        .read_idempotency_key("old-key")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            record.command.as_str(),
+            record.expected_version,
+            record.version,
+            record.position
+        ),
+        ("Note", 0, 1, Some(1))
+    );
     // `jsonb` had sorted the keys; that text is what there is now.
     let old = store
         .read_stream(common::stream("Doc", "old"), 0)

@@ -262,6 +262,12 @@ macro_rules! forward_to_inner {
         ) -> Result<Option<eda::RecordedEvent>, StoreError> {
             self.inner.read_event(id).await
         }
+        async fn read_idempotency_key(
+            &self,
+            key: &str,
+        ) -> Result<Option<eda::IdempotencyRecord>, StoreError> {
+            self.inner.read_idempotency_key(key).await
+        }
     };
 }
 

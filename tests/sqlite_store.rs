@@ -88,6 +88,144 @@ fn sql(path: &std::path::Path, statement: &str) {
     connection.execute_batch(statement).unwrap();
 }
 
+/// After `close`, the `.db` file alone holds the database: a copy of it (without
+/// the `-wal` file) opens with every event. Later calls are refused.
+#[tokio::test]
+async fn close_leaves_the_whole_database_in_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let app = App::new(store.clone());
+    app.execute(OpenAccount {
+        account: "a".into(),
+        owner: "ada".into(),
+    })
+    .await
+    .unwrap();
+    // The control: while open, the commit is only in the write-ahead log, and a
+    // copy of the `.db` file alone has no tables.
+    let early = dir.path().join("early.db");
+    std::fs::copy(&path, &early).unwrap();
+    let no_tables = rusqlite::Connection::open(&early).unwrap().query_row(
+        "SELECT count(*) FROM eda_events",
+        [],
+        |row| row.get::<_, i64>(0),
+    );
+    assert!(no_tables.is_err(), "{no_tables:?}");
+
+    app.close().await.unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let extra = dir.path().join(format!("bank.db{suffix}"));
+        assert!(!extra.exists(), "{} is left", extra.display());
+    }
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&path, &copy).unwrap();
+    let copied = App::new(SqliteStore::open(&copy).await.unwrap());
+    let account: Account = copied.load(&"a".to_string()).await.unwrap();
+    assert_eq!(account.owner.as_deref(), Some("ada"));
+
+    let err = app
+        .execute(DepositMoney {
+            account: "a".into(),
+            amount: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Store(StoreError::Closed)),
+        "{err:?}"
+    );
+    assert!(matches!(
+        store.read_all(0, 10).await,
+        Err(StoreError::Closed)
+    ));
+    store.close().await.unwrap();
+}
+
+/// `backup` writes a one-file copy while the store is in use.
+#[tokio::test]
+async fn backup_copies_a_database_in_use() {
+    let (dir, store) = fresh().await;
+    let app = App::new(store.clone());
+    app.execute(OpenAccount {
+        account: "a".into(),
+        owner: "ada".into(),
+    })
+    .await
+    .unwrap();
+    let copy = dir.path().join("backup.db");
+    store.backup(&copy).await.unwrap();
+    app.execute(DepositMoney {
+        account: "a".into(),
+        amount: 5,
+    })
+    .await
+    .unwrap();
+    assert!(!dir.path().join("backup.db-wal").exists());
+    let restored = App::new(SqliteStore::open(&copy).await.unwrap());
+    let (account, version) = restored
+        .load_with_version::<Account>(&"a".to_string())
+        .await
+        .unwrap();
+    assert_eq!(
+        (account.balance, version),
+        (0, 1),
+        "the state at the backup"
+    );
+}
+
+/// A database file deleted underneath the store: appends are refused with a
+/// typed error instead of being acknowledged into a file no one can open again.
+#[tokio::test]
+async fn appends_to_a_deleted_database_file_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bank.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let app = App::new(store.clone());
+    app.execute(OpenAccount {
+        account: "a".into(),
+        owner: "ada".into(),
+    })
+    .await
+    .unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", path.display())).unwrap();
+    }
+    let mut acknowledged = 0;
+    for amount in 1..=20 {
+        match app
+            .execute(DepositMoney {
+                account: "a".into(),
+                amount,
+            })
+            .await
+        {
+            Ok(_) => acknowledged += 1,
+            Err(CommandError::Store(StoreError::FileChanged { path: gone })) => {
+                assert_eq!(gone, path)
+            }
+            Err(other) => panic!("expected FileChanged, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        acknowledged, 0,
+        "nothing acknowledged into the deleted file"
+    );
+    // A file put back at the path is another database: still refused.
+    drop(SqliteStore::open(&path).await.unwrap());
+    let err = app
+        .execute(DepositMoney {
+            account: "a".into(),
+            amount: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CommandError::Store(StoreError::FileChanged { .. })),
+        "{err:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_newer_schema_is_refused_not_downgraded() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,7 +245,46 @@ async fn a_newer_schema_is_refused_not_downgraded() {
     );
     assert_eq!(
         err.to_string(),
-        "the database schema is version 99, newer than version 2 that this code knows"
+        "the database schema is version 99, newer than version 3 that this code knows"
+    );
+}
+
+/// A version 2 database (before key records) is migrated: the keys of its stored
+/// events get their records, so retries of those commands are still recognised.
+#[tokio::test]
+async fn a_version_2_database_gets_the_keys_of_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let mut metadata = eda::Metadata::default();
+    metadata.idempotency_key = Some("old-key".into());
+    metadata.command = Some("Note".into());
+    let events = vec![
+        common::new_event("Noted", "{}"),
+        common::new_event("Noted", "{}"),
+    ];
+    store
+        .append(common::stream("Doc", "d"), 0, events, &metadata)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    sql(
+        &path,
+        "DROP TABLE eda_idempotency; UPDATE eda_schema SET version = 2",
+    );
+    let store = SqliteStore::open(&path).await.unwrap();
+    let record = store
+        .read_idempotency_key("old-key")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (record.aggregate_id.as_str(), record.command.as_str()),
+        ("d", "Note")
+    );
+    assert_eq!(
+        (record.expected_version, record.version, record.position),
+        (0, 2, Some(2))
     );
 }
 

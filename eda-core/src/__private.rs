@@ -26,6 +26,49 @@ pub fn encode<E: Event>(event: &E) -> Result<String, EncodeError> {
     crate::codec::to_json(event)
 }
 
+pub use uuid::Uuid;
+
+/// The fingerprint of a command's fields (see [`Command::fingerprint`]): a UUIDv5
+/// of their JSON form with object keys sorted. `None` when they do not serialize.
+pub fn fingerprint<T: serde::Serialize>(fields: &T) -> Option<Uuid> {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x6564_615f_636f_6d6d_616e_645f_6669_6e67);
+    let mut canonical = String::new();
+    sorted_json(&serde_json::to_value(fields).ok()?, &mut canonical);
+    Some(Uuid::new_v5(&NAMESPACE, canonical.as_bytes()))
+}
+
+/// `value` as JSON text with every object's keys sorted, whatever order its map
+/// keeps (serde_json's `preserve_order` keeps insertion order).
+fn sorted_json(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::from(key.as_str()).to_string());
+                out.push(':');
+                sorted_json(value, out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                sorted_json(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
 /// Error for a stored name the aggregate has no `#[apply]` for.
 pub fn unknown_event<T>() -> Result<T, DecodeErrorKind> {
     Err(DecodeErrorKind::UnknownEvent)

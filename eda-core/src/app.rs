@@ -1,4 +1,3 @@
-use std::borrow::Cow;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -188,6 +187,13 @@ impl App {
         }
     }
 
+    /// Closes the store behind this `App` (and its clones): see
+    /// [`EventStore::close`]. On SQLite this leaves the whole database in its
+    /// `.db` file; call it before the program ends.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.inner.store.close().await
+    }
+
     /// Rebuilds an aggregate's current state from its events.
     pub async fn load<A: Aggregate>(&self, id: &A::Id) -> Result<A, LoadError> {
         self.load_with_version(id).await.map(|(state, _)| state)
@@ -323,6 +329,9 @@ impl App {
     /// cached and its slot free, the command is accepted and the append succeeds.
     /// Anything else gives the metadata back for [`App::run`], which starts over:
     /// handlers are pure, so deciding twice is harmless, and nothing was stored.
+    // The large error hands the caller's metadata back, cheaper than cloning it
+    // for the fast path's sake.
+    #[allow(clippy::result_large_err)]
     fn try_now<C: HandledCommand>(
         &self,
         command: &C,
@@ -384,7 +393,9 @@ impl App {
     ) -> Result<Committed<C::Aggregate>, CommandError<<C::Aggregate as Aggregate>::Error>> {
         let id = stream_key(command.target_id());
         if let Some(key) = &metadata.idempotency_key {
-            if let Some(first) = Box::pin(self.first_outcome::<C>(key, &id)).await? {
+            metadata.command_fingerprint = command.fingerprint();
+            let fingerprint = metadata.command_fingerprint;
+            if let Some(first) = Box::pin(self.first_outcome::<C>(key, &id, fingerprint)).await? {
                 return Ok(first);
             }
         }
@@ -430,7 +441,7 @@ impl App {
                 *guard = Some(cached);
                 return Err(CommandError::Rejected(rejection));
             }
-            if events.is_empty() {
+            if events.is_empty() && metadata.idempotency_key.is_none() {
                 let version = cached.version;
                 *guard = Some(cached);
                 return Ok(Committed {
@@ -440,6 +451,8 @@ impl App {
                     duplicate: false,
                 });
             }
+            // Appended even without events when the command has a key: the store
+            // then remembers the key's outcome, a no-op, at this version.
             let append_span = append_span::<C::Aggregate>(&id, cached.version, events.len());
             let appended = match self.inner.store.as_memory() {
                 Some(memory) => {
@@ -498,7 +511,10 @@ impl App {
                         return Ok(first);
                     }
                 }
-                Err(duplicate @ StoreError::DuplicateEvent { .. }) => {
+                Err(
+                    duplicate @ (StoreError::DuplicateEvent { .. }
+                    | StoreError::DuplicateKey { .. }),
+                ) => {
                     // With an idempotency key: a concurrent execution won the race.
                     drop(guard);
                     if let Some(first) = self.committed_meanwhile::<C>(&metadata, &id).await? {
@@ -520,53 +536,74 @@ impl App {
     ) -> Result<Option<Committed<C::Aggregate>>, CommandError<<C::Aggregate as Aggregate>::Error>>
     {
         match &metadata.idempotency_key {
-            Some(key) => Box::pin(self.first_outcome::<C>(key, id)).await,
+            Some(key) => {
+                let fingerprint = metadata.command_fingerprint;
+                Box::pin(self.first_outcome::<C>(key, id, fingerprint)).await
+            }
             None => Ok(None),
         }
     }
 
-    /// The events an earlier execution with `key` committed, if there was one. They
-    /// are found by their ids, which derive from the key, so the cost does not grow
-    /// with the stream.
+    /// The outcome of an earlier execution with `key`, if there was one: its key
+    /// record, and the events it appended (read by version, so the cost does not
+    /// grow with the stream). A key first used for another command, aggregate or
+    /// arguments is an error.
     async fn first_outcome<C: HandledCommand>(
         &self,
         key: &str,
         id: &str,
+        fingerprint: Option<Uuid>,
     ) -> Result<Option<Committed<C::Aggregate>>, CommandError<<C::Aggregate as Aggregate>::Error>>
     {
-        let mut events = Vec::new();
-        let mut last = None;
-        for index in 0.. {
-            let recorded = self
-                .inner
-                .store
-                .read_event(idempotent_event_id(key, index))
-                .await;
-            let Some(recorded) = recorded.map_err(CommandError::Store)? else {
-                break;
-            };
-            let same_command = recorded.metadata.command.as_deref() == Some(C::NAME);
-            let same_stream = recorded.aggregate_type == <C::Aggregate as Aggregate>::TYPE
-                && recorded.aggregate_id == id;
-            if !(same_command && same_stream) {
-                return Err(CommandError::IdempotencyKeyReused {
-                    key: key.to_owned(),
-                    first_command: recorded
-                        .metadata
-                        .command
-                        .clone()
-                        .map(Cow::into_owned)
-                        .unwrap_or_default(),
-                    first_stream: (recorded.aggregate_type, recorded.aggregate_id),
-                    other_arguments: false,
-                });
-            }
-            events.push(decode::<C::Aggregate>(&recorded.as_ref()).map_err(CommandError::Decode)?);
-            last = Some((recorded.version, recorded.position));
+        let store = &self.inner.store;
+        let record = store.read_idempotency_key(key).await;
+        let Some(record) = record.map_err(CommandError::Store)? else {
+            return Ok(None);
+        };
+        let same_command = record.command == C::NAME;
+        let same_stream =
+            record.aggregate_type == <C::Aggregate as Aggregate>::TYPE && record.aggregate_id == id;
+        let same_arguments = match (record.fingerprint, fingerprint) {
+            (Some(first), Some(this)) => first == this,
+            _ => true,
+        };
+        if !(same_command && same_stream && same_arguments) {
+            return Err(CommandError::IdempotencyKeyReused {
+                key: key.to_owned(),
+                first_command: record.command,
+                first_stream: (record.aggregate_type, record.aggregate_id),
+                other_arguments: same_command && same_stream,
+            });
         }
-        Ok(last.map(|(version, position)| Committed {
-            version,
-            position: Some(position),
+        let stream = StreamId {
+            aggregate_type: <C::Aggregate as Aggregate>::TYPE,
+            aggregate_id: id,
+        };
+        let mut events = Vec::new();
+        let mut after = record.expected_version;
+        while after < record.version {
+            let page = (record.version - after).min(REPLAY_PAGE as u64) as usize;
+            let page = store.read_for_replay(stream, after, page).await;
+            let page = page.map_err(CommandError::Store)?;
+            if page.first().is_none_or(|e| e.version != after + 1) {
+                return Err(CommandError::Store(StoreError::Corrupt {
+                    position: record.position.unwrap_or_default(),
+                    what: format!(
+                        "idempotency key `{key}` names version {} of {}/{id}, which is not stored",
+                        after + 1,
+                        stream.aggregate_type
+                    ),
+                }));
+            }
+            for event in page.iter().take_while(|e| e.version <= record.version) {
+                let decoded = decode::<C::Aggregate>(&event.as_ref(stream));
+                events.push(decoded.map_err(CommandError::Decode)?);
+                after = event.version;
+            }
+        }
+        Ok(Some(Committed {
+            version: record.version,
+            position: record.position,
             events,
             duplicate: true,
         }))
@@ -677,6 +714,7 @@ impl<'a, C: HandledCommand> IntoFuture for Execute<'a, C> {
                 tracing::field::display(self.command.target_id()),
             );
         }
+        #[allow(clippy::result_large_err)]
         let metadata = match span.in_scope(|| self.app.try_now(&self.command, self.metadata, &span))
         {
             Ok(done) => {
@@ -878,7 +916,7 @@ fn commit<A: Aggregate>(
     span.record("version", appended.version);
     Committed {
         version: appended.version,
-        position: Some(appended.position),
+        position: (!events.is_empty()).then_some(appended.position),
         events,
         duplicate: false,
     }

@@ -28,6 +28,16 @@ pub trait Command: Clone + Send + 'static {
     const NAME: &'static str;
     /// The id of the aggregate instance this command is addressed to.
     fn aggregate_id(&self) -> &Self::Id;
+
+    /// A fingerprint of the command's fields, kept with its idempotency key so that
+    /// the key coming back with other fields is refused
+    /// ([`CommandError::IdempotencyKeyReused`](crate::CommandError::IdempotencyKeyReused)).
+    /// `#[command]` derives it from the fields' JSON form (map keys sorted, so a
+    /// `HashMap` gives the same fingerprint whatever its order); `None` skips the
+    /// check.
+    fn fingerprint(&self) -> Option<uuid::Uuid> {
+        None
+    }
 }
 
 /// Links a command to the aggregate whose `#[handle]` method takes it.

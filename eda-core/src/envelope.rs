@@ -30,9 +30,63 @@ pub struct Metadata {
     /// Idempotency key of the command, if it carried one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// [`Command::fingerprint`](crate::Command::fingerprint) of the command, kept
+    /// with its idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_fingerprint: Option<Uuid>,
     /// Free-form user data (user id, tenant, request id...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub user: BTreeMap<String, String>,
+}
+
+/// What a store keeps of an idempotency key: which command on which aggregate used
+/// it, and what that execution appended. Written by
+/// [`EventStore::append`](crate::EventStore::append) in the same transaction as
+/// the events (also when there are none: a command that changed nothing is
+/// remembered too), read by
+/// [`EventStore::read_idempotency_key`](crate::EventStore::read_idempotency_key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The key.
+    pub key: String,
+    /// Aggregate type of the stream the command went to.
+    pub aggregate_type: String,
+    /// Aggregate id of the stream.
+    pub aggregate_id: String,
+    /// [`Metadata::command`] of the append.
+    pub command: String,
+    /// [`Metadata::command_fingerprint`] of the append.
+    pub fingerprint: Option<Uuid>,
+    /// The version the command was decided on; its events, if any, are the
+    /// versions after it up to `version`.
+    pub expected_version: u64,
+    /// The stream's version after the append (`expected_version` for a no-op).
+    pub version: u64,
+    /// Global position of the last appended event; `None` for a no-op.
+    pub position: Option<u64>,
+}
+
+impl IdempotencyRecord {
+    /// The record an append of `events` events to `stream` at `expected_version`
+    /// with `metadata` leaves, if it carries a key.
+    pub fn of_append(
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: usize,
+        metadata: &Metadata,
+        position: Option<u64>,
+    ) -> Option<IdempotencyRecord> {
+        Some(IdempotencyRecord {
+            key: metadata.idempotency_key.clone()?,
+            aggregate_type: stream.aggregate_type.to_owned(),
+            aggregate_id: stream.aggregate_id.to_owned(),
+            command: metadata.command.as_deref().unwrap_or_default().to_owned(),
+            fingerprint: metadata.command_fingerprint,
+            expected_version,
+            version: expected_version + events as u64,
+            position: position.filter(|_| events > 0),
+        })
+    }
 }
 
 /// An aggregate's state at a version, stored so that loading it replays only the
@@ -95,17 +149,6 @@ impl RecordedEvent {
         StreamId {
             aggregate_type: &self.aggregate_type,
             aggregate_id: &self.aggregate_id,
-        }
-    }
-
-    pub(crate) fn as_ref(&self) -> EventRef<'_> {
-        EventRef {
-            position: self.position,
-            stream: self.stream(),
-            version: self.version,
-            name: &self.name,
-            event_version: self.event_version,
-            payload: &self.payload,
         }
     }
 }

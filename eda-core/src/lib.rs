@@ -23,7 +23,9 @@ pub mod __private;
 pub use aggregate::{Aggregate, AggregateEvent, AggregateId, Handle, IntoEvents};
 pub use app::{App, AppBuilder, Committed, Execute, ExecuteFuture};
 pub use command::{Command, HandledCommand};
-pub use envelope::{Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId};
+pub use envelope::{
+    IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
+};
 pub use error::{
     CommandError, DecodeError, DecodeErrorKind, EncodeError, LoadError, RegistryError, StoreError,
 };

@@ -3,7 +3,9 @@ use std::pin::Pin;
 
 use uuid::Uuid;
 
-use crate::envelope::{Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId};
+use crate::envelope::{
+    IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
+};
 use crate::error::StoreError;
 
 pub mod memory;
@@ -54,7 +56,13 @@ pub trait EventStore: Send + Sync + 'static {
     /// Appends `events` to `stream` if its current version equals `expected_version`
     /// (0 for a stream with no events). All events are stored, or none: a different
     /// version gives [`StoreError::Conflict`], an already stored event id gives
-    /// [`StoreError::DuplicateEvent`]. An empty batch stores nothing.
+    /// [`StoreError::DuplicateEvent`]. An empty batch stores no event.
+    ///
+    /// When `metadata` carries an idempotency key, the store keeps its
+    /// [`IdempotencyRecord`] ([`IdempotencyRecord::of_append`]) in the same
+    /// transaction, also for an empty batch (still only at the expected version),
+    /// and refuses a key it already holds with [`StoreError::DuplicateKey`],
+    /// storing nothing.
     fn append(
         &self,
         stream: StreamId<'_>,
@@ -84,6 +92,12 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         event_id: Uuid,
     ) -> impl Future<Output = Result<Option<RecordedEvent>, StoreError>> + Send;
+
+    /// What an append with idempotency key `key` stored, if one did.
+    fn read_idempotency_key(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<IdempotencyRecord>, StoreError>> + Send;
 
     /// Keeps `snapshot` as the stream's latest snapshot (replacing an older one).
     /// Stores that keep no snapshots accept and drop it: the default.
@@ -138,6 +152,13 @@ pub trait EventStore: Send + Sync + 'static {
         }
     }
 
+    /// Finishes what was sent, leaves everything stored where a fresh open finds
+    /// it, and releases the store's connections and threads; later calls get
+    /// [`StoreError::Closed`]. Default: nothing to do.
+    fn close(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// The stream's latest snapshot, if the store keeps one. Default: none.
     fn load_snapshot(
         &self,
@@ -158,34 +179,52 @@ pub(crate) fn backend(error: impl std::error::Error + Send + Sync + 'static) -> 
 /// An append handed to another thread or task (the SQLite writer, a PostgreSQL
 /// committing task), with the channel its answer goes back on.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) struct AppendRequest {
+pub(crate) struct AppendRequest<R = Result<Appended, StoreError>> {
     pub(crate) aggregate_type: String,
     pub(crate) aggregate_id: String,
     pub(crate) expected_version: u64,
     pub(crate) events: Vec<NewEvent>,
     /// JSON text.
     pub(crate) metadata: String,
-    pub(crate) reply: tokio::sync::oneshot::Sender<Result<Appended, StoreError>>,
+    /// The idempotency key's record, without its position, if the append has a key.
+    pub(crate) idempotency: Option<Box<IdempotencyRecord>>,
+    pub(crate) reply: tokio::sync::oneshot::Sender<R>,
 }
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl AppendRequest {
+impl<R> AppendRequest<R> {
     /// Takes a copy of the append, to send it away.
     pub(crate) fn new(
         stream: StreamId<'_>,
         expected_version: u64,
         events: Vec<NewEvent>,
-        metadata: String,
-        reply: tokio::sync::oneshot::Sender<Result<Appended, StoreError>>,
-    ) -> AppendRequest {
-        AppendRequest {
+        metadata: &Metadata,
+        reply: tokio::sync::oneshot::Sender<R>,
+    ) -> Result<AppendRequest<R>, StoreError> {
+        Ok(AppendRequest {
             aggregate_type: stream.aggregate_type.to_owned(),
             aggregate_id: stream.aggregate_id.to_owned(),
             expected_version,
+            idempotency: IdempotencyRecord::of_append(
+                stream,
+                expected_version,
+                events.len(),
+                metadata,
+                None,
+            )
+            .map(Box::new),
             events,
-            metadata,
+            metadata: serde_json::to_string(metadata).map_err(backend)?,
             reply,
-        }
+        })
+    }
+
+    /// The record the append leaves for its idempotency key, with the position of
+    /// its last event.
+    pub(crate) fn idempotency_record(&self, position: Option<u64>) -> Option<IdempotencyRecord> {
+        let mut record = self.idempotency.as_deref()?.clone();
+        record.position = position.filter(|_| !self.events.is_empty());
+        Some(record)
     }
 
     pub(crate) fn stream(&self) -> StreamId<'_> {
@@ -221,10 +260,10 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<ReplayEvent>, StoreError>>;
 
-    fn read_event(
-        &self,
-        event_id: Uuid,
-    ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>>;
+    fn read_idempotency_key<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<IdempotencyRecord>, StoreError>>;
 
     fn save_snapshot<'a>(
         &'a self,
@@ -238,6 +277,8 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
         stream: StreamId<'a>,
         limit: usize,
     ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError>>;
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// The store as a [`memory::MemoryStore`], whose appends complete without waiting.
     fn as_memory(&self) -> Option<&memory::MemoryStore>;
@@ -274,11 +315,11 @@ impl<S: EventStore> DynEventStore for S {
         ))
     }
 
-    fn read_event(
-        &self,
-        event_id: Uuid,
-    ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>> {
-        Box::pin(EventStore::read_event(self, event_id))
+    fn read_idempotency_key<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<IdempotencyRecord>, StoreError>> {
+        Box::pin(EventStore::read_idempotency_key(self, key))
     }
 
     fn save_snapshot<'a>(
@@ -295,6 +336,10 @@ impl<S: EventStore> DynEventStore for S {
         limit: usize,
     ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError>> {
         Box::pin(EventStore::read_from_snapshot(self, stream, limit))
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(EventStore::close(self))
     }
 
     fn as_memory(&self) -> Option<&memory::MemoryStore> {

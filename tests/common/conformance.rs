@@ -28,6 +28,8 @@ macro_rules! conformance_tests {
             undecodable_events_are_typed_errors,
             a_tailing_reader_sees_every_event_once,
             payloads_read_back_byte_for_byte,
+            idempotency_keys_are_kept_with_their_append,
+            keyed_no_ops_are_remembered,
         );
     };
     (@each $with_store:path; $($name:ident,)*) => {$(
@@ -579,7 +581,10 @@ pub async fn payloads_read_back_byte_for_byte<S: EventStore>(store: S) {
     store.append(s, 0, events, &metadata).await.unwrap();
 
     let payloads = |texts: Vec<String>| {
-        assert_eq!(texts, AWKWARD_PAYLOADS, "payloads as appended, byte for byte");
+        assert_eq!(
+            texts, AWKWARD_PAYLOADS,
+            "payloads as appended, byte for byte"
+        );
     };
     let read = store.read_stream(s, 0).await.unwrap();
     assert!(read.iter().all(|e| e.metadata == metadata), "{read:?}");
@@ -623,4 +628,170 @@ pub async fn payloads_read_back_byte_for_byte<S: EventStore>(store: S) {
             assert_eq!(with_tail.map(|s| s.payload).as_deref(), Some(*payload));
         }
     }
+}
+
+/// An append with an idempotency key keeps the key's record in the same
+/// transaction, also when it appends nothing; a key stored already refuses the
+/// whole append.
+pub async fn idempotency_keys_are_kept_with_their_append<S: EventStore>(store: S) {
+    let s = stream("Account", "k-1");
+    let keyed = |key: &str| {
+        let mut metadata = Metadata::default();
+        metadata.idempotency_key = Some(key.into());
+        metadata.command = Some("Deposit".into());
+        metadata.command_fingerprint = Some(eda::Uuid::from_u128(7));
+        metadata
+    };
+    assert_eq!(store.read_idempotency_key("k1").await.unwrap(), None);
+    let events = vec![new_event("Opened", "{}"), new_event("Deposited", "{}")];
+    let appended = store.append(s, 0, events, &keyed("k1")).await.unwrap();
+    let record = store.read_idempotency_key("k1").await.unwrap().unwrap();
+    assert_eq!(
+        record,
+        eda::IdempotencyRecord {
+            key: "k1".into(),
+            aggregate_type: "Account".into(),
+            aggregate_id: "k-1".into(),
+            command: "Deposit".into(),
+            fingerprint: Some(eda::Uuid::from_u128(7)),
+            expected_version: 0,
+            version: 2,
+            position: Some(appended.position),
+        }
+    );
+    // Nothing to append, but the key is remembered at the version decided on.
+    store.append(s, 2, vec![], &keyed("k2")).await.unwrap();
+    let record = store.read_idempotency_key("k2").await.unwrap().unwrap();
+    assert_eq!(
+        (record.expected_version, record.version, record.position),
+        (2, 2, None)
+    );
+    // Only at that version.
+    let err = store.append(s, 1, vec![], &keyed("k3")).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { actual: 2, .. }),
+        "{err:?}"
+    );
+    let err = store
+        .append(s, 1, vec![new_event("Deposited", "{}")], &keyed("k4"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    for key in ["k3", "k4"] {
+        assert_eq!(
+            store.read_idempotency_key(key).await.unwrap(),
+            None,
+            "{key}"
+        );
+    }
+    // A stored key refuses the append whole, with events or without.
+    for events in [vec![new_event("Deposited", "{}")], vec![]] {
+        let err = store.append(s, 2, events, &keyed("k1")).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::DuplicateKey { ref key } if key == "k1"),
+            "{err:?}"
+        );
+    }
+    let err = store
+        .append(
+            stream("Account", "k-2"),
+            0,
+            vec![new_event("Opened", "{}")],
+            &keyed("k2"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::DuplicateKey { .. }), "{err:?}");
+    assert_eq!(store.read_all(0, 100).await.unwrap().len(), 2);
+    let record = store.read_idempotency_key("k1").await.unwrap().unwrap();
+    assert_eq!(record.version, 2, "the first record stands");
+}
+
+/// A small task-based domain: correcting an address to the one already held
+/// changes nothing.
+pub mod customers {
+    use eda::prelude::*;
+
+    #[event(name = "conformance.AddressCorrected")]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct AddressCorrected {
+        pub address: String,
+    }
+
+    #[command]
+    #[derive(Debug, Clone)]
+    pub struct CorrectAddress {
+        #[aggregate_id]
+        pub customer: String,
+        pub address: String,
+    }
+
+    #[derive(Debug, Default)]
+    pub struct Customer {
+        pub address: String,
+    }
+
+    #[aggregate(name = "conformance.Customer", error = std::convert::Infallible)]
+    impl Customer {
+        #[handle]
+        fn correct(
+            &self,
+            cmd: CorrectAddress,
+        ) -> Result<Option<AddressCorrected>, std::convert::Infallible> {
+            Ok((cmd.address != self.address).then_some(AddressCorrected {
+                address: cmd.address,
+            }))
+        }
+        #[apply]
+        fn corrected(&mut self, e: &AddressCorrected) {
+            self.address = e.address.clone();
+        }
+    }
+}
+
+/// A keyed command that changed nothing is remembered: retried after a real
+/// change, it must not append its (now stale) correction.
+pub async fn keyed_no_ops_are_remembered<S: EventStore + Clone>(store: S) {
+    use customers::{CorrectAddress, Customer};
+    let app = App::new(store.clone());
+    let correct = |address: &str| CorrectAddress {
+        customer: "c-1".into(),
+        address: address.into(),
+    };
+    app.execute(correct("Main St 1")).await.unwrap();
+    let noop = app
+        .execute(correct("Main St 1"))
+        .idempotency_key("fix-1")
+        .await
+        .unwrap();
+    assert!(!noop.duplicate && noop.events.is_empty());
+    assert_eq!((noop.version, noop.position), (1, None));
+    app.execute(correct("Elm St 2"))
+        .idempotency_key("fix-2")
+        .await
+        .unwrap();
+    // The client never got the first answer and retries, through another App.
+    for app in [app, App::new(store.clone())] {
+        let retried = app
+            .execute(correct("Main St 1"))
+            .idempotency_key("fix-1")
+            .await
+            .unwrap();
+        assert!(retried.duplicate, "the first outcome, a no-op, comes back");
+        assert!(retried.events.is_empty());
+        assert_eq!((retried.version, retried.position), (1, None));
+    }
+    let customer: Customer = App::new(store.clone())
+        .load(&"c-1".to_string())
+        .await
+        .unwrap();
+    assert_eq!(customer.address, "Elm St 2", "the fix stands");
+    assert_eq!(
+        store
+            .read_stream(stream("conformance.Customer", "c-1"), 0)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }

@@ -84,6 +84,16 @@ impl<S: eda::EventStore> eda::EventStore for YieldingStore<S> {
         tokio::task::yield_now().await;
         result
     }
+
+    async fn read_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<eda::IdempotencyRecord>, eda::StoreError> {
+        tokio::task::yield_now().await;
+        let result = eda::EventStore::read_idempotency_key(&self.0, key).await;
+        tokio::task::yield_now().await;
+        result
+    }
 }
 
 /// The `amount` of every event in `events` that has one, sorted: with the amounts

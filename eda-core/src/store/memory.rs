@@ -8,7 +8,7 @@ use foldhash::HashMap;
 use uuid::Uuid;
 
 use crate::envelope::{
-    EventRef, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
+    EventRef, IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
 };
 use crate::error::StoreError;
 use crate::store::{Appended, EventStore};
@@ -35,6 +35,8 @@ struct Inner {
     batches: Vec<Batch>,
     /// The latest snapshot of each stream that has one, by aggregate type and id.
     snapshots: HashMap<(String, String), Snapshot>,
+    /// Idempotency keys and what their appends stored.
+    keys: HashMap<String, IdempotencyRecord>,
 }
 
 #[derive(Debug)]
@@ -198,6 +200,7 @@ impl MemoryStore {
             streams,
             ids,
             batches,
+            keys,
             ..
         } = &mut *guard;
         let mut target = streams
@@ -210,7 +213,16 @@ impl MemoryStore {
                 metadata,
             ));
         }
+        if let Some(key) = &metadata.idempotency_key {
+            if keys.contains_key(key) {
+                let duplicate = StoreError::DuplicateKey { key: key.clone() };
+                return Err((duplicate, metadata));
+            }
+        }
         if events.is_empty() {
+            if let Some(record) = IdempotencyRecord::of_append(stream, actual, 0, &metadata, None) {
+                keys.insert(record.key.clone(), record);
+            }
             let position = target.and_then(|s| s.events.last()).map_or(0, |i| i + 1) as u64;
             return Ok(Appended {
                 version: actual,
@@ -250,6 +262,12 @@ impl MemoryStore {
                     events: Vec::new(),
                 }),
         };
+        let position = (log.len() + events.len()) as u64;
+        if let Some(record) =
+            IdempotencyRecord::of_append(stream, actual, events.len(), &metadata, Some(position))
+        {
+            keys.insert(record.key.clone(), record);
+        }
         let batch = batches.len();
         batches.push(Batch {
             metadata,
@@ -415,6 +433,13 @@ impl EventStore for MemoryStore {
             stream.aggregate_id.to_owned(),
         );
         Ok(inner.snapshots.get(&key).cloned())
+    }
+
+    async fn read_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        Ok(self.read().keys.get(key).cloned())
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {

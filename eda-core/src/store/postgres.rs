@@ -27,6 +27,7 @@
 //! makes the append's version check fail.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::oneshot;
@@ -35,7 +36,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, NoTls, Row, Statement};
 use uuid::Uuid;
 
-use crate::envelope::{Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId};
+use crate::envelope::{
+    IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
+};
 use crate::error::StoreError;
 use crate::store::{backend, to_i64, AppendRequest, Appended, EventStore};
 
@@ -49,6 +52,7 @@ pub struct PostgresOptions {
     schema: String,
     pool_size: usize,
     max_batch: usize,
+    batch_lock_timeout: Duration,
 }
 
 impl Default for PostgresOptions {
@@ -57,6 +61,7 @@ impl Default for PostgresOptions {
             schema: "public".into(),
             pool_size: 16,
             max_batch: 64,
+            batch_lock_timeout: Duration::from_millis(100),
         }
     }
 }
@@ -95,6 +100,18 @@ impl PostgresOptions {
         self.max_batch = appends.max(1);
         self
     }
+
+    /// How long a batch of appends waits for a row lock held by another
+    /// connection (PostgreSQL's `lock_timeout` on the committing connections)
+    /// before it gives up and each of its appends is sent on its own. Default:
+    /// 100 ms. Without a bound, one aggregate locked by a long transaction
+    /// elsewhere (an [`PostgresStore::append_in`] that takes its time) would stall
+    /// every append batched with it; this way only the append to that aggregate
+    /// waits, as it would have on its own.
+    pub fn batch_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.batch_lock_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
 }
 
 /// An [`EventStore`] in PostgreSQL (feature `postgres`).
@@ -117,6 +134,8 @@ impl PostgresOptions {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// The committing tasks' connections, with `lock_timeout` set.
+    batch_pool: Pool,
     schema: String,
     batcher: Arc<Batcher>,
 }
@@ -154,26 +173,29 @@ impl PostgresStore {
             ));
         }
         let mut config: tokio_postgres::Config = url.parse().map_err(backend)?;
-        config.options(format!("-c search_path={schema}"));
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size)
-            .queue_mode(deadpool::managed::QueueMode::Lifo)
-            .build()
-            .map_err(backend)?;
+        // The URL's own `options` (a statement_timeout, say) stay; eda's follow.
+        let given = config.get_options().unwrap_or_default().trim().to_owned();
+        let with_given = |ours: String| match given.as_str() {
+            "" => ours,
+            given => format!("{given} {ours}"),
+        };
+        config.options(with_given(format!("-c search_path={schema}")));
+        let mut batch_config = config.clone();
+        batch_config.options(with_given(format!(
+            "-c search_path={schema} -c lock_timeout={}ms",
+            options.batch_lock_timeout.as_millis()
+        )));
+        let max_committers = (options.pool_size / 8).max(1);
+        let pool = pool_of(config, options.pool_size)?;
+        let batch_pool = pool_of(batch_config, max_committers)?;
         let batcher = Arc::new(Batcher {
             state: Mutex::new(BatchState::default()),
-            max_committers: (options.pool_size / 8).max(1),
+            max_committers,
             max_batch: options.max_batch,
         });
         let store = PostgresStore {
             pool,
+            batch_pool,
             schema,
             batcher,
         };
@@ -224,24 +246,45 @@ impl PostgresStore {
                     .into(),
             ));
         }
-        let statement = transaction
-            .prepare(append_sql(expected_version, events.len()))
-            .await
-            .map_err(backend)?;
-        let metadata = serde_json::to_string(metadata).map_err(backend)?;
-        append(
-            transaction,
-            &statement,
+        let key =
+            IdempotencyRecord::of_append(stream, expected_version, events.len(), metadata, None);
+        let request = Append {
             stream,
             expected_version,
-            &events,
-            &metadata,
-        )
-        .await
+            events: &events,
+            metadata: &serde_json::to_string(metadata).map_err(backend)?,
+            key: key.as_ref(),
+        };
+        let statement = transaction.prepare(request.sql()).await.map_err(backend)?;
+        append(transaction, &statement, request).await
+    }
+
+    /// One append on its own, on a connection of the main pool (lock waits as the
+    /// server's settings say).
+    async fn append_alone(
+        &self,
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: &[NewEvent],
+        metadata: &str,
+        key: Option<&IdempotencyRecord>,
+    ) -> Result<Appended, StoreError> {
+        let client = self.client().await?;
+        let request = Append {
+            stream,
+            expected_version,
+            events,
+            metadata,
+            key,
+        };
+        append_alone(&client, request).await
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(backend)
+        self.pool.get().await.map_err(|e| match e {
+            deadpool::managed::PoolError::Closed => StoreError::Closed,
+            e => backend(e),
+        })
     }
 
     /// Runs one of the store's statements (prepared once per connection) on a
@@ -342,7 +385,8 @@ impl PostgresStore {
             // payloads (f64::MAX as a 309-digit integer, keys sorted, -0.0 as 0)
             // and refused `\u0000`. Payloads stored as `jsonb` before keep the
             // rewritten text. The key records remember each idempotency key's
-            // outcome, no-ops included.
+            // outcome, no-ops included; the keys of stored events are filled in
+            // (those of earlier no-ops were never stored).
             tx.batch_execute(
                 "ALTER TABLE eda_events ALTER COLUMN payload TYPE json USING payload::text::json,
                                         ALTER COLUMN metadata TYPE json USING metadata::text::json;
@@ -358,6 +402,11 @@ impl PostgresStore {
                      position bigint,
                      recorded_at timestamptz NOT NULL DEFAULT now()
                  );
+                 INSERT INTO eda_idempotency
+                     (key, aggregate_type, aggregate_id, command, expected_version, version, position)
+                 SELECT metadata->>'idempotency_key', min(aggregate_type), min(aggregate_id),
+                        coalesce(min(metadata->>'command'), ''), min(version) - 1, max(version), max(position)
+                 FROM eda_events WHERE metadata->>'idempotency_key' IS NOT NULL GROUP BY 1;
                  UPDATE eda_schema SET version = 4;",
             )
             .await
@@ -365,6 +414,23 @@ impl PostgresStore {
         }
         tx.commit().await.map_err(backend)
     }
+}
+
+/// A pool of up to `size` connections made with `config`; the most recently used
+/// connection is handed out first.
+fn pool_of(config: tokio_postgres::Config, size: usize) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .queue_mode(deadpool::managed::QueueMode::Lifo)
+        .build()
+        .map_err(backend)
 }
 
 /// A full [`RecordedEvent`]'s columns, in the order [`recorded`] reads them.
@@ -400,8 +466,7 @@ macro_rules! cas_existing {
     };
 }
 /// Any number of events, as arrays (`$5` ids, `$6` names, `$7` schema versions,
-/// `$8` payloads); `$9` is the metadata. One row: how many CAS rows (0 is a
-/// conflict) and the last position.
+/// `$8` payloads); `$9` is the metadata.
 macro_rules! insert_many {
     () => {
         ", ins AS (
@@ -413,7 +478,24 @@ macro_rules! insert_many {
                  WITH ORDINALITY AS e(id, name, event_version, payload, ord)
             WHERE EXISTS (SELECT 1 FROM cas)
             RETURNING position
-        )
+        )"
+    };
+}
+/// The idempotency key's record (`$10` key, `$11` command, `$12` fingerprint),
+/// kept if the compare-and-set succeeded.
+macro_rules! keep_key {
+    () => {
+        ", rec AS (
+            INSERT INTO eda_idempotency
+                (key, aggregate_type, aggregate_id, command, fingerprint, expected_version, version, position)
+            SELECT $10, $1, $2, $11, $12, $3, $4, (SELECT max(position) FROM ins) FROM cas
+        )"
+    };
+}
+/// One row: how many CAS rows (0 is a conflict) and the last position.
+macro_rules! many_result {
+    () => {
+        "
         SELECT (SELECT count(*) FROM cas), (SELECT max(position) FROM ins)"
     };
 }
@@ -431,47 +513,79 @@ macro_rules! insert_one {
     };
 }
 
+/// A keyed command that appends nothing: its key's record, kept only if the
+/// aggregate is still at the expected version (`$3`; `$4` key, `$5` command, `$6`
+/// fingerprint). One row: the aggregate's version and last position.
+const KEEP_KEY_ALONE: &str = "WITH cur AS (
+        SELECT coalesce(max(version), 0) AS version, max(last_position) AS position
+        FROM eda_aggregates WHERE aggregate_type = $1 AND aggregate_id = $2
+    ),
+    rec AS (
+        INSERT INTO eda_idempotency
+            (key, aggregate_type, aggregate_id, command, fingerprint, expected_version, version, position)
+        SELECT $4, $1, $2, $5, $6, $3, $3, NULL FROM cur WHERE cur.version = $3
+    )
+    SELECT version, position FROM cur";
+
 /// The append statement for a new aggregate (`expected_version` 0) or an existing
-/// one, carrying one event or several.
-fn append_sql(expected_version: u64, events: usize) -> &'static str {
-    match (expected_version == 0, events == 1) {
-        (true, true) => concat!(cas_new!(), insert_one!()),
-        (true, false) => concat!(cas_new!(), insert_many!()),
-        (false, true) => concat!(cas_existing!(), insert_one!()),
-        (false, false) => concat!(cas_existing!(), insert_many!()),
+/// one, carrying one event or several, with an idempotency key or without.
+fn append_sql(expected_version: u64, events: usize, keyed: bool) -> &'static str {
+    match (expected_version == 0, events == 1 && !keyed, keyed) {
+        (_, _, true) if events == 0 => KEEP_KEY_ALONE,
+        (true, true, _) => concat!(cas_new!(), insert_one!()),
+        (true, false, false) => concat!(cas_new!(), insert_many!(), many_result!()),
+        (true, false, true) => concat!(cas_new!(), insert_many!(), keep_key!(), many_result!()),
+        (false, true, _) => concat!(cas_existing!(), insert_one!()),
+        (false, false, false) => concat!(cas_existing!(), insert_many!(), many_result!()),
+        (false, false, true) => {
+            concat!(cas_existing!(), insert_many!(), keep_key!(), many_result!())
+        }
     }
 }
 
 /// The most events one append may carry: the low bits of a position.
 const MAX_EVENTS_PER_APPEND: usize = 1 << 20;
 
-/// Runs a prepared append statement, the one [`append_sql`] chose.
+/// One append, as the statements take it.
+#[derive(Clone, Copy)]
+struct Append<'a> {
+    stream: StreamId<'a>,
+    expected_version: u64,
+    events: &'a [NewEvent],
+    /// JSON text.
+    metadata: &'a str,
+    key: Option<&'a IdempotencyRecord>,
+}
+
+impl<'a> Append<'a> {
+    fn of_request<R>(request: &'a AppendRequest<R>) -> Self {
+        Append {
+            stream: request.stream(),
+            expected_version: request.expected_version,
+            events: &request.events,
+            metadata: &request.metadata,
+            key: request.idempotency.as_deref(),
+        }
+    }
+
+    fn sql(&self) -> &'static str {
+        append_sql(self.expected_version, self.events.len(), self.key.is_some())
+    }
+}
+
+/// Runs a prepared append statement, the one [`Append::sql`] chose.
 async fn append(
     client: &impl GenericClient,
     statement: &Statement,
-    stream: StreamId<'_>,
-    expected_version: u64,
-    events: &[NewEvent],
-    metadata: &str,
+    request: Append<'_>,
 ) -> Result<Appended, StoreError> {
-    if events.is_empty() {
-        let actual = current_version(client, stream).await?;
-        if actual != expected_version {
-            return Err(StoreError::conflict(stream, expected_version, actual));
-        }
-        let row = client
-            .query_one(
-                "SELECT max(position) FROM eda_events WHERE aggregate_type = $1 AND aggregate_id = $2",
-                &[&stream.aggregate_type, &stream.aggregate_id],
-            )
-            .await
-            .map_err(backend)?;
-        let position: Option<i64> = row.get(0);
-        return Ok(Appended {
-            version: actual,
-            position: position.map_or(0, |p| u64::try_from(p).unwrap_or(0)),
-        });
-    }
+    let Append {
+        stream,
+        expected_version,
+        events,
+        metadata,
+        key,
+    } = request;
     if events.len() >= MAX_EVENTS_PER_APPEND {
         return Err(StoreError::Backend(
             format!("at most {} events per append", MAX_EVENTS_PER_APPEND - 1).into(),
@@ -479,7 +593,41 @@ async fn append(
     }
     let expected = to_i64(expected_version);
     let new_version = to_i64(expected_version + events.len() as u64);
-    let row = if let [event] = events {
+    let fingerprint = key.and_then(|k| k.fingerprint);
+    let key_params = key.map(|k| (k.key.as_str(), k.command.as_str()));
+    let row = if events.is_empty() {
+        let row =
+            match key_params {
+                Some((key, command)) => {
+                    let params: [&(dyn ToSql + Sync); 6] = [
+                        &stream.aggregate_type,
+                        &stream.aggregate_id,
+                        &expected,
+                        &key,
+                        &command,
+                        &fingerprint,
+                    ];
+                    client.query_one(statement, &params).await
+                }
+                None => client
+                    .query_one(
+                        "SELECT coalesce(max(version), 0), max(last_position) FROM eda_aggregates
+                     WHERE aggregate_type = $1 AND aggregate_id = $2",
+                        &[&stream.aggregate_type, &stream.aggregate_id],
+                    )
+                    .await,
+            };
+        let row = row.map_err(|e| append_error(e, request))?;
+        let actual = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        if actual != expected_version {
+            return Err(StoreError::conflict(stream, expected_version, actual));
+        }
+        let position: Option<i64> = row.get(1);
+        return Ok(Appended {
+            version: actual,
+            position: position.map_or(0, |p| u64::try_from(p).unwrap_or(0)),
+        });
+    } else if let ([event], None) = (events, key_params) {
         let params: [&(dyn ToSql + Sync); 9] = [
             &stream.aggregate_type,
             &stream.aggregate_id,
@@ -500,7 +648,7 @@ async fn append(
             .map(|e| i32::try_from(e.version).unwrap_or(i32::MAX))
             .collect();
         let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
-        let params: [&(dyn ToSql + Sync); 9] = [
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &stream.aggregate_type,
             &stream.aggregate_id,
             &expected,
@@ -511,6 +659,10 @@ async fn append(
             &payloads,
             &metadata,
         ];
+        let (key, command) = key_params.unzip();
+        if key.is_some() {
+            params.extend([&key as &(dyn ToSql + Sync), &command, &fingerprint]);
+        }
         // One row: (CAS rows, last position); no CAS row is a conflict.
         client
             .query_one(statement, &params)
@@ -520,7 +672,7 @@ async fn append(
     let row = match row {
         Ok(row) => row,
         Err(e) => {
-            return Err(match append_error(e, stream, expected_version) {
+            return Err(match append_error(e, request) {
                 // Another first append to the same new aggregate won: report the
                 // version it left (if this connection can still ask).
                 StoreError::Conflict { .. } => {
@@ -537,23 +689,30 @@ async fn append(
         let actual = current_version(client, stream).await?;
         return Err(StoreError::conflict(stream, expected_version, actual));
     };
-    let position: i64 = row.get(if events.len() == 1 { 0 } else { 1 });
+    let position: i64 = row.get(if statement.columns().len() == 1 { 0 } else { 1 });
     Ok(Appended {
         version: expected_version + events.len() as u64,
         position: u64::try_from(position).unwrap_or(0),
     })
 }
 
-/// A unique violation on the event id is a duplicate; on the version, a conflict
-/// (a concurrent first append to a new aggregate).
-fn append_error(error: tokio_postgres::Error, stream: StreamId<'_>, expected: u64) -> StoreError {
+/// A unique violation on the event id is a duplicate, on the idempotency key a
+/// duplicate key, on the version a conflict (a concurrent first append to a new
+/// aggregate).
+fn append_error(error: tokio_postgres::Error, request: Append<'_>) -> StoreError {
+    if cut_off(&error) {
+        return StoreError::OutcomeUnknown {
+            source: Some(Box::new(error)),
+        };
+    }
     let Some(db) = error.as_db_error() else {
         return backend(error);
     };
     if db.code() != &SqlState::UNIQUE_VIOLATION {
         return backend(error);
     }
-    if db.constraint().is_some_and(|c| c.contains("event_id")) {
+    let constraint = db.constraint().unwrap_or_default();
+    if constraint.contains("event_id") {
         let event_id = db
             .detail()
             .and_then(|d| d.split(")=(").nth(1))
@@ -562,7 +721,13 @@ fn append_error(error: tokio_postgres::Error, stream: StreamId<'_>, expected: u6
             .unwrap_or_default();
         return StoreError::DuplicateEvent { event_id };
     }
-    StoreError::conflict(stream, expected, expected + 1)
+    if let (true, Some(key)) = (constraint.contains("eda_idempotency"), request.key) {
+        return StoreError::DuplicateKey {
+            key: key.key.clone(),
+        };
+    }
+    let expected = request.expected_version;
+    StoreError::conflict(request.stream, expected, expected + 1)
 }
 
 async fn current_version(
@@ -579,44 +744,17 @@ async fn current_version(
     Ok(row.map_or(0, |row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)))
 }
 
-/// Runs one append on its own (the statement [`append_sql`] picks).
+/// Runs one append on its own (the statement [`Append::sql`] picks).
 async fn append_alone(
     client: &deadpool_postgres::Client,
-    stream: StreamId<'_>,
-    expected_version: u64,
-    events: &[NewEvent],
-    metadata: &str,
+    request: Append<'_>,
 ) -> Result<Appended, StoreError> {
     let statement = client
-        .prepare_cached(append_sql(expected_version, events.len()))
+        .prepare_cached(request.sql())
         .await
         .map_err(backend)?;
     let connection: &tokio_postgres::Client = client;
-    append(
-        connection,
-        &statement,
-        stream,
-        expected_version,
-        events,
-        metadata,
-    )
-    .await
-}
-
-/// Runs a queued append on its own.
-async fn append_request_alone(
-    client: &deadpool_postgres::Client,
-    request: &AppendRequest,
-) -> Result<Appended, StoreError> {
-    let (events, metadata) = (&request.events, &request.metadata);
-    append_alone(
-        client,
-        request.stream(),
-        request.expected_version,
-        events,
-        metadata,
-    )
-    .await
+    append(connection, &statement, request).await
 }
 
 /// The appends waiting to be committed and the tasks committing them.
@@ -626,9 +764,42 @@ struct Batcher {
     max_batch: usize,
 }
 
+/// An append queued for a committing task.
+type Queued = AppendRequest<Answer>;
+
+/// What a committing task answers a queued append.
+enum Answer {
+    /// Committed, or refused on its own (a conflict).
+    Done(Result<Appended, StoreError>),
+    /// Not sent, or sent in a statement that failed and was rolled back whole
+    /// (another append's bad data, a stored event id, a lock held elsewhere):
+    /// the caller sends it on its own, and gets its own answer.
+    Alone {
+        events: Vec<NewEvent>,
+        metadata: String,
+    },
+}
+
+impl Queued {
+    fn answer(self, result: Result<Appended, StoreError>) {
+        // A caller that stopped waiting no longer wants the answer.
+        let _ = self.reply.send(Answer::Done(result));
+    }
+
+    fn send_back(self) {
+        let AppendRequest {
+            events,
+            metadata,
+            reply,
+            ..
+        } = self;
+        let _ = reply.send(Answer::Alone { events, metadata });
+    }
+}
+
 #[derive(Default)]
 struct BatchState {
-    waiting: Vec<AppendRequest>,
+    waiting: Vec<Queued>,
     /// Tasks running [`commit_waiting`].
     committers: usize,
     /// Appends sent by their caller's own task: at most one, when nothing else
@@ -645,6 +816,32 @@ impl Drop for Alone<'_> {
     }
 }
 
+/// A committing task's place in [`BatchState::committers`], given back however the
+/// task ends: a task dropped mid-commit (its runtime shut down) must not leave
+/// the count taken, or no task would ever commit again and every later append
+/// would wait forever. Appends still waiting then go back to their callers when
+/// no other committing task is left to take them.
+struct Committer<'a> {
+    batcher: &'a Batcher,
+    /// Cleared when the task gave its place back itself, with the queue empty.
+    holds_place: bool,
+}
+
+impl Drop for Committer<'_> {
+    fn drop(&mut self) {
+        if !self.holds_place {
+            return;
+        }
+        let mut state = self.batcher.lock();
+        state.committers -= 1;
+        if state.committers == 0 {
+            for waiting in std::mem::take(&mut state.waiting) {
+                waiting.send_back();
+            }
+        }
+    }
+}
+
 impl Batcher {
     fn lock(&self) -> std::sync::MutexGuard<'_, BatchState> {
         // The lock guards plain pushes and takes: a panic elsewhere leaves it sound.
@@ -655,11 +852,18 @@ impl Batcher {
 /// A committing task: takes every append waiting (up to the batch limits),
 /// commits them, answers each, and ends when none is left.
 async fn commit_waiting(store: PostgresStore) {
+    let mut place = Committer {
+        batcher: &store.batcher,
+        holds_place: true,
+    };
     loop {
         let batch = {
             let mut state = store.batcher.lock();
             if state.waiting.is_empty() {
+                // Under the same lock as the check, so that an append queued
+                // right after it starts a new task.
                 state.committers -= 1;
+                place.holds_place = false;
                 return;
             }
             let (mut appends, mut events) = (0, 0);
@@ -675,47 +879,102 @@ async fn commit_waiting(store: PostgresStore) {
                 .count();
             state.waiting.drain(..take).collect::<Vec<_>>()
         };
-        let results = commit_batch(&store, &batch).await;
-        for (pending, result) in batch.into_iter().zip(results) {
-            // A caller that stopped waiting no longer wants the answer.
-            let _ = pending.reply.send(result);
-        }
+        commit_batch(&store, batch).await;
     }
 }
 
-/// Commits `batch`, one result per append, in order.
-async fn commit_batch(
-    store: &PostgresStore,
-    batch: &[AppendRequest],
-) -> Vec<Result<Appended, StoreError>> {
-    let client = match store.client().await {
-        Ok(client) => client,
-        Err(error) => return batch.iter().map(|_| Err(same_error(&error))).collect(),
+/// Commits `batch` on a committing connection (whose lock waits are bounded) and
+/// answers each append.
+async fn commit_batch(store: &PostgresStore, batch: Vec<Queued>) {
+    let Ok(client) = store.batch_pool.get().await else {
+        // Nothing was sent: each caller tries on its own, and gets its own error.
+        return batch.into_iter().for_each(Queued::send_back);
     };
-    if let [only] = batch {
-        return vec![append_request_alone(&client, only).await];
+    if let ([_], Some(request)) = (batch.as_slice(), batch.first()) {
+        let result = append_alone(&client, Append::of_request(request)).await;
+        let Some(request) = batch.into_iter().next() else {
+            return;
+        };
+        return match result {
+            Err(error) if is_lock_timeout(&error) => request.send_back(),
+            result => request.answer(result),
+        };
     }
-    match append_together(&client, batch).await {
-        Ok(results) => results,
-        // An event id stored already (a retried idempotent command) fails the whole
-        // statement: then each append on its own gets its own answer.
-        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            let mut results = Vec::with_capacity(batch.len());
-            for pending in batch {
-                results.push(append_request_alone(&client, pending).await);
+    match append_together(&client, &batch).await {
+        Ok(answers) => {
+            for (request, answer) in batch.into_iter().zip(answers) {
+                match answer {
+                    Some(result) => request.answer(result),
+                    None => request.send_back(),
+                }
             }
-            results
         }
-        Err(error) => {
-            let error = backend(error);
-            batch.iter().map(|_| Err(same_error(&error))).collect()
+        Err(BatchFailure::RolledBack) => batch.into_iter().for_each(Queued::send_back),
+        Err(BatchFailure::Unknown(error)) => {
+            let error = Arc::new(error);
+            for request in batch {
+                let source = SharedError(Arc::clone(&error));
+                request.answer(Err(StoreError::OutcomeUnknown {
+                    source: Some(Box::new(source)),
+                }));
+            }
         }
     }
 }
 
-/// The same error for every append of a batch.
-fn same_error(error: &StoreError) -> StoreError {
-    StoreError::Backend(error.to_string().into())
+/// Why a batch statement did not give each append its answer.
+enum BatchFailure {
+    /// Nothing of it is stored (not sent, or failed and rolled back).
+    RolledBack,
+    /// The connection went down after it was sent: it may have committed.
+    Unknown(tokio_postgres::Error),
+}
+
+impl BatchFailure {
+    fn of(error: tokio_postgres::Error) -> Self {
+        if cut_off(&error) {
+            BatchFailure::Unknown(error)
+        } else {
+            BatchFailure::RolledBack
+        }
+    }
+}
+
+/// Whether a statement that was sent failed in a way that leaves its outcome
+/// unknown: the connection broke, or the server ended the session (`FATAL`),
+/// rather than the statement failing and its transaction rolling back.
+fn cut_off(error: &tokio_postgres::Error) -> bool {
+    match error.as_db_error() {
+        Some(db) => matches!(
+            db.parsed_severity(),
+            Some(tokio_postgres::error::Severity::Fatal | tokio_postgres::error::Severity::Panic)
+        ),
+        None => true,
+    }
+}
+
+/// Whether the append waited longer for a row lock than a committing connection
+/// may (`lock_timeout`): another connection holds its aggregate.
+fn is_lock_timeout(error: &StoreError) -> bool {
+    matches!(error, StoreError::Backend(source)
+        if source.downcast_ref::<tokio_postgres::Error>().and_then(|e| e.code())
+            == Some(&SqlState::LOCK_NOT_AVAILABLE))
+}
+
+/// One driver error handed to every append of a batch.
+#[derive(Debug)]
+struct SharedError(Arc<tokio_postgres::Error>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 /// Several appends in one statement, and so one transaction. Each is a
@@ -771,11 +1030,12 @@ const APPEND_BATCH: &str = "WITH a AS (
     SELECT pg_current_xact_id()::text::bigint, ARRAY(SELECT idx FROM won)";
 
 /// Runs [`APPEND_BATCH`]; a losing append gets the conflict with its aggregate's
-/// current version.
+/// current version, or `None` if only the order check failed (it is sent again on
+/// its own, where it is the transaction's first write and needs no such check).
 async fn append_together(
     client: &deadpool_postgres::Client,
-    batch: &[AppendRequest],
-) -> Result<Vec<Result<Appended, StoreError>>, tokio_postgres::Error> {
+    batch: &[Queued],
+) -> Result<Vec<Option<Result<Appended, StoreError>>>, BatchFailure> {
     let types: Vec<&str> = batch.iter().map(|p| p.aggregate_type.as_str()).collect();
     let ids: Vec<&str> = batch.iter().map(|p| p.aggregate_id.as_str()).collect();
     let expected: Vec<i64> = batch.iter().map(|p| to_i64(p.expected_version)).collect();
@@ -828,33 +1088,36 @@ async fn append_together(
         &payloads,
         &last_indexes,
     ];
-    let statement = client.prepare_cached(APPEND_BATCH).await?;
-    let row = client.query_one(&statement, &params).await?;
-    let transaction: i64 = row.try_get(0)?;
-    let won: Vec<i64> = row.try_get(1)?;
+    let statement = client
+        .prepare_cached(APPEND_BATCH)
+        .await
+        .map_err(|_| BatchFailure::RolledBack)?;
+    let row = client
+        .query_one(&statement, &params)
+        .await
+        .map_err(BatchFailure::of)?;
+    // Committed: a reply that cannot be read leaves each append's outcome unknown.
+    let transaction: i64 = row.try_get(0).map_err(BatchFailure::Unknown)?;
+    let won: Vec<i64> = row.try_get(1).map_err(BatchFailure::Unknown)?;
     let mut results = Vec::with_capacity(batch.len());
     for ((i, pending), last_index) in batch.iter().enumerate().zip(last_indexes) {
         let stream = pending.stream();
         let connection: &tokio_postgres::Client = client;
         if won.contains(&(i as i64 + 1)) {
-            results.push(Ok(Appended {
+            results.push(Some(Ok(Appended {
                 version: pending.expected_version + pending.events.len() as u64,
                 position: u64::try_from((transaction << 20) | last_index).unwrap_or(0),
-            }));
+            })));
             continue;
         }
         results.push(match current_version(connection, stream).await {
-            // Only the order check failed: on its own, the append is the
-            // transaction's first write and needs no such check.
-            Ok(actual) if actual == pending.expected_version && actual > 0 => {
-                append_request_alone(client, pending).await
-            }
-            Ok(actual) => Err(StoreError::conflict(
+            Ok(actual) if actual == pending.expected_version && actual > 0 => None,
+            Ok(actual) => Some(Err(StoreError::conflict(
                 stream,
                 pending.expected_version,
                 actual,
-            )),
-            Err(error) => Err(error),
+            ))),
+            Err(_) => None,
         });
     }
     Ok(results)
@@ -868,12 +1131,25 @@ impl EventStore for PostgresStore {
         events: Vec<NewEvent>,
         metadata: &Metadata,
     ) -> Result<Appended, StoreError> {
-        let metadata = serde_json::to_string(metadata).map_err(backend)?;
-        if events.is_empty() || events.len() >= MAX_EVENTS_PER_APPEND || self.batcher.max_batch == 1
+        let keyed = metadata.idempotency_key.is_some();
+        if events.is_empty()
+            || events.len() >= MAX_EVENTS_PER_APPEND
+            || self.batcher.max_batch == 1
+            || keyed
         {
-            // Nothing to batch: answered (or refused) by the plain path.
-            let client = self.client().await?;
-            return append_alone(&client, stream, expected_version, &events, &metadata).await;
+            // Nothing to batch (the batch statement keeps no key records):
+            // answered, or refused, on its own.
+            let key = IdempotencyRecord::of_append(
+                stream,
+                expected_version,
+                events.len(),
+                metadata,
+                None,
+            );
+            let metadata = serde_json::to_string(metadata).map_err(backend)?;
+            return self
+                .append_alone(stream, expected_version, &events, &metadata, key.as_ref())
+                .await;
         }
         let go_alone = {
             let mut state = self.batcher.lock();
@@ -884,19 +1160,16 @@ impl EventStore for PostgresStore {
         if go_alone {
             // The only append: sent from this task, without a hop to another.
             let _alone = Alone(&self.batcher);
-            let client = self.client().await?;
-            return append_alone(&client, stream, expected_version, &events, &metadata).await;
+            let metadata = serde_json::to_string(metadata).map_err(backend)?;
+            return self
+                .append_alone(stream, expected_version, &events, &metadata, None)
+                .await;
         }
         let (reply, answer) = oneshot::channel();
+        let request = AppendRequest::new(stream, expected_version, events, metadata, reply)?;
         let start_committer = {
             let mut state = self.batcher.lock();
-            state.waiting.push(AppendRequest::new(
-                stream,
-                expected_version,
-                events,
-                metadata,
-                reply,
-            ));
+            state.waiting.push(request);
             let start = state.committers < self.batcher.max_committers;
             state.committers += usize::from(start);
             start
@@ -904,12 +1177,23 @@ impl EventStore for PostgresStore {
         if start_committer {
             tokio::spawn(commit_waiting(self.clone()));
         }
-        answer.await.map_err(|_| {
-            StoreError::Backend(
-                "the committing task ended without an answer; the append may or may not be stored"
-                    .into(),
-            )
-        })?
+        match answer.await {
+            Ok(Answer::Done(result)) => result,
+            Ok(Answer::Alone { events, metadata }) => {
+                self.append_alone(stream, expected_version, &events, &metadata, None)
+                    .await
+            }
+            // The committing task was dropped (its runtime shut down) while this
+            // append was in its statement.
+            Err(_) => Err(StoreError::OutcomeUnknown { source: None }),
+        }
+    }
+
+    /// Closes both pools: connections in use close when given back.
+    async fn close(&self) -> Result<(), StoreError> {
+        self.pool.close();
+        self.batch_pool.close();
+        Ok(())
     }
 
     async fn read_stream(
@@ -1012,6 +1296,39 @@ impl EventStore for PostgresStore {
         Ok(rows.first().and_then(|row| snapshot_row(row, SNAPSHOT_ROW)))
     }
 
+    async fn read_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let rows = self.query(READ_KEY, &[&key]).await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let corrupt = |what: String| StoreError::Corrupt {
+            position: 0,
+            what: format!("idempotency key `{key}`: {what}"),
+        };
+        let version = |i| {
+            row.try_get::<_, i64>(i)
+                .ok()
+                .and_then(|v| u64::try_from(v).ok())
+                .ok_or_else(|| corrupt("version out of range".into()))
+        };
+        Ok(Some(IdempotencyRecord {
+            key: key.to_owned(),
+            aggregate_type: row.try_get(0).map_err(|e| corrupt(e.to_string()))?,
+            aggregate_id: row.try_get(1).map_err(|e| corrupt(e.to_string()))?,
+            command: row.try_get(2).map_err(|e| corrupt(e.to_string()))?,
+            fingerprint: row.try_get(3).map_err(|e| corrupt(e.to_string()))?,
+            expected_version: version(4)?,
+            version: version(5)?,
+            position: row
+                .try_get::<_, Option<i64>>(6)
+                .map_err(|e| corrupt(e.to_string()))?
+                .and_then(|p| u64::try_from(p).ok()),
+        }))
+    }
+
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
         let rows = self.query(READ_EVENT, &[&event_id]).await?;
         rows.first().map(recorded).transpose()
@@ -1044,6 +1361,10 @@ const READ_STREAM: &str = concat!(
     after_version!("$3"),
     " ORDER BY version"
 );
+
+const READ_KEY: &str =
+    "SELECT aggregate_type, aggregate_id, command, fingerprint, expected_version,
+            version, position FROM eda_idempotency WHERE key = $1";
 
 const READ_EVENT: &str = concat!(
     "SELECT ",

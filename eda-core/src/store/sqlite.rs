@@ -8,7 +8,7 @@
 //! readers never wait for the writer.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
@@ -19,7 +19,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::envelope::{Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId};
+use crate::envelope::{
+    IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
+};
 use crate::error::StoreError;
 use crate::failpoint;
 use crate::store::{backend, to_i64, AppendRequest, Appended, EventStore};
@@ -140,8 +142,19 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     writer: mpsc::Sender<WriterJob>,
-    readers: mpsc::Sender<ReadJob>,
+    readers: mpsc::Sender<ReaderMessage>,
+    /// How many reader threads there are (each takes one stop message).
+    reader_threads: usize,
     pace: Arc<Pace>,
+    /// Set by [`SqliteStore::close`]: every later call is refused.
+    closed: AtomicBool,
+}
+
+/// What a reader thread is sent.
+enum ReaderMessage {
+    Read(ReadJob),
+    /// Close the connection and end the thread, then say so.
+    Stop(oneshot::Sender<()>),
 }
 
 /// What a waiting caller needs to decide whether to poll for its reply instead of
@@ -260,6 +273,10 @@ impl std::fmt::Debug for SqliteStore {
 /// What the writer thread is sent.
 enum WriterJob {
     Write(WriteRequest),
+    /// Write what came before, move the WAL's contents into the database file,
+    /// close the connection (SQLite then removes the `-wal` and `-shm` files),
+    /// answer, and end the thread.
+    Close(oneshot::Sender<Result<(), StoreError>>),
     /// A read sent while nothing else was in flight: the writer thread is awake (or
     /// about to be woken for the append that usually follows a load) where a
     /// reader thread would first have to be woken.
@@ -307,10 +324,12 @@ impl SqliteStore {
         spawn_connected(
             "eda-sqlite-writer".into(),
             move || open_writer(&writer_path, &writer_options),
-            move |connection| write_loop(connection, requests, options.max_batch, &writer_pace),
+            move |(connection, file)| {
+                write_loop(connection, file, requests, options.max_batch, &writer_pace)
+            },
         )
         .await?;
-        let (readers, jobs) = mpsc::channel::<ReadJob>();
+        let (readers, jobs) = mpsc::channel::<ReaderMessage>();
         let jobs = Arc::new(Mutex::new(jobs));
         for i in 0..options.readers {
             let (path, options, jobs) = (path.clone(), options.clone(), Arc::clone(&jobs));
@@ -326,9 +345,65 @@ impl SqliteStore {
                 path,
                 writer,
                 readers,
+                reader_threads: options.readers,
                 pace,
+                closed: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// Closes the store: waits for the appends already sent, moves everything
+    /// from the write-ahead log into the database file
+    /// (`PRAGMA wal_checkpoint(TRUNCATE)`) and closes every connection, so the
+    /// `.db` file alone holds the whole database (SQLite removes the `-wal` and
+    /// `-shm` files). Every later call on any handle of this store gets
+    /// [`StoreError::Closed`]; closing again does nothing.
+    ///
+    /// When the last handle is dropped without `close`, the store's threads do
+    /// the same in the background, if the process lives long enough: call
+    /// `close().await` (or [`App::close`](crate::App::close)) before a program
+    /// ends. To copy a database that is in use, see [`SqliteStore::backup`].
+    pub async fn close(&self) -> Result<(), StoreError> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut stopped = Vec::new();
+        for _ in 0..self.inner.reader_threads {
+            let (done, stop) = oneshot::channel();
+            if self.inner.readers.send(ReaderMessage::Stop(done)).is_ok() {
+                stopped.push(stop);
+            }
+        }
+        for stop in stopped {
+            let _ = stop.await;
+        }
+        let (reply, closed) = oneshot::channel();
+        self.inner
+            .writer
+            .send(WriterJob::Close(reply))
+            .map_err(|_| StoreError::Closed)?;
+        closed.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Writes a consistent copy of the database to `path` (`VACUUM INTO`), while
+    /// the store stays in use: the copy is one file, complete without a `-wal`
+    /// file, and opens with [`SqliteStore::open`]. `path` must not exist yet.
+    pub async fn backup(&self, path: impl AsRef<Path>) -> Result<(), StoreError> {
+        let target = path.as_ref().to_string_lossy().into_owned();
+        self.read(false, move |connection| {
+            connection
+                .execute("VACUUM INTO ?1", params![target])
+                .map(|_| ())
+                .map_err(backend)
+        })
+        .await
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
     }
 
     /// The database file.
@@ -347,6 +422,7 @@ impl SqliteStore {
         on_writer_if_idle: bool,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.check_open()?;
         let (tx, rx) = oneshot::channel();
         let job: ReadJob = Box::new(move |connection| {
             let _ = tx.send(f(connection));
@@ -357,7 +433,7 @@ impl SqliteStore {
         let sent = if on_writer_if_idle && idle {
             self.inner.writer.send(WriterJob::Read(job)).is_ok()
         } else {
-            self.inner.readers.send(job).is_ok()
+            self.inner.readers.send(ReaderMessage::Read(job)).is_ok()
         };
         if !sent {
             return Err(closed());
@@ -374,9 +450,9 @@ impl EventStore for SqliteStore {
         events: Vec<NewEvent>,
         metadata: &Metadata,
     ) -> Result<Appended, StoreError> {
+        self.check_open()?;
         let (reply, rx) = oneshot::channel();
-        let metadata = serde_json::to_string(metadata).map_err(backend)?;
-        let request = AppendRequest::new(stream, expected_version, events, metadata, reply);
+        let request = AppendRequest::new(stream, expected_version, events, metadata, reply)?;
         let pace = &self.inner.pace;
         let _in_flight = InFlight::enter(pace);
         self.inner
@@ -387,11 +463,16 @@ impl EventStore for SqliteStore {
         reply_of(rx, pace, expected).await
     }
 
+    async fn close(&self) -> Result<(), StoreError> {
+        SqliteStore::close(self).await
+    }
+
     async fn save_snapshot(
         &self,
         stream: StreamId<'_>,
         snapshot: &Snapshot,
     ) -> Result<(), StoreError> {
+        self.check_open()?;
         let (reply, rx) = oneshot::channel();
         let request = SnapshotRequest {
             aggregate_type: stream.aggregate_type.to_owned(),
@@ -482,6 +563,67 @@ impl EventStore for SqliteStore {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = statement.query(params![to_i64(after_position), limit]).map_err(backend)?;
             collect(rows)
+        })
+        .await
+    }
+
+    async fn read_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let key = key.to_owned();
+        self.read(true, move |connection| {
+            let mut statement = connection
+                .prepare_cached(
+                    "SELECT aggregate_type, aggregate_id, command, fingerprint, expected_version,
+                            version, position FROM eda_idempotency WHERE key = ?1",
+                )
+                .map_err(backend)?;
+            let row = statement
+                .query_row(params![key], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Option<Vec<u8>>>(3)?,
+                        row.get::<_, i64>(4)?,
+                        row.get::<_, i64>(5)?,
+                        row.get::<_, Option<i64>>(6)?,
+                    ))
+                })
+                .optional()
+                .map_err(backend)?;
+            let Some((
+                aggregate_type,
+                aggregate_id,
+                command,
+                fingerprint,
+                expected,
+                version,
+                position,
+            )) = row
+            else {
+                return Ok(None);
+            };
+            let corrupt = |what: &str| StoreError::Corrupt {
+                position: 0,
+                what: format!("idempotency key `{key}`: {what}"),
+            };
+            Ok(Some(IdempotencyRecord {
+                aggregate_type,
+                aggregate_id,
+                command,
+                fingerprint: fingerprint
+                    .map(|bytes| {
+                        Uuid::from_slice(&bytes).map_err(|_| corrupt("fingerprint is not 16 bytes"))
+                    })
+                    .transpose()?,
+                expected_version: u64::try_from(expected)
+                    .map_err(|_| corrupt("negative version"))?,
+                version: u64::try_from(version).map_err(|_| corrupt("negative version"))?,
+                position: position.and_then(|p| u64::try_from(p).ok()),
+                key,
+            }))
         })
         .await
     }
@@ -675,10 +817,10 @@ fn recorded(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
 
 /// Starts a thread that opens its own connection (so the caller never waits on
 /// file I/O), reports whether that worked, then runs `run` with it.
-async fn spawn_connected(
+async fn spawn_connected<C: Send + 'static>(
     name: String,
-    open: impl FnOnce() -> Result<Connection, StoreError> + Send + 'static,
-    run: impl FnOnce(Connection) + Send + 'static,
+    open: impl FnOnce() -> Result<C, StoreError> + Send + 'static,
+    run: impl FnOnce(C) + Send + 'static,
 ) -> Result<(), StoreError> {
     let (ready_tx, ready_rx) = oneshot::channel();
     thread::Builder::new()
@@ -717,13 +859,67 @@ fn open_connection(
     Ok(connection)
 }
 
-fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
+fn open_writer(
+    path: &Path,
+    options: &SqliteOptions,
+) -> Result<(Connection, DatabaseFile), StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut connection = open_connection(path, flags, options)?;
     migrate(&mut connection)?;
-    Ok(connection)
+    let file = DatabaseFile::of(path).map_err(backend)?;
+    Ok((connection, file))
+}
+
+/// The database file the writer opened, to notice it being deleted or replaced
+/// underneath the store: appends would then go to a file no one can open again.
+struct DatabaseFile {
+    path: PathBuf,
+    #[cfg(unix)]
+    id: (u64, u64),
+    /// Once the file was found gone, it stays gone for this store.
+    gone: bool,
+}
+
+impl DatabaseFile {
+    fn of(path: &Path) -> std::io::Result<DatabaseFile> {
+        let metadata = std::fs::metadata(path)?;
+        #[cfg(not(unix))]
+        let _ = metadata;
+        Ok(DatabaseFile {
+            path: path.to_path_buf(),
+            #[cfg(unix)]
+            id: Self::id(&metadata),
+            gone: false,
+        })
+    }
+
+    #[cfg(unix)]
+    fn id(metadata: &std::fs::Metadata) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        (metadata.dev(), metadata.ino())
+    }
+
+    /// Whether the path still names the file the store opened (one `stat`).
+    fn still_there(&mut self) -> bool {
+        if self.gone {
+            return false;
+        }
+        let metadata = std::fs::metadata(&self.path);
+        #[cfg(unix)]
+        let same = metadata.is_ok_and(|m| Self::id(&m) == self.id);
+        #[cfg(not(unix))]
+        let same = metadata.is_ok();
+        self.gone = !same;
+        same
+    }
+
+    fn error(&self) -> StoreError {
+        StoreError::FileChanged {
+            path: self.path.clone(),
+        }
+    }
 }
 
 fn open_reader(path: &Path, options: &SqliteOptions) -> Result<Connection, StoreError> {
@@ -790,7 +986,8 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
         .map_err(backend)?;
     }
     if found < 3 {
-        // Each idempotency key's outcome, no-ops included.
+        // Each idempotency key's outcome, no-ops included; the keys of stored
+        // events are filled in (those of earlier no-ops were never stored).
         tx.execute_batch(
             "CREATE TABLE eda_idempotency (
                  key TEXT PRIMARY KEY,
@@ -803,6 +1000,12 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
                  position INTEGER,
                  recorded_at INTEGER NOT NULL
              ) WITHOUT ROWID;
+             INSERT INTO eda_idempotency
+                 (key, aggregate_type, aggregate_id, command, expected_version, version, position, recorded_at)
+             SELECT json_extract(metadata, '$.idempotency_key'), min(aggregate_type), min(aggregate_id),
+                    coalesce(min(json_extract(metadata, '$.command')), ''), min(version) - 1,
+                    max(version), max(position), min(recorded_at)
+             FROM eda_events WHERE json_extract(metadata, '$.idempotency_key') IS NOT NULL GROUP BY 1;
              UPDATE eda_schema SET version = 3;",
         )
         .map_err(backend)?;
@@ -829,10 +1032,12 @@ fn next_request(requests: &mpsc::Receiver<WriterJob>) -> Option<WriterJob> {
 
 fn write_loop(
     mut connection: Connection,
+    mut file: DatabaseFile,
     requests: mpsc::Receiver<WriterJob>,
     max_batch: usize,
     pace: &Pace,
 ) {
+    let mut close = None;
     while let Some(first) = next_request(&requests) {
         let mut batch = Vec::new();
         let mut job = Some(first);
@@ -841,18 +1046,54 @@ fn write_loop(
                 // Reads run at once, outside any transaction.
                 WriterJob::Read(read) => read(&connection),
                 WriterJob::Write(request) => batch.push(request),
+                WriterJob::Close(reply) => {
+                    close = Some(reply);
+                    break;
+                }
             }
             if batch.len() < max_batch {
                 job = requests.try_recv().ok();
             }
         }
-        if batch.is_empty() {
-            continue;
+        if !batch.is_empty() {
+            let started = std::time::Instant::now();
+            if file.still_there() {
+                write_batch(&mut connection, batch);
+            } else {
+                let results = batch.iter().map(|_| Err(file.error())).collect();
+                reply(batch, results);
+            }
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            pace.last_write_micros.store(micros, Ordering::Relaxed);
         }
-        let started = std::time::Instant::now();
-        write_batch(&mut connection, batch);
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        pace.last_write_micros.store(micros, Ordering::Relaxed);
+        if close.is_some() {
+            break;
+        }
+    }
+    // Closed, or every handle dropped: leave the whole database in its file.
+    let result = checkpoint_and_close(connection, &mut file);
+    if let Some(reply) = close {
+        let _ = reply.send(result);
+    }
+}
+
+/// Moves the write-ahead log into the database file and closes the writer's
+/// connection (the last one, after the readers: SQLite then deletes the WAL).
+fn checkpoint_and_close(connection: Connection, file: &mut DatabaseFile) -> Result<(), StoreError> {
+    if !file.still_there() {
+        return Err(file.error());
+    }
+    let checkpoint = connection
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .map_err(backend);
+    let closed = connection.close().map_err(|(_, e)| backend(e));
+    match checkpoint? {
+        0 => closed,
+        _ => Err(StoreError::Backend(
+            "another connection kept the write-ahead log from being checkpointed".into(),
+        )),
     }
 }
 
@@ -1009,6 +1250,7 @@ fn append_in_savepoint(
         ));
     }
     if request.events.is_empty() {
+        keep_key(tx, request, None, recorded_at)?;
         let position: Option<i64> = tx
             .query_row(
                 "SELECT MAX(position) FROM eda_events WHERE aggregate_type = ?1 AND aggregate_id = ?2",
@@ -1064,7 +1306,47 @@ fn append_in_savepoint(
         ])
     })
     .map_err(backend)?;
+    keep_key(tx, request, Some(position), recorded_at)?;
     Ok(Appended { version, position })
+}
+
+/// Stores the request's idempotency key record, if it has a key; a key stored
+/// already is [`StoreError::DuplicateKey`].
+fn keep_key(
+    tx: &rusqlite::Transaction<'_>,
+    request: &AppendRequest,
+    position: Option<u64>,
+    recorded_at: i64,
+) -> Result<(), StoreError> {
+    let Some(record) = request.idempotency_record(position) else {
+        return Ok(());
+    };
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO eda_idempotency (key, aggregate_type, aggregate_id, command, fingerprint,
+                                          expected_version, version, position, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                record.key,
+                record.aggregate_type,
+                record.aggregate_id,
+                record.command,
+                record.fingerprint.as_ref().map(|f| f.as_bytes().as_slice()),
+                to_i64(record.expected_version),
+                to_i64(record.version),
+                record.position.map(to_i64),
+                recorded_at,
+            ])
+        });
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e, "eda_idempotency.key") => {
+            Err(StoreError::DuplicateKey { key: record.key })
+        }
+        Err(e) => Err(backend(e)),
+    }
 }
 
 fn is_unique_violation(error: &rusqlite::Error, column: &str) -> bool {
@@ -1072,11 +1354,16 @@ fn is_unique_violation(error: &rusqlite::Error, column: &str) -> bool {
         if e.code == rusqlite::ErrorCode::ConstraintViolation && message.contains(column))
 }
 
-fn read_loop(connection: Connection, jobs: Arc<Mutex<mpsc::Receiver<ReadJob>>>) {
+fn read_loop(connection: Connection, jobs: Arc<Mutex<mpsc::Receiver<ReaderMessage>>>) {
     loop {
         let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
         match job {
-            Ok(job) => job(&connection),
+            Ok(ReaderMessage::Read(job)) => job(&connection),
+            Ok(ReaderMessage::Stop(done)) => {
+                drop(connection);
+                let _ = done.send(());
+                return;
+            }
             Err(_) => return,
         }
     }
@@ -1086,6 +1373,7 @@ fn backend_ref(error: &rusqlite::Error) -> StoreError {
     StoreError::Backend(error.to_string().into())
 }
 
+/// The store's threads are gone: it was closed.
 fn closed() -> StoreError {
-    StoreError::Backend("the SQLite store's threads have stopped".into())
+    StoreError::Closed
 }
