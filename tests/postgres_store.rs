@@ -1057,7 +1057,10 @@ mod killed_connections {
     #[derive(Default)]
     struct History {
         ok: Vec<(String, u64)>,
+        /// `OutcomeUnknown`: may be stored, whole.
         unknown: Vec<(String, u64)>,
+        /// Any other error: must not be stored.
+        failed: Vec<(String, u64)>,
     }
 
     fn batch(appender: usize, n: u64) -> Vec<eda::NewEvent> {
@@ -1118,6 +1121,11 @@ mod killed_connections {
                     "append {key:?} is partly stored ({count} of {PER_APPEND})"
                 ));
             }
+            if history.failed.contains(key) {
+                return Err(format!(
+                    "append {key:?} failed with a definite error but is stored"
+                ));
+            }
             if !history.ok.contains(key) && !history.unknown.contains(key) {
                 return Err(format!("append {key:?} was never made but is stored"));
             }
@@ -1161,7 +1169,10 @@ mod killed_connections {
                         Err(StoreError::Conflict { .. }) => {
                             panic!("one appender per stream cannot conflict")
                         }
-                        Err(_) => history.unknown.push((id.clone(), n)),
+                        Err(StoreError::OutcomeUnknown { .. }) => {
+                            history.unknown.push((id.clone(), n))
+                        }
+                        Err(_) => history.failed.push((id.clone(), n)),
                     }
                 }
                 history
@@ -1172,18 +1183,20 @@ mod killed_connections {
             let h = appender.await.unwrap();
             history.ok.extend(h.ok);
             history.unknown.extend(h.unknown);
+            history.failed.extend(h.failed);
         }
         stop.store(1, Ordering::SeqCst);
         killing.await.unwrap();
         assert!(
             !history.unknown.is_empty(),
-            "no append met a killed connection: the run proves nothing"
+            "no append was cut off mid-flight (OutcomeUnknown): the run proves nothing"
         );
         check(&db.store, &history).await.unwrap();
         eprintln!(
-            "{} appends acknowledged, {} cut off by a killed connection",
+            "{} appends acknowledged, {} cut off (outcome unknown), {} refused before sending",
             history.ok.len(),
-            history.unknown.len()
+            history.unknown.len(),
+            history.failed.len()
         );
         drop(store);
         db.drop_schema().await;
@@ -1247,4 +1260,312 @@ mod killed_connections {
         assert!(violation.contains("partly stored"), "{violation}");
         db.drop_schema().await;
     }
+}
+
+/// Concurrent appends share statements: one caller's failure, lock or cancelled
+/// runtime must stay that caller's alone.
+mod batches {
+    use super::*;
+
+    /// The errors of `error`'s chain, outermost first.
+    fn chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        std::iter::successors(Some(error), |e| e.source())
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// 32 tasks append to their own aggregates while one appends a payload the
+    /// database refuses, over and over, through one committing task: every
+    /// innocent append is stored, the poisoned ones fail alone, with the
+    /// database's reason in their error chain, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_poisoned_append_fails_alone() {
+        let Some(db) = TestDb::new().await else {
+            return;
+        };
+        let store = db.one_committer().await;
+        let mut innocent = Vec::new();
+        for task in 0..32 {
+            let store = store.clone();
+            innocent.push(tokio::spawn(async move {
+                let id = format!("innocent-{task}");
+                for n in 0..20u64 {
+                    let event = common::new_event("Noted", &format!(r#"{{"n":{n}}}"#));
+                    store
+                        .append(
+                            common::stream("Doc", &id),
+                            n,
+                            vec![event],
+                            &Metadata::default(),
+                        )
+                        .await
+                        .unwrap_or_else(|e| panic!("{id} append {n}: {:?}", chain(&e)));
+                }
+            }));
+        }
+        let poisoner = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut refused = 0;
+                for _ in 0..40 {
+                    let event = common::new_event("Noted", "{not json");
+                    let err = store
+                        .append(
+                            common::stream("Doc", "poison"),
+                            0,
+                            vec![event],
+                            &Metadata::default(),
+                        )
+                        .await
+                        .unwrap_err();
+                    let chain = chain(&err);
+                    assert!(matches!(err, StoreError::Backend(_)), "{chain:?}");
+                    let reason = chain
+                        .iter()
+                        .filter(|e| e.contains("invalid input syntax for type json"))
+                        .count();
+                    assert_eq!(reason, 1, "the database's reason, once: {chain:?}");
+                    let heads = chain
+                        .iter()
+                        .filter(|e| e.contains("event store backend failed"))
+                        .count();
+                    assert_eq!(heads, 1, "{chain:?}");
+                    refused += 1;
+                    tokio::task::yield_now().await;
+                }
+                refused
+            })
+        };
+        for task in innocent {
+            task.await.unwrap();
+        }
+        assert_eq!(poisoner.await.unwrap(), 40);
+        let stored = store.read_all(0, 10_000).await.unwrap();
+        assert_eq!(stored.len(), 32 * 20);
+        drop(store);
+        db.drop_schema().await;
+    }
+
+    /// Appends queued behind one to an aggregate that another connection holds
+    /// locked: with the batch lock timeout they are committed while the lock is
+    /// still held. The control, with a lock timeout longer than the test, shows
+    /// that they were indeed batched with the blocked append and would wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_locked_aggregate_does_not_stall_the_others() {
+        let Some(db) = TestDb::new().await else {
+            return;
+        };
+        let bounded = PostgresStore::connect_with(
+            &db.url,
+            PostgresOptions::new()
+                .schema(&db.schema)
+                .pool_size(4)
+                .batch_lock_timeout(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap();
+        let unbounded = db.one_committer().await;
+        for (round, store) in [(0, bounded), (1, unbounded)] {
+            let locked = [format!("first-{round}"), format!("locked-{round}")];
+            for id in &locked {
+                store
+                    .append(
+                        common::stream("Doc", id),
+                        0,
+                        vec![common::new_event("Noted", "{}")],
+                        &Metadata::default(),
+                    )
+                    .await
+                    .unwrap();
+            }
+            let locker = db.connect().await;
+            locker
+                .batch_execute(&format!(
+                    "BEGIN; SELECT 1 FROM eda_aggregates WHERE aggregate_id IN ('{}', '{}') FOR UPDATE",
+                    locked[0], locked[1]
+                ))
+                .await
+                .unwrap();
+            let append = |id: String, version: u64| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .append(
+                            common::stream("Doc", &id),
+                            version,
+                            vec![common::new_event("Noted", "{}")],
+                            &Metadata::default(),
+                        )
+                        .await
+                })
+            };
+            // The first append is sent by its caller's task and waits there; the
+            // next ones queue for the committing task, the locked one first.
+            let first = append(locked[0].clone(), 1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let blocked = append(locked[1].clone(), 1);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let mut others: Vec<_> = (0..13)
+                .map(|i| append(format!("free-{round}-{i}"), 0))
+                .collect();
+            let all_done = async {
+                for other in &mut others {
+                    other.await.unwrap().unwrap();
+                }
+            };
+            let finished = tokio::time::timeout(Duration::from_secs(3), all_done).await;
+            if round == 0 {
+                assert!(finished.is_ok(), "unrelated appends waited for the lock");
+                assert!(
+                    !blocked.is_finished(),
+                    "the blocked append waits for its lock"
+                );
+            } else {
+                assert!(
+                    finished.is_err(),
+                    "control: without a bound the others must wait, or the test proves nothing"
+                );
+            }
+            locker.batch_execute("COMMIT").await.unwrap();
+            first.await.unwrap().unwrap();
+            blocked.await.unwrap().unwrap();
+            for other in others {
+                if !other.is_finished() {
+                    other.await.unwrap().unwrap();
+                }
+            }
+        }
+        db.drop_schema().await;
+    }
+
+    /// A runtime shut down while its committing task is mid-batch: the store goes
+    /// on working for callers on another runtime (the task gave its place back),
+    /// and an append cut off that way is `OutcomeUnknown`, not a plain failure.
+    #[test]
+    fn a_cancelled_committing_task_gives_its_place_back() {
+        let main = tokio::runtime::Runtime::new().unwrap();
+        let Some(db) = main.block_on(TestDb::new()) else {
+            return;
+        };
+        let store = main.block_on(db.one_committer());
+        let outcomes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        for round in 0..5 {
+            // A runtime of its own with 32 busy appenders, shut down 40 ms in.
+            let doomed = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            for task in 0..32 {
+                let (store, outcomes) = (store.clone(), Arc::clone(&outcomes));
+                doomed.spawn(async move {
+                    let id = format!("doomed-{round}-{task}");
+                    for n in 0..1_000u64 {
+                        let event = common::new_event("Noted", "{}");
+                        let result = store
+                            .append(
+                                common::stream("Doc", &id),
+                                n,
+                                vec![event],
+                                &Metadata::default(),
+                            )
+                            .await;
+                        let unknown = matches!(result, Err(StoreError::OutcomeUnknown { .. }));
+                        outcomes.lock().unwrap().push(unknown);
+                        if result.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(40));
+            doomed.shutdown_background();
+            // Commands on another runtime still complete.
+            main.block_on(async {
+                let appends = (0..8).map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        store
+                            .append(
+                                common::stream("Doc", &format!("after-{round}-{i}")),
+                                0,
+                                vec![common::new_event("Noted", "{}")],
+                                &Metadata::default(),
+                            )
+                            .await
+                    })
+                });
+                let all = futures_join(appends.collect());
+                let results = tokio::time::timeout(Duration::from_secs(20), all)
+                    .await
+                    .expect("appends after the shutdown hang: the store is stuck");
+                for result in results {
+                    result.unwrap();
+                }
+            });
+        }
+        drop(store);
+        main.block_on(db.drop_schema());
+    }
+
+    async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+        let mut out = Vec::new();
+        for task in tasks {
+            out.push(task.await.unwrap());
+        }
+        out
+    }
+}
+
+/// Connection parameters in the URL (`options`, `application_name`) reach every
+/// connection; eda's own `search_path` is added to them, not put in their place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_parameters_in_the_url_are_kept() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let app_name = format!("eda-options-{}", std::process::id());
+    let url = format!(
+        "{}?application_name={app_name}&options=-c%20statement_timeout%3D4321",
+        db.url
+    );
+    let store = PostgresStore::connect_with(&url, PostgresOptions::new().schema(&db.schema))
+        .await
+        .unwrap();
+    store
+        .append(
+            common::stream("Doc", "d"),
+            0,
+            vec![common::new_event("Noted", "{}")],
+            &Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let sql = db.connect().await;
+    let named: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app_name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(named > 0, "no connection named {app_name}");
+    drop(store);
+    // `options` reach the session: a read-only default refuses the migration.
+    let read_only = format!("{}?options=-c%20default_transaction_read_only%3Don", db.url);
+    let err = PostgresStore::connect_with(
+        &read_only,
+        PostgresOptions::new().schema(&format!("{}_ro", db.schema)),
+    )
+    .await
+    .unwrap_err();
+    let text = std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .map(ToString::to_string)
+    .collect::<Vec<_>>()
+    .join(": ");
+    assert!(text.contains("read-only transaction"), "{text}");
+    db.drop_schema().await;
 }
