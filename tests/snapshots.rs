@@ -473,8 +473,9 @@ async fn a_long_stream_is_replayed_a_page_at_a_time() {
         },
         EVENTS,
     );
-    // From the first event, and from a snapshot far behind the stream's head.
-    for (snapshot, replayed) in [(None, EVENTS), (Some(early), EVENTS - 3)] {
+    // From the first event, and from a snapshot far behind the stream's head
+    // (whose own event, version 3, is read too).
+    for (snapshot, replayed) in [(None, EVENTS), (Some(early), EVENTS - 2)] {
         let store = PagingStore {
             inner: memory.clone(),
             snapshot,
@@ -533,4 +534,104 @@ async fn a_missing_version_is_a_typed_error_not_a_wrong_state() {
         }
         other => panic!("expected a corrupt stream, got {other:?}"),
     }
+}
+
+/// A snapshot ahead of its stream (a database restored from an older backup with
+/// its snapshots table from a newer one, say) is not trusted: the aggregate is
+/// replayed, and commands are decided and appended at the stream's real version
+/// instead of conflicting forever.
+#[tokio::test]
+async fn a_snapshot_ahead_of_its_stream_is_not_trusted() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    for n in 1..=4 {
+        add(&app, n).await;
+    }
+    let mut ahead = store
+        .load_snapshot(STREAM)
+        .await
+        .unwrap()
+        .expect("at version 3");
+    ahead.version = 40;
+    ahead.payload = r#"{"total":1000,"count":40}"#.into();
+    store.save_snapshot(STREAM, &ahead).await.unwrap();
+
+    let (state, version) = load(store.clone()).await;
+    assert_eq!((state.total, state.count, version), (10, 4, 4));
+    let fresh = App::new(store.clone());
+    let done = fresh
+        .execute(Add {
+            id: "t".into(),
+            n: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.version, 5);
+    assert_eq!(load(store).await.0.total, 15);
+}
+
+/// A store that can be swapped for another underneath its users: a database
+/// restored from a backup while the program runs.
+#[derive(Clone, Default)]
+struct Restorable(std::sync::Arc<std::sync::Mutex<MemoryStore>>);
+
+impl Restorable {
+    fn current(&self) -> MemoryStore {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl EventStore for Restorable {
+    async fn append(
+        &self,
+        s: StreamId<'_>,
+        v: u64,
+        e: Vec<eda::NewEvent>,
+        m: &eda::Metadata,
+    ) -> Result<eda::Appended, StoreError> {
+        self.current().append(s, v, e, m).await
+    }
+    async fn read_stream(
+        &self,
+        s: StreamId<'_>,
+        v: u64,
+    ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
+        self.current().read_stream(s, v).await
+    }
+    async fn read_all(&self, p: u64, l: usize) -> Result<Vec<eda::RecordedEvent>, StoreError> {
+        self.current().read_all(p, l).await
+    }
+    async fn read_event(&self, id: eda::Uuid) -> Result<Option<eda::RecordedEvent>, StoreError> {
+        self.current().read_event(id).await
+    }
+    async fn read_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<eda::IdempotencyRecord>, StoreError> {
+        self.current().read_idempotency_key(key).await
+    }
+}
+
+/// An `App` whose cached state is ahead of the store (the database was restored
+/// from an older backup while it ran) starts over from the store at the first
+/// conflict, instead of conflicting until it gives up.
+#[tokio::test]
+async fn a_cache_ahead_of_the_store_is_dropped() {
+    let store = Restorable::default();
+    let backup = MemoryStore::new();
+    add(&App::new(backup.clone()), 1).await;
+    let app = App::new(store.clone());
+    for n in [1, 2] {
+        add(&app, n).await;
+    }
+    *store.0.lock().unwrap() = backup.clone();
+    let done = app
+        .execute(Add {
+            id: "t".into(),
+            n: 3,
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.version, 2);
+    assert_eq!(load(backup).await, (Tally { total: 4, count: 2 }, 2));
 }

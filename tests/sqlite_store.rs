@@ -503,3 +503,71 @@ async fn unknown_names_and_newer_schemas_are_typed_errors() {
     .await;
     assert!(fresh.load::<Account>(&"good".to_string()).await.is_ok());
 }
+
+/// 8 `App`s (8 processes, in effect) each run 150 deposits on one hot account
+/// with the default settings: jittered pauses between retries spread the writers
+/// out, so none runs out of retries. The control retries at once, 10 times (eda's
+/// old behaviour), and must see commands end in `Conflict`, or the load is not
+/// hot enough to prove anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_aggregate_does_not_exhaust_conflict_retries() {
+    async fn run(backoff: Option<std::time::Duration>) -> usize {
+        let (_dir, store) = fresh().await;
+        let apps: Vec<App> = (0..8)
+            .map(|_| {
+                let builder = App::builder(store.clone());
+                match backoff {
+                    // Retrying at once, as many times as eda used to.
+                    Some(pause) => builder
+                        .conflict_backoff(pause, pause)
+                        .max_conflict_retries(10),
+                    None => builder,
+                }
+                .build()
+                .unwrap()
+            })
+            .collect();
+        apps[0]
+            .execute(OpenAccount {
+                account: "hot".into(),
+                owner: "ada".into(),
+            })
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for app in apps {
+            tasks.push(tokio::spawn(async move {
+                let mut conflicts = 0;
+                for _ in 0..150 {
+                    match app
+                        .execute(DepositMoney {
+                            account: "hot".into(),
+                            amount: 1,
+                        })
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(CommandError::Conflict { .. }) => conflicts += 1,
+                        Err(other) => panic!("{other}"),
+                    }
+                }
+                conflicts
+            }));
+        }
+        let mut conflicts = 0;
+        for task in tasks {
+            conflicts += task.await.unwrap();
+        }
+        conflicts
+    }
+    let control = run(Some(std::time::Duration::ZERO)).await;
+    let with_backoff = run(None).await;
+    eprintln!(
+        "commands ending in Conflict: {control} retrying at once, {with_backoff} with backoff"
+    );
+    assert_eq!(with_backoff, 0);
+    assert!(
+        control > 0,
+        "the control saw no exhausted retries: the load is not hot enough"
+    );
+}

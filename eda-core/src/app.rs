@@ -2,6 +2,7 @@ use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::Instrument;
 use uuid::Uuid;
@@ -82,6 +83,30 @@ struct Inner {
     store: Box<dyn DynEventStore>,
     cache: Cache,
     max_conflict_retries: u32,
+    conflict_backoff: Backoff,
+}
+
+/// The pause before deciding a command again after a version conflict.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// A random pause up to `first · 2^(conflicts - 1)`, at most `max` ("full
+    /// jitter": colliding writers spread out instead of retrying together).
+    fn pause(&self, conflicts: u32) -> Duration {
+        if self.first.is_zero() || conflicts == 0 {
+            return Duration::ZERO;
+        }
+        let ceiling = self
+            .first
+            .saturating_mul(1 << (conflicts - 1).min(20))
+            .min(self.max);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rand::random::<u64>() % nanos.saturating_add(1))
+    }
 }
 
 impl fmt::Debug for App {
@@ -98,6 +123,7 @@ pub struct AppBuilder {
     store: Box<dyn DynEventStore>,
     cache_capacity: usize,
     max_conflict_retries: u32,
+    conflict_backoff: Backoff,
 }
 
 impl fmt::Debug for AppBuilder {
@@ -111,9 +137,19 @@ impl fmt::Debug for AppBuilder {
 
 impl AppBuilder {
     /// How many times a command is decided again after a version conflict before
-    /// [`CommandError::Conflict`] is returned. Default: 10.
+    /// [`CommandError::Conflict`] is returned. Default: 50 (with the pauses of
+    /// [`conflict_backoff`](Self::conflict_backoff) between them).
     pub fn max_conflict_retries(mut self, retries: u32) -> Self {
         self.max_conflict_retries = retries;
+        self
+    }
+
+    /// How long to wait before deciding a command again after a version conflict:
+    /// a random pause up to `first`, doubling with each further conflict of the
+    /// same command, at most `max`. Default: 2 ms, at most 100 ms.
+    /// `Duration::ZERO` retries at once.
+    pub fn conflict_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.conflict_backoff = Backoff { first, max };
         self
     }
 
@@ -132,6 +168,7 @@ impl AppBuilder {
                 store: self.store,
                 cache: Cache::new(self.cache_capacity),
                 max_conflict_retries: self.max_conflict_retries,
+                conflict_backoff: self.conflict_backoff,
             }),
         })
     }
@@ -170,7 +207,11 @@ impl App {
         AppBuilder {
             store: Box::new(store),
             cache_capacity: 10_000,
-            max_conflict_retries: 10,
+            max_conflict_retries: 50,
+            conflict_backoff: Backoff {
+                first: Duration::from_millis(2),
+                max: Duration::from_millis(100),
+            },
         }
     }
 
@@ -247,7 +288,21 @@ impl App {
             }
         };
         match snapshot.as_ref().map(|s| restore::<A>(s, id)) {
-            Some(Some(state)) => *cached = state,
+            // The stream must hold the event the snapshot ends with: a snapshot
+            // ahead of its stream (a restored backup, events removed by hand)
+            // would make every append conflict forever.
+            Some(Some(state)) if tail.first().map(|e| e.version) == Some(state.version) => {
+                *cached = state
+            }
+            Some(Some(state)) => {
+                tracing::warn!(
+                    aggregate_type = A::TYPE,
+                    aggregate_id = id,
+                    snapshot_version = state.version,
+                    "the snapshot is ahead of its stream; replaying"
+                );
+                return Ok(false);
+            }
             Some(None) => return Ok(false),
             None => {}
         }
@@ -504,7 +559,20 @@ impl App {
                         });
                     }
                     tracing::debug!(expected, actual, attempts, "version conflict; catching up");
-                    Box::pin(self.catch_up(&mut cached, &id)).await?;
+                    // Writers that collided would collide again if they all
+                    // retried at once: each waits a random while first.
+                    let backoff = &self.inner.conflict_backoff;
+                    let pause = backoff.pause(attempts);
+                    if !pause.is_zero() {
+                        futures_timer::Delay::new(pause).await;
+                    }
+                    if actual < cached.version {
+                        // The store is behind the state this App held (a database
+                        // restored from a backup): start over from the store.
+                        cached = Box::pin(self.replay::<C::Aggregate>(&id)).await?;
+                    } else {
+                        Box::pin(self.catch_up(&mut cached, &id)).await?;
+                    }
                     fresh = true;
                     if let Some(first) = self.committed_meanwhile::<C>(&metadata, &id).await? {
                         *guard = Some(cached);
@@ -963,4 +1031,31 @@ fn encode<E: AggregateEvent, Err>(
 fn idempotent_event_id(key: &str, index: usize) -> Uuid {
     const NAMESPACE: Uuid = Uuid::from_u128(0x6564_615f_6964_656d_706f_7465_6e63_7921);
     Uuid::new_v5(&NAMESPACE, format!("{key}\u{0}{index}").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_backoff_is_random_below_a_doubling_ceiling() {
+        let backoff = Backoff {
+            first: Duration::from_millis(1),
+            max: Duration::from_millis(50),
+        };
+        assert_eq!(backoff.pause(0), Duration::ZERO);
+        for (conflicts, ceiling) in [(1, 1), (2, 2), (3, 4), (6, 32), (7, 50), (40, 50)] {
+            let ceiling = Duration::from_millis(ceiling);
+            let pauses: Vec<_> = (0..2_000).map(|_| backoff.pause(conflicts)).collect();
+            assert!(pauses.iter().all(|p| *p <= ceiling), "{conflicts}");
+            // Spread over the whole range, not stuck at one end.
+            assert!(pauses.iter().any(|p| *p < ceiling / 4), "{conflicts}");
+            assert!(pauses.iter().any(|p| *p > ceiling * 3 / 4), "{conflicts}");
+        }
+        let off = Backoff {
+            first: Duration::ZERO,
+            max: Duration::from_millis(50),
+        };
+        assert_eq!(off.pause(5), Duration::ZERO);
+    }
 }

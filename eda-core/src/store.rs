@@ -132,8 +132,10 @@ pub trait EventStore: Send + Sync + 'static {
         }
     }
 
-    /// The stream's latest snapshot and the events after it (from the first event
-    /// when there is no snapshot), as replay reads them, paged like
+    /// The stream's latest snapshot and its events from the snapshot's version on
+    /// (the event the snapshot ends with included, so the caller can tell a
+    /// snapshot that is ahead of the stream; from the first event when there is
+    /// no snapshot), as replay reads them, paged like
     /// [`read_for_replay`](Self::read_for_replay): at most `limit` events (the
     /// snapshot does not count), fewer only at the stream's end.
     /// The default reads one, then the other; a store may answer both in one round
@@ -146,7 +148,8 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError>> + Send {
         async move {
             let snapshot = self.load_snapshot(stream).await?;
-            let after = snapshot.as_ref().map_or(0, |s| s.version);
+            // From the snapshot's own event on, so a snapshot ahead of the stream shows.
+            let after = snapshot.as_ref().map_or(0, |s| s.version.saturating_sub(1));
             let events = self.read_for_replay(stream, after, limit).await?;
             Ok((snapshot, events))
         }

@@ -372,8 +372,9 @@ pub async fn snapshot_and_tail_load_together<S: EventStore>(store: S) {
     );
     let payload: serde_json::Value = serde_json::from_str(&snapshot.payload).unwrap();
     assert_eq!(payload, serde_json::json!({ "n": 2 }));
-    assert_eq!(versions(&tail), [3, 4, 5]);
-    let stored = store.read_stream(s, 2).await.unwrap();
+    // From the snapshot's own event on: the caller checks that the stream holds it.
+    assert_eq!(versions(&tail), [2, 3, 4, 5]);
+    let stored = store.read_stream(s, 1).await.unwrap();
     let positions = |tail: &[eda::ReplayEvent]| tail.iter().map(|e| e.position).collect::<Vec<_>>();
     assert_eq!(
         positions(&tail),
@@ -382,13 +383,21 @@ pub async fn snapshot_and_tail_load_together<S: EventStore>(store: S) {
     assert!(tail
         .iter()
         .all(|e| e.name == "Deposited" && e.event_version == 1));
-    let payload: serde_json::Value = serde_json::from_str(&tail[0].payload).unwrap();
+    let payload: serde_json::Value = serde_json::from_str(&tail[1].payload).unwrap();
     assert_eq!(payload, serde_json::json!({ "n": 3 }));
+    // Pages count the snapshot's own event.
+    let (_, tail) = store.read_from_snapshot(s, 2).await.unwrap();
+    assert_eq!(versions(&tail), [2, 3]);
 
-    // A snapshot at the head: nothing after it.
+    // A snapshot at the head: its own event only.
     store.save_snapshot(s, &at(5)).await.unwrap();
     let (snapshot, tail) = store.read_from_snapshot(s, 10).await.unwrap();
     assert_eq!(snapshot.map(|s| s.version), Some(5));
+    assert_eq!(versions(&tail), [5]);
+    // A snapshot ahead of its stream comes back with no event of its version.
+    store.save_snapshot(s, &at(9)).await.unwrap();
+    let (snapshot, tail) = store.read_from_snapshot(s, 10).await.unwrap();
+    assert_eq!(snapshot.map(|s| s.version), Some(9));
     assert!(tail.is_empty());
     // Another stream's events are its own.
     let (snapshot, tail) = store.read_from_snapshot(other, 10).await.unwrap();

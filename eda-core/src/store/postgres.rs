@@ -1391,8 +1391,8 @@ const READ_FOR_REPLAY: &str = concat!(
 );
 
 /// The snapshot's row (no position; [`SNAPSHOT_IN_REPLAY_ROW`]), then at most `$3`
-/// events after it in [`READ_FOR_REPLAY`]'s columns. The snapshot's version is
-/// below its tail's, so ordering by version puts it first.
+/// events from the snapshot's version on in [`READ_FOR_REPLAY`]'s columns. The
+/// snapshot comes first: its version is its first event's, and its position null.
 const READ_FROM_SNAPSHOT: &str = concat!(
     "SELECT NULL::bigint AS position, version, payload::text, NULL::text AS name,
             NULL::int4 AS event_version, snapshot_version, fingerprint
@@ -1401,10 +1401,10 @@ const READ_FROM_SNAPSHOT: &str = concat!(
      (SELECT position, version, payload::text, name, event_version, NULL::bigint, NULL::bigint
       FROM eda_events WHERE ",
     after_version!(
-        "coalesce((SELECT version FROM eda_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2), 0)"
+        "coalesce((SELECT version FROM eda_snapshots WHERE aggregate_type = $1 AND aggregate_id = $2), 1) - 1"
     ),
     " ORDER BY version LIMIT $3)
-     ORDER BY version"
+     ORDER BY version, position NULLS FIRST"
 );
 
 /// A snapshot replaces the stream's one unless that one is newer.

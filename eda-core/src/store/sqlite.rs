@@ -504,7 +504,8 @@ impl EventStore for SqliteStore {
         let (aggregate_type, aggregate_id) = owned(stream);
         self.read(true, move |connection| {
             let snapshot = snapshot_of(connection, &aggregate_type, &aggregate_id)?;
-            let after = snapshot.as_ref().map_or(0, |s| s.version);
+            // From the snapshot's own event on, so a snapshot ahead of the stream shows.
+            let after = snapshot.as_ref().map_or(0, |s| s.version.saturating_sub(1));
             let tail = replay_events(connection, &aggregate_type, &aggregate_id, after, limit)?;
             Ok((snapshot, tail))
         })
