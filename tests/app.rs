@@ -492,3 +492,36 @@ async fn long_streams_replay_the_same_through_every_read_path() {
         assert_eq!(app.execute(deposit("long", 1)).await.unwrap().version, 1302);
     }
 }
+
+/// A burst of commands on 5,000 ids with `cache_capacity(100)`: while commands
+/// hold their slots the cache may hold more, but once they end it is back within
+/// its bound. Rejected commands on ids no aggregate has leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cache_stays_within_its_capacity() {
+    let store = common::YieldingStore::default();
+    let app = App::builder(store).cache_capacity(100).build().unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..5_000 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            app.execute(open(&format!("burst-{i}"))).await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(
+        app.cached_instances::<Account>() <= 100,
+        "{} cached",
+        app.cached_instances::<Account>()
+    );
+
+    let roomy = App::new(MemoryStore::new());
+    for i in 0..500 {
+        let err = roomy.execute(deposit(&format!("nobody-{i}"), 5)).await;
+        assert!(matches!(err, Err(CommandError::Rejected(_))));
+    }
+    assert_eq!(roomy.cached_instances::<Account>(), 0);
+    roomy.execute(open("somebody")).await.unwrap();
+    assert_eq!(roomy.cached_instances::<Account>(), 1);
+}

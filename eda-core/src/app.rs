@@ -235,6 +235,12 @@ impl App {
         self.inner.store.close().await
     }
 
+    /// How many instances of `A` this `App` keeps loaded (at most
+    /// [`AppBuilder::cache_capacity`] once no command is running), for metrics.
+    pub fn cached_instances<A: Aggregate>(&self) -> usize {
+        self.inner.cache.len::<A>()
+    }
+
     /// Rebuilds an aggregate's current state from its events.
     pub async fn load<A: Aggregate>(&self, id: &A::Id) -> Result<A, LoadError> {
         self.load_with_version(id).await.map(|(state, _)| state)
@@ -552,7 +558,7 @@ impl App {
                     if attempts > self.inner.max_conflict_retries {
                         return Err(CommandError::Conflict {
                             aggregate_type: <C::Aggregate as Aggregate>::TYPE,
-                            aggregate_id: id.into_owned(),
+                            aggregate_id: id.to_string(),
                             expected,
                             actual,
                             attempts,

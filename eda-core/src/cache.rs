@@ -37,36 +37,122 @@ impl Cache {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TypeId, HashMap<String, AnySlot>>> {
+        // Plain inserts and removals: a panic elsewhere leaves the map sound.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The slot of one instance; a detached, empty slot when caching is off.
-    pub(crate) fn slot<A: Aggregate>(&self, id: &str) -> Arc<Slot<A>> {
+    /// Dropping the returned handle keeps the cache within its capacity.
+    pub(crate) fn slot<'c, A: Aggregate>(&'c self, id: &'c str) -> CacheSlot<'c, A> {
         if self.capacity == 0 {
-            return Arc::new(async_lock::Mutex::new(None));
+            return CacheSlot {
+                cache: self,
+                id,
+                slot: Some(Arc::new(async_lock::Mutex::new(None))),
+                attached: false,
+                full: false,
+            };
         }
-        let mut types = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut types = self.lock();
         let slots = types.entry(TypeId::of::<A>()).or_default();
         let any = match slots.get(id) {
             Some(any) => Arc::clone(any),
             None => {
                 if slots.len() >= self.capacity {
-                    // Evict an instance no command holds; hash order makes this a
-                    // cheap random choice. If every slot is busy the cache grows past
-                    // capacity until they are released.
-                    let idle = slots
-                        .iter()
-                        .find(|(_, slot)| Arc::strong_count(slot) == 1)
-                        .map(|(k, _)| k.clone());
-                    if let Some(key) = idle {
-                        slots.remove(&key);
-                    }
+                    evict_idle(slots, self.capacity - 1);
                 }
                 let slot: AnySlot = Arc::new(Slot::<A>::new(None));
                 slots.insert(id.to_owned(), Arc::clone(&slot));
                 slot
             }
         };
+        let full = slots.len() > self.capacity;
         drop(types);
         // Entries under `TypeId::of::<A>()` are only ever `Slot<A>`.
-        any.downcast::<Slot<A>>()
-            .unwrap_or_else(|_| unreachable!("cache slot of another type"))
+        let slot = any
+            .downcast::<Slot<A>>()
+            .unwrap_or_else(|_| unreachable!("cache slot of another type"));
+        CacheSlot {
+            cache: self,
+            id,
+            slot: Some(slot),
+            attached: true,
+            full,
+        }
+    }
+
+    /// How many instances of `A` the cache holds.
+    pub(crate) fn len<A: Aggregate>(&self) -> usize {
+        self.lock().get(&TypeId::of::<A>()).map_or(0, HashMap::len)
+    }
+}
+
+/// Removes instances no command holds, in hash order (a cheap random choice),
+/// until at most `keep` are left or none is idle.
+fn evict_idle(slots: &mut HashMap<String, AnySlot>, keep: usize) {
+    let excess = slots.len().saturating_sub(keep);
+    if excess == 0 {
+        return;
+    }
+    let idle: Vec<String> = slots
+        .iter()
+        .filter(|(_, slot)| Arc::strong_count(slot) == 1)
+        .map(|(id, _)| id.clone())
+        .take(excess)
+        .collect();
+    for id in idle {
+        slots.remove(&id);
+    }
+}
+
+/// A command's hold on one instance's slot. When it ends, an instance with
+/// nothing stored (a rejected command on an id no aggregate has) is not kept,
+/// and a cache that grew past its capacity while every slot was busy (a burst of
+/// commands on many ids) is brought back within it.
+pub(crate) struct CacheSlot<'c, A: Aggregate> {
+    cache: &'c Cache,
+    id: &'c str,
+    slot: Option<Arc<Slot<A>>>,
+    /// In the cache's map (not a detached slot of a cache that is off).
+    attached: bool,
+    /// The cache held more than its capacity when the slot was taken.
+    full: bool,
+}
+
+impl<A: Aggregate> std::ops::Deref for CacheSlot<'_, A> {
+    type Target = Slot<A>;
+
+    fn deref(&self) -> &Slot<A> {
+        self.slot
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+}
+
+impl<A: Aggregate> Drop for CacheSlot<'_, A> {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        if !self.attached {
+            return;
+        }
+        // Busy (another command queued on it) counts as worth keeping.
+        let stored = slot
+            .try_lock()
+            .is_none_or(|state| state.as_ref().is_some_and(|cached| cached.version > 0));
+        drop(slot);
+        if stored && !self.full {
+            return;
+        }
+        let mut types = self.cache.lock();
+        let Some(slots) = types.get_mut(&TypeId::of::<A>()) else {
+            return;
+        };
+        if !stored && slots.get(self.id).is_some_and(|s| Arc::strong_count(s) == 1) {
+            slots.remove(self.id);
+        }
+        evict_idle(slots, self.cache.capacity);
     }
 }
