@@ -525,3 +525,39 @@ async fn the_cache_stays_within_its_capacity() {
     roomy.execute(open("somebody")).await.unwrap();
     assert_eq!(roomy.cached_instances::<Account>(), 1);
 }
+
+/// Ids no store could keep are refused by `App` before it reads or writes.
+#[tokio::test]
+async fn ids_every_store_cannot_keep_are_refused_up_front() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    let too_long = "x".repeat(eda::MAX_AGGREGATE_ID_BYTES + 1);
+    for id in ["nul\0id", too_long.as_str()] {
+        let err = app.execute(open(id)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CommandError::Store(StoreError::Invalid {
+                    what: "aggregate id",
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        let err = app.load::<Account>(&id.to_string()).await.unwrap_err();
+        assert!(
+            matches!(err, LoadError::Store(StoreError::Invalid { .. })),
+            "{err:?}"
+        );
+    }
+    let err = app
+        .execute(open("a"))
+        .idempotency_key("k\0")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid idempotency key: it contains the character NUL (`\\0`), which PostgreSQL cannot store"
+    );
+    assert!(store.is_empty());
+}

@@ -17,7 +17,7 @@ use crate::envelope::{
 use crate::error::{CommandError, DecodeError, LoadError, RegistryError, StoreError};
 use crate::registry::registry;
 use crate::store::memory::MemoryStore;
-use crate::store::{Appended, DynEventStore, EventStore};
+use crate::store::{check_idempotency_key, check_stream, Appended, DynEventStore, EventStore};
 
 /// How many events replay reads from a durable store at a time: a long stream is
 /// decoded page by page, never held in memory whole.
@@ -249,6 +249,10 @@ impl App {
     /// Rebuilds an aggregate's state and returns it with its stream version.
     pub async fn load_with_version<A: Aggregate>(&self, id: &A::Id) -> Result<(A, u64), LoadError> {
         let id = stream_key(id);
+        check_stream(StreamId {
+            aggregate_type: A::TYPE,
+            aggregate_id: &id,
+        })?;
         let span = tracing::debug_span!(
             "eda.load",
             aggregate_type = A::TYPE,
@@ -453,7 +457,13 @@ impl App {
         span: tracing::Span,
     ) -> Result<Committed<C::Aggregate>, CommandError<<C::Aggregate as Aggregate>::Error>> {
         let id = stream_key(command.target_id());
+        let stream = StreamId {
+            aggregate_type: <C::Aggregate as Aggregate>::TYPE,
+            aggregate_id: &id,
+        };
+        check_stream(stream).map_err(CommandError::Store)?;
         if let Some(key) = &metadata.idempotency_key {
+            check_idempotency_key(key).map_err(CommandError::Store)?;
             metadata.command_fingerprint = command.fingerprint();
             let fingerprint = metadata.command_fingerprint;
             if let Some(first) = Box::pin(self.first_outcome::<C>(key, &id, fingerprint)).await? {
@@ -461,10 +471,6 @@ impl App {
             }
         }
         metadata.command = Some(C::NAME.into());
-        let stream = StreamId {
-            aggregate_type: <C::Aggregate as Aggregate>::TYPE,
-            aggregate_id: &id,
-        };
 
         let slot = self.inner.cache.slot::<C::Aggregate>(&id);
         let mut guard = slot.lock().await;

@@ -150,7 +150,11 @@ impl<A: Aggregate> Drop for CacheSlot<'_, A> {
         let Some(slots) = types.get_mut(&TypeId::of::<A>()) else {
             return;
         };
-        if !stored && slots.get(self.id).is_some_and(|s| Arc::strong_count(s) == 1) {
+        if !stored
+            && slots
+                .get(self.id)
+                .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
             slots.remove(self.id);
         }
         evict_idle(slots, self.cache.capacity);

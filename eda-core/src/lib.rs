@@ -35,6 +35,9 @@ pub use registry::{registry, DecodeFn, EventRegistration, Registry};
 pub use store::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
-pub use store::{memory::MemoryStore, Appended, EventStore};
+pub use store::{
+    check_idempotency_key, check_names, check_stream, memory::MemoryStore, Appended, EventStore,
+    MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
+};
 /// Event, correlation and causation ids are UUIDs (re-exported so users need no `uuid` dependency).
 pub use uuid::Uuid;

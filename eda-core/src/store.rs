@@ -172,6 +172,79 @@ pub trait EventStore: Send + Sync + 'static {
     }
 }
 
+/// The longest aggregate id, in bytes, that every store keeps (PostgreSQL's index
+/// entries must fit in a third of a page).
+pub const MAX_AGGREGATE_ID_BYTES: usize = 1024;
+/// The longest aggregate type or event name, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+/// The longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 1024;
+
+/// Checks the names an append stores against the limits every store keeps
+/// (PostgreSQL's, the strictest): no `NUL` character (`text` cannot hold it), and
+/// lengths within [`MAX_AGGREGATE_ID_BYTES`], [`MAX_NAME_BYTES`] and
+/// [`MAX_IDEMPOTENCY_KEY_BYTES`]. Every store of eda calls it before storing
+/// anything, so a name is refused the same way everywhere; other stores should too.
+pub fn check_names(
+    stream: StreamId<'_>,
+    events: &[NewEvent],
+    metadata: &Metadata,
+) -> Result<(), StoreError> {
+    check_stream(stream)?;
+    for event in events {
+        check_name("event name", &event.name, MAX_NAME_BYTES, false)?;
+    }
+    if let Some(key) = &metadata.idempotency_key {
+        check_name("idempotency key", key, MAX_IDEMPOTENCY_KEY_BYTES, true)?;
+    }
+    Ok(())
+}
+
+/// [`check_names`] for a stream alone.
+pub fn check_stream(stream: StreamId<'_>) -> Result<(), StoreError> {
+    check_name(
+        "aggregate type",
+        stream.aggregate_type,
+        MAX_NAME_BYTES,
+        false,
+    )?;
+    check_name(
+        "aggregate id",
+        stream.aggregate_id,
+        MAX_AGGREGATE_ID_BYTES,
+        true,
+    )
+}
+
+/// [`check_names`] for an idempotency key alone.
+pub fn check_idempotency_key(key: &str) -> Result<(), StoreError> {
+    check_name("idempotency key", key, MAX_IDEMPOTENCY_KEY_BYTES, true)
+}
+
+fn check_name(
+    what: &'static str,
+    value: &str,
+    max_bytes: usize,
+    may_be_empty: bool,
+) -> Result<(), StoreError> {
+    let invalid = |reason: String| Err(StoreError::Invalid { what, reason });
+    if value.is_empty() && !may_be_empty {
+        return invalid("it is empty".into());
+    }
+    if value.len() > max_bytes {
+        return invalid(format!(
+            "it is {} bytes long, more than the {max_bytes} every store keeps",
+            value.len()
+        ));
+    }
+    if value.as_bytes().contains(&0) {
+        return invalid(
+            "it contains the character NUL (`\\0`), which PostgreSQL cannot store".into(),
+        );
+    }
+    Ok(())
+}
+
 /// A driver's error as [`StoreError::Backend`].
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn backend(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {

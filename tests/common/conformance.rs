@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use eda::prelude::*;
-use eda::Metadata;
+use eda::{Metadata, StreamId};
 
 use super::{meta, new_event, stream};
 
@@ -30,6 +30,7 @@ macro_rules! conformance_tests {
             payloads_read_back_byte_for_byte,
             idempotency_keys_are_kept_with_their_append,
             keyed_no_ops_are_remembered,
+            names_are_checked_the_same_way_everywhere,
         );
     };
     (@each $with_store:path; $($name:ident,)*) => {$(
@@ -804,3 +805,96 @@ pub async fn keyed_no_ops_are_remembered<S: EventStore + Clone>(store: S) {
         2
     );
 }
+
+/// Ids, names and keys every store can keep are kept; others are refused with
+/// [`StoreError::Invalid`] before anything is stored, the same way on every store.
+pub async fn names_are_checked_the_same_way_everywhere<S: EventStore>(store: S) {
+    // Random ids of the longest length: an index entry that does not compress.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut random = |len: usize| -> String {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b'!' + (seed % 90) as u8)
+            })
+            .collect()
+    };
+    let longest = random(eda::MAX_AGGREGATE_ID_BYTES);
+    let wide = "€".repeat(eda::MAX_AGGREGATE_ID_BYTES / 3);
+    for id in [longest.as_str(), wide.as_str(), "", "ok \u{1}\u{7f} é"] {
+        store
+            .append(
+                stream("Names", id),
+                0,
+                vec![new_event("Noted", "{}")],
+                &meta(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{} bytes: {e}", id.len()));
+        assert_eq!(
+            store
+                .read_stream(stream("Names", id), 0)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    let too_long = random(eda::MAX_AGGREGATE_ID_BYTES + 1);
+    let mut bad_key = Metadata::default();
+    bad_key.idempotency_key = Some("key\0".into());
+    let cases: Vec<(StreamId<'_>, eda::NewEvent, &Metadata, &str)> = vec![
+        (
+            stream("Names", "nul\0id"),
+            new_event("Noted", "{}"),
+            &META,
+            "aggregate id",
+        ),
+        (
+            stream("Names", &too_long),
+            new_event("Noted", "{}"),
+            &META,
+            "aggregate id",
+        ),
+        (
+            stream("", "x"),
+            new_event("Noted", "{}"),
+            &META,
+            "aggregate type",
+        ),
+        (
+            stream("Na\0mes", "x"),
+            new_event("Noted", "{}"),
+            &META,
+            "aggregate type",
+        ),
+        (
+            stream("Names", "x"),
+            new_event("", "{}"),
+            &META,
+            "event name",
+        ),
+        (
+            stream("Names", "x"),
+            new_event("Noted", "{}"),
+            &bad_key,
+            "idempotency key",
+        ),
+    ];
+    for (s, event, metadata, field) in cases {
+        let err = store.append(s, 0, vec![event], metadata).await.unwrap_err();
+        match err {
+            StoreError::Invalid { what, .. } => assert_eq!(what, field),
+            other => panic!("{field}: expected Invalid, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.read_all(0, 100).await.unwrap().len(),
+        4,
+        "nothing else stored"
+    );
+}
+
+static META: std::sync::LazyLock<Metadata> = std::sync::LazyLock::new(Metadata::default);

@@ -11,7 +11,7 @@ use crate::envelope::{
     EventRef, IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
 };
 use crate::error::StoreError;
-use crate::store::{Appended, EventStore};
+use crate::store::{check_names, Appended, EventStore};
 
 /// An in-process event store for tests, examples and benchmarks.
 ///
@@ -194,6 +194,9 @@ impl MemoryStore {
         metadata: Metadata,
         recorded_at: SystemTime,
     ) -> Result<Appended, (StoreError, Metadata)> {
+        if let Err(invalid) = check_names(stream, events, &metadata) {
+            return Err((invalid, metadata));
+        }
         let mut guard = self.write();
         let Inner {
             log,

@@ -40,7 +40,10 @@ use crate::envelope::{
     IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
 };
 use crate::error::StoreError;
-use crate::store::{backend, to_i64, AppendRequest, Appended, EventStore};
+use crate::store::{
+    backend, check_idempotency_key, check_names, check_stream, to_i64, AppendRequest, Appended,
+    EventStore,
+};
 
 /// The schema version this code creates and reads.
 const SCHEMA_VERSION: i32 = 4;
@@ -235,6 +238,7 @@ impl PostgresStore {
         events: Vec<NewEvent>,
         metadata: &Metadata,
     ) -> Result<Appended, StoreError> {
+        check_names(stream, &events, metadata)?;
         let assigned = transaction
             .query_one("SELECT pg_current_xact_id_if_assigned() IS NOT NULL", &[])
             .await
@@ -1131,6 +1135,7 @@ impl EventStore for PostgresStore {
         events: Vec<NewEvent>,
         metadata: &Metadata,
     ) -> Result<Appended, StoreError> {
+        check_names(stream, &events, metadata)?;
         let keyed = metadata.idempotency_key.is_some();
         if events.is_empty()
             || events.len() >= MAX_EVENTS_PER_APPEND
@@ -1201,6 +1206,8 @@ impl EventStore for PostgresStore {
         stream: StreamId<'_>,
         after_version: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        // PostgreSQL refuses such a name outright: the same typed error as appends.
+        check_stream(stream)?;
         let (aggregate_type, aggregate_id) = (stream.aggregate_type, stream.aggregate_id);
         let after = to_i64(after_version);
         let rows = self
@@ -1215,6 +1222,8 @@ impl EventStore for PostgresStore {
         after_version: u64,
         limit: usize,
     ) -> Result<Vec<ReplayEvent>, StoreError> {
+        // PostgreSQL refuses such a name outright: the same typed error as appends.
+        check_stream(stream)?;
         let (aggregate_type, aggregate_id) = (stream.aggregate_type, stream.aggregate_id);
         let (after, limit) = (to_i64(after_version), to_i64(limit as u64));
         let rows = self
@@ -1241,6 +1250,8 @@ impl EventStore for PostgresStore {
         stream: StreamId<'_>,
         snapshot: &Snapshot,
     ) -> Result<(), StoreError> {
+        // PostgreSQL refuses such a name outright: the same typed error as appends.
+        check_stream(stream)?;
         let (aggregate_type, aggregate_id) = (stream.aggregate_type, stream.aggregate_id);
         let (version, snapshot_version) = (
             to_i64(snapshot.version),
@@ -1270,6 +1281,8 @@ impl EventStore for PostgresStore {
         stream: StreamId<'_>,
         limit: usize,
     ) -> Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError> {
+        // PostgreSQL refuses such a name outright: the same typed error as appends.
+        check_stream(stream)?;
         let (aggregate_type, aggregate_id) = (stream.aggregate_type, stream.aggregate_id);
         let limit = to_i64(limit as u64);
         let rows = self
@@ -1289,6 +1302,8 @@ impl EventStore for PostgresStore {
     }
 
     async fn load_snapshot(&self, stream: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
+        // PostgreSQL refuses such a name outright: the same typed error as appends.
+        check_stream(stream)?;
         let (aggregate_type, aggregate_id) = (stream.aggregate_type, stream.aggregate_id);
         let rows = self
             .query(LOAD_SNAPSHOT, &[&aggregate_type, &aggregate_id])
@@ -1300,6 +1315,7 @@ impl EventStore for PostgresStore {
         &self,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        check_idempotency_key(key)?;
         let rows = self.query(READ_KEY, &[&key]).await?;
         let Some(row) = rows.first() else {
             return Ok(None);

@@ -24,7 +24,7 @@ use crate::envelope::{
 };
 use crate::error::StoreError;
 use crate::failpoint;
-use crate::store::{backend, to_i64, AppendRequest, Appended, EventStore};
+use crate::store::{backend, check_names, to_i64, AppendRequest, Appended, EventStore};
 
 /// The schema version this code creates and reads.
 const SCHEMA_VERSION: u32 = 3;
@@ -451,6 +451,7 @@ impl EventStore for SqliteStore {
         metadata: &Metadata,
     ) -> Result<Appended, StoreError> {
         self.check_open()?;
+        check_names(stream, &events, metadata)?;
         let (reply, rx) = oneshot::channel();
         let request = AppendRequest::new(stream, expected_version, events, metadata, reply)?;
         let pace = &self.inner.pace;
