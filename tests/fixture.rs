@@ -209,3 +209,59 @@ fn events_that_lose_data_in_their_stored_form_fail_the_fixture() {
         "{message}"
     );
 }
+
+/// A no-op is asserted without naming an event type (`vec![]` cannot).
+#[test]
+fn a_no_op_is_expected_with_no_events() {
+    mod noop {
+        use eda::prelude::*;
+
+        #[event]
+        #[derive(Debug)]
+        pub struct Renamed {
+            pub name: String,
+        }
+
+        #[command]
+        #[derive(Debug, Clone)]
+        pub struct Rename {
+            #[aggregate_id]
+            pub id: String,
+            pub name: String,
+        }
+
+        #[derive(Debug, Default)]
+        pub struct Item {
+            pub name: String,
+        }
+
+        #[aggregate(error = std::convert::Infallible)]
+        impl Item {
+            #[handle]
+            fn rename(&self, cmd: Rename) -> Result<Option<Renamed>, std::convert::Infallible> {
+                Ok((cmd.name != self.name).then_some(Renamed { name: cmd.name }))
+            }
+            #[apply]
+            fn renamed(&mut self, e: &Renamed) {
+                self.name = e.name.clone();
+            }
+        }
+    }
+    let rename = |name: &str| noop::Rename {
+        id: "i".into(),
+        name: name.into(),
+    };
+    let item = Fixture::<noop::Item>::given(noop::Renamed { name: "a".into() })
+        .when(rename("a"))
+        .then_expect_no_events();
+    assert_eq!(item.name, "a");
+    let message = panic_message(|| {
+        Fixture::<noop::Item>::given(())
+            .when(rename("b"))
+            .then_expect_no_events();
+    });
+    assert!(
+        message.contains("unexpected from [0]: Renamed"),
+        "{message}"
+    );
+}

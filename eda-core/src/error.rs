@@ -316,3 +316,51 @@ impl<E> From<LoadError> for CommandError<E> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages of `error` and its sources, as an error-chain printer shows them.
+    fn chain(error: &(dyn StdError + 'static)) -> Vec<String> {
+        let mut out = vec![error.to_string()];
+        let mut source = error.source();
+        while let Some(cause) = source {
+            out.push(cause.to_string());
+            source = cause.source();
+        }
+        out
+    }
+
+    #[test]
+    fn causes_are_sources_shown_once() {
+        let serde = serde_json::from_str::<u64>("\"x\"").unwrap_err();
+        let cause = serde.to_string();
+        let decode = DecodeError {
+            position: 7,
+            aggregate_type: "Account".into(),
+            aggregate_id: "a".into(),
+            version: 2,
+            name: "Opened".into(),
+            event_version: 1,
+            kind: DecodeErrorKind::Payload(serde),
+        };
+        let error: CommandError<std::io::Error> = CommandError::Decode(decode);
+        assert_eq!(
+            chain(&error),
+            [
+                "cannot decode event `Opened` v1 at position 7 (Account `a` version 2)",
+                "payload does not match the event type",
+                cause.as_str(),
+            ]
+        );
+        let backend = StoreError::Backend("disk full".into());
+        assert_eq!(
+            chain(&CommandError::<std::io::Error>::Store(backend)),
+            ["event store backend failed", "disk full"]
+        );
+        let rejected: CommandError<std::io::Error> =
+            CommandError::Rejected(std::io::Error::other("insufficient funds"));
+        assert_eq!(chain(&rejected), ["insufficient funds"]);
+    }
+}

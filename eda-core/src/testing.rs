@@ -70,6 +70,8 @@ impl<A: Aggregate> fmt::Debug for FixtureResult<A> {
 impl<A: Aggregate> Fixture<A> {
     /// Starts from the state the given past events produce: one event, `Option`,
     /// `Vec`, a tuple of these or `()` for none (the forms a handler may return).
+    /// For no past events write `given(())`: `vec![]` does not say which event
+    /// type it would hold, so the compiler asks for annotations.
     pub fn given(events: impl IntoEvents<A::Event>) -> Self {
         let mut past = Vec::new();
         events.into_events(&mut past);
@@ -143,6 +145,17 @@ impl<A: Aggregate> FixtureResult<A> {
             state.apply(event);
         }
         state
+    }
+
+    /// Asserts that the command was accepted and produced no events (a no-op);
+    /// the same as `then_expect_events(())` (`vec![]` cannot name its element
+    /// type). Returns the state, unchanged.
+    ///
+    /// # Panics
+    /// When the command was rejected or produced events.
+    #[track_caller]
+    pub fn then_expect_no_events(self) -> A {
+        self.then_expect_events(())
     }
 
     /// Asserts that the command was rejected with `expected`.

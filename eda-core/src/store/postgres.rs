@@ -121,9 +121,10 @@ impl PostgresOptions {
 ///
 /// Tables, created and migrated on connect: `eda_events` (position, event id,
 /// aggregate type and id, version, event name and schema version, payload and
-/// metadata as `json`, which keeps the text byte for byte, recorded-at), `eda_aggregates` (current version and last
-/// event's position per aggregate, the row an append locks), `eda_snapshots` and
-/// `eda_schema`. An append is one statement, so one round trip: it compare-and-sets
+/// metadata as `json`, which keeps the text byte for byte, recorded-at),
+/// `eda_aggregates` (current version and last event's position per aggregate, the
+/// row an append locks), `eda_snapshots`, `eda_idempotency` (each idempotency key
+/// and what its command stored) and `eda_schema`. An append is one statement, so one round trip: it compare-and-sets
 /// the aggregate's version and inserts the events, or does nothing. Concurrent
 /// appends share statements (see [`PostgresOptions::max_batch`]).
 ///

@@ -121,11 +121,19 @@ impl SqliteOptions {
 
 /// An [`EventStore`] in one SQLite file (feature `sqlite`, on by default).
 ///
-/// Tables (created and migrated when the store opens): `eda_events` (position,
-/// event id, aggregate type and id, version, event name and schema version, payload
-/// and metadata as JSON text, recorded-at in microseconds), `eda_aggregates`
-/// (aggregate type, id, current version) and `eda_schema` (the schema version; a
-/// database written by a newer eda is refused, never downgraded).
+/// Five tables, created and migrated when the store opens: `eda_events`
+/// (position, event id, aggregate type and id, version, event name and schema
+/// version, payload and metadata as JSON text, recorded-at in microseconds),
+/// `eda_aggregates` (aggregate type, id, current version), `eda_snapshots` (the
+/// latest snapshot per aggregate), `eda_idempotency` (each idempotency key and
+/// what its command stored) and `eda_schema` (the schema version; a database
+/// written by a newer eda is refused, never downgraded).
+///
+/// SQLite keeps recent commits in the write-ahead log (`bank.db-wal`) until a
+/// checkpoint: call [`SqliteStore::close`] before the program ends, so that the
+/// `.db` file alone holds the database, and copy a database in use with
+/// [`SqliteStore::backup`] (or copy all three files, `.db`, `-wal` and `-shm`,
+/// while nothing writes).
 ///
 /// ```no_run
 /// use eda::prelude::*;
