@@ -51,20 +51,21 @@ impl Cache {
                 id,
                 slot: Some(Arc::new(async_lock::Mutex::new(None))),
                 attached: false,
+                new: false,
                 full: false,
             };
         }
         let mut types = self.lock();
         let slots = types.entry(TypeId::of::<A>()).or_default();
-        let any = match slots.get(id) {
-            Some(any) => Arc::clone(any),
+        let (any, new) = match slots.get(id) {
+            Some(any) => (Arc::clone(any), false),
             None => {
                 if slots.len() >= self.capacity {
                     evict_idle(slots, self.capacity - 1);
                 }
                 let slot: AnySlot = Arc::new(Slot::<A>::new(None));
                 slots.insert(id.to_owned(), Arc::clone(&slot));
-                slot
+                (slot, true)
             }
         };
         let full = slots.len() > self.capacity;
@@ -78,6 +79,7 @@ impl Cache {
             id,
             slot: Some(slot),
             attached: true,
+            new,
             full,
         }
     }
@@ -116,6 +118,9 @@ pub(crate) struct CacheSlot<'c, A: Aggregate> {
     slot: Option<Arc<Slot<A>>>,
     /// In the cache's map (not a detached slot of a cache that is off).
     attached: bool,
+    /// Put in the map for this command: kept only if the command leaves a state
+    /// with events behind.
+    new: bool,
     /// The cache held more than its capacity when the slot was taken.
     full: bool,
 }
@@ -135,13 +140,14 @@ impl<A: Aggregate> Drop for CacheSlot<'_, A> {
         let Some(slot) = self.slot.take() else {
             return;
         };
-        if !self.attached {
+        if !self.attached || (!self.new && !self.full) {
             return;
         }
         // Busy (another command queued on it) counts as worth keeping.
-        let stored = slot
-            .try_lock()
-            .is_none_or(|state| state.as_ref().is_some_and(|cached| cached.version > 0));
+        let stored = !self.new
+            || slot
+                .try_lock()
+                .is_none_or(|state| state.as_ref().is_some_and(|cached| cached.version > 0));
         drop(slot);
         if stored && !self.full {
             return;

@@ -17,21 +17,16 @@ use crate::error::EncodeError;
 
 /// `value` as JSON text, refusing NaN and the infinities.
 pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, EncodeError> {
-    let mut out = Vec::with_capacity(128);
     let found = Cell::new(None);
-    let serializer = Finite {
-        inner: &mut serde_json::Serializer::new(&mut out),
+    let checked = Nested {
+        value,
         path: Path::Root,
         found: &found,
     };
-    match value.serialize(serializer) {
-        Ok(()) => String::from_utf8(out)
-            .map_err(|e| EncodeError::Serialize(<serde_json::Error as ser::Error>::custom(e))),
-        Err(error) => Err(match found.take() {
-            Some((path, value)) => EncodeError::NonFinite { path, value },
-            None => EncodeError::Serialize(error),
-        }),
-    }
+    serde_json::to_string(&checked).map_err(|error| match found.take() {
+        Some((path, value)) => EncodeError::NonFinite { path, value },
+        None => EncodeError::Serialize(error),
+    })
 }
 
 /// Encodes `event` and checks that the payload reads back as the same event:
