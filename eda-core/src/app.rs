@@ -665,17 +665,23 @@ impl App {
             let page = (record.version - after).min(REPLAY_PAGE as u64) as usize;
             let page = store.read_for_replay(stream, after, page).await;
             let page = page.map_err(CommandError::Store)?;
-            if page.first().is_none_or(|e| e.version != after + 1) {
-                return Err(CommandError::Store(StoreError::Corrupt {
+            let missing = |after: u64| {
+                CommandError::Store(StoreError::Corrupt {
                     position: record.position.unwrap_or_default(),
                     what: format!(
                         "idempotency key `{key}` names version {} of {}/{id}, which is not stored",
                         after + 1,
                         stream.aggregate_type
                     ),
-                }));
+                })
+            };
+            if page.is_empty() {
+                return Err(missing(after));
             }
             for event in page.iter().take_while(|e| e.version <= record.version) {
+                if event.version != after + 1 {
+                    return Err(missing(after));
+                }
                 let decoded = decode::<C::Aggregate>(&event.as_ref(stream));
                 events.push(decoded.map_err(CommandError::Decode)?);
                 after = event.version;
