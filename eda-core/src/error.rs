@@ -192,6 +192,15 @@ pub enum CommandError<E> {
     Store(StoreError),
     /// A stored event of the aggregate could not be decoded.
     Decode(DecodeError),
+    /// The aggregate declares `services = Type`, but the `App` was built without a
+    /// value of that type. Nothing was stored; give it with
+    /// [`AppBuilder::services`](crate::AppBuilder::services).
+    MissingServices {
+        /// Aggregate type.
+        aggregate_type: &'static str,
+        /// The services type, as [`std::any::type_name`] spells it.
+        services: &'static str,
+    },
 }
 
 impl<E> CommandError<E> {
@@ -239,6 +248,10 @@ impl<E: fmt::Display> fmt::Display for CommandError<E> {
             CommandError::Encode { event, .. } => write!(f, "cannot serialize event `{event}`"),
             CommandError::Store(e) => fmt::Display::fmt(e, f),
             CommandError::Decode(e) => fmt::Display::fmt(e, f),
+            CommandError::MissingServices { aggregate_type, services } => write!(
+                f,
+                "{aggregate_type} needs services of type `{services}`, but the app has none: build it with `App::builder(..).services(value)`"
+            ),
         }
     }
 }
@@ -250,7 +263,9 @@ impl<E: StdError + 'static> StdError for CommandError<E> {
             CommandError::Encode { source, .. } => Some(source),
             CommandError::Store(e) => e.source(),
             CommandError::Decode(e) => e.source(),
-            CommandError::Conflict { .. } | CommandError::IdempotencyKeyReused { .. } => None,
+            CommandError::Conflict { .. }
+            | CommandError::IdempotencyKeyReused { .. }
+            | CommandError::MissingServices { .. } => None,
         }
     }
 }
