@@ -165,20 +165,6 @@ pub fn services_arg<Arg, S: ServicesMatch<Arg>>(services: &S) -> &Arg {
     services.as_arg()
 }
 
-/// What an aggregate with an `async` handler must be: the handler's future holds
-/// `&self` across its awaits and `App` runs it on any thread.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` has an async #[handle] method, so it must be `Sync`",
-    label = "this async handler borrows `&{Self}` while it awaits",
-    note = "`App` may move the handler's future between threads; wrap fields that are not `Sync` (`Cell`, `RefCell`, `Rc`) in `Mutex` or `Arc`, or make the handler sync"
-)]
-pub trait AsyncHandlerState: Sync {}
-
-impl<T: Sync> AsyncHandlerState for T {}
-
-/// Checked in a constant for every `async` handler, to say why `Sync` is needed.
-pub const fn async_handler_state<A: AsyncHandlerState>() {}
-
 /// The body of `Handle::handle` for an async handler, which eda never calls
 /// (it checks `Handle::ASYNC` first).
 #[track_caller]

@@ -132,13 +132,16 @@ fn handler(cx: &mut Ctxt, method: &ImplItemFn) -> Option<Handler> {
         }
     };
     let services = sig.inputs.iter().nth(2).and_then(|arg| {
-        let usage = "a #[handle] method takes the aggregate's services by shared reference, as in `services: &BankServices`: every command the app runs at once shares them";
+        let usage = "after the command, a #[handle] method takes only the aggregate's services, by shared reference: `services: &BankServices`";
         match arg {
             FnArg::Typed(arg) => match &*arg.ty {
                 Type::Reference(r) if r.mutability.is_none() => return Some((*r.elem).clone()),
                 Type::Reference(r) => {
                     let (and, mutability) = (&r.and_token, &r.mutability);
-                    cx.error_spanned_by(quote!(#and #mutability), usage);
+                    cx.error_spanned_by(
+                        quote!(#and #mutability),
+                        "a #[handle] method takes the aggregate's services by shared reference, `&`, not `&mut`: every command the app runs at once shares them",
+                    );
                 }
                 other => cx.error_spanned_by(other, usage),
             },

@@ -166,7 +166,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                     , #private::services_arg::<#ty, _>(__eda_services)
                 }
             });
-            let call = quote!(<#self_ty>::#method(self, __eda_command #services_arg));
+            // `self` at the method's name: an async handler's future holds it, and a
+            // state that is not `Sync` is reported there.
+            let this = quote_spanned!(method.span()=> self);
+            let call = quote!(<#self_ty>::#method(#this, __eda_command #services_arg));
             let handle_fn = |body: TokenStream| {
                 quote! {
                     #[allow(unused_variables)]
@@ -199,8 +202,12 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                         #private::IntoEvents::<#enum_ident>::into_events(__eda_output, __eda_events);
                         ::core::result::Result::<(), #error_ty>::Ok(())
                     };
-                    let sync_state = quote_spanned! {asyncness.span()=>
-                        const _: () = #private::async_handler_state::<#self_ty>();
+                    // A future that is not `Send` (a state that is not `Sync`) is
+                    // reported at the user's `async`.
+                    let future = quote_spanned!(asyncness.span()=> async move { #body });
+                    let returns = quote_spanned! {asyncness.span()=>
+                        impl ::core::future::Future<Output = ::core::result::Result<(), #error_ty>>
+                            + ::core::marker::Send + '__eda_a
                     };
                     quote! {
                         const ASYNC: bool = true;
@@ -211,13 +218,11 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                             __eda_command: #command,
                             __eda_services: &'__eda_a <Self as #private::Aggregate>::Services,
                             __eda_events: &'__eda_a mut ::std::vec::Vec<#enum_ident>,
-                        ) -> impl ::core::future::Future<Output = ::core::result::Result<(), #error_ty>>
-                               + ::core::marker::Send + '__eda_a
+                        ) -> #returns
                         where
                             #command: '__eda_a,
                         {
-                            #sync_state
-                            async move { #body }
+                            #future
                         }
                     }
                 }
@@ -346,4 +351,5 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         #errors
     }
 }
+
 
