@@ -614,7 +614,11 @@ async fn concurrent_async_commands_on_one_account_queue() {
         }
     }
     assert_eq!(accepted, 6);
-    assert_eq!(doubles.atm.calls().len(), 6, "one App: no conflicts, no second asks");
+    assert_eq!(
+        doubles.atm.calls().len(),
+        6,
+        "one App: no conflicts, no second asks"
+    );
     let account: Account = app.load(&"a".to_string()).await.unwrap();
     assert_eq!(account.balance, 10);
 }
@@ -723,7 +727,10 @@ fn fixture_without_services_names_the_missing_type() {
     let message = panic_message(|| {
         let _ = Fixture::<Account>::given(history()).when(withdraw("a", 30));
     });
-    assert!(message.contains("`Account` declares `services ="), "{message}");
+    assert!(
+        message.contains("`Account` declares `services ="),
+        "{message}"
+    );
     assert!(message.contains("BankServices"), "{message}");
     assert!(message.contains(".with_services(doubles)"), "{message}");
     // Even for a handler that does not take them: the aggregate declares them.

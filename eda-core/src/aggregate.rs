@@ -117,14 +117,13 @@ pub trait Aggregate: Default + Send + 'static {
 ///
 /// assert!(<Account as Handle<Open>>::ASYNC);
 /// let sanctions = Sanctions { blocked: vec!["b".into()] };
-/// let mut events = Vec::new();
 /// let account = Account::default();
-/// let decided = account.handle_async(Open { id: "a".into() }, &sanctions, &mut events);
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// decided.await.unwrap();
+/// let mut events = Vec::new();
+/// account.handle_async(Open { id: "a".into() }, &sanctions, &mut events).await.unwrap();
 /// assert!(matches!(events.as_slice(), [AccountEvent::Opened(_)]));
-/// let refused = account.handle_async(Open { id: "b".into() }, &sanctions, &mut Vec::new());
-/// assert!(matches!(refused.await, Err(AccountError::Blocked)));
+/// let refused = account.handle_async(Open { id: "b".into() }, &sanctions, &mut events).await;
+/// assert!(matches!(refused, Err(AccountError::Blocked)));
 /// # });
 /// ```
 pub trait Handle<C>: Aggregate {

@@ -183,7 +183,7 @@ impl AppBuilder {
     /// let bank = BankServices { fraud: Arc::new(|amount| amount > 1_000) };
     /// let app = App::builder(MemoryStore::new()).services(bank).build()?;
     /// let small = Withdraw { id: "a".into(), amount: 10 };
-    /// assert_eq!(app.execute(small.clone()).await?.version, 1);
+    /// assert_eq!(app.execute(small.clone()).await.unwrap().version, 1);
     /// let large = Withdraw { id: "a".into(), amount: 5_000 };
     /// assert!(matches!(app.execute(large).await, Err(CommandError::Rejected(AccountError::Suspicious))));
     ///
@@ -427,7 +427,9 @@ impl App {
             return Err(metadata);
         };
         let mut events = Vec::with_capacity(1);
-        let decided = cached.state.handle(command.clone(), no_services, &mut events);
+        let decided = cached
+            .state
+            .handle(command.clone(), no_services, &mut events);
         if decided.is_err() || events.is_empty() {
             // A rejection or no-op decided on a cached state is confirmed by `run`.
             *guard = Some(cached);

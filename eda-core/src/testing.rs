@@ -186,7 +186,10 @@ impl<A: Aggregate> Fixture<A> {
     {
         let services = services_of::<A>(&self.services);
         let mut events = Vec::new();
-        let decided = self.state.handle_async(command, services, &mut events).await;
+        let decided = self
+            .state
+            .handle_async(command, services, &mut events)
+            .await;
         FixtureResult {
             state: self.state,
             command: C::NAME,

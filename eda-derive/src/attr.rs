@@ -204,10 +204,7 @@ fn a_type(
     let value = meta.value()?;
     if value.peek(syn::Lit) {
         let lit: syn::Lit = value.parse()?;
-        cx.error_spanned_by(
-            lit,
-            format_args!("`{key}` takes a type, like `{example}`"),
-        );
+        cx.error_spanned_by(lit, format_args!("`{key}` takes a type, like `{example}`"));
         return Ok(None);
     }
     value.parse().map(Some).map_err(|e| {

@@ -351,5 +351,3 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         #errors
     }
 }
-
-
