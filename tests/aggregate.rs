@@ -192,7 +192,7 @@ where
     Shapes: Handle<C>,
 {
     let mut events = Vec::new();
-    state.handle(cmd, &mut events).unwrap();
+    state.handle(cmd, &(), &mut events).unwrap();
     let mut after = Shapes::default();
     for e in &events {
         after.apply(e);

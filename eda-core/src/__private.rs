@@ -186,3 +186,32 @@ pub const fn snapshot_codec<S: SnapshotState>() -> SnapshotCodec<S> {
         decode: |payload| serde_json::from_str(payload),
     }
 }
+
+/// Satisfied when a handler's services argument is the aggregate's services type.
+#[diagnostic::on_unimplemented(
+    message = "this #[handle] method takes `&{Arg}`, but the aggregate's services are `{Self}`",
+    label = "expected `&{Self}` here",
+    note = "a handler takes the services declared by `#[aggregate(services = ..)]`, by shared reference"
+)]
+pub trait ServicesMatch<Arg> {
+    /// The services, as the handler's argument type.
+    fn as_arg(&self) -> &Arg;
+}
+
+impl<T> ServicesMatch<T> for T {
+    fn as_arg(&self) -> &T {
+        self
+    }
+}
+
+/// The aggregate's services as the type a handler's argument names.
+pub fn services_arg<Arg, S: ServicesMatch<Arg>>(services: &S) -> &Arg {
+    services.as_arg()
+}
+
+/// The body of `Handle::handle` for an async handler, which eda never calls
+/// (it checks `Handle::ASYNC` first).
+#[track_caller]
+pub fn sync_call_of_async_handler<T>(aggregate: &'static str, method: &'static str) -> T {
+    panic!("`{aggregate}::{method}` is an async #[handle] method: call `Handle::handle_async`, not `Handle::handle`")
+}

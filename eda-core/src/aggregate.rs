@@ -1,6 +1,7 @@
 use std::any::Any;
 use std::borrow::Cow;
 use std::fmt::{Debug, Display};
+use std::future::Future;
 use std::hash::Hash;
 
 use crate::error::{DecodeErrorKind, EncodeError};
@@ -53,6 +54,11 @@ pub trait Aggregate: Default + Send + 'static {
     type Event: AggregateEvent;
     /// The domain error its handlers reject commands with.
     type Error: Debug + Send + 'static;
+    /// What its handlers may consult while deciding (`#[aggregate(services = Type)]`,
+    /// `()` by default): clients of other systems, validators, clocks. One value per
+    /// type is given to [`AppBuilder::services`](crate::AppBuilder::services) and
+    /// shared by every aggregate that declares that type.
+    type Services: Send + Sync + 'static;
 
     /// Take a snapshot every this many events (`#[aggregate(snapshot_every = N)]`);
     /// 0, the default, takes none.
@@ -79,6 +85,13 @@ pub trait Aggregate: Default + Send + 'static {
 
 /// Decides command `C` for an aggregate: implemented by `#[aggregate]` per `#[handle]`.
 ///
+/// A handler may take the aggregate's services as a third argument and may be
+/// `async`. A sync handler implements [`handle`](Handle::handle), and
+/// [`handle_async`](Handle::handle_async) wraps it in a ready future; an async handler
+/// sets [`ASYNC`](Handle::ASYNC) and implements `handle_async` only. Callers that
+/// can await call `handle_async`; `App` calls `handle` when `ASYNC` is `false`, which
+/// keeps sync handlers off the heap and out of any executor.
+///
 /// ```
 /// use eda::prelude::*;
 /// use eda::Handle;
@@ -86,24 +99,68 @@ pub trait Aggregate: Default + Send + 'static {
 /// #[event] #[derive(Debug)] pub struct Opened;
 /// #[command] #[derive(Debug, Clone)] pub struct Open { #[aggregate_id] pub id: String }
 /// #[derive(Debug, Default)] pub struct Account { open: bool }
-/// #[derive(Debug)] pub enum AccountError { AlreadyOpen }
+/// #[derive(Debug)] pub enum AccountError { AlreadyOpen, Blocked }
 ///
-/// #[aggregate(error = AccountError)]
+/// /// Asked before an account is opened.
+/// pub struct Sanctions { pub blocked: Vec<String> }
+///
+/// #[aggregate(error = AccountError, services = Sanctions)]
 /// impl Account {
 ///     #[handle]
-///     fn open(&self, _: Open) -> Result<Opened, AccountError> {
-///         if self.open { Err(AccountError::AlreadyOpen) } else { Ok(Opened) }
+///     async fn open(&self, cmd: Open, sanctions: &Sanctions) -> Result<Opened, AccountError> {
+///         if self.open { return Err(AccountError::AlreadyOpen); }
+///         if sanctions.blocked.contains(&cmd.id) { return Err(AccountError::Blocked); }
+///         Ok(Opened)
 ///     }
 ///     #[apply] fn opened(&mut self, _: &Opened) { self.open = true; }
 /// }
 ///
+/// assert!(<Account as Handle<Open>>::ASYNC);
+/// let sanctions = Sanctions { blocked: vec!["b".into()] };
+/// let account = Account::default();
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let mut events = Vec::new();
-/// Account::default().handle(Open { id: "a".into() }, &mut events).unwrap();
+/// account.handle_async(Open { id: "a".into() }, &sanctions, &mut events).await.unwrap();
 /// assert!(matches!(events.as_slice(), [AccountEvent::Opened(_)]));
+/// let refused = account.handle_async(Open { id: "b".into() }, &sanctions, &mut events).await;
+/// assert!(matches!(refused, Err(AccountError::Blocked)));
+/// # });
 /// ```
 pub trait Handle<C>: Aggregate {
+    /// Whether the handler is `async`: then only [`handle_async`](Handle::handle_async)
+    /// decides, and [`handle`](Handle::handle) must not be called.
+    const ASYNC: bool = false;
+
     /// Checks the rules against the current state and pushes the resulting events.
-    fn handle(&self, command: C, events: &mut Vec<Self::Event>) -> Result<(), Self::Error>;
+    ///
+    /// # Panics
+    /// When the handler is `async` ([`ASYNC`](Handle::ASYNC) is `true`): call
+    /// `handle_async` instead. eda never calls it then.
+    fn handle(
+        &self,
+        command: C,
+        services: &Self::Services,
+        events: &mut Vec<Self::Event>,
+    ) -> Result<(), Self::Error>;
+
+    /// As [`handle`](Handle::handle), for sync and async handlers alike.
+    fn handle_async<'a>(
+        &'a self,
+        command: C,
+        services: &'a Self::Services,
+        events: &'a mut Vec<Self::Event>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'a
+    where
+        C: 'a,
+    {
+        std::future::ready(self.handle(command, services, events))
+    }
+}
+
+/// `&()` as `A`'s services when `A` declares none: a comparison of type ids, which
+/// the compiler resolves, instead of a look-up.
+pub(crate) fn no_services<A: Aggregate>() -> Option<&'static A::Services> {
+    (&() as &dyn Any).downcast_ref()
 }
 
 /// What an aggregate id must be: the store keys streams by its `Display` form.

@@ -1,3 +1,4 @@
+use std::any::{Any, TypeId};
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::aggregate::{stream_key, Aggregate, AggregateEvent, Handle};
+use crate::aggregate::{no_services, stream_key, Aggregate, AggregateEvent, Handle};
 use crate::cache::{Cache, Cached};
 use crate::codec;
 use crate::command::HandledCommand;
@@ -84,6 +85,7 @@ struct Inner {
     cache: Cache,
     max_conflict_retries: u32,
     conflict_backoff: Backoff,
+    services: ServiceMap,
 }
 
 /// The pause before deciding a command again after a version conflict.
@@ -109,10 +111,27 @@ impl Backoff {
     }
 }
 
+/// Service values by type, each shared by every aggregate that declares it. Filled
+/// by the builder and read-only afterwards, so look-ups take no lock.
+type ServiceMap = foldhash::HashMap<TypeId, Service>;
+
+struct Service {
+    value: Box<dyn Any + Send + Sync>,
+    /// For `Debug`: a `dyn Any` cannot say what it holds.
+    type_name: &'static str,
+}
+
+fn service_names(services: &ServiceMap) -> Vec<&'static str> {
+    let mut names: Vec<_> = services.values().map(|s| s.type_name).collect();
+    names.sort_unstable();
+    names
+}
+
 impl fmt::Debug for App {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("App")
             .field("max_conflict_retries", &self.inner.max_conflict_retries)
+            .field("services", &service_names(&self.inner.services))
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +143,7 @@ pub struct AppBuilder {
     cache_capacity: usize,
     max_conflict_retries: u32,
     conflict_backoff: Backoff,
+    services: ServiceMap,
 }
 
 impl fmt::Debug for AppBuilder {
@@ -131,6 +151,7 @@ impl fmt::Debug for AppBuilder {
         f.debug_struct("AppBuilder")
             .field("cache_capacity", &self.cache_capacity)
             .field("max_conflict_retries", &self.max_conflict_retries)
+            .field("services", &service_names(&self.services))
             .finish_non_exhaustive()
     }
 }
@@ -160,6 +181,62 @@ impl AppBuilder {
         self
     }
 
+    /// Gives the handlers of every aggregate declaring `services = S` this value.
+    ///
+    /// One value per type: giving a second value of the same type replaces the first.
+    /// Aggregates without `services =` need nothing. Executing a command of an
+    /// aggregate whose services were not given fails with
+    /// [`CommandError::MissingServices`].
+    ///
+    /// A handler may run more than once for one command (again after a version
+    /// conflict, with the state caught up), so the services it calls must tolerate
+    /// that: queries, or idempotent requests.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use eda::prelude::*;
+    ///
+    /// /// What the bank's handlers consult; a trait object, so tests can swap it.
+    /// pub struct BankServices { pub fraud: Arc<dyn Fn(u64) -> bool + Send + Sync> }
+    ///
+    /// #[event] #[derive(Debug)] pub struct Withdrawn { pub amount: u64 }
+    /// #[command] #[derive(Debug, Clone)]
+    /// pub struct Withdraw { #[aggregate_id] pub id: String, pub amount: u64 }
+    /// #[derive(Debug, Default)] pub struct Account;
+    /// #[derive(Debug)] pub enum AccountError { Suspicious }
+    ///
+    /// #[aggregate(error = AccountError, services = BankServices)]
+    /// impl Account {
+    ///     #[handle]
+    ///     fn withdraw(&self, cmd: Withdraw, bank: &BankServices) -> Result<Withdrawn, AccountError> {
+    ///         if (bank.fraud)(cmd.amount) { return Err(AccountError::Suspicious); }
+    ///         Ok(Withdrawn { amount: cmd.amount })
+    ///     }
+    ///     #[apply] fn withdrawn(&mut self, _: &Withdrawn) {}
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let bank = BankServices { fraud: Arc::new(|amount| amount > 1_000) };
+    /// let app = App::builder(MemoryStore::new()).services(bank).build()?;
+    /// let small = Withdraw { id: "a".into(), amount: 10 };
+    /// assert_eq!(app.execute(small.clone()).await.unwrap().version, 1);
+    /// let large = Withdraw { id: "a".into(), amount: 5_000 };
+    /// assert!(matches!(app.execute(large).await, Err(CommandError::Rejected(AccountError::Suspicious))));
+    ///
+    /// let without = App::new(MemoryStore::new());
+    /// assert!(matches!(without.execute(small).await, Err(CommandError::MissingServices { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn services<S: Send + Sync + 'static>(mut self, value: S) -> Self {
+        let service = Service {
+            value: Box::new(value),
+            type_name: std::any::type_name::<S>(),
+        };
+        self.services.insert(TypeId::of::<S>(), service);
+        self
+    }
+
     /// Builds the `App`, failing if two event types share a name and version.
     pub fn build(self) -> Result<App, RegistryError> {
         registry().check()?;
@@ -169,6 +246,7 @@ impl AppBuilder {
                 cache: Cache::new(self.cache_capacity),
                 max_conflict_retries: self.max_conflict_retries,
                 conflict_backoff: self.conflict_backoff,
+                services: self.services,
             }),
         })
     }
@@ -212,6 +290,7 @@ impl App {
                 first: Duration::from_millis(2),
                 max: Duration::from_millis(100),
             },
+            services: ServiceMap::default(),
         }
     }
 
@@ -394,6 +473,8 @@ impl App {
     /// cached and its slot free, the command is accepted and the append succeeds.
     /// Anything else gives the metadata back for [`App::run`], which starts over:
     /// handlers are pure, so deciding twice is harmless, and nothing was stored.
+    /// Handlers that await or consult services go to `run` directly: it decides
+    /// a rejection again, and their services would be asked twice.
     // The large error hands the caller's metadata back, cheaper than cloning it
     // for the fast path's sake.
     #[allow(clippy::result_large_err)]
@@ -406,9 +487,12 @@ impl App {
         let Some(memory) = self.inner.store.as_memory() else {
             return Err(metadata);
         };
-        if metadata.idempotency_key.is_some() {
+        if metadata.idempotency_key.is_some() || <C::Aggregate as Handle<C>>::ASYNC {
             return Err(metadata);
         }
+        let Some(no_services) = no_services::<C::Aggregate>() else {
+            return Err(metadata);
+        };
         let id = stream_key(command.target_id());
         let slot = self.inner.cache.slot::<C::Aggregate>(&id);
         let Some(mut guard) = slot.try_lock() else {
@@ -418,7 +502,10 @@ impl App {
             return Err(metadata);
         };
         let mut events = Vec::with_capacity(1);
-        if cached.state.handle(command.clone(), &mut events).is_err() || events.is_empty() {
+        let decided = cached
+            .state
+            .handle(command.clone(), no_services, &mut events);
+        if decided.is_err() || events.is_empty() {
             // A rejection or no-op decided on a cached state is confirmed by `run`.
             *guard = Some(cached);
             return Err(metadata);
@@ -456,6 +543,12 @@ impl App {
         mut metadata: Metadata,
         span: tracing::Span,
     ) -> Result<Committed<C::Aggregate>, CommandError<<C::Aggregate as Aggregate>::Error>> {
+        let Some(services) = self.services::<C::Aggregate>() else {
+            return Err(CommandError::MissingServices {
+                aggregate_type: <C::Aggregate as Aggregate>::TYPE,
+                services: std::any::type_name::<<C::Aggregate as Aggregate>::Services>(),
+            });
+        };
         let id = stream_key(command.target_id());
         let stream = StreamId {
             aggregate_type: <C::Aggregate as Aggregate>::TYPE,
@@ -487,7 +580,14 @@ impl App {
         loop {
             attempts += 1;
             let mut events = Vec::with_capacity(1);
-            let decided = cached.state.handle(command.clone(), &mut events);
+            let decided = if <C::Aggregate as Handle<C>>::ASYNC {
+                cached
+                    .state
+                    .handle_async(command.clone(), services, &mut events)
+                    .await
+            } else {
+                cached.state.handle(command.clone(), services, &mut events)
+            };
             if !fresh && (decided.is_err() || events.is_empty()) {
                 let before = cached.version;
                 Box::pin(self.catch_up(&mut cached, &id)).await?;
@@ -605,6 +705,15 @@ impl App {
                 Err(e) => return Err(CommandError::Store(e)),
             }
         }
+    }
+
+    /// The services `A`'s handlers take, if the `App` has them.
+    fn services<A: Aggregate>(&self) -> Option<&A::Services> {
+        if let Some(none) = no_services::<A>() {
+            return Some(none);
+        }
+        let service = self.inner.services.get(&TypeId::of::<A::Services>())?;
+        service.value.downcast_ref()
     }
 
     /// Whether another execution of this idempotent command has committed; its

@@ -249,6 +249,16 @@ pub enum CommandError<E> {
     /// A stored event of the aggregate could not be decoded.
     #[error(transparent)]
     Decode(DecodeError),
+    /// The aggregate declares `services = Type`, but the `App` was built without a
+    /// value of that type. Nothing was stored; give it with
+    /// [`AppBuilder::services`](crate::AppBuilder::services).
+    #[error("{aggregate_type} needs services of type `{services}`, but the app has none: build it with `App::builder(..).services(value)`")]
+    MissingServices {
+        /// Aggregate type.
+        aggregate_type: &'static str,
+        /// The services type, as [`std::any::type_name`] spells it.
+        services: &'static str,
+    },
 }
 
 /// Why an event cannot be stored: its stored form would not read back as the

@@ -37,17 +37,64 @@
 //!     .when(open)
 //!     .then_expect_error(AccountError::AlreadyOpen);
 //! ```
+//!
+//! Handlers that take services get test doubles, and `async` handlers work too:
+//!
+//! ```
+//! use eda::prelude::*;
+//! use eda::testing::Fixture;
+//!
+//! #[event] #[derive(Debug)] pub struct Withdrawn { pub amount: u64 }
+//! #[command] #[derive(Debug, Clone)]
+//! pub struct Withdraw { #[aggregate_id] pub id: String, pub amount: u64 }
+//! #[derive(Debug, PartialEq)] pub enum AccountError { AtmRefused }
+//! #[derive(Debug, Default)] pub struct Account;
+//!
+//! pub trait Atm: Send + Sync { fn may_dispense(&self, amount: u64) -> bool; }
+//! pub struct Bank { pub atm: Box<dyn Atm> }
+//!
+//! #[aggregate(error = AccountError, services = Bank)]
+//! impl Account {
+//!     #[handle]
+//!     async fn withdraw(&self, cmd: Withdraw, bank: &Bank) -> Result<Withdrawn, AccountError> {
+//!         if !bank.atm.may_dispense(cmd.amount) { return Err(AccountError::AtmRefused); }
+//!         Ok(Withdrawn { amount: cmd.amount })
+//!     }
+//!     #[apply] fn withdrawn(&mut self, _: &Withdrawn) {}
+//! }
+//!
+//! struct Empty;
+//! impl Atm for Empty { fn may_dispense(&self, _: u64) -> bool { false } }
+//!
+//! Fixture::<Account>::given(())
+//!     .with_services(Bank { atm: Box::new(Empty) })
+//!     .when(Withdraw { id: "a".into(), amount: 20 })
+//!     .then_expect_error(AccountError::AtmRefused);
+//! ```
 
 use std::fmt::{self, Write as _};
 
 use serde_json::Value;
 
-use crate::aggregate::{Aggregate, AggregateEvent, Handle, IntoEvents};
+use crate::aggregate::{no_services, Aggregate, AggregateEvent, Handle, IntoEvents};
 
 /// An aggregate brought to a state by past events, ready to receive one command.
-#[derive(Debug)]
 pub struct Fixture<A: Aggregate> {
     state: A,
+    services: Option<A::Services>,
+}
+
+impl<A: Aggregate + fmt::Debug> fmt::Debug for Fixture<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let services = self
+            .services
+            .as_ref()
+            .map(|_| std::any::type_name::<A::Services>());
+        f.debug_struct("Fixture")
+            .field("state", &self.state)
+            .field("services", &services)
+            .finish()
+    }
 }
 
 /// The outcome of [`Fixture::when`], to assert on.
@@ -79,27 +126,91 @@ impl<A: Aggregate> Fixture<A> {
         for event in &past {
             state.apply(event);
         }
-        Fixture { state }
+        Fixture::given_state(state)
     }
 
     /// Starts from the given state instead of events.
     pub fn given_state(state: A) -> Self {
-        Fixture { state }
+        Fixture {
+            state,
+            services: None,
+        }
+    }
+
+    /// The services the handlers get, usually test doubles
+    /// (`#[aggregate(services = Type)]`). Needed for an aggregate that declares
+    /// services; one without needs nothing.
+    pub fn with_services(mut self, services: A::Services) -> Self {
+        self.services = Some(services);
+        self
     }
 
     /// Lets the aggregate decide `command`.
+    ///
+    /// An `async` handler is run to completion on this thread, without a runtime:
+    /// the services it awaits must not need one (no I/O reactor, no timers; test
+    /// doubles that answer at once do). Use [`when_async`](Fixture::when_async) from
+    /// an async test for doubles that need the test's runtime.
+    ///
+    /// # Panics
+    /// When the aggregate declares services and none were given with
+    /// [`with_services`](Fixture::with_services).
+    #[track_caller]
     pub fn when<C>(self, command: C) -> FixtureResult<A>
     where
         C: crate::Command,
         A: Handle<C>,
     {
+        let services = services_of::<A>(&self.services);
         let mut events = Vec::new();
-        let result = self.state.handle(command, &mut events).map(|()| events);
+        let decided = if <A as Handle<C>>::ASYNC {
+            pollster::block_on(self.state.handle_async(command, services, &mut events))
+        } else {
+            self.state.handle(command, services, &mut events)
+        };
         FixtureResult {
             state: self.state,
             command: C::NAME,
-            result,
+            result: decided.map(|()| events),
         }
+    }
+
+    /// As [`when`](Fixture::when), awaiting the handler on the caller's runtime,
+    /// for services that need it (I/O, timers).
+    ///
+    /// # Panics
+    /// When the aggregate declares services and none were given with
+    /// [`with_services`](Fixture::with_services).
+    pub async fn when_async<C>(self, command: C) -> FixtureResult<A>
+    where
+        C: crate::Command,
+        A: Handle<C>,
+    {
+        let services = services_of::<A>(&self.services);
+        let mut events = Vec::new();
+        let decided = self
+            .state
+            .handle_async(command, services, &mut events)
+            .await;
+        FixtureResult {
+            state: self.state,
+            command: C::NAME,
+            result: decided.map(|()| events),
+        }
+    }
+}
+
+/// The services a fixture's handler gets: the ones given, or `()`.
+#[track_caller]
+fn services_of<A: Aggregate>(given: &Option<A::Services>) -> &A::Services {
+    match (given, no_services::<A>()) {
+        (Some(services), _) => services,
+        (None, Some(none)) => none,
+        (None, None) => panic!(
+            "`{}` declares `services = {}`, but the fixture has none: give test doubles with `Fixture::given(..).with_services(doubles)`",
+            A::TYPE,
+            std::any::type_name::<A::Services>()
+        ),
     }
 }
 

@@ -1,7 +1,10 @@
 //! A typed model of an `#[aggregate]` impl block that keeps the user's tokens for spans.
 
+use quote::quote;
 use syn::spanned::Spanned;
-use syn::{FnArg, GenericArgument, Ident, ImplItem, ImplItemFn, PathArguments, ReturnType, Type};
+use syn::{
+    FnArg, GenericArgument, Ident, ImplItem, ImplItemFn, PathArguments, ReturnType, Token, Type,
+};
 
 use crate::ctxt::Ctxt;
 
@@ -11,6 +14,10 @@ pub(crate) struct Handler {
     pub(crate) command: Type,
     /// The `X` of `Result<X, E>` (or of a one-argument `Result<X>` alias).
     pub(crate) output: Type,
+    /// The `S` of a third argument `services: &S`.
+    pub(crate) services: Option<Type>,
+    /// `async fn`.
+    pub(crate) asyncness: Option<Token![async]>,
 }
 
 /// One `#[apply]` method.
@@ -110,19 +117,12 @@ fn handler(cx: &mut Ctxt, method: &ImplItemFn) -> Option<Handler> {
         }
     }
     let command = match sig.inputs.iter().nth(1) {
-        Some(FnArg::Typed(arg)) if sig.inputs.len() == 2 => {
+        Some(FnArg::Typed(arg)) => {
             if let Type::Reference(r) = &*arg.ty {
                 cx.error_spanned_by(r, "a #[handle] method takes its command by value");
                 ok = false;
             }
             Some((*arg.ty).clone())
-        }
-        _ if sig.inputs.len() > 2 => {
-            cx.error_spanned_by(
-                &sig.inputs,
-                "a #[handle] method takes exactly one argument besides `&self`: the command",
-            );
-            None
         }
         _ => {
             if ok {
@@ -131,6 +131,33 @@ fn handler(cx: &mut Ctxt, method: &ImplItemFn) -> Option<Handler> {
             None
         }
     };
+    let services = sig.inputs.iter().nth(2).and_then(|arg| {
+        let usage = "after the command, a #[handle] method takes only the aggregate's services, by shared reference: `services: &BankServices`";
+        match arg {
+            FnArg::Typed(arg) => match &*arg.ty {
+                Type::Reference(r) if r.mutability.is_none() => return Some((*r.elem).clone()),
+                Type::Reference(r) => {
+                    let (and, mutability) = (&r.and_token, &r.mutability);
+                    cx.error_spanned_by(
+                        quote!(#and #mutability),
+                        "a #[handle] method takes the aggregate's services by shared reference, `&`, not `&mut`: every command the app runs at once shares them",
+                    );
+                }
+                other => cx.error_spanned_by(other, usage),
+            },
+            FnArg::Receiver(r) => cx.error_spanned_by(r, usage),
+        }
+        ok = false;
+        None
+    });
+    if sig.inputs.len() > 3 {
+        let rest = sig.inputs.iter().skip(3);
+        cx.error_spanned_by(
+            quote!(#(#rest),*),
+            "a #[handle] method takes at most two arguments besides `&self`: the command, then a reference to the aggregate's services",
+        );
+        ok = false;
+    }
     let result = match &sig.output {
         ReturnType::Type(_, ty) => result_args(ty),
         ReturnType::Default => None,
@@ -146,14 +173,12 @@ fn handler(cx: &mut Ctxt, method: &ImplItemFn) -> Option<Handler> {
         cx.error_spanned_by(&method.sig.generics, "a #[handle] method cannot be generic");
         ok = false;
     }
-    if let Some(asyncness) = &sig.asyncness {
-        cx.error_spanned_by(asyncness, "a #[handle] method is not async: it decides from the state alone; fetch outside data before executing the command");
-        ok = false;
-    }
     Some(Handler {
         method: sig.ident.clone(),
         command: command?,
         output: result?,
+        services,
+        asyncness: sig.asyncness,
     })
     .filter(|_| ok)
 }

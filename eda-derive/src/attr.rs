@@ -30,6 +30,7 @@ pub(crate) struct AggregateArgs {
     pub(crate) name: Option<LitStr>,
     pub(crate) snapshot_every: Option<(u64, LitInt)>,
     pub(crate) snapshot_version: Option<(u32, LitInt)>,
+    pub(crate) services: Option<Type>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -88,9 +89,16 @@ pub(crate) fn aggregate_args(cx: &mut Ctxt, args: TokenStream) -> AggregateArgs 
         cx,
         args,
         "aggregate",
-        "`id`, `error`, `name`, `snapshot_every`, `snapshot_version` or `crate`",
+        "`id`, `error`, `services`, `name`, `snapshot_every`, `snapshot_version` or `crate`",
         |cx, meta| {
-            if meta.path.is_ident("snapshot_every") {
+            if meta.path.is_ident("services") {
+                let services = a_type(cx, meta, "services", "services = BankServices")?;
+                if out.services.is_some() {
+                    cx.error_spanned_by(&meta.path, "`services` is given twice; an aggregate has one services type (a struct can hold several services)");
+                } else {
+                    out.services = services;
+                }
+            } else if meta.path.is_ident("snapshot_every") {
                 out.snapshot_every = positive(cx, meta, "snapshot_every", "snapshot_every = 100")?;
             } else if meta.path.is_ident("snapshot_version") {
                 out.snapshot_version =
@@ -182,6 +190,28 @@ fn positive(
             );
             None
         }
+    })
+}
+
+/// `key = Type`; a literal is reported and gives `None`, so the other arguments are
+/// still checked.
+fn a_type(
+    cx: &mut Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    key: &str,
+    example: &str,
+) -> syn::Result<Option<Type>> {
+    let value = meta.value()?;
+    if value.peek(syn::Lit) {
+        let lit: syn::Lit = value.parse()?;
+        cx.error_spanned_by(lit, format_args!("`{key}` takes a type, like `{example}`"));
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|e| {
+        syn::Error::new(
+            e.span(),
+            format_args!("`{key}` takes a type, like `{example}`"),
+        )
     })
 }
 

@@ -28,7 +28,9 @@ pub fn command(args: TokenStream, input: TokenStream) -> TokenStream {
 
 /// Turns an impl block of `#[handle]` and `#[apply]` methods into an aggregate.
 ///
-/// `#[aggregate(error = AccountError)]`, `#[aggregate(id = Uuid, error = E, name = "bank.Account")]`.
+/// `#[aggregate(error = AccountError)]`, `#[aggregate(id = Uuid, error = E, name = "bank.Account")]`,
+/// `#[aggregate(error = E, services = BankServices)]` for handlers that take
+/// `&BankServices` or are `async`.
 /// See the `eda` crate documentation.
 #[proc_macro_attribute]
 pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {

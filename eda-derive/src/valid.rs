@@ -127,6 +127,34 @@ pub(crate) fn returned_events_are_applied(
     }
 }
 
+/// A handler's services come from `#[aggregate(services = ..)]`: the app looks them up
+/// by the aggregate's type, never by a handler's argument. Offending handlers
+/// expand to stubs.
+pub(crate) fn services_are_declared(
+    cx: &mut Ctxt,
+    agg: &AggregateImpl,
+    declared: Option<&Type>,
+    self_name: &str,
+    expand: &mut [Expand],
+) {
+    if declared.is_some() {
+        return;
+    }
+    for (i, h) in agg.handlers.iter().enumerate() {
+        if let Some(services) = &h.services {
+            expand[i] = stub(expand[i]);
+            cx.error_spanned_by(
+                services,
+                format_args!(
+                    "`{}` takes services, but `{self_name}` declares none: add `services = {}` to its #[aggregate(..)]",
+                    h.method,
+                    type_key(services).replace(' ', "")
+                ),
+            );
+        }
+    }
+}
+
 /// `Full` becomes `Stub`; `Nothing` stays.
 pub(crate) fn stub(expand: Expand) -> Expand {
     match expand {

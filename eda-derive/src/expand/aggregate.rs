@@ -54,6 +54,13 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     valid::one_handler_per_command(&mut cx, &agg, &mut expand);
     valid::one_applier_per_event(&mut cx, &agg);
     valid::returned_events_are_applied(&mut cx, &agg, &self_name, &enum_ident, &mut expand);
+    valid::services_are_declared(
+        &mut cx,
+        &agg,
+        args.services.as_ref(),
+        &self_name,
+        &mut expand,
+    );
     if args.error.is_none() && !agg.handlers.is_empty() {
         cx.push(syn::Error::new(
             Span::call_site(),
@@ -72,6 +79,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         .error
         .clone()
         .unwrap_or_else(|| syn::parse_quote!(::core::convert::Infallible));
+    let services_ty = match &args.services {
+        Some(ty) => quote_spanned!(ty.span()=> #ty),
+        None => quote!(()),
+    };
     let type_name = args
         .name
         .as_ref()
@@ -152,14 +163,74 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             let method = &h.method;
             let output = &h.output;
             let command_span = command.span();
-            let body = match e {
-                Expand::Full => quote_spanned! {output.span()=>
-                    let __eda_output: #output = <#self_ty>::#method(self, __eda_command)?;
-                    #private::IntoEvents::<#enum_ident>::into_events(__eda_output, __eda_events);
-                    ::core::result::Result::Ok(())
-                },
+            // Spanned at the user's argument type, so a mismatch is reported there.
+            let services_arg = h.services.as_ref().map(|ty| {
+                quote_spanned! {ty.span()=>
+                    , #private::services_arg::<#ty, _>(__eda_services)
+                }
+            });
+            // `self` at the method's name: an async handler's future holds it, and a
+            // state that is not `Sync` is reported there.
+            let this = quote_spanned!(method.span()=> self);
+            let call = quote!(<#self_ty>::#method(#this, __eda_command #services_arg));
+            let handle_fn = |body: TokenStream| {
+                quote! {
+                    #[allow(unused_variables)]
+                    fn handle(
+                        &self,
+                        __eda_command: #command,
+                        __eda_services: &<Self as #private::Aggregate>::Services,
+                        __eda_events: &mut ::std::vec::Vec<#enum_ident>,
+                    ) -> ::core::result::Result<(), #error_ty> {
+                        #body
+                    }
+                }
+            };
+            let handle = match (e, &h.asyncness) {
+                (Expand::Full, None) => {
+                    let body = quote_spanned! {output.span()=>
+                        let __eda_output: #output = #call?;
+                        #private::IntoEvents::<#enum_ident>::into_events(__eda_output, __eda_events);
+                        ::core::result::Result::Ok(())
+                    };
+                    handle_fn(body)
+                }
+                (Expand::Full, Some(asyncness)) => {
+                    let method_name = method.unraw().to_string();
+                    let never = handle_fn(quote! {
+                        #private::sync_call_of_async_handler(#type_name, #method_name)
+                    });
+                    let body = quote_spanned! {output.span()=>
+                        let __eda_output: #output = #call.await?;
+                        #private::IntoEvents::<#enum_ident>::into_events(__eda_output, __eda_events);
+                        ::core::result::Result::<(), #error_ty>::Ok(())
+                    };
+                    // A future that is not `Send` (a state that is not `Sync`) is
+                    // reported at the user's `async`.
+                    let future = quote_spanned!(asyncness.span()=> async move { #body });
+                    let returns = quote_spanned! {asyncness.span()=>
+                        impl ::core::future::Future<Output = ::core::result::Result<(), #error_ty>>
+                            + ::core::marker::Send + '__eda_a
+                    };
+                    quote! {
+                        const ASYNC: bool = true;
+                        #never
+                        #[allow(clippy::manual_async_fn)]
+                        fn handle_async<'__eda_a>(
+                            &'__eda_a self,
+                            __eda_command: #command,
+                            __eda_services: &'__eda_a <Self as #private::Aggregate>::Services,
+                            __eda_events: &'__eda_a mut ::std::vec::Vec<#enum_ident>,
+                        ) -> #returns
+                        where
+                            #command: '__eda_a,
+                        {
+                            #future
+                        }
+                    }
+                }
                 // Next to a compile error: never compiled into a program that runs.
-                _ => quote!(::core::unreachable!()),
+                _ => handle_fn(quote!(::core::unreachable!())),
             };
             let target_id = quote_spanned! {command_span=>
                 #private::target_id::<#command, #self_ty>(self)
@@ -167,14 +238,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             quote_spanned! {command_span=>
                 #[automatically_derived]
                 impl #private::Handle<#command> for #self_ty {
-                    #[allow(unused_variables)]
-                    fn handle(
-                        &self,
-                        __eda_command: #command,
-                        __eda_events: &mut ::std::vec::Vec<#enum_ident>,
-                    ) -> ::core::result::Result<(), #error_ty> {
-                        #body
-                    }
+                    #handle
                 }
                 #[automatically_derived]
                 impl #private::HandledCommand for #command {
@@ -283,6 +347,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 type Id = #id_ty;
                 type Event = #enum_ident;
                 type Error = #error_ty;
+                type Services = #services_ty;
                 fn apply(&mut self, __eda_event: &#enum_ident) {
                     match *__eda_event { #(#applies,)* }
                 }

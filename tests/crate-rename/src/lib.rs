@@ -21,6 +21,21 @@ pub struct Ping {
     pub id: String,
 }
 
+/// Ask for a ping that consults the services, asynchronously.
+#[command(crate = framework)]
+#[derive(Debug, Clone)]
+pub struct PingLater {
+    /// Which pinger.
+    #[aggregate_id]
+    pub id: String,
+}
+
+/// What the pinger's handlers consult.
+pub struct Echo {
+    /// Added to every count.
+    pub step: u32,
+}
+
 /// Counts pings.
 #[derive(Debug, Default)]
 pub struct Pinger {
@@ -28,12 +43,23 @@ pub struct Pinger {
     pub pings: u32,
 }
 
-#[aggregate(error = std::convert::Infallible, crate = "framework")]
+#[aggregate(error = std::convert::Infallible, services = Echo, crate = "framework")]
 impl Pinger {
     #[handle]
-    fn ping(&self, _: Ping) -> Result<Pinged, std::convert::Infallible> {
+    fn ping(&self, _: Ping, echo: &Echo) -> Result<Pinged, std::convert::Infallible> {
         Ok(Pinged {
-            times: self.pings + 1,
+            times: self.pings + echo.step,
+        })
+    }
+
+    #[handle]
+    async fn ping_later(
+        &self,
+        _: PingLater,
+        echo: &Echo,
+    ) -> Result<Pinged, std::convert::Infallible> {
+        Ok(Pinged {
+            times: self.pings + echo.step,
         })
     }
 
@@ -51,9 +77,14 @@ mod tests {
     #[test]
     fn macros_expand_against_the_renamed_crate() {
         let pinger = Fixture::<Pinger>::given(Pinged { times: 1 })
+            .with_services(Echo { step: 1 })
             .when(Ping { id: "p".into() })
             .then_expect_events(Pinged { times: 2 });
         assert_eq!(pinger.pings, 2);
+        Fixture::<Pinger>::given(Pinged { times: 1 })
+            .with_services(Echo { step: 2 })
+            .when(PingLater { id: "p".into() })
+            .then_expect_events(Pinged { times: 3 });
         assert_eq!(<Pinged as framework::Event>::NAME, "Pinged");
         assert!(framework::registry().get("Pinged", 1).is_some());
     }

@@ -2,22 +2,11 @@ use eda::prelude::*;
 
 #[event]
 #[derive(Debug)]
-pub struct Opened;
-
-#[event]
-#[derive(Debug)]
-pub struct Closed;
+pub struct Withdrawn;
 
 #[command]
 #[derive(Debug, Clone)]
-pub struct Open {
-    #[aggregate_id]
-    pub account: String,
-}
-
-#[command]
-#[derive(Debug, Clone)]
-pub struct Close {
+pub struct Withdraw {
     #[aggregate_id]
     pub account: String,
 }
@@ -25,18 +14,20 @@ pub struct Close {
 #[derive(Debug)]
 pub struct AccountError;
 
+pub struct BankServices;
+
 #[derive(Debug, Default)]
 pub struct Account;
 
 #[aggregate(error = AccountError)]
 impl Account {
     #[handle]
-    async fn open(&self, _: Open) -> Result<Opened, AccountError> {
-        Ok(Opened)
+    fn withdraw(&self, _: Withdraw, _: &BankServices) -> Result<Withdrawn, AccountError> {
+        Ok(Withdrawn)
     }
 
     #[apply]
-    fn opened(&mut self, _: &Opened) {}
+    fn withdrawn(&mut self, _: &Withdrawn) {}
 }
 
 fn main() {}
