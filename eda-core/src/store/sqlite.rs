@@ -469,7 +469,12 @@ impl EventStore for SqliteStore {
             .send(WriterJob::Write(WriteRequest::Append(request)))
             .map_err(|_| closed())?;
         let expected = Duration::from_micros(pace.last_write_micros.load(Ordering::Relaxed));
-        reply_of(rx, pace, expected).await
+        match reply_of(rx, pace, expected).await {
+            // The writer took the append and ended without answering (it
+            // panicked): it may have committed.
+            Err(StoreError::Closed) => Err(StoreError::OutcomeUnknown { source: None }),
+            result => result,
+        }
     }
 
     async fn close(&self) -> Result<(), StoreError> {
