@@ -62,7 +62,8 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`IdempotencyRecord`] ([`IdempotencyRecord::of_append`]) in the same
     /// transaction, also for an empty batch (still only at the expected version),
     /// and refuses a key it already holds with [`StoreError::DuplicateKey`],
-    /// storing nothing.
+    /// storing nothing (or with [`StoreError::DuplicateEvent`] when the events'
+    /// ids, derived from the key by `App`, are found first).
     fn append(
         &self,
         stream: StreamId<'_>,
@@ -155,9 +156,10 @@ pub trait EventStore: Send + Sync + 'static {
         }
     }
 
-    /// Finishes what was sent, leaves everything stored where a fresh open finds
-    /// it, and releases the store's connections and threads; later calls get
-    /// [`StoreError::Closed`]. Default: nothing to do.
+    /// Closes the store: later calls get [`StoreError::Closed`]. SQLite first
+    /// writes the appends already sent and moves everything into its database
+    /// file; PostgreSQL closes its pools, and statements in flight finish on their
+    /// connections. Default: nothing to do.
     fn close(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         std::future::ready(Ok(()))
     }

@@ -826,13 +826,13 @@ impl Drop for Alone<'_> {
 /// the count taken, or no task would ever commit again and every later append
 /// would wait forever. Appends still waiting then go back to their callers when
 /// no other committing task is left to take them.
-struct Committer<'a> {
-    batcher: &'a Batcher,
+struct Committer {
+    batcher: Arc<Batcher>,
     /// Cleared when the task gave its place back itself, with the queue empty.
     holds_place: bool,
 }
 
-impl Drop for Committer<'_> {
+impl Drop for Committer {
     fn drop(&mut self) {
         if !self.holds_place {
             return;
@@ -856,11 +856,7 @@ impl Batcher {
 
 /// A committing task: takes every append waiting (up to the batch limits),
 /// commits them, answers each, and ends when none is left.
-async fn commit_waiting(store: PostgresStore) {
-    let mut place = Committer {
-        batcher: &store.batcher,
-        holds_place: true,
-    };
+async fn commit_waiting(store: PostgresStore, mut place: Committer) {
     loop {
         let batch = {
             let mut state = store.batcher.lock();
@@ -1181,7 +1177,13 @@ impl EventStore for PostgresStore {
             start
         };
         if start_committer {
-            tokio::spawn(commit_waiting(self.clone()));
+            // The place is owned before the task exists: a task dropped before
+            // it first runs (its runtime shutting down) still gives it back.
+            let place = Committer {
+                batcher: Arc::clone(&self.batcher),
+                holds_place: true,
+            };
+            tokio::spawn(commit_waiting(self.clone(), place));
         }
         match answer.await {
             Ok(Answer::Done(result)) => result,

@@ -899,11 +899,13 @@ struct DatabaseFile {
 
 impl DatabaseFile {
     fn of(path: &Path) -> std::io::Result<DatabaseFile> {
-        let metadata = std::fs::metadata(path)?;
+        // Absolute: the process may change its working directory later.
+        let path = std::fs::canonicalize(path)?;
+        let metadata = std::fs::metadata(&path)?;
         #[cfg(not(unix))]
         let _ = metadata;
         Ok(DatabaseFile {
-            path: path.to_path_buf(),
+            path,
             #[cfg(unix)]
             id: Self::id(&metadata),
             gone: false,
@@ -1174,7 +1176,19 @@ fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>) {
     failpoint::hit("sqlite.before_commit");
     let results = match tx.commit() {
         Ok(()) => results,
-        Err(e) => batch.iter().map(|_| Err(backend_ref(&e))).collect(),
+        // A full disk or a lock held elsewhere stops the commit before it is
+        // written; after another failure (an fsync that failed, say) the commit
+        // may be in the write-ahead log and come back when the file is opened.
+        Err(e) if commit_refused(&e) => batch.iter().map(|_| Err(backend_ref(&e))).collect(),
+        Err(e) => batch
+            .iter()
+            .map(|request| match request {
+                WriteRequest::Append(_) => Err(StoreError::OutcomeUnknown {
+                    source: Some(Box::new(backend_ref(&e))),
+                }),
+                WriteRequest::Snapshot(_) => Err(backend_ref(&e)),
+            })
+            .collect(),
     };
     failpoint::hit("sqlite.after_commit");
     reply(batch, results);
@@ -1362,6 +1376,13 @@ fn keep_key(
         }
         Err(e) => Err(backend(e)),
     }
+}
+
+/// Whether a failed COMMIT certainly left nothing stored.
+fn commit_refused(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(e, _)
+        if matches!(e.code, rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::DatabaseBusy
+            | rusqlite::ErrorCode::DatabaseLocked))
 }
 
 fn is_unique_violation(error: &rusqlite::Error, column: &str) -> bool {
