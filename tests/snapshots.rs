@@ -233,10 +233,11 @@ async fn unusable_snapshots_are_ignored_and_the_events_replayed() {
     }
 }
 
-/// The methods every [`EventStore`] must have, passed on to `self.inner`: the
-/// test stores below change only the reads they are about.
+/// The methods every [`EventStore`] must have, passed on to the store `self.$inner`
+/// names (a field, or a method call): the test stores below change only the reads
+/// they are about.
 macro_rules! forward_to_inner {
-    () => {
+    ($($inner:tt)+) => {
         async fn append(
             &self,
             s: StreamId<'_>,
@@ -244,29 +245,29 @@ macro_rules! forward_to_inner {
             e: Vec<eda::NewEvent>,
             m: &eda::Metadata,
         ) -> Result<eda::Appended, StoreError> {
-            self.inner.append(s, v, e, m).await
+            self.$($inner)+.append(s, v, e, m).await
         }
         async fn read_stream(
             &self,
             s: StreamId<'_>,
             v: u64,
         ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
-            self.inner.read_stream(s, v).await
+            self.$($inner)+.read_stream(s, v).await
         }
         async fn read_all(&self, p: u64, l: usize) -> Result<Vec<eda::RecordedEvent>, StoreError> {
-            self.inner.read_all(p, l).await
+            self.$($inner)+.read_all(p, l).await
         }
         async fn read_event(
             &self,
             id: eda::Uuid,
         ) -> Result<Option<eda::RecordedEvent>, StoreError> {
-            self.inner.read_event(id).await
+            self.$($inner)+.read_event(id).await
         }
         async fn read_idempotency_key(
             &self,
             key: &str,
         ) -> Result<Option<eda::IdempotencyRecord>, StoreError> {
-            self.inner.read_idempotency_key(key).await
+            self.$($inner)+.read_idempotency_key(key).await
         }
     };
 }
@@ -280,7 +281,7 @@ struct RacyStore {
 }
 
 impl EventStore for RacyStore {
-    forward_to_inner!();
+    forward_to_inner!(inner);
     async fn read_from_snapshot(
         &self,
         s: StreamId<'_>,
@@ -431,7 +432,7 @@ struct PagingStore {
 }
 
 impl EventStore for PagingStore {
-    forward_to_inner!();
+    forward_to_inner!(inner);
     async fn load_snapshot(&self, _: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
         Ok(self.snapshot.clone())
     }
@@ -501,7 +502,7 @@ struct LostRowStore {
 }
 
 impl EventStore for LostRowStore {
-    forward_to_inner!();
+    forward_to_inner!(inner);
     async fn read_for_replay(
         &self,
         s: StreamId<'_>,
@@ -582,34 +583,7 @@ impl Restorable {
 }
 
 impl EventStore for Restorable {
-    async fn append(
-        &self,
-        s: StreamId<'_>,
-        v: u64,
-        e: Vec<eda::NewEvent>,
-        m: &eda::Metadata,
-    ) -> Result<eda::Appended, StoreError> {
-        self.current().append(s, v, e, m).await
-    }
-    async fn read_stream(
-        &self,
-        s: StreamId<'_>,
-        v: u64,
-    ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
-        self.current().read_stream(s, v).await
-    }
-    async fn read_all(&self, p: u64, l: usize) -> Result<Vec<eda::RecordedEvent>, StoreError> {
-        self.current().read_all(p, l).await
-    }
-    async fn read_event(&self, id: eda::Uuid) -> Result<Option<eda::RecordedEvent>, StoreError> {
-        self.current().read_event(id).await
-    }
-    async fn read_idempotency_key(
-        &self,
-        key: &str,
-    ) -> Result<Option<eda::IdempotencyRecord>, StoreError> {
-        self.current().read_idempotency_key(key).await
-    }
+    forward_to_inner!(current());
 }
 
 /// An `App` whose cached state is ahead of the store (the database was restored

@@ -596,9 +596,11 @@ impl App {
                     continue;
                 }
             }
-            if decided.is_err() || events.is_empty() {
+            if decided.is_err() {
                 // Another execution of this idempotent command may have committed
-                // while this one waited: its outcome is this one's too.
+                // while this one waited: its outcome is this one's too. (A keyed
+                // no-op needs no look-up here: its append carries the key, and a
+                // winner shows as a stored key there.)
                 if let Some(first) = self.committed_meanwhile::<C>(&metadata, &id).await? {
                     *guard = Some(cached);
                     return Ok(first);
