@@ -151,13 +151,12 @@ async fn conflicts_beyond_the_retry_limit_are_reported() {
     let err = stale.execute(deposit("a", 2)).await.unwrap_err();
     match err {
         CommandError::Conflict {
-            aggregate_type,
-            ref aggregate_id,
+            ref stream,
             expected,
             actual,
             attempts,
         } => {
-            assert_eq!((aggregate_type, aggregate_id.as_str()), ("Account", "a"));
+            assert_eq!(stream.to_string(), "Account `a`");
             assert_eq!((expected, actual, attempts), (1, 2, 1));
         }
         other => panic!("expected a conflict, got {other:?}"),

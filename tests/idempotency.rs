@@ -209,7 +209,7 @@ async fn a_key_reused_on_another_aggregate_or_command_is_an_error() {
             assert_eq!(key, "k");
             assert_eq!(first_command, "DepositMoney");
             assert!(!other_arguments);
-            assert_eq!(first_stream, &("Account".to_string(), "a".to_string()));
+            assert_eq!(first_stream.to_string(), "Account `a`");
         }
         other => panic!("expected IdempotencyKeyReused, got {other:?}"),
     }
@@ -280,7 +280,7 @@ async fn a_key_reused_with_other_arguments_is_an_error() {
             ..
         } => {
             assert_eq!(first_command, "DepositMoney");
-            assert_eq!(first_stream, &("Account".to_string(), "a".to_string()));
+            assert_eq!(first_stream.to_string(), "Account `a`");
             assert!(other_arguments);
         }
         other => panic!("expected IdempotencyKeyReused, got {other:?}"),

@@ -13,7 +13,8 @@ use crate::cache::{Cache, Cached};
 use crate::codec;
 use crate::command::HandledCommand;
 use crate::envelope::{
-    event_id_at, unix_millis, EventRef, Metadata, NewEvent, ReplayEvent, Snapshot, StreamId,
+    event_id_at, unix_millis, EventRef, Metadata, NewEvent, OwnedStreamId, ReplayEvent, Snapshot,
+    StreamId,
 };
 use crate::error::{CommandError, DecodeError, LoadError, RegistryError, StoreError};
 use crate::registry::registry;
@@ -458,13 +459,13 @@ impl App {
             if cached.version == before {
                 // A store that ignores `after_version`: stop rather than loop,
                 // and say so rather than return a stale state.
-                return Err(LoadError::Store(StoreError::Backend(
-                    format!(
-                        "read_for_replay returned a full page without an event after version {before} of {}/{}",
+                return Err(LoadError::Store(StoreError::BrokenContract {
+                    method: "read_for_replay",
+                    what: format!(
+                        "a full page without an event after version {before} of {}/{}",
                         stream.aggregate_type, stream.aggregate_id
-                    )
-                    .into(),
-                )));
+                    ),
+                }));
             }
         }
     }
@@ -665,8 +666,7 @@ impl App {
                 }) => {
                     if attempts > self.inner.max_conflict_retries {
                         return Err(CommandError::Conflict {
-                            aggregate_type: <C::Aggregate as Aggregate>::TYPE,
-                            aggregate_id: id.to_string(),
+                            stream: stream.into_owned(),
                             expected,
                             actual,
                             attempts,
@@ -762,7 +762,10 @@ impl App {
             return Err(CommandError::IdempotencyKeyReused {
                 key: key.to_owned(),
                 first_command: record.command,
-                first_stream: (record.aggregate_type, record.aggregate_id),
+                first_stream: OwnedStreamId {
+                    aggregate_type: record.aggregate_type,
+                    aggregate_id: record.aggregate_id,
+                },
                 other_arguments: same_command && same_stream,
             });
         }

@@ -14,6 +14,45 @@ pub struct StreamId<'a> {
     pub aggregate_id: &'a str,
 }
 
+impl StreamId<'_> {
+    /// An owned copy, for errors and records that outlive the borrow.
+    pub fn into_owned(self) -> OwnedStreamId {
+        OwnedStreamId {
+            aggregate_type: self.aggregate_type.to_owned(),
+            aggregate_id: self.aggregate_id.to_owned(),
+        }
+    }
+}
+
+/// A [`StreamId`] that owns its strings: how errors name a stream
+/// ([`StoreError::Conflict`](crate::StoreError::Conflict),
+/// [`CommandError::Conflict`](crate::CommandError::Conflict),
+/// [`CommandError::IdempotencyKeyReused`](crate::CommandError::IdempotencyKeyReused)).
+/// Displays as ``Account `a-1` ``.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnedStreamId {
+    /// [`Aggregate::TYPE`](crate::Aggregate::TYPE).
+    pub aggregate_type: String,
+    /// The aggregate id as text.
+    pub aggregate_id: String,
+}
+
+impl OwnedStreamId {
+    /// The borrowed form, as the store API takes it.
+    pub fn as_stream_id(&self) -> StreamId<'_> {
+        StreamId {
+            aggregate_type: &self.aggregate_type,
+            aggregate_id: &self.aggregate_id,
+        }
+    }
+}
+
+impl std::fmt::Display for OwnedStreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} `{}`", self.aggregate_type, self.aggregate_id)
+    }
+}
+
 /// Context stored with every event of one command.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]

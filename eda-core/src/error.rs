@@ -2,6 +2,8 @@ use std::error::Error as StdError;
 
 use uuid::Uuid;
 
+use crate::envelope::OwnedStreamId;
+
 /// A failure of an [`EventStore`](crate::EventStore).
 ///
 /// Errors carry their cause as [`source`](StdError::source) and do not repeat its
@@ -13,12 +15,10 @@ use uuid::Uuid;
 pub enum StoreError {
     /// The stream's version was not the expected one: another writer appended first.
     /// Nothing of the batch was stored.
-    #[error("version conflict on {aggregate_type} `{aggregate_id}`: expected version {expected}, found {actual}")]
+    #[error("version conflict on {stream}: expected version {expected}, found {actual}")]
     Conflict {
-        /// Aggregate type of the stream.
-        aggregate_type: String,
-        /// Aggregate id of the stream.
-        aggregate_id: String,
+        /// The stream appended to.
+        stream: OwnedStreamId,
         /// The version the append was decided on.
         expected: u64,
         /// The stream's version when the append was attempted.
@@ -39,10 +39,12 @@ pub enum StoreError {
         key: String,
     },
     /// A name or id that not every store can keep, refused the same way by every
-    /// store before anything is stored (see the README's limits).
+    /// store before anything is stored (see the README's limits); also a store
+    /// option that names something invalid (a PostgreSQL schema name).
     #[error("invalid {what}: {reason}")]
     Invalid {
-        /// What was refused: `aggregate id`, `aggregate type`, `event name`, `idempotency key`.
+        /// What was refused: `aggregate id`, `aggregate type`, `event name`,
+        /// `idempotency key`, `schema name`.
         what: &'static str,
         /// Why.
         reason: String,
@@ -86,6 +88,41 @@ pub enum StoreError {
         /// The path the store was opened with.
         path: std::path::PathBuf,
     },
+    /// An append carried more events than the store takes at once; nothing was
+    /// stored. Split the command's work, or decide fewer, larger events.
+    #[error("an append of {events} events exceeds the limit of {max} events per append")]
+    TooManyEvents {
+        /// Events in the refused append.
+        events: usize,
+        /// The most one append may carry on this store.
+        max: usize,
+    },
+    /// `PostgresStore::append_in` was called on a
+    /// transaction that had already written: that earlier write fixed the
+    /// transaction's place in the global log before the aggregate's version was
+    /// checked, so the append is refused and nothing of it was stored. Append first,
+    /// then write the rest.
+    #[error("append_in must be the first write of its transaction")]
+    NotFirstWrite,
+    /// The database rolled the whole transaction back (a full disk, an I/O error):
+    /// none of the appends it held was stored. The appends may be retried.
+    #[error("the database rolled the transaction back; nothing of it was stored")]
+    RolledBack,
+    /// [`close`](crate::EventStore::close) could not move the write-ahead log into
+    /// the database file, because another connection (another process, a backup)
+    /// kept it open. Every committed event is stored; the `-wal` file still holds some.
+    #[error("another connection kept the write-ahead log from being checkpointed")]
+    CheckpointBlocked,
+    /// An [`EventStore`](crate::EventStore) implementation answered against the
+    /// trait's contract (a bug in that store): `App` stops rather than go on with
+    /// a state it cannot trust.
+    #[error("the event store broke the contract of `{method}`: {what}")]
+    BrokenContract {
+        /// The trait method.
+        method: &'static str,
+        /// What it did.
+        what: String,
+    },
     /// The backend failed (connection, I/O, driver): the cause is the source.
     #[error("event store backend failed")]
     Backend(#[source] Box<dyn StdError + Send + Sync>),
@@ -95,8 +132,7 @@ impl StoreError {
     /// The conflict of an append to `stream` decided at `expected` that found `actual`.
     pub(crate) fn conflict(stream: crate::StreamId<'_>, expected: u64, actual: u64) -> Self {
         StoreError::Conflict {
-            aggregate_type: stream.aggregate_type.to_owned(),
-            aggregate_id: stream.aggregate_id.to_owned(),
+            stream: stream.into_owned(),
             expected,
             actual,
         }
@@ -206,12 +242,10 @@ pub enum CommandError<E> {
     Rejected(E),
     /// Other writers kept appending to the aggregate: every retry met a newer version.
     /// Nothing was stored.
-    #[error("version conflict on {aggregate_type} `{aggregate_id}` after {attempts} attempts: expected version {expected}, found {actual}")]
+    #[error("version conflict on {stream} after {attempts} attempts: expected version {expected}, found {actual}")]
     Conflict {
-        /// Aggregate type.
-        aggregate_type: &'static str,
-        /// Aggregate id.
-        aggregate_id: String,
+        /// The aggregate's stream.
+        stream: OwnedStreamId,
         /// The version the last attempt was decided on.
         expected: u64,
         /// The version found in the store.
@@ -222,14 +256,14 @@ pub enum CommandError<E> {
     /// The idempotency key was first used for another request: another command
     /// type, another aggregate, or the same command with other arguments. A client
     /// reused a key it should not have. Nothing was stored.
-    #[error("idempotency key `{key}` was first used by `{first_command}` on {} `{}`{}", first_stream.0, first_stream.1, if *other_arguments { " with other arguments" } else { "" })]
+    #[error("idempotency key `{key}` was first used by `{first_command}` on {first_stream}{}", if *other_arguments { " with other arguments" } else { "" })]
     IdempotencyKeyReused {
         /// The key.
         key: String,
         /// The command the key was first used by.
         first_command: String,
-        /// Aggregate type and id the key was first used on.
-        first_stream: (String, String),
+        /// The stream the key was first used on.
+        first_stream: OwnedStreamId,
         /// Same command and aggregate, but the command's fields differed.
         other_arguments: bool,
     },

@@ -24,7 +24,8 @@ pub use aggregate::{Aggregate, AggregateEvent, AggregateId, Handle, IntoEvents};
 pub use app::{App, AppBuilder, Committed, Execute, ExecuteFuture};
 pub use command::{Command, HandledCommand};
 pub use envelope::{
-    IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
+    IdempotencyRecord, Metadata, NewEvent, OwnedStreamId, RecordedEvent, ReplayEvent, Snapshot,
+    StreamId,
 };
 pub use error::{
     CommandError, DecodeError, DecodeErrorKind, EncodeError, LoadError, RegistryError, StoreError,

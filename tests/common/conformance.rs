@@ -140,14 +140,10 @@ pub async fn wrong_expected_version_is_a_conflict_and_stores_nothing<S: EventSto
             StoreError::Conflict {
                 expected: e,
                 actual,
-                ref aggregate_type,
-                ref aggregate_id,
+                ref stream,
             } => {
                 assert_eq!((e, actual), (expected, 1));
-                assert_eq!(
-                    (aggregate_type.as_str(), aggregate_id.as_str()),
-                    ("Account", "a-1")
-                );
+                assert_eq!(stream.as_stream_id(), s);
             }
             other => panic!("expected a conflict, got {other:?}"),
         }

@@ -172,9 +172,12 @@ impl PostgresStore {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid {
-            return Err(StoreError::Backend(
-                format!("invalid schema name `{schema}`").into(),
-            ));
+            return Err(StoreError::Invalid {
+                what: "schema name",
+                reason: format!(
+                    "`{schema}` is not a lowercase letter or `_` followed by lowercase letters, digits and `_`"
+                ),
+            });
         }
         let mut config: tokio_postgres::Config = url.parse().map_err(backend)?;
         // The URL's own `options` (a statement_timeout, say) stay; eda's follow.
@@ -230,7 +233,7 @@ impl PostgresStore {
     /// Appends inside the caller's transaction, so that the events commit together
     /// with the caller's own writes (a read model, an outbox). The append must be
     /// the transaction's first write (see the module documentation); a transaction
-    /// that already wrote gets [`StoreError::Backend`] and nothing is appended.
+    /// that already wrote gets [`StoreError::NotFirstWrite`] and nothing is appended.
     pub async fn append_in(
         &self,
         transaction: &tokio_postgres::Transaction<'_>,
@@ -245,11 +248,7 @@ impl PostgresStore {
             .await
             .map_err(backend)?;
         if assigned.get::<_, bool>(0) {
-            return Err(StoreError::Backend(
-                "append_in must be the first write of its transaction: an earlier write fixes the \
-                 transaction's position in the global log before the aggregate's version is checked"
-                    .into(),
-            ));
+            return Err(StoreError::NotFirstWrite);
         }
         let key =
             IdempotencyRecord::of_append(stream, expected_version, events.len(), metadata, None);
@@ -592,9 +591,10 @@ async fn append(
         key,
     } = request;
     if events.len() >= MAX_EVENTS_PER_APPEND {
-        return Err(StoreError::Backend(
-            format!("at most {} events per append", MAX_EVENTS_PER_APPEND - 1).into(),
-        ));
+        return Err(StoreError::TooManyEvents {
+            events: events.len(),
+            max: MAX_EVENTS_PER_APPEND - 1,
+        });
     }
     let expected = to_i64(expected_version);
     let new_version = to_i64(expected_version + events.len() as u64);

@@ -1108,9 +1108,7 @@ fn checkpoint_and_close(connection: Connection, file: &mut DatabaseFile) -> Resu
     let closed = connection.close().map_err(|(_, e)| backend(e));
     match checkpoint? {
         0 => closed,
-        _ => Err(StoreError::Backend(
-            "another connection kept the write-ahead log from being checkpointed".into(),
-        )),
+        _ => Err(StoreError::CheckpointBlocked),
     }
 }
 
@@ -1151,14 +1149,7 @@ fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>) {
     if tx.is_autocommit() {
         // SQLite rolled the whole transaction back (disk full, I/O error): none of
         // the batch is stored, and going on would run the rest outside a transaction.
-        let results = batch
-            .iter()
-            .map(|_| {
-                Err(StoreError::Backend(
-                    "SQLite rolled the transaction back".into(),
-                ))
-            })
-            .collect();
+        let results = batch.iter().map(|_| Err(StoreError::RolledBack)).collect();
         return reply(batch, results);
     }
     if !isolate && results.iter().any(Result::is_err) {
