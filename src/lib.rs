@@ -1,6 +1,18 @@
 #![doc = include_str!("../README.md")]
 
-pub use eda_core::*;
+pub use eda_core::{
+    check_idempotency_key, check_names, check_stream, new_event_id, registry, testing, Aggregate,
+    AggregateEvent, AggregateId, App, AppBuilder, Appended, Command, CommandError, Committed,
+    DecodeError, DecodeErrorKind, DecodeFn, EncodeError, Event, EventRef, EventRegistration,
+    EventStore, Execute, ExecuteFuture, Handle, HandledCommand, IdempotencyRecord, ImmediateStore,
+    IntoEvents, LoadError, MemoryStore, Metadata, NewEvent, OwnedStreamId, RecordedEvent, Registry,
+    RegistryError, ReplayEvent, Snapshot, StoreError, StreamId, Uuid, MAX_AGGREGATE_ID_BYTES,
+    MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
+};
+#[cfg(feature = "postgres")]
+pub use eda_core::{PostgresOptions, PostgresStore};
+#[cfg(feature = "sqlite")]
+pub use eda_core::{SqliteOptions, SqliteStore, Synchronous};
 pub use eda_derive::{aggregate, command, event};
 
 #[doc(hidden)]

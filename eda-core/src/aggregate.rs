@@ -285,3 +285,59 @@ tuple_into_events!(A, B, C, D, F);
 tuple_into_events!(A, B, C, D, F, G);
 tuple_into_events!(A, B, C, D, F, G, H);
 tuple_into_events!(A, B, C, D, F, G, H, I);
+
+/// What `#[aggregate(snapshot_every = N)]` needs of the aggregate's state.
+#[diagnostic::on_unimplemented(
+    message = "`#[aggregate(snapshot_every = ..)]` needs `{Self}` to derive `Serialize` and `Deserialize`",
+    label = "snapshots of `{Self}` are stored as JSON",
+    note = "add `#[derive(eda::serde::Serialize, eda::serde::Deserialize)]` and `#[serde(crate = \"eda::serde\")]` to `{Self}`"
+)]
+pub trait SnapshotState: serde::Serialize + serde::de::DeserializeOwned {}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned> SnapshotState for T {}
+
+/// How an aggregate's state becomes a snapshot payload and back.
+pub struct SnapshotCodec<S> {
+    /// The state as JSON.
+    pub encode: fn(&S) -> Result<String, EncodeError>,
+    /// A state from JSON.
+    pub decode: fn(&str) -> Result<S, serde_json::Error>,
+}
+
+/// The codec of `S`: the one place the macro asks for `S`'s serde impls, so a
+/// missing derive is reported once.
+pub const fn snapshot_codec<S: SnapshotState>() -> SnapshotCodec<S> {
+    SnapshotCodec {
+        encode: |state| crate::codec::to_json(state),
+        decode: |payload| serde_json::from_str(payload),
+    }
+}
+
+/// Satisfied when a handler's services argument is the aggregate's services type.
+#[diagnostic::on_unimplemented(
+    message = "this #[handle] method takes `&{Arg}`, but the aggregate's services are `{Self}`",
+    label = "expected `&{Self}` here",
+    note = "a handler takes the services declared by `#[aggregate(services = ..)]`, by shared reference"
+)]
+pub trait ServicesMatch<Arg> {
+    /// The services, as the handler's argument type.
+    fn as_arg(&self) -> &Arg;
+}
+
+impl<T> ServicesMatch<T> for T {
+    fn as_arg(&self) -> &T {
+        self
+    }
+}
+
+/// The aggregate's services as the type a handler's argument names.
+pub fn services_arg<Arg, S: ServicesMatch<Arg>>(services: &S) -> &Arg {
+    services.as_arg()
+}
+
+/// The body of `Handle::handle` for an async handler, which eda never calls
+/// (it checks `Handle::ASYNC` first).
+#[track_caller]
+pub fn sync_call_of_async_handler<T>(aggregate: &'static str, method: &'static str) -> T {
+    panic!("`{aggregate}::{method}` is an async #[handle] method: call `Handle::handle_async`, not `Handle::handle`")
+}

@@ -14,6 +14,7 @@ use serde::ser::{self, Serialize, Serializer};
 
 use crate::aggregate::AggregateEvent;
 use crate::error::EncodeError;
+use crate::event::Event;
 
 /// `value` as JSON text, refusing NaN and the infinities.
 pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, EncodeError> {
@@ -434,6 +435,11 @@ impl<T> WithoutPartialEq<T> for &Probe<'_, T> {
     fn __eda_same_value(&self, _: &T) -> Option<bool> {
         None
     }
+}
+
+/// Serializes one event as its stored payload, refusing non-finite floats.
+pub fn encode<E: Event>(event: &E) -> Result<String, EncodeError> {
+    crate::codec::to_json(event)
 }
 
 #[cfg(test)]

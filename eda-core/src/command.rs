@@ -1,3 +1,5 @@
+use uuid::Uuid;
+
 use crate::aggregate::{Aggregate, AggregateId, Handle};
 
 /// A request to change one aggregate instance, routed by its `#[aggregate_id]` field.
@@ -74,4 +76,72 @@ pub trait HandledCommand: Command + Sized {
     /// The `#[aggregate_id]` field, typed as the aggregate's id (the macro checks
     /// at compile time that the two types are the same).
     fn target_id(&self) -> &<Self::Aggregate as Aggregate>::Id;
+}
+
+/// Satisfied when a command's `#[aggregate_id]` type is the aggregate's id type.
+#[diagnostic::on_unimplemented(
+    message = "the `#[aggregate_id]` field has type `{Self}`, but the aggregate's id is `{Expected}`",
+    label = "this command's id type does not match the aggregate's",
+    note = "change the field's type, or set `#[aggregate(id = {Self})]`"
+)]
+pub trait IdMatches<Expected> {
+    /// The id, as the aggregate's id type.
+    fn as_expected(&self) -> &Expected;
+}
+
+impl<T> IdMatches<T> for T {
+    fn as_expected(&self) -> &T {
+        self
+    }
+}
+
+/// A command's `#[aggregate_id]`, typed as its aggregate's id.
+pub fn target_id<C, A>(command: &C) -> &A::Id
+where
+    C: Command,
+    A: Aggregate,
+    C::Id: IdMatches<A::Id>,
+{
+    command.aggregate_id().as_expected()
+}
+
+/// The fingerprint of a command's fields (see [`Command::fingerprint`]): a UUIDv5
+/// of their JSON form with object keys sorted. `None` when they do not serialize.
+pub fn fingerprint<T: serde::Serialize>(fields: &T) -> Option<Uuid> {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x6564_615f_636f_6d6d_616e_645f_6669_6e67);
+    let mut canonical = String::new();
+    sorted_json(&serde_json::to_value(fields).ok()?, &mut canonical);
+    Some(Uuid::new_v5(&NAMESPACE, canonical.as_bytes()))
+}
+
+/// `value` as JSON text with every object's keys sorted, whatever order its map
+/// keeps (serde_json's `preserve_order` keeps insertion order).
+fn sorted_json(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::from(key.as_str()).to_string());
+                out.push(':');
+                sorted_json(value, out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                sorted_json(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
 }

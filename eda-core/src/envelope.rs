@@ -227,7 +227,7 @@ impl From<RecordedEvent> for ReplayEvent {
 
 impl ReplayEvent {
     /// This event of `stream`, as replay reads it.
-    pub(crate) fn as_ref<'a>(&'a self, stream: StreamId<'a>) -> EventRef<'a> {
+    pub fn as_ref<'a>(&'a self, stream: StreamId<'a>) -> EventRef<'a> {
         EventRef {
             position: self.position,
             stream,
@@ -239,56 +239,21 @@ impl ReplayEvent {
     }
 }
 
-/// What replay needs of a stored event, borrowed from wherever it is kept.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct EventRef<'a> {
-    pub(crate) position: u64,
-    pub(crate) stream: StreamId<'a>,
-    pub(crate) version: u64,
-    pub(crate) name: &'a str,
-    pub(crate) event_version: u32,
-    pub(crate) payload: &'a str,
-}
-
-/// Milliseconds since the Unix epoch, for time-ordered event ids.
-pub(crate) fn unix_millis(at: std::time::SystemTime) -> u64 {
-    match at.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_secs() * 1000 + u64::from(d.subsec_millis()),
-        Err(_) => 0,
-    }
-}
-
-/// A fresh UUIDv7 (RFC 9562) at `millis`: 48 bits of time, so database indexes stay
-/// append-mostly, then the version, 12 + 62 random bits and the variant.
-pub(crate) fn event_id_at(millis: u64) -> Uuid {
-    const RAND_A: u128 = 0xFFF << 64;
-    const RAND_B: u128 = (1 << 62) - 1;
-    let random: u128 = rand::random();
-    Uuid::from_u128(
-        (u128::from(millis & 0xFFFF_FFFF_FFFF) << 80)
-            | (0x7 << 76)
-            | (random & RAND_A)
-            | (0b10 << 62)
-            | (random & RAND_B),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn event_ids_are_version_7_and_carry_the_time() {
-        let millis = 1_764_000_000_123;
-        let id = event_id_at(millis);
-        assert_eq!(id.get_version_num(), 7);
-        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
-        let (secs, nanos) = id.get_timestamp().expect("v7 has a timestamp").to_unix();
-        assert_eq!(secs * 1000 + u64::from(nanos / 1_000_000), millis);
-        assert_ne!(event_id_at(millis), id, "random bits differ");
-        assert!(
-            event_id_at(millis + 1) > id,
-            "later ids sort after earlier ones"
-        );
-    }
+/// A stored event as replay needs it, borrowed from wherever the store keeps it:
+/// what [`ImmediateStore::replay_now`](crate::ImmediateStore::replay_now) hands to
+/// its callback. [`ReplayEvent::as_ref`] gives one from an owned event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    /// Global position.
+    pub position: u64,
+    /// The stream it belongs to.
+    pub stream: StreamId<'a>,
+    /// Version within its stream.
+    pub version: u64,
+    /// Stored event name.
+    pub name: &'a str,
+    /// Schema version of the payload.
+    pub event_version: u32,
+    /// The payload, JSON text as stored.
+    pub payload: &'a str,
 }

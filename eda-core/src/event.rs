@@ -2,7 +2,6 @@ use std::fmt::Debug;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::__private::UpcastInto;
 use crate::error::DecodeErrorKind;
 
 /// A fact that happened, stored and shared under a stable name and schema version.
@@ -71,5 +70,64 @@ pub fn decode_upcast<E: Event, Old: UpcastInto<E>>(
         Old::decode(version, payload).map(Old::upcast)
     } else {
         decode_exact(version, payload)
+    }
+}
+
+/// Error for a stored name the aggregate has no `#[apply]` for.
+pub fn unknown_event<T>() -> Result<T, DecodeErrorKind> {
+    Err(DecodeErrorKind::UnknownEvent)
+}
+
+/// `a == b`, usable in constants (checks of `upcast_from`).
+pub const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Satisfied when `Old` can be upcast into `New`.
+#[diagnostic::on_unimplemented(
+    message = "`upcast_from = {Self}` needs `impl From<{Self}> for {New}`",
+    label = "no `From<{Self}>` for `{New}`",
+    note = "write the conversion that turns the old version into the new one"
+)]
+pub trait UpcastInto<New>: Event {
+    /// Converts the old version into the new one.
+    fn upcast(self) -> New;
+}
+
+impl<Old: Event, New: From<Old>> UpcastInto<New> for Old {
+    fn upcast(self) -> New {
+        New::from(self)
+    }
+}
+
+/// How an `upcast_from` type fails the rules, checked in a constant.
+pub enum UpcastCheck {
+    /// Same name, one version below.
+    Ok,
+    /// Another event name.
+    WrongName,
+    /// Not exactly one version below.
+    WrongVersion,
+}
+
+/// Checks `Old` against the name and version of the event that upcasts from it.
+pub const fn upcast_check<Old: Event>(name: &str, version: u32) -> UpcastCheck {
+    if !str_eq(Old::NAME, name) {
+        UpcastCheck::WrongName
+    } else if Old::VERSION as u64 + 1 != version as u64 {
+        UpcastCheck::WrongVersion
+    } else {
+        UpcastCheck::Ok
     }
 }

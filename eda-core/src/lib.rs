@@ -1,16 +1,20 @@
 //! Runtime of the [eda](https://docs.rs/eda) framework.
 //!
-//! Domain crates depend on the `eda` facade, which re-exports everything here
-//! together with the attribute macros; this crate holds no macro-specific logic.
+//! Domain crates depend on the `eda` facade, which re-exports this crate's public
+//! API together with the attribute macros of `eda-derive`. The code those macros
+//! generate names this crate only through `__private` (hidden, not public API),
+//! which re-exports the traits and helpers it calls from the files of their
+//! concepts; the facade pins both crates to one exact version, so a mismatched
+//! pair cannot build.
 
 mod aggregate;
 mod app;
-mod cache;
 mod codec;
 mod command;
 mod envelope;
 mod error;
 mod event;
+mod event_id;
 #[cfg(feature = "sqlite")]
 mod failpoint;
 mod registry;
@@ -24,13 +28,14 @@ pub use aggregate::{Aggregate, AggregateEvent, AggregateId, Handle, IntoEvents};
 pub use app::{App, AppBuilder, Committed, Execute, ExecuteFuture};
 pub use command::{Command, HandledCommand};
 pub use envelope::{
-    IdempotencyRecord, Metadata, NewEvent, OwnedStreamId, RecordedEvent, ReplayEvent, Snapshot,
-    StreamId,
+    EventRef, IdempotencyRecord, Metadata, NewEvent, OwnedStreamId, RecordedEvent, ReplayEvent,
+    Snapshot, StreamId,
 };
 pub use error::{
     CommandError, DecodeError, DecodeErrorKind, EncodeError, LoadError, RegistryError, StoreError,
 };
 pub use event::Event;
+pub use event_id::new_event_id;
 pub use registry::{registry, DecodeFn, EventRegistration, Registry};
 #[cfg(feature = "postgres")]
 pub use store::postgres::{PostgresOptions, PostgresStore};
@@ -38,7 +43,7 @@ pub use store::postgres::{PostgresOptions, PostgresStore};
 pub use store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use store::{
     check_idempotency_key, check_names, check_stream, memory::MemoryStore, Appended, EventStore,
-    MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
+    ImmediateStore, MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
 };
 /// Event, correlation and causation ids are UUIDs (re-exported so users need no `uuid` dependency).
 pub use uuid::Uuid;

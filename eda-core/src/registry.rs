@@ -3,6 +3,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use crate::error::{DecodeErrorKind, RegistryError};
+use crate::event::Event;
 
 /// Decodes a payload stored at a schema version into a boxed event.
 pub type DecodeFn = fn(u32, &str) -> Result<Box<dyn Any + Send>, DecodeErrorKind>;
@@ -121,6 +122,14 @@ impl Registry {
         let latest = self.latest(name).ok_or(DecodeErrorKind::UnknownEvent)?;
         (latest.decode)(version, payload)
     }
+}
+
+/// The registry's type-erased decoder for `E`.
+pub fn decode_boxed<E: Event>(
+    version: u32,
+    payload: &str,
+) -> Result<Box<dyn Any + Send>, DecodeErrorKind> {
+    E::decode(version, payload).map(|e| Box::new(e) as Box<dyn Any + Send>)
 }
 
 #[cfg(test)]

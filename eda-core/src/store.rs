@@ -8,6 +8,9 @@ use crate::envelope::{
 };
 use crate::error::StoreError;
 
+pub use immediate::ImmediateStore;
+
+mod immediate;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -41,7 +44,7 @@ pub struct Appended {
 /// let store = MemoryStore::new();
 /// let stream = StreamId { aggregate_type: "Account", aggregate_id: "acc-1" };
 /// let event = NewEvent {
-///     event_id: eda::__private::new_event_id(),
+///     event_id: eda::new_event_id(),
 ///     name: "AccountOpened".into(),
 ///     version: 1,
 ///     payload: r#"{"owner":"ada"}"#.into(),
@@ -162,6 +165,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// connections. Default: nothing to do.
     fn close(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         std::future::ready(Ok(()))
+    }
+
+    /// The operations this store completes without waiting, if it has them: see
+    /// [`ImmediateStore`]. Default: `None`, and [`App`](crate::App) awaits
+    /// [`append`](Self::append) and the reads.
+    ///
+    /// A store that wraps another forwards this to the inner store only when it
+    /// adds nothing to appends, replays and snapshots (as `tracing`'s layers forward
+    /// `downcast_raw`): `App` calls the immediate operations instead of the
+    /// wrapper's async ones. A wrapper that counts, delays or checks appends leaves
+    /// the default.
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        None
     }
 
     /// The stream's latest snapshot, if the store keeps one. Default: none.
@@ -358,8 +374,7 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// The store as a [`memory::MemoryStore`], whose appends complete without waiting.
-    fn as_memory(&self) -> Option<&memory::MemoryStore>;
+    fn immediate(&self) -> Option<&dyn ImmediateStore>;
 }
 
 impl<S: EventStore> DynEventStore for S {
@@ -420,7 +435,7 @@ impl<S: EventStore> DynEventStore for S {
         Box::pin(EventStore::close(self))
     }
 
-    fn as_memory(&self) -> Option<&memory::MemoryStore> {
-        (self as &dyn std::any::Any).downcast_ref()
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        EventStore::immediate(self)
     }
 }

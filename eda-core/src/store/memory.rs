@@ -1,3 +1,4 @@
+use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
@@ -10,20 +11,20 @@ use uuid::Uuid;
 use crate::envelope::{
     EventRef, IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
 };
-use crate::error::StoreError;
-use crate::store::{check_names, Appended, EventStore};
+use crate::error::{LoadError, StoreError};
+use crate::store::{check_names, Appended, EventStore, ImmediateStore};
 
 /// An in-process event store for tests, examples and benchmarks.
 ///
 /// Behaves like the durable stores (payloads are serialized, appends are
 /// compare-and-set on the stream version, positions are global) but keeps
 /// everything in memory. Cloning gives another handle to the same events.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct MemoryStore {
     inner: Arc<RwLock<Inner>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Inner {
     /// The global log; the event at index `i` has position `i + 1`.
     log: Log,
@@ -39,7 +40,6 @@ struct Inner {
     keys: HashMap<String, IdempotencyRecord>,
 }
 
-#[derive(Debug)]
 struct Batch {
     metadata: Metadata,
     /// Converted to `DateTime` on read: the conversion costs more than the append.
@@ -48,7 +48,7 @@ struct Batch {
 
 /// An append-only list in fixed-size chunks: growing it never copies what is
 /// stored, and freed chunks are reused by the allocator.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Log {
     chunks: Vec<Vec<Stored>>,
     len: usize,
@@ -80,21 +80,18 @@ impl Log {
     }
 }
 
-#[derive(Debug)]
 struct Stream {
     key: Arc<StreamKey>,
     /// Indexes into `log`, in version order.
     events: Vec<usize>,
 }
 
-#[derive(Debug)]
 struct StreamKey {
     aggregate_type: String,
     aggregate_id: String,
 }
 
 /// An event as kept in memory: the stream's key is shared, not copied.
-#[derive(Debug)]
 struct Stored {
     event_id: Uuid,
     stream: Arc<StreamKey>,
@@ -180,23 +177,18 @@ impl MemoryStore {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    /// Appends without waiting, recorded at `recorded_at`. On success `events` is
-    /// drained and `metadata` kept with them; on failure `metadata` comes back.
-    // The large error hands the caller's metadata back, which is cheaper than boxing
-    // it on the path that matters (success), and the function is internal.
-    #[allow(clippy::result_large_err)]
-    pub(crate) fn append_now(
+impl ImmediateStore for MemoryStore {
+    fn append_now(
         &self,
         stream: StreamId<'_>,
         expected_version: u64,
         events: &mut Vec<NewEvent>,
-        metadata: Metadata,
+        metadata: &Metadata,
         recorded_at: SystemTime,
-    ) -> Result<Appended, (StoreError, Metadata)> {
-        if let Err(invalid) = check_names(stream, events, &metadata) {
-            return Err((invalid, metadata));
-        }
+    ) -> Result<Appended, StoreError> {
+        check_names(stream, events, metadata)?;
         let mut guard = self.write();
         let Inner {
             log,
@@ -211,19 +203,15 @@ impl MemoryStore {
             .and_then(|s| s.get_mut(stream.aggregate_id));
         let actual = target.as_ref().map_or(0, |s| s.events.len() as u64);
         if actual != expected_version {
-            return Err((
-                StoreError::conflict(stream, expected_version, actual),
-                metadata,
-            ));
+            return Err(StoreError::conflict(stream, expected_version, actual));
         }
         if let Some(key) = &metadata.idempotency_key {
             if keys.contains_key(key) {
-                let duplicate = StoreError::DuplicateKey { key: key.clone() };
-                return Err((duplicate, metadata));
+                return Err(StoreError::DuplicateKey { key: key.clone() });
             }
         }
         if events.is_empty() {
-            if let Some(record) = IdempotencyRecord::of_append(stream, actual, 0, &metadata, None) {
+            if let Some(record) = IdempotencyRecord::of_append(stream, actual, 0, metadata, None) {
                 keys.insert(record.key.clone(), record);
             }
             let position = target.and_then(|s| s.events.last()).map_or(0, |i| i + 1) as u64;
@@ -243,10 +231,9 @@ impl MemoryStore {
                     for claimed in &events[..i] {
                         ids.remove(&claimed.event_id);
                     }
-                    let duplicate = StoreError::DuplicateEvent {
+                    return Err(StoreError::DuplicateEvent {
                         event_id: event.event_id,
-                    };
-                    return Err((duplicate, metadata));
+                    });
                 }
             }
         }
@@ -267,13 +254,13 @@ impl MemoryStore {
         };
         let position = (log.len() + events.len()) as u64;
         if let Some(record) =
-            IdempotencyRecord::of_append(stream, actual, events.len(), &metadata, Some(position))
+            IdempotencyRecord::of_append(stream, actual, events.len(), metadata, Some(position))
         {
             keys.insert(record.key.clone(), record);
         }
         let batch = batches.len();
         batches.push(Batch {
-            metadata,
+            metadata: metadata.clone(),
             recorded_at,
         });
         let mut version = actual;
@@ -296,34 +283,15 @@ impl MemoryStore {
             position: log.len() as u64,
         })
     }
-}
 
-impl MemoryStore {
-    /// Keeps `snapshot` unless the stream has a newer one, without waiting.
-    pub(crate) fn keep_snapshot(&self, stream: StreamId<'_>, snapshot: Snapshot) {
-        let key = (
-            stream.aggregate_type.to_owned(),
-            stream.aggregate_id.to_owned(),
-        );
-        let mut inner = self.write();
-        match inner.snapshots.get_mut(&key) {
-            Some(kept) if kept.version > snapshot.version => {}
-            Some(kept) => *kept = snapshot,
-            None => {
-                inner.snapshots.insert(key, snapshot);
-            }
-        }
-    }
-
-    /// Calls `f` on the events of `stream` after `after_version`, in order, without
-    /// copying them. The lock is released every few hundred events so that a long
-    /// replay does not hold up writers.
-    pub(crate) fn for_each_in_stream<E>(
+    /// Releases the lock every few hundred events, so that a long replay does not
+    /// hold up writers.
+    fn replay_now(
         &self,
         stream: StreamId<'_>,
         after_version: u64,
-        mut f: impl FnMut(EventRef<'_>) -> Result<(), E>,
-    ) -> Result<(), E> {
+        apply: &mut dyn FnMut(EventRef<'_>) -> Result<(), LoadError>,
+    ) -> Result<(), LoadError> {
         const CHUNK_EVENTS: usize = 512;
         let mut next = usize::try_from(after_version).unwrap_or(usize::MAX);
         loop {
@@ -339,7 +307,7 @@ impl MemoryStore {
             }
             for &index in chunk.iter().take(CHUNK_EVENTS) {
                 let stored = inner.log.get(index);
-                f(EventRef {
+                apply(EventRef {
                     position: index as u64 + 1,
                     stream,
                     version: stored.version,
@@ -350,6 +318,26 @@ impl MemoryStore {
             }
             next += chunk.len().min(CHUNK_EVENTS);
         }
+    }
+
+    fn save_snapshot_now(
+        &self,
+        stream: StreamId<'_>,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        let key = (
+            stream.aggregate_type.to_owned(),
+            stream.aggregate_id.to_owned(),
+        );
+        let mut inner = self.write();
+        match inner.snapshots.get_mut(&key) {
+            Some(kept) if kept.version > snapshot.version => {}
+            Some(kept) => *kept = snapshot,
+            None => {
+                inner.snapshots.insert(key, snapshot);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -365,10 +353,9 @@ impl EventStore for MemoryStore {
             stream,
             expected_version,
             &mut { events },
-            metadata.clone(),
+            metadata,
             SystemTime::now(),
         )
-        .map_err(|(error, _)| error)
     }
 
     async fn read_stream(
@@ -425,8 +412,7 @@ impl EventStore for MemoryStore {
         stream: StreamId<'_>,
         snapshot: &Snapshot,
     ) -> Result<(), StoreError> {
-        self.keep_snapshot(stream, snapshot.clone());
-        Ok(())
+        self.save_snapshot_now(stream, snapshot.clone())
     }
 
     async fn load_snapshot(&self, stream: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
@@ -451,5 +437,25 @@ impl EventStore for MemoryStore {
             .ids
             .get(&event_id)
             .map(|&i| inner.log.get(i).to_recorded(i, &inner.batches)))
+    }
+
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        Some(self)
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    /// A summary: the events themselves can be millions.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.read();
+        f.debug_struct("MemoryStore")
+            .field("events", &inner.log.len())
+            .field(
+                "streams",
+                &inner.streams.values().map(|s| s.len()).sum::<usize>(),
+            )
+            .field("snapshots", &inner.snapshots.len())
+            .field("idempotency_keys", &inner.keys.len())
+            .finish()
     }
 }
