@@ -1,0 +1,379 @@
+//! One command path for every store: `App` gives the same outcomes, stores the
+//! same events and snapshots, and loads the same states whether the store offers
+//! `ImmediateStore` (the in-process path, no suspension) or not (the path every
+//! durable store takes, awaiting each call), and a wrapper that forwards
+//! `EventStore::immediate` keeps the in-process path.
+
+#![allow(missing_docs)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use eda::prelude::*;
+use eda::{ImmediateStore, Snapshot, StreamId};
+use proptest::prelude::*;
+
+#[event]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Added {
+    pub n: u64,
+}
+
+#[command]
+#[derive(Debug, Clone)]
+pub struct Add {
+    #[aggregate_id]
+    pub id: String,
+    pub n: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Zero;
+
+impl std::fmt::Display for Zero {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("nothing to add")
+    }
+}
+
+impl std::error::Error for Zero {}
+
+#[derive(Debug, Default, PartialEq, eda::serde::Serialize, eda::serde::Deserialize)]
+#[serde(crate = "eda::serde")]
+pub struct Sum {
+    pub total: u64,
+    pub count: u64,
+}
+
+/// Adds `n`; refuses 0; adding 1 to a total over 20 changes nothing (a no-op).
+#[aggregate(error = Zero, snapshot_every = 4)]
+impl Sum {
+    #[handle]
+    fn add(&self, cmd: Add) -> Result<Option<Added>, Zero> {
+        match cmd.n {
+            0 => Err(Zero),
+            1 if self.total > 20 => Ok(None),
+            n => Ok(Some(Added { n })),
+        }
+    }
+
+    #[apply]
+    fn added(&mut self, e: &Added) {
+        self.total += e.n;
+        self.count += 1;
+    }
+}
+
+/// How a `Routed` store offers `MemoryStore`'s immediate operations.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// Not at all: every call is awaited and suspends first, as on a durable store.
+    Awaited,
+    /// As its own `ImmediateStore`, forwarding each call.
+    Forwarded,
+    /// The control: forwarded, except that immediate snapshots are dropped.
+    LosesSnapshots,
+}
+
+/// Forwards every call to a `MemoryStore`, its snapshots included, and counts the
+/// appends that reach its async `append`.
+#[derive(Clone)]
+struct Routed {
+    inner: MemoryStore,
+    mode: Mode,
+    async_appends: Arc<AtomicUsize>,
+}
+
+impl Routed {
+    fn new(mode: Mode) -> Self {
+        Routed {
+            inner: MemoryStore::new(),
+            mode,
+            async_appends: Arc::default(),
+        }
+    }
+}
+
+impl ImmediateStore for Routed {
+    fn append_now(
+        &self,
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: &mut Vec<eda::NewEvent>,
+        metadata: &eda::Metadata,
+        recorded_at: std::time::SystemTime,
+    ) -> Result<eda::Appended, StoreError> {
+        self.inner
+            .append_now(stream, expected_version, events, metadata, recorded_at)
+    }
+
+    fn replay_now(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+        apply: &mut dyn FnMut(eda::EventRef<'_>) -> Result<(), LoadError>,
+    ) -> Result<(), LoadError> {
+        self.inner.replay_now(stream, after_version, apply)
+    }
+
+    fn save_snapshot_now(
+        &self,
+        stream: StreamId<'_>,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        match self.mode {
+            Mode::LosesSnapshots => Ok(()),
+            _ => self.inner.save_snapshot_now(stream, snapshot),
+        }
+    }
+}
+
+impl EventStore for Routed {
+    async fn append(
+        &self,
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: Vec<eda::NewEvent>,
+        metadata: &eda::Metadata,
+    ) -> Result<eda::Appended, StoreError> {
+        self.async_appends.fetch_add(1, Ordering::Relaxed);
+        tokio::task::yield_now().await;
+        self.inner
+            .append(stream, expected_version, events, metadata)
+            .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+    ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
+        tokio::task::yield_now().await;
+        self.inner.read_stream(stream, after_version).await
+    }
+
+    async fn read_all(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
+        self.inner.read_all(after_position, limit).await
+    }
+
+    async fn read_event(&self, id: eda::Uuid) -> Result<Option<eda::RecordedEvent>, StoreError> {
+        self.inner.read_event(id).await
+    }
+
+    async fn read_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<eda::IdempotencyRecord>, StoreError> {
+        tokio::task::yield_now().await;
+        self.inner.read_idempotency_key(key).await
+    }
+
+    async fn save_snapshot(
+        &self,
+        stream: StreamId<'_>,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        tokio::task::yield_now().await;
+        self.inner.save_snapshot(stream, snapshot).await
+    }
+
+    async fn load_snapshot(&self, stream: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
+        tokio::task::yield_now().await;
+        self.inner.load_snapshot(stream).await
+    }
+
+    async fn read_for_replay(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<eda::ReplayEvent>, StoreError> {
+        tokio::task::yield_now().await;
+        self.inner
+            .read_for_replay(stream, after_version, limit)
+            .await
+    }
+
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        match self.mode {
+            Mode::Awaited => None,
+            Mode::Forwarded | Mode::LosesSnapshots => Some(self),
+        }
+    }
+}
+
+/// One step of a scenario: which of two `App`s on the store executes what.
+#[derive(Debug, Clone)]
+struct Step {
+    app: usize,
+    id: &'static str,
+    n: u64,
+    key: Option<&'static str>,
+}
+
+/// Everything a scenario can observe, with what differs by run (event ids,
+/// times) left out.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    outcomes: Vec<String>,
+    log: Vec<(u64, String, u64, String, Option<String>)>,
+    states: Vec<(String, Sum, u64)>,
+    snapshots: Vec<Option<(u64, String)>>,
+}
+
+const IDS: [&str; 3] = ["a", "b", "c"];
+
+async fn run(store: impl EventStore + Clone, steps: &[Step]) -> Observed {
+    // The second App's cache goes stale whenever the first writes: conflicts.
+    let apps = [App::new(store.clone()), App::new(store.clone())];
+    let mut outcomes = Vec::new();
+    for step in steps {
+        let add = Add {
+            id: step.id.into(),
+            n: step.n,
+        };
+        let execute = apps[step.app].execute(add);
+        let result = match step.key {
+            Some(key) => execute.idempotency_key(key).await,
+            None => execute.await,
+        };
+        outcomes.push(match result {
+            Ok(done) => format!(
+                "v{} at {:?} {:?} duplicate: {}",
+                done.version, done.position, done.events, done.duplicate
+            ),
+            Err(error) => format!("error: {error}"),
+        });
+    }
+    let log = store
+        .read_all(0, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let stream = format!("{}/{}", e.aggregate_type, e.aggregate_id);
+            let key = e.metadata.idempotency_key.clone();
+            (e.position, stream, e.version, e.payload, key)
+        })
+        .collect();
+    let mut states = Vec::new();
+    let mut snapshots = Vec::new();
+    for id in IDS {
+        let fresh = App::new(store.clone());
+        let (state, version) = fresh.load_with_version::<Sum>(&id.into()).await.unwrap();
+        states.push((id.to_owned(), state, version));
+        let stream = StreamId {
+            aggregate_type: "Sum",
+            aggregate_id: id,
+        };
+        let snapshot = store.load_snapshot(stream).await.unwrap();
+        snapshots.push(snapshot.map(|s| (s.version, s.payload)));
+    }
+    Observed {
+        outcomes,
+        log,
+        states,
+        snapshots,
+    }
+}
+
+/// The scenario on a `MemoryStore`, on a wrapper forwarding `immediate`, and on
+/// one that does not: all three must observe the same.
+async fn same_on_every_path(steps: &[Step]) -> Observed {
+    let direct = run(MemoryStore::new(), steps).await;
+    let forwarding = Routed::new(Mode::Forwarded);
+    assert_eq!(run(forwarding.clone(), steps).await, direct);
+    assert_eq!(forwarding.async_appends.load(Ordering::Relaxed), 0);
+    let awaited = Routed::new(Mode::Awaited);
+    assert_eq!(run(awaited.clone(), steps).await, direct);
+    assert!(awaited.async_appends.load(Ordering::Relaxed) > 0 || direct.log.is_empty());
+    direct
+}
+
+fn step(app: usize, id: &'static str, n: u64, key: Option<&'static str>) -> Step {
+    Step { app, id, n, key }
+}
+
+#[tokio::test]
+async fn every_kind_of_outcome_is_the_same_on_both_paths() {
+    let steps = [
+        step(0, "a", 5, None),
+        step(0, "a", 0, None),       // rejected
+        step(1, "a", 7, None),       // app 1 replays
+        step(0, "a", 9, None),       // app 0 is stale: a conflict, then commits
+        step(0, "a", 2, Some("k1")), // keyed
+        step(1, "a", 2, Some("k1")), // the same key again: duplicate
+        step(1, "a", 3, Some("k1")), // other arguments: refused
+        step(0, "b", 3, Some("k1")), // another aggregate: refused
+        step(0, "a", 1, None),       // a no-op (total 23)
+        step(0, "a", 1, Some("k2")), // a keyed no-op
+        step(1, "a", 1, Some("k2")), // its duplicate
+        step(0, "b", 4, None),
+        step(0, "b", 4, None),
+        step(1, "b", 4, None),
+        step(0, "b", 4, None), // a snapshot at 4, then conflicts
+        step(1, "c", 0, None),
+    ];
+    let observed = same_on_every_path(&steps).await;
+    assert_eq!(observed.outcomes[1], "error: nothing to add");
+    assert!(observed.outcomes[5].ends_with("duplicate: true"));
+    assert!(observed.outcomes[6].contains("with other arguments"));
+    assert!(observed.outcomes[8].starts_with("v4 at None []"));
+    assert_eq!(observed.states[1].2, 4);
+    assert_eq!(observed.snapshots[1].as_ref().map(|s| s.0), Some(4));
+    assert_eq!(observed.states[2].2, 0);
+}
+
+#[tokio::test]
+async fn a_store_without_immediate_operations_gets_every_append_awaited() {
+    let awaited = Routed::new(Mode::Awaited);
+    let app = App::new(awaited.clone());
+    for n in 2..12 {
+        app.execute(Add { id: "a".into(), n }).await.unwrap();
+    }
+    assert_eq!(awaited.async_appends.load(Ordering::Relaxed), 10);
+}
+
+/// The control: a path that loses its snapshots must be told apart from one that
+/// keeps them, or the comparisons here prove nothing.
+#[tokio::test]
+async fn a_path_that_loses_snapshots_is_caught() {
+    let steps: Vec<_> = (2..7).map(|n| step(0, "a", n, None)).collect();
+    let direct = run(MemoryStore::new(), &steps).await;
+    assert_eq!(direct.snapshots[0].as_ref().map(|s| s.0), Some(4));
+    let lossy = run(Routed::new(Mode::LosesSnapshots), &steps).await;
+    assert_eq!(lossy.states, direct.states);
+    assert_ne!(lossy, direct);
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    let step = (
+        0..2usize,
+        0..IDS.len(),
+        0..6u64,
+        prop::option::weighted(0.3, 0..3usize),
+    );
+    let step = step.prop_map(|(app, id, n, key)| Step {
+        app,
+        id: IDS[id],
+        n,
+        key: key.map(|k| ["k0", "k1", "k2"][k]),
+    });
+    prop::collection::vec(step, 1..40)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Any sequence of commands from two `App`s (conflicts, rejections, no-ops,
+    /// reused and misused keys, snapshots) observes the same on every path.
+    #[test]
+    fn any_sequence_is_the_same_on_every_path(steps in steps()) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(same_on_every_path(&steps));
+    }
+}
