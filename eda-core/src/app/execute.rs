@@ -105,19 +105,6 @@ where
 }
 
 impl App {
-    /// Executes a command: load (cached, or replay), decide, append at the version
-    /// decided on, and on a version conflict catch up and decide again.
-    ///
-    /// Await the returned [`Execute`] directly, or set an idempotency key or
-    /// metadata on it first.
-    pub fn execute<C: HandledCommand>(&self, command: C) -> Execute<'_, C> {
-        Execute {
-            app: self,
-            command,
-            metadata: Metadata::default(),
-        }
-    }
-
     /// The common case, without waiting: on a store with [`ImmediateStore`], the
     /// aggregate cached and its slot free, a synchronous handler without services
     /// or key that accepts the command, and an append that succeeds. Anything else
@@ -359,9 +346,9 @@ impl App {
 /// A command about to be executed; `.await` it. Built by [`App::execute`].
 #[must_use = "a command does nothing until it is awaited"]
 pub struct Execute<'a, C> {
-    app: &'a App,
-    command: C,
-    metadata: Metadata,
+    pub(super) app: &'a App,
+    pub(super) command: C,
+    pub(super) metadata: Metadata,
 }
 
 impl<C: fmt::Debug> fmt::Debug for Execute<'_, C> {

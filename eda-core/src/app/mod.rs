@@ -15,7 +15,8 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::aggregate::{no_services, stream_key, Aggregate};
-use crate::envelope::StreamId;
+use crate::command::HandledCommand;
+use crate::envelope::{Metadata, StreamId};
 use crate::error::{LoadError, StoreError};
 use crate::store::{check_stream, DynEventStore, EventStore};
 
@@ -122,6 +123,19 @@ impl App {
     /// An [`AppBuilder`] on `store`.
     pub fn builder(store: impl EventStore) -> AppBuilder {
         AppBuilder::new(Box::new(store))
+    }
+
+    /// Executes a command: load (cached, or replay), decide, append at the version
+    /// decided on, and on a version conflict catch up and decide again.
+    ///
+    /// Await the returned [`Execute`] directly, or set an idempotency key or
+    /// metadata on it first.
+    pub fn execute<C: HandledCommand>(&self, command: C) -> Execute<'_, C> {
+        Execute {
+            app: self,
+            command,
+            metadata: Metadata::default(),
+        }
     }
 
     /// Closes the store behind this `App` (and its clones): see

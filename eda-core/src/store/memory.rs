@@ -459,3 +459,36 @@ impl fmt::Debug for MemoryStore {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_prints_a_summary_not_the_events() {
+        let store = MemoryStore::new();
+        let stream = StreamId {
+            aggregate_type: "Account",
+            aggregate_id: "a",
+        };
+        let event = NewEvent {
+            event_id: crate::new_event_id(),
+            name: "Opened".into(),
+            version: 1,
+            payload: r#"{"secret":"do not print"}"#.into(),
+        };
+        let appended = store.append_now(
+            stream,
+            0,
+            &mut vec![event],
+            &Metadata::default(),
+            SystemTime::now(),
+        );
+        assert!(appended.is_ok());
+        let shown = format!("{store:?}");
+        assert_eq!(
+            shown,
+            "MemoryStore { events: 1, streams: 1, snapshots: 0, idempotency_keys: 0 }"
+        );
+    }
+}
