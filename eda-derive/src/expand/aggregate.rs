@@ -10,7 +10,7 @@ use crate::ctxt::Ctxt;
 use crate::valid::{self, Expand};
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
-    let mut cx = Ctxt::default();
+    let mut cx = Ctxt::new();
     let args = attr::aggregate_args(&mut cx, args);
     let item: syn::ItemImpl = match syn::parse2(input.clone()) {
         Ok(item) => item,
@@ -19,7 +19,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 input.span(),
                 "#[aggregate] goes on the impl block that holds the #[handle] and #[apply] methods, not on the struct",
             ));
-            let errors = cx.into_compile_errors();
+            let errors = cx.check().err().map(syn::Error::into_compile_error);
             return quote!(#input #errors);
         }
     };
@@ -41,7 +41,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             &item.self_ty,
             "#[aggregate] needs a named struct type: `impl Account { ... }`",
         );
-        let errors = cx.into_compile_errors();
+        let errors = cx.check().err().map(syn::Error::into_compile_error);
         return quote!(#item #errors);
     };
     let agg = AggregateImpl::from_item(&mut cx, item);
@@ -291,7 +291,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     }
 
     let item = &agg.item;
-    let errors = cx.into_compile_errors();
+    let errors = cx.check().err().map(syn::Error::into_compile_error);
     let id_ty = id_ty.to_token_stream();
     quote! {
         #item

@@ -7,13 +7,13 @@ use crate::attr;
 use crate::ctxt::Ctxt;
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
-    let mut cx = Ctxt::default();
+    let mut cx = Ctxt::new();
     let args = attr::command_args(&mut cx, args);
     let mut item: syn::DeriveInput = match syn::parse2(input.clone()) {
         Ok(item) => item,
         Err(_) => {
             cx.push(syn::Error::new(input.span(), "#[command] goes on a struct"));
-            let errors = cx.into_compile_errors();
+            let errors = cx.check().err().map(syn::Error::into_compile_error);
             return quote!(#input #errors);
         }
     };
@@ -123,7 +123,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             };
         })
     };
-    let errors = cx.into_compile_errors();
+    let errors = cx.check().err().map(syn::Error::into_compile_error);
     quote! {
         #item
         #command_impl

@@ -7,13 +7,13 @@ use crate::attr;
 use crate::ctxt::Ctxt;
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
-    let mut cx = Ctxt::default();
+    let mut cx = Ctxt::new();
     let args = attr::event_args(&mut cx, args);
     let item: syn::DeriveInput = match syn::parse2(input.clone()) {
         Ok(item) => item,
         Err(_) => {
             cx.push(syn::Error::new(input.span(), "#[event] goes on a struct"));
-            let errors = cx.into_compile_errors();
+            let errors = cx.check().err().map(syn::Error::into_compile_error);
             return quote!(#input #errors);
         }
     };
@@ -36,7 +36,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     }
     if cx.has_errors() {
         // Without a usable shape, emit the item alone rather than impls that fail too.
-        let errors = cx.into_compile_errors();
+        let errors = cx.check().err().map(syn::Error::into_compile_error);
         return quote!(#item #errors);
     }
 
@@ -75,7 +75,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     });
     let (decode, checks) = upcast.unzip();
 
-    let errors = cx.into_compile_errors();
+    let errors = cx.check().err().map(syn::Error::into_compile_error);
     quote! {
         #[derive(#private::serde::Serialize, #private::serde::Deserialize)]
         #[serde(crate = #serde_crate)]
