@@ -2,11 +2,10 @@
 
 use quote::quote;
 use syn::spanned::Spanned;
-use syn::{
-    FnArg, GenericArgument, Ident, ImplItem, ImplItemFn, PathArguments, ReturnType, Token, Type,
-};
+use syn::{FnArg, Ident, ImplItem, ImplItemFn, ReturnType, Token, Type};
 
 use crate::ctxt::Ctxt;
+use crate::types::result_ok;
 
 /// One `#[handle]` method.
 pub(crate) struct Handler {
@@ -159,7 +158,7 @@ fn handler(cx: &mut Ctxt, method: &ImplItemFn) -> Option<Handler> {
         ok = false;
     }
     let result = match &sig.output {
-        ReturnType::Type(_, ty) => result_args(ty),
+        ReturnType::Type(_, ty) => result_ok(ty),
         ReturnType::Default => None,
     };
     if result.is_none() {
@@ -181,25 +180,6 @@ fn handler(cx: &mut Ctxt, method: &ImplItemFn) -> Option<Handler> {
         asyncness: sig.asyncness,
     })
     .filter(|_| ok)
-}
-
-/// The `X` of `Result<X, E>` or of an alias like `AccountResult<X>`.
-fn result_args(ty: &Type) -> Option<Type> {
-    let Type::Path(path) = ty else { return None };
-    let last = path.path.segments.last()?;
-    // `Result`, or an alias such as `io::Result<T>` / `AccountResult<T>`.
-    if !last.ident.to_string().ends_with("Result") {
-        return None;
-    }
-    let PathArguments::AngleBracketed(args) = &last.arguments else {
-        return None;
-    };
-    let mut types = args.args.iter().filter_map(|a| match a {
-        GenericArgument::Type(t) => Some(t.clone()),
-        _ => None,
-    });
-    let output = types.next()?;
-    types.nth(1).is_none().then_some(output)
 }
 
 fn applier(cx: &mut Ctxt, method: &ImplItemFn) -> Option<Applier> {

@@ -5,6 +5,7 @@ mod ast;
 mod attr;
 mod ctxt;
 mod expand;
+mod types;
 mod valid;
 
 use proc_macro::TokenStream;

@@ -1,25 +1,10 @@
 //! Rules that span more than one method of an `#[aggregate]` block, one function each.
 
-use quote::ToTokens;
 use syn::{GenericArgument, Ident, PathArguments, Type};
 
 use crate::ast::{AggregateImpl, Applier};
 use crate::ctxt::Ctxt;
-
-/// Tokens of a type as text, the identity used for "same type" checks.
-pub(crate) fn type_key(ty: &Type) -> String {
-    ty.to_token_stream().to_string()
-}
-
-/// The last path segment of a type, used as the enum variant name.
-pub(crate) fn last_ident(ty: &Type) -> Option<&Ident> {
-    match ty {
-        Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| &s.ident),
-        Type::Group(g) => last_ident(&g.elem),
-        Type::Paren(p) => last_ident(&p.elem),
-        _ => None,
-    }
-}
+use crate::types::{last_ident, type_key, type_text};
 
 /// How much of a handler is expanded once the checks have run.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -148,7 +133,7 @@ pub(crate) fn services_are_declared(
                 format_args!(
                     "`{}` takes services, but `{self_name}` declares none: add `services = {}` to its #[aggregate(..)]",
                     h.method,
-                    type_key(services).replace(' ', "")
+                    type_text(services)
                 ),
             );
         }

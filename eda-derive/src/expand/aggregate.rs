@@ -7,6 +7,7 @@ use syn::Type;
 use crate::ast::AggregateImpl;
 use crate::attr;
 use crate::ctxt::Ctxt;
+use crate::types::{last_ident, type_text};
 use crate::valid::{self, Expand};
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
@@ -95,7 +96,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         .appliers
         .iter()
         .filter_map(|a| {
-            let variant = valid::last_ident(&a.event)?.clone();
+            let variant = last_ident(&a.event)?.clone();
             (!seen.contains(&variant)).then(|| {
                 seen.push(variant.clone());
                 (variant, &a.event, &a.method)
@@ -257,8 +258,8 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         for (_, b, _) in &events[i + 1..] {
             let message = format!(
                 "`{}` and `{}` are both applied by `{self_name}` but have the same event name; apply only the newest version (older versions are upcast to it)",
-                a.to_token_stream().to_string().replace(' ', ""),
-                b.to_token_stream().to_string().replace(' ', ""),
+                type_text(a),
+                type_text(b),
             );
             distinct_names.push(quote_spanned! {b.span()=>
                 const _: () = if #private::str_eq(<#a as #private::Event>::NAME, <#b as #private::Event>::NAME) {

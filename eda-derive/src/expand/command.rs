@@ -139,7 +139,7 @@ fn fingerprint_fields(item: &syn::DeriveInput, private: &TokenStream) -> TokenSt
         return TokenStream::new();
     };
     let ident = &item.ident;
-    let serde_crate = format!("{}::serde", private.to_string().replace(' ', ""));
+    let serde_crate = super::serde_crate(private);
     let mut generics = item.generics.clone();
     generics.params.insert(0, syn::parse_quote!('__eda));
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();

@@ -1,10 +1,11 @@
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned, ToTokens};
+use quote::{quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
 use crate::attr;
 use crate::ctxt::Ctxt;
+use crate::types::type_text;
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut cx = Ctxt::new();
@@ -52,10 +53,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         }
     }
     let version = args.version.as_ref().map_or(1, |(v, _)| *v);
-    let serde_crate = format!("{}::serde", private.to_string().replace(' ', ""));
+    let serde_crate = super::serde_crate(&private);
 
     let upcast = args.upcast_from.as_ref().map(|old| {
-        let old_text = old.to_token_stream().to_string().replace(' ', "");
+        let old_text = type_text(old);
         let name_msg = format!("`upcast_from = {old_text}` must be an event with the same name, \"{name}\"");
         let version_msg = format!("`upcast_from = {old_text}` must be an event at version {} (one below {version})", version.saturating_sub(1));
         let span = old.span();

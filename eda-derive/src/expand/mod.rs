@@ -12,3 +12,8 @@ pub(crate) fn private(krate: Option<&syn::Path>) -> TokenStream {
         None => quote!(::eda::__private),
     }
 }
+
+/// The `#[serde(crate = "...")]` value that reaches serde through `private`.
+pub(crate) fn serde_crate(private: &TokenStream) -> String {
+    format!("{}::serde", private.to_string().replace(' ', ""))
+}
