@@ -1,11 +1,108 @@
-//! A typed model of an `#[aggregate]` impl block that keeps the user's tokens for spans.
+//! A typed model of each macro's input: its attribute arguments and the item, read
+//! into structs that keep the user's tokens for spans.
 
+use proc_macro2::{Span, TokenStream};
 use quote::quote;
+use syn::parse::Parse;
 use syn::spanned::Spanned;
-use syn::{FnArg, Ident, ImplItem, ImplItemFn, ReturnType, Token, Type};
+use syn::{
+    Attribute, DeriveInput, FnArg, Ident, ImplItem, ImplItemFn, Member, ReturnType, Token, Type,
+};
 
+use crate::attr::{self, CommandArgs, EventArgs};
 use crate::ctxt::Ctxt;
 use crate::types::result_ok;
+
+/// An `#[event]` item.
+pub(crate) struct Event {
+    pub(crate) args: EventArgs,
+    pub(crate) item: DeriveInput,
+}
+
+/// A `#[command]` item.
+pub(crate) struct Command {
+    pub(crate) args: CommandArgs,
+    /// The item without its `#[aggregate_id]` markers, which `ids` holds.
+    pub(crate) item: DeriveInput,
+    /// A struct's fields marked `#[aggregate_id]`, in order.
+    pub(crate) ids: Vec<AggregateId>,
+}
+
+/// A field marked `#[aggregate_id]`.
+pub(crate) struct AggregateId {
+    /// Its marker; the last one if the field has several.
+    pub(crate) marker: Attribute,
+    pub(crate) member: Member,
+    pub(crate) ty: Type,
+    /// The field without its markers.
+    pub(crate) span: Span,
+}
+
+impl Event {
+    /// Reads the arguments, then the item; input that is no struct, enum or union is
+    /// reported and handed back as written.
+    pub(crate) fn from_syn(
+        cx: &mut Ctxt,
+        args: TokenStream,
+        input: TokenStream,
+    ) -> Result<Self, TokenStream> {
+        let args = attr::event_args(cx, args);
+        let item = parse_item(cx, input, "#[event] goes on a struct")?;
+        Ok(Event { args, item })
+    }
+}
+
+impl Command {
+    /// Reads the arguments, then the item, taking the `#[aggregate_id]` markers off
+    /// a struct's fields; input that is no struct, enum or union is reported and
+    /// handed back as written.
+    pub(crate) fn from_syn(
+        cx: &mut Ctxt,
+        args: TokenStream,
+        input: TokenStream,
+    ) -> Result<Self, TokenStream> {
+        let args = attr::command_args(cx, args);
+        let mut item: DeriveInput = parse_item(cx, input, "#[command] goes on a struct")?;
+        let mut ids = Vec::new();
+        if let syn::Data::Struct(data) = &mut item.data {
+            for (index, field) in data.fields.iter_mut().enumerate() {
+                let mut marker = None;
+                field.attrs.retain(|attr| {
+                    let is_id = attr.path().is_ident("aggregate_id");
+                    if is_id {
+                        marker = Some(attr.clone());
+                    }
+                    !is_id
+                });
+                if let Some(marker) = marker {
+                    let member = match &field.ident {
+                        Some(ident) => Member::Named(ident.clone()),
+                        None => Member::Unnamed(syn::Index::from(index)),
+                    };
+                    ids.push(AggregateId {
+                        marker,
+                        member,
+                        ty: field.ty.clone(),
+                        span: field.span(),
+                    });
+                }
+            }
+        }
+        Ok(Command { args, item, ids })
+    }
+}
+
+/// `input` as an item `T`; otherwise `message` is reported and `input` handed back.
+fn parse_item<T: Parse>(
+    cx: &mut Ctxt,
+    input: TokenStream,
+    message: &str,
+) -> Result<T, TokenStream> {
+    syn::parse2(input.clone()).map_err(|_| {
+        cx.push(syn::Error::new(input.span(), message));
+        input
+    })
+}
 
 /// One `#[handle]` method.
 pub(crate) struct Handler {

@@ -29,7 +29,9 @@ impl Ctxt {
     }
 
     pub(crate) fn has_errors(&self) -> bool {
-        self.errors.as_ref().is_some_and(|errors| !errors.is_empty())
+        self.errors
+            .as_ref()
+            .is_some_and(|errors| !errors.is_empty())
     }
 
     /// The collected errors combined into one, in the order they were found.

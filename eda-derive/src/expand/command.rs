@@ -3,47 +3,28 @@ use quote::{quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
-use crate::attr;
+use crate::ast::Command;
 use crate::ctxt::Ctxt;
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut cx = Ctxt::new();
-    let args = attr::command_args(&mut cx, args);
-    let mut item: syn::DeriveInput = match syn::parse2(input.clone()) {
-        Ok(item) => item,
-        Err(_) => {
-            cx.push(syn::Error::new(input.span(), "#[command] goes on a struct"));
+    let command = match Command::from_syn(&mut cx, args, input) {
+        Ok(command) => command,
+        Err(input) => {
             let errors = cx.check().err().map(syn::Error::into_compile_error);
             return quote!(#input #errors);
         }
     };
+    let Command { args, item, ids } = &command;
     let private = super::private(args.krate.as_ref());
 
-    let mut ids = Vec::new();
-    match &mut item.data {
-        syn::Data::Struct(data) => {
-            for (index, field) in data.fields.iter_mut().enumerate() {
-                let before = field.attrs.len();
-                let mut marker = None;
-                field.attrs.retain(|a| {
-                    let is_id = a.path().is_ident("aggregate_id");
-                    if is_id {
-                        marker = Some(a.clone());
-                    }
-                    !is_id
-                });
-                if field.attrs.len() < before {
-                    if let Some(marker) = marker.filter(|m| !matches!(m.meta, syn::Meta::Path(_))) {
-                        cx.error_spanned_by(marker, "#[aggregate_id] takes no arguments");
-                    }
-                    let member = match &field.ident {
-                        Some(ident) => syn::Member::Named(ident.clone()),
-                        None => syn::Member::Unnamed(syn::Index::from(index)),
-                    };
-                    ids.push((member, field.ty.clone(), field.span()));
-                }
-            }
+    for id in ids {
+        if !matches!(id.marker.meta, syn::Meta::Path(_)) {
+            cx.error_spanned_by(&id.marker, "#[aggregate_id] takes no arguments");
         }
+    }
+    match &item.data {
+        syn::Data::Struct(_) => {}
         syn::Data::Enum(e) => cx.error_spanned_by(e.enum_token, "#[command] goes on a struct"),
         syn::Data::Union(u) => {
             cx.error_spanned_by(u.union_token, "#[command] goes on a struct, not a union")
@@ -56,9 +37,9 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             format_args!("command `{}` needs one field marked #[aggregate_id]: it names the aggregate instance the command goes to", item.ident),
         );
     }
-    for (_, _, span) in ids.iter().skip(1) {
+    for id in ids.iter().skip(1) {
         cx.push(syn::Error::new(
-            *span,
+            id.span,
             "only one field can be #[aggregate_id]",
         ));
     }
@@ -75,8 +56,9 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let (impl_generics, ty_generics, where_clause) = item.generics.split_for_impl();
     let command_impl = if item.generics.lifetimes().next().is_some() {
         None
-    } else if let (true, Some((member, ty, _))) = (is_struct, ids.first()) {
-        let fields = fingerprint_fields(&item, &private);
+    } else if let (true, Some(id)) = (is_struct, ids.first()) {
+        let (member, ty) = (&id.member, &id.ty);
+        let fields = fingerprint_fields(item, &private);
         // The fingerprint serializes every field, so each type parameter must be
         // serializable for the command to be one.
         let mut where_clause = where_clause

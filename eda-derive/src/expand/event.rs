@@ -3,21 +3,20 @@ use quote::{quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
-use crate::attr;
+use crate::ast::Event;
 use crate::ctxt::Ctxt;
 use crate::types::type_text;
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut cx = Ctxt::new();
-    let args = attr::event_args(&mut cx, args);
-    let item: syn::DeriveInput = match syn::parse2(input.clone()) {
-        Ok(item) => item,
-        Err(_) => {
-            cx.push(syn::Error::new(input.span(), "#[event] goes on a struct"));
+    let event = match Event::from_syn(&mut cx, args, input) {
+        Ok(event) => event,
+        Err(input) => {
             let errors = cx.check().err().map(syn::Error::into_compile_error);
             return quote!(#input #errors);
         }
     };
+    let Event { args, item } = &event;
     match &item.data {
         syn::Data::Struct(_) => {}
         syn::Data::Enum(e) => cx.error_spanned_by(
