@@ -3,113 +3,90 @@ use quote::{quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
-use crate::ast::Command;
+use crate::ast::{AggregateId, Command};
 use crate::ctxt::Ctxt;
+use crate::valid;
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut cx = Ctxt::new();
-    let command = match Command::from_syn(&mut cx, args, input) {
-        Ok(command) => command,
-        Err(input) => {
-            let errors = cx.check().err().map(syn::Error::into_compile_error);
-            return quote!(#input #errors);
-        }
+    let expanded = match Command::from_syn(&mut cx, args, input) {
+        Ok(command) => match valid::command(&mut cx, &command) {
+            Some(id) => command_impl(&command, id),
+            None => stub(&command),
+        },
+        Err(input) => input,
     };
-    let Command { args, item, ids } = &command;
+    let errors = cx.check().err().map(syn::Error::into_compile_error);
+    quote!(#expanded #errors)
+}
+
+/// The command and its `Command` impl, routed by the `id` field.
+fn command_impl(command: &Command, id: &AggregateId) -> TokenStream {
+    let Command { args, item, .. } = command;
     let private = super::private(args.krate.as_ref());
-
-    for id in ids {
-        if !matches!(id.marker.meta, syn::Meta::Path(_)) {
-            cx.error_spanned_by(&id.marker, "#[aggregate_id] takes no arguments");
-        }
-    }
-    match &item.data {
-        syn::Data::Struct(_) => {}
-        syn::Data::Enum(e) => cx.error_spanned_by(e.enum_token, "#[command] goes on a struct"),
-        syn::Data::Union(u) => {
-            cx.error_spanned_by(u.union_token, "#[command] goes on a struct, not a union")
-        }
-    }
-    let is_struct = matches!(item.data, syn::Data::Struct(_));
-    if is_struct && ids.is_empty() {
-        cx.error_spanned_by(
-            &item.ident,
-            format_args!("command `{}` needs one field marked #[aggregate_id]: it names the aggregate instance the command goes to", item.ident),
-        );
-    }
-    for id in ids.iter().skip(1) {
-        cx.push(syn::Error::new(
-            id.span,
-            "only one field can be #[aggregate_id]",
-        ));
-    }
-
-    if let Some(lifetime) = item.generics.lifetimes().next() {
-        cx.error_spanned_by(
-            lifetime,
-            "a command cannot borrow: it is moved into `App::execute` and may be retried, so it must own its data",
-        );
-    }
-
     let ident = &item.ident;
     let name = ident.unraw().to_string();
     let (impl_generics, ty_generics, where_clause) = item.generics.split_for_impl();
-    let command_impl = if item.generics.lifetimes().next().is_some() {
-        None
-    } else if let (true, Some(id)) = (is_struct, ids.first()) {
-        let (member, ty) = (&id.member, &id.ty);
-        let fields = fingerprint_fields(item, &private);
-        // The fingerprint serializes every field, so each type parameter must be
-        // serializable for the command to be one.
-        let mut where_clause = where_clause
-            .cloned()
-            .unwrap_or_else(|| syn::parse_quote!(where));
-        for param in item.generics.type_params() {
-            let param = &param.ident;
-            where_clause
-                .predicates
-                .push(syn::parse_quote!(#param: #private::serde::Serialize));
-        }
-        Some(quote! {
-            #[doc(hidden)]
-            const _: () = {
-                #fields
-
-                #[automatically_derived]
-                impl #impl_generics #private::Command for #ident #ty_generics #where_clause {
-                    type Id = #ty;
-                    const NAME: &'static str = #name;
-                    fn aggregate_id(&self) -> &Self::Id {
-                        &self.#member
-                    }
-                    fn fingerprint(&self) -> ::core::option::Option<#private::Uuid> {
-                        #private::fingerprint(&__EdaFields::of(self))
-                    }
-                }
-            };
-        })
-    } else {
-        // Reported above (no id, or not a struct); a stub keeps uses of the command
-        // free of follow-on errors.
-        Some(quote! {
-            #[doc(hidden)]
-            const _: () = {
-                #[automatically_derived]
-                impl #impl_generics #private::Command for #ident #ty_generics #where_clause {
-                    type Id = ::std::string::String;
-                    const NAME: &'static str = #name;
-                    fn aggregate_id(&self) -> &Self::Id {
-                        ::core::unreachable!()
-                    }
-                }
-            };
-        })
-    };
-    let errors = cx.check().err().map(syn::Error::into_compile_error);
+    let (member, ty) = (&id.member, &id.ty);
+    let fields = fingerprint_fields(item, &private);
+    // The fingerprint serializes every field, so each type parameter must be
+    // serializable for the command to be one.
+    let mut where_clause = where_clause
+        .cloned()
+        .unwrap_or_else(|| syn::parse_quote!(where));
+    for param in item.generics.type_params() {
+        let param = &param.ident;
+        where_clause
+            .predicates
+            .push(syn::parse_quote!(#param: #private::serde::Serialize));
+    }
     quote! {
         #item
-        #command_impl
-        #errors
+
+        #[doc(hidden)]
+        const _: () = {
+            #fields
+
+            #[automatically_derived]
+            impl #impl_generics #private::Command for #ident #ty_generics #where_clause {
+                type Id = #ty;
+                const NAME: &'static str = #name;
+                fn aggregate_id(&self) -> &Self::Id {
+                    &self.#member
+                }
+                fn fingerprint(&self) -> ::core::option::Option<#private::Uuid> {
+                    #private::fingerprint(&__EdaFields::of(self))
+                }
+            }
+        };
+    }
+}
+
+/// Reported (no id, or not a struct): the command with a stub impl, so its uses add
+/// no follow-on errors; the command alone if it borrows, as any impl would fail too.
+fn stub(command: &Command) -> TokenStream {
+    let Command { args, item, .. } = command;
+    if item.generics.lifetimes().next().is_some() {
+        return quote!(#item);
+    }
+    let private = super::private(args.krate.as_ref());
+    let ident = &item.ident;
+    let name = ident.unraw().to_string();
+    let (impl_generics, ty_generics, where_clause) = item.generics.split_for_impl();
+    quote! {
+        #item
+
+        #[doc(hidden)]
+        const _: () = {
+            #[automatically_derived]
+            impl #impl_generics #private::Command for #ident #ty_generics #where_clause {
+                type Id = ::std::string::String;
+                const NAME: &'static str = #name;
+                fn aggregate_id(&self) -> &Self::Id {
+                    ::core::unreachable!()
+                }
+            }
+        };
     }
 }
 

@@ -1,56 +1,34 @@
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::{quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
 use crate::ast::Event;
 use crate::ctxt::Ctxt;
 use crate::types::type_text;
+use crate::valid;
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut cx = Ctxt::new();
-    let event = match Event::from_syn(&mut cx, args, input) {
-        Ok(event) => event,
-        Err(input) => {
-            let errors = cx.check().err().map(syn::Error::into_compile_error);
-            return quote!(#input #errors);
-        }
-    };
-    let Event { args, item } = &event;
-    match &item.data {
-        syn::Data::Struct(_) => {}
-        syn::Data::Enum(e) => cx.error_spanned_by(
-            e.enum_token,
-            "#[event] goes on a struct; declare each event as its own struct",
-        ),
-        syn::Data::Union(u) => cx.error_spanned_by(
-            u.union_token,
-            "#[event] goes on a struct, not a union: events are serialized",
-        ),
-    }
-    if !item.generics.params.is_empty() {
-        cx.error_spanned_by(
-            &item.generics,
-            "an #[event] cannot be generic: it is stored and decoded under one name",
-        );
-    }
-    if cx.has_errors() {
+    let expanded = match Event::from_syn(&mut cx, args, input) {
+        Ok(event) if valid::event(&mut cx, &event) => event_impls(&event),
         // Without a usable shape, emit the item alone rather than impls that fail too.
-        let errors = cx.check().err().map(syn::Error::into_compile_error);
-        return quote!(#item #errors);
-    }
+        Ok(event) => event.item.to_token_stream(),
+        Err(input) => input,
+    };
+    let errors = cx.check().err().map(syn::Error::into_compile_error);
+    quote!(#expanded #errors)
+}
 
+/// The serde derives, the `Event` impl and the registration of a checked event.
+fn event_impls(event: &Event) -> TokenStream {
+    let Event { args, item } = event;
     let private = super::private(args.krate.as_ref());
     let ident = &item.ident;
     let name = args
         .name
         .as_ref()
         .map_or_else(|| ident.unraw().to_string(), syn::LitStr::value);
-    if name.is_empty() {
-        if let Some(lit) = &args.name {
-            cx.error_spanned_by(lit, "an event `name` cannot be empty");
-        }
-    }
     let version = args.version.as_ref().map_or(1, |(v, _)| *v);
     let serde_crate = super::serde_crate(&private);
 
@@ -75,7 +53,6 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     });
     let (decode, checks) = upcast.unzip();
 
-    let errors = cx.check().err().map(syn::Error::into_compile_error);
     quote! {
         #[derive(#private::serde::Serialize, #private::serde::Deserialize)]
         #[serde(crate = #serde_crate)]
@@ -106,7 +83,5 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 )
             }
         };
-
-        #errors
     }
 }
