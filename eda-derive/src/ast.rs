@@ -9,6 +9,10 @@ use syn::{Attribute, DeriveInput, Ident, ImplItem, ItemImpl, Member, Signature, 
 use crate::attr::{self, AggregateArgs, CommandArgs, EventArgs};
 use crate::ctxt::Ctxt;
 
+/// A macro's input read into its model or, if it is not the item the macro goes on
+/// (the error is in the `Ctxt`), the input as written.
+pub(crate) type Parsed<T> = Result<T, TokenStream>;
+
 /// An `#[event]` item.
 pub(crate) struct Event {
     pub(crate) args: EventArgs,
@@ -37,11 +41,7 @@ pub(crate) struct AggregateId {
 impl Event {
     /// Reads the arguments, then the item; input that is no struct, enum or union is
     /// reported and handed back as written.
-    pub(crate) fn from_syn(
-        cx: &mut Ctxt,
-        args: TokenStream,
-        input: TokenStream,
-    ) -> Result<Self, TokenStream> {
+    pub(crate) fn from_syn(cx: &mut Ctxt, args: TokenStream, input: TokenStream) -> Parsed<Self> {
         let args = attr::event_args(cx, args);
         let item = parse_item(cx, input, "#[event] goes on a struct")?;
         Ok(Event { args, item })
@@ -52,11 +52,7 @@ impl Command {
     /// Reads the arguments, then the item, taking the `#[aggregate_id]` markers off
     /// a struct's fields; input that is no struct, enum or union is reported and
     /// handed back as written.
-    pub(crate) fn from_syn(
-        cx: &mut Ctxt,
-        args: TokenStream,
-        input: TokenStream,
-    ) -> Result<Self, TokenStream> {
+    pub(crate) fn from_syn(cx: &mut Ctxt, args: TokenStream, input: TokenStream) -> Parsed<Self> {
         let args = attr::command_args(cx, args);
         let mut item: DeriveInput = parse_item(cx, input, "#[command] goes on a struct")?;
         let mut ids = Vec::new();
@@ -110,11 +106,7 @@ pub(crate) struct Method {
 impl Aggregate {
     /// Reads the arguments, then the block; input that is no impl block is reported
     /// and handed back as written.
-    pub(crate) fn from_syn(
-        cx: &mut Ctxt,
-        args: TokenStream,
-        input: TokenStream,
-    ) -> Result<Self, TokenStream> {
+    pub(crate) fn from_syn(cx: &mut Ctxt, args: TokenStream, input: TokenStream) -> Parsed<Self> {
         let args = attr::aggregate_args(cx, args);
         let item: ItemImpl = parse_item(
             cx,
@@ -170,11 +162,7 @@ fn is_marker(attr: &Attribute) -> bool {
 }
 
 /// `input` as an item `T`; otherwise `message` is reported and `input` handed back.
-fn parse_item<T: Parse>(
-    cx: &mut Ctxt,
-    input: TokenStream,
-    message: &str,
-) -> Result<T, TokenStream> {
+fn parse_item<T: Parse>(cx: &mut Ctxt, input: TokenStream, message: &str) -> Parsed<T> {
     syn::parse2(input.clone()).map_err(|_| {
         cx.push(syn::Error::new(input.span(), message));
         input

@@ -336,10 +336,7 @@ fn handler(cx: &mut Ctxt, sig: &Signature) -> Option<Handler> {
         };
         cx.push(syn::Error::new(span, "a #[handle] method returns `Result<Events, Error>`, where Events is an event, `Option`, `Vec`, a tuple of these or `()`"));
     }
-    if !sig.generics.params.is_empty() {
-        cx.error_spanned_by(&sig.generics, "a #[handle] method cannot be generic");
-        ok = false;
-    }
+    ok &= method_is_not_generic(cx, sig, "a #[handle] method cannot be generic");
     Some(Handler {
         method: sig.ident.clone(),
         command: command?,
@@ -399,15 +396,22 @@ fn applier(cx: &mut Ctxt, sig: &Signature) -> Option<Applier> {
         );
         ok = false;
     }
-    if !sig.generics.params.is_empty() {
-        cx.error_spanned_by(&sig.generics, "an #[apply] method cannot be generic");
-        ok = false;
-    }
+    ok &= method_is_not_generic(cx, sig, "an #[apply] method cannot be generic");
     Some(Applier {
         method: sig.ident.clone(),
         event: event?,
     })
     .filter(|_| ok)
+}
+
+/// The app calls a marked method through one impl per command or event type, so
+/// its types are fixed.
+fn method_is_not_generic(cx: &mut Ctxt, sig: &Signature, message: &str) -> bool {
+    if sig.generics.params.is_empty() {
+        return true;
+    }
+    cx.error_spanned_by(&sig.generics, message);
+    false
 }
 
 /// Routing is by command type, so one command cannot go to two methods.

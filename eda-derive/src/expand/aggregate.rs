@@ -1,3 +1,6 @@
+//! `#[aggregate]`: the block, its event enum, and the `Aggregate`, `Handle` and
+//! event impls.
+
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
@@ -5,26 +8,13 @@ use syn::spanned::Spanned;
 use syn::Type;
 
 use crate::ast::Aggregate;
-use crate::ctxt::Ctxt;
+use crate::fallback;
 use crate::types::type_text;
-use crate::valid::{self, Checked, Expand};
-
-pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
-    let mut cx = Ctxt::new();
-    let expanded = match Aggregate::from_syn(&mut cx, args, input) {
-        Ok(agg) => match valid::aggregate(&mut cx, &agg) {
-            Some(checked) => aggregate_impls(&agg, &checked),
-            None => agg.item.to_token_stream(),
-        },
-        Err(input) => input,
-    };
-    let errors = cx.check().err().map(syn::Error::into_compile_error);
-    quote!(#expanded #errors)
-}
+use crate::valid::{Checked, Expand};
 
 /// The block without its markers, the event enum, and the impls of a checked
 /// `#[aggregate]`.
-fn aggregate_impls(agg: &Aggregate, checked: &Checked) -> TokenStream {
+pub(crate) fn expand(agg: &Aggregate, checked: &Checked) -> TokenStream {
     let args = &agg.args;
     let self_name = &checked.name;
     let enum_ident = &checked.event_enum;
@@ -178,8 +168,7 @@ fn aggregate_impls(agg: &Aggregate, checked: &Checked) -> TokenStream {
                         }
                     }
                 }
-                // Next to a compile error: never compiled into a program that runs.
-                _ => handle_fn(quote!(::core::unreachable!())),
+                _ => handle_fn(fallback::handler_body()),
             };
             let target_id = quote_spanned! {command_span=>
                 #private::target_id::<#command, #self_ty>(self)

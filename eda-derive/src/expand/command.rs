@@ -1,27 +1,14 @@
+//! `#[command]`: the `Command` impl, with the fields the fingerprint serializes.
+
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
 use crate::ast::{AggregateId, Command};
-use crate::ctxt::Ctxt;
-use crate::valid;
-
-pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
-    let mut cx = Ctxt::new();
-    let expanded = match Command::from_syn(&mut cx, args, input) {
-        Ok(command) => match valid::command(&mut cx, &command) {
-            Some(id) => command_impl(&command, id),
-            None => stub(&command),
-        },
-        Err(input) => input,
-    };
-    let errors = cx.check().err().map(syn::Error::into_compile_error);
-    quote!(#expanded #errors)
-}
 
 /// The command and its `Command` impl, routed by the `id` field.
-fn command_impl(command: &Command, id: &AggregateId) -> TokenStream {
+pub(crate) fn expand(command: &Command, id: &AggregateId) -> TokenStream {
     let Command { args, item, .. } = command;
     let private = super::private(args.krate.as_ref());
     let ident = &item.ident;
@@ -56,34 +43,6 @@ fn command_impl(command: &Command, id: &AggregateId) -> TokenStream {
                 }
                 fn fingerprint(&self) -> ::core::option::Option<#private::Uuid> {
                     #private::fingerprint(&__EdaFields::of(self))
-                }
-            }
-        };
-    }
-}
-
-/// Reported (no id, or not a struct): the command with a stub impl, so its uses add
-/// no follow-on errors; the command alone if it borrows, as any impl would fail too.
-fn stub(command: &Command) -> TokenStream {
-    let Command { args, item, .. } = command;
-    if item.generics.lifetimes().next().is_some() {
-        return quote!(#item);
-    }
-    let private = super::private(args.krate.as_ref());
-    let ident = &item.ident;
-    let name = ident.unraw().to_string();
-    let (impl_generics, ty_generics, where_clause) = item.generics.split_for_impl();
-    quote! {
-        #item
-
-        #[doc(hidden)]
-        const _: () = {
-            #[automatically_derived]
-            impl #impl_generics #private::Command for #ident #ty_generics #where_clause {
-                type Id = ::std::string::String;
-                const NAME: &'static str = #name;
-                fn aggregate_id(&self) -> &Self::Id {
-                    ::core::unreachable!()
                 }
             }
         };

@@ -1,27 +1,15 @@
+//! `#[event]`: the serde derives, the `Event` impl and the registration.
+
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned, ToTokens};
+use quote::{quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
 use crate::ast::Event;
-use crate::ctxt::Ctxt;
 use crate::types::type_text;
-use crate::valid;
-
-pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
-    let mut cx = Ctxt::new();
-    let expanded = match Event::from_syn(&mut cx, args, input) {
-        Ok(event) if valid::event(&mut cx, &event) => event_impls(&event),
-        // Without a usable shape, emit the item alone rather than impls that fail too.
-        Ok(event) => event.item.to_token_stream(),
-        Err(input) => input,
-    };
-    let errors = cx.check().err().map(syn::Error::into_compile_error);
-    quote!(#expanded #errors)
-}
 
 /// The serde derives, the `Event` impl and the registration of a checked event.
-fn event_impls(event: &Event) -> TokenStream {
+pub(crate) fn expand(event: &Event) -> TokenStream {
     let Event { args, item } = event;
     let private = super::private(args.krate.as_ref());
     let ident = &item.ident;

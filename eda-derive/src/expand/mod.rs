@@ -1,3 +1,5 @@
+//! The expansion of each macro once its input passed the checks; the helpers they share.
+
 pub(crate) mod aggregate;
 pub(crate) mod command;
 pub(crate) mod event;
