@@ -25,7 +25,10 @@ impl Ctxt {
     }
 
     pub(crate) fn push(&mut self, error: syn::Error) {
-        self.errors.as_mut().expect("unchecked").push(error);
+        self.errors
+            .as_mut()
+            .expect("only `check` empties a Ctxt, and it consumes it")
+            .push(error);
     }
 
     pub(crate) fn has_errors(&self) -> bool {
@@ -52,5 +55,33 @@ impl Drop for Ctxt {
         if self.errors.is_some() && !std::thread::panicking() {
             panic!("eda-derive: a `Ctxt` was dropped without `check()`: its errors would be lost");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proc_macro2::Span;
+
+    use super::Ctxt;
+
+    #[test]
+    fn check_gives_the_errors_in_order() {
+        let mut cx = Ctxt::new();
+        cx.push(syn::Error::new(Span::call_site(), "first"));
+        cx.push(syn::Error::new(Span::call_site(), "second"));
+        let messages: Vec<String> = cx
+            .check()
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(messages, ["first", "second"]);
+        assert!(Ctxt::new().check().is_ok());
+    }
+
+    #[test]
+    #[should_panic(expected = "without `check()`")]
+    fn dropping_an_unchecked_ctxt_panics() {
+        let _cx = Ctxt::new();
     }
 }
