@@ -1,262 +1,170 @@
-//! A typed model of an `#[aggregate]` impl block that keeps the user's tokens for spans.
+//! A typed model of each macro's input: its attribute arguments and the item, read
+//! into structs that keep the user's tokens for spans.
 
-use quote::quote;
+use proc_macro2::{Span, TokenStream};
+use syn::parse::Parse;
 use syn::spanned::Spanned;
-use syn::{
-    FnArg, GenericArgument, Ident, ImplItem, ImplItemFn, PathArguments, ReturnType, Token, Type,
-};
+use syn::{Attribute, DeriveInput, Ident, ImplItem, ItemImpl, Member, Signature, Type};
 
+use crate::attr::{self, AggregateArgs, CommandArgs, EventArgs};
 use crate::ctxt::Ctxt;
 
-/// One `#[handle]` method.
-pub(crate) struct Handler {
-    pub(crate) method: Ident,
-    pub(crate) command: Type,
-    /// The `X` of `Result<X, E>` (or of a one-argument `Result<X>` alias).
-    pub(crate) output: Type,
-    /// The `S` of a third argument `services: &S`.
-    pub(crate) services: Option<Type>,
-    /// `async fn`.
-    pub(crate) asyncness: Option<Token![async]>,
+/// A macro's input read into its model or, if it is not the item the macro goes on
+/// (the error is in the `Ctxt`), the input as written.
+pub(crate) type Parsed<T> = Result<T, TokenStream>;
+
+/// An `#[event]` item.
+pub(crate) struct Event {
+    pub(crate) args: EventArgs,
+    pub(crate) item: DeriveInput,
 }
 
-/// One `#[apply]` method.
-pub(crate) struct Applier {
-    pub(crate) method: Ident,
-    pub(crate) event: Type,
+/// A `#[command]` item.
+pub(crate) struct Command {
+    pub(crate) args: CommandArgs,
+    /// The item without its `#[aggregate_id]` markers, which `ids` holds.
+    pub(crate) item: DeriveInput,
+    /// A struct's fields marked `#[aggregate_id]`, in order.
+    pub(crate) ids: Vec<AggregateId>,
 }
 
-/// What an `#[aggregate]` impl block declares.
-pub(crate) struct AggregateImpl {
-    pub(crate) item: syn::ItemImpl,
-    pub(crate) handlers: Vec<Handler>,
-    pub(crate) appliers: Vec<Applier>,
+/// A field marked `#[aggregate_id]`.
+pub(crate) struct AggregateId {
+    /// Its marker; the last one if the field has several.
+    pub(crate) marker: Attribute,
+    pub(crate) member: Member,
+    pub(crate) ty: Type,
+    /// The field without its markers.
+    pub(crate) span: Span,
 }
 
-enum Role {
-    Handle,
-    Apply,
-    /// Reported; the method is left out of the model.
-    Both,
+impl Event {
+    /// Reads the arguments, then the item; input that is no struct, enum or union is
+    /// reported and handed back as written.
+    pub(crate) fn from_syn(cx: &mut Ctxt, args: TokenStream, input: TokenStream) -> Parsed<Self> {
+        let args = attr::event_args(cx, args);
+        let item = parse_item(cx, input, "#[event] goes on a struct")?;
+        Ok(Event { args, item })
+    }
 }
 
-impl AggregateImpl {
-    /// Reads the block, stripping the `#[handle]` / `#[apply]` markers; methods whose
-    /// signature does not fit are reported and left out of the model.
-    pub(crate) fn from_item(cx: &mut Ctxt, mut item: syn::ItemImpl) -> Self {
-        let mut handlers = Vec::new();
-        let mut appliers = Vec::new();
-        for impl_item in &mut item.items {
-            let ImplItem::Fn(method) = impl_item else {
-                continue;
-            };
-            let mut role = None;
-            method.attrs.retain(|attr| {
-                let found = if attr.path().is_ident("handle") {
-                    Role::Handle
-                } else if attr.path().is_ident("apply") {
-                    Role::Apply
-                } else {
-                    return true;
-                };
-                if !matches!(attr.meta, syn::Meta::Path(_)) {
-                    cx.error_spanned_by(
-                        attr,
-                        format_args!(
-                            "#[{}] takes no arguments",
-                            attr.path()
-                                .get_ident()
-                                .map(ToString::to_string)
-                                .unwrap_or_default()
-                        ),
-                    );
-                }
-                match role {
-                    Some(Role::Both) => {}
-                    Some(_) => {
-                        cx.error_spanned_by(
-                            attr,
-                            "a method is either #[handle] or #[apply], not both",
-                        );
-                        role = Some(Role::Both);
+impl Command {
+    /// Reads the arguments, then the item, taking the `#[aggregate_id]` markers off
+    /// a struct's fields; input that is no struct, enum or union is reported and
+    /// handed back as written.
+    pub(crate) fn from_syn(cx: &mut Ctxt, args: TokenStream, input: TokenStream) -> Parsed<Self> {
+        let args = attr::command_args(cx, args);
+        let mut item: DeriveInput = parse_item(cx, input, "#[command] goes on a struct")?;
+        let mut ids = Vec::new();
+        if let syn::Data::Struct(data) = &mut item.data {
+            for (index, field) in data.fields.iter_mut().enumerate() {
+                let mut marker = None;
+                field.attrs.retain(|attr| {
+                    let is_id = attr.path().is_ident("aggregate_id");
+                    if is_id {
+                        marker = Some(attr.clone());
                     }
-                    None => role = Some(found),
+                    !is_id
+                });
+                if let Some(marker) = marker {
+                    let member = match &field.ident {
+                        Some(ident) => Member::Named(ident.clone()),
+                        None => Member::Unnamed(syn::Index::from(index)),
+                    };
+                    ids.push(AggregateId {
+                        marker,
+                        member,
+                        ty: field.ty.clone(),
+                        span: field.span(),
+                    });
                 }
-                false
-            });
-            match role {
-                Some(Role::Handle) => handlers.extend(handler(cx, method)),
-                Some(Role::Apply) => appliers.extend(applier(cx, method)),
-                Some(Role::Both) | None => {}
             }
         }
-        AggregateImpl {
-            item,
-            handlers,
-            appliers,
-        }
+        Ok(Command { args, item, ids })
     }
 }
 
-fn handler(cx: &mut Ctxt, method: &ImplItemFn) -> Option<Handler> {
-    let sig = &method.sig;
-    let mut ok = true;
-    match sig.inputs.first() {
-        Some(FnArg::Receiver(r))
-            if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {}
-        Some(FnArg::Receiver(r)) => {
-            cx.error_spanned_by(r, "a #[handle] method takes `&self`: handlers decide, only #[apply] methods change state");
-            ok = false;
-        }
-        _ => {
-            cx.error_spanned_by(
-                &sig.ident,
-                "a #[handle] method takes `&self` and the command: `fn name(&self, cmd: Command)`",
-            );
-            ok = false;
-        }
-    }
-    let command = match sig.inputs.iter().nth(1) {
-        Some(FnArg::Typed(arg)) => {
-            if let Type::Reference(r) = &*arg.ty {
-                cx.error_spanned_by(r, "a #[handle] method takes its command by value");
-                ok = false;
-            }
-            Some((*arg.ty).clone())
-        }
-        _ => {
-            if ok {
-                cx.error_spanned_by(&sig.ident, "a #[handle] method takes the command it handles: `fn name(&self, cmd: Command)`");
-            }
-            None
-        }
-    };
-    let services = sig.inputs.iter().nth(2).and_then(|arg| {
-        let usage = "after the command, a #[handle] method takes only the aggregate's services, by shared reference: `services: &BankServices`";
-        match arg {
-            FnArg::Typed(arg) => match &*arg.ty {
-                Type::Reference(r) if r.mutability.is_none() => return Some((*r.elem).clone()),
-                Type::Reference(r) => {
-                    let (and, mutability) = (&r.and_token, &r.mutability);
-                    cx.error_spanned_by(
-                        quote!(#and #mutability),
-                        "a #[handle] method takes the aggregate's services by shared reference, `&`, not `&mut`: every command the app runs at once shares them",
-                    );
-                }
-                other => cx.error_spanned_by(other, usage),
-            },
-            FnArg::Receiver(r) => cx.error_spanned_by(r, usage),
-        }
-        ok = false;
-        None
-    });
-    if sig.inputs.len() > 3 {
-        let rest = sig.inputs.iter().skip(3);
-        cx.error_spanned_by(
-            quote!(#(#rest),*),
-            "a #[handle] method takes at most two arguments besides `&self`: the command, then a reference to the aggregate's services",
-        );
-        ok = false;
-    }
-    let result = match &sig.output {
-        ReturnType::Type(_, ty) => result_args(ty),
-        ReturnType::Default => None,
-    };
-    if result.is_none() {
-        let span = match &sig.output {
-            ReturnType::Type(_, ty) => ty.span(),
-            ReturnType::Default => sig.ident.span(),
+/// An `#[aggregate]` impl block.
+pub(crate) struct Aggregate {
+    pub(crate) args: AggregateArgs,
+    /// The block as written, markers included: a block without a name to expand
+    /// under is emitted unchanged.
+    pub(crate) item: ItemImpl,
+    /// The last segment of the self type, if that is a path: the aggregate's name.
+    pub(crate) ident: Option<Ident>,
+    /// The methods marked `#[handle]` or `#[apply]`, in order.
+    pub(crate) methods: Vec<Method>,
+}
+
+/// A method marked `#[handle]` or `#[apply]`.
+pub(crate) struct Method {
+    /// Its `#[handle]` and `#[apply]` attributes, in order.
+    pub(crate) markers: Vec<Attribute>,
+    pub(crate) sig: Signature,
+}
+
+impl Aggregate {
+    /// Reads the arguments, then the block; input that is no impl block is reported
+    /// and handed back as written.
+    pub(crate) fn from_syn(cx: &mut Ctxt, args: TokenStream, input: TokenStream) -> Parsed<Self> {
+        let args = attr::aggregate_args(cx, args);
+        let item: ItemImpl = parse_item(
+            cx,
+            input,
+            "#[aggregate] goes on the impl block that holds the #[handle] and #[apply] methods, not on the struct",
+        )?;
+        let ident = match &*item.self_ty {
+            Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
+            _ => None,
         };
-        cx.push(syn::Error::new(span, "a #[handle] method returns `Result<Events, Error>`, where Events is an event, `Option`, `Vec`, a tuple of these or `()`"));
+        let methods = item
+            .items
+            .iter()
+            .filter_map(|item| {
+                let ImplItem::Fn(method) = item else {
+                    return None;
+                };
+                let markers: Vec<Attribute> = method
+                    .attrs
+                    .iter()
+                    .filter(|a| is_marker(a))
+                    .cloned()
+                    .collect();
+                (!markers.is_empty()).then(|| Method {
+                    markers,
+                    sig: method.sig.clone(),
+                })
+            })
+            .collect();
+        Ok(Aggregate {
+            args,
+            item,
+            ident,
+            methods,
+        })
     }
-    if !method.sig.generics.params.is_empty() {
-        cx.error_spanned_by(&method.sig.generics, "a #[handle] method cannot be generic");
-        ok = false;
+
+    /// The block without its `#[handle]` and `#[apply]` markers, as the compiler is
+    /// to see it.
+    pub(crate) fn item_without_markers(&self) -> ItemImpl {
+        let mut item = self.item.clone();
+        for impl_item in &mut item.items {
+            if let ImplItem::Fn(method) = impl_item {
+                method.attrs.retain(|a| !is_marker(a));
+            }
+        }
+        item
     }
-    Some(Handler {
-        method: sig.ident.clone(),
-        command: command?,
-        output: result?,
-        services,
-        asyncness: sig.asyncness,
-    })
-    .filter(|_| ok)
 }
 
-/// The `X` of `Result<X, E>` or of an alias like `AccountResult<X>`.
-fn result_args(ty: &Type) -> Option<Type> {
-    let Type::Path(path) = ty else { return None };
-    let last = path.path.segments.last()?;
-    // `Result`, or an alias such as `io::Result<T>` / `AccountResult<T>`.
-    if !last.ident.to_string().ends_with("Result") {
-        return None;
-    }
-    let PathArguments::AngleBracketed(args) = &last.arguments else {
-        return None;
-    };
-    let mut types = args.args.iter().filter_map(|a| match a {
-        GenericArgument::Type(t) => Some(t.clone()),
-        _ => None,
-    });
-    let output = types.next()?;
-    types.nth(1).is_none().then_some(output)
+fn is_marker(attr: &Attribute) -> bool {
+    attr.path().is_ident("handle") || attr.path().is_ident("apply")
 }
 
-fn applier(cx: &mut Ctxt, method: &ImplItemFn) -> Option<Applier> {
-    let sig = &method.sig;
-    let usage = "an #[apply] method takes `&mut self` and a reference to the event: `fn name(&mut self, event: &Event)`";
-    let mut ok = true;
-    match sig.inputs.first() {
-        Some(FnArg::Receiver(r))
-            if r.reference.is_some() && r.mutability.is_some() && r.colon_token.is_none() => {}
-        Some(FnArg::Receiver(r)) => {
-            cx.error_spanned_by(r, usage);
-            ok = false;
-        }
-        _ => {
-            cx.error_spanned_by(&sig.ident, usage);
-            ok = false;
-        }
-    }
-    let event = match (sig.inputs.iter().nth(1), sig.inputs.len()) {
-        (Some(FnArg::Typed(arg)), 2) => match &*arg.ty {
-            Type::Reference(r) if r.mutability.is_none() => Some((*r.elem).clone()),
-            other => {
-                cx.error_spanned_by(other, usage);
-                None
-            }
-        },
-        _ => {
-            if ok {
-                cx.error_spanned_by(&sig.inputs, usage);
-            }
-            None
-        }
-    };
-    if let ReturnType::Type(_, ty) = &sig.output {
-        let unit = matches!(&**ty, Type::Tuple(t) if t.elems.is_empty());
-        if !unit {
-            cx.error_spanned_by(
-                ty,
-                "an #[apply] method returns nothing: applying a past event cannot fail",
-            );
-            ok = false;
-        }
-    }
-    if let Some(asyncness) = &sig.asyncness {
-        cx.error_spanned_by(
-            asyncness,
-            "an #[apply] method is not async: replay must be pure",
-        );
-        ok = false;
-    }
-    if !sig.generics.params.is_empty() {
-        cx.error_spanned_by(&sig.generics, "an #[apply] method cannot be generic");
-        ok = false;
-    }
-    Some(Applier {
-        method: sig.ident.clone(),
-        event: event?,
+/// `input` as an item `T`; otherwise `message` is reported and `input` handed back.
+fn parse_item<T: Parse>(cx: &mut Ctxt, input: TokenStream, message: &str) -> Parsed<T> {
+    syn::parse2(input.clone()).map_err(|_| {
+        cx.push(syn::Error::new(input.span(), message));
+        input
     })
-    .filter(|_| ok)
 }

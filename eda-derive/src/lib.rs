@@ -1,13 +1,21 @@
 //! Attribute macros of the [eda](https://docs.rs/eda) framework. Use them through
 //! `eda` (`use eda::prelude::*;`); the generated code refers to `::eda` only.
 
+// Each macro reads its input into `ast`, checks it in `valid`, emits it in `expand`,
+// or, where a check rules that out, in `fallback`; every error found follows.
+
 mod ast;
 mod attr;
 mod ctxt;
 mod expand;
+mod fallback;
+mod types;
 mod valid;
 
 use proc_macro::TokenStream;
+use quote::quote;
+
+use crate::ctxt::Ctxt;
 
 /// Declares an event: derives serde, implements `eda::Event` and registers the type.
 ///
@@ -15,7 +23,13 @@ use proc_macro::TokenStream;
 /// `#[event(crate = path::to::eda)]`. See the `eda` crate documentation.
 #[proc_macro_attribute]
 pub fn event(args: TokenStream, input: TokenStream) -> TokenStream {
-    expand::event::expand(args.into(), input.into()).into()
+    let mut cx = Ctxt::new();
+    let expanded = match ast::Event::from_syn(&mut cx, args.into(), input.into()) {
+        Ok(event) if valid::event(&mut cx, &event) => expand::event::expand(&event),
+        Ok(event) => fallback::event(&event),
+        Err(input) => input,
+    };
+    with_errors(cx, expanded)
 }
 
 /// Declares a command: one field marked `#[aggregate_id]` routes it to its aggregate.
@@ -23,7 +37,15 @@ pub fn event(args: TokenStream, input: TokenStream) -> TokenStream {
 /// See the `eda` crate documentation.
 #[proc_macro_attribute]
 pub fn command(args: TokenStream, input: TokenStream) -> TokenStream {
-    expand::command::expand(args.into(), input.into()).into()
+    let mut cx = Ctxt::new();
+    let expanded = match ast::Command::from_syn(&mut cx, args.into(), input.into()) {
+        Ok(command) => match valid::command(&mut cx, &command) {
+            Some(id) => expand::command::expand(&command, id),
+            None => fallback::command(&command),
+        },
+        Err(input) => input,
+    };
+    with_errors(cx, expanded)
 }
 
 /// Turns an impl block of `#[handle]` and `#[apply]` methods into an aggregate.
@@ -34,5 +56,19 @@ pub fn command(args: TokenStream, input: TokenStream) -> TokenStream {
 /// See the `eda` crate documentation.
 #[proc_macro_attribute]
 pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
-    expand::aggregate::expand(args.into(), input.into()).into()
+    let mut cx = Ctxt::new();
+    let expanded = match ast::Aggregate::from_syn(&mut cx, args.into(), input.into()) {
+        Ok(agg) => match valid::aggregate(&mut cx, &agg) {
+            Some(checked) => expand::aggregate::expand(&agg, &checked),
+            None => fallback::aggregate(&agg),
+        },
+        Err(input) => input,
+    };
+    with_errors(cx, expanded)
+}
+
+/// The expansion, followed by the errors `cx` collected.
+fn with_errors(cx: Ctxt, expanded: proc_macro2::TokenStream) -> TokenStream {
+    let errors = cx.check().err().map(syn::Error::into_compile_error);
+    quote!(#expanded #errors).into()
 }

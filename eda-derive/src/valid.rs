@@ -1,24 +1,76 @@
-//! Rules that span more than one method of an `#[aggregate]` block, one function each.
+//! Every check of the macros' inputs, one function per rule with the reason for it.
+//! Each macro's check runs its rules in order and says what expansion may rely on.
 
-use quote::ToTokens;
-use syn::{GenericArgument, Ident, PathArguments, Type};
+use proc_macro2::Span;
+use quote::{format_ident, quote};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{
+    DeriveInput, FnArg, GenericArgument, Ident, ItemImpl, PathArguments, ReturnType, Signature,
+    Token, Type,
+};
 
-use crate::ast::{AggregateImpl, Applier};
+use crate::ast::{Aggregate, AggregateId, Command, Event, Method};
+use crate::attr::{AggregateArgs, EventArgs};
 use crate::ctxt::Ctxt;
+use crate::types::{last_ident, result_ok, type_key, type_text};
 
-/// Tokens of a type as text, the identity used for "same type" checks.
-pub(crate) fn type_key(ty: &Type) -> String {
-    ty.to_token_stream().to_string()
+/// Checks an `#[event]`. False if it cannot be expanded: then the item is emitted
+/// alone.
+pub(crate) fn event(cx: &mut Ctxt, event: &Event) -> bool {
+    event_is_a_struct(cx, &event.item);
+    event_is_not_generic(cx, &event.item);
+    // Impls of an item these rules or the arguments reject would fail as well.
+    if cx.has_errors() {
+        return false;
+    }
+    event_name_is_not_empty(cx, &event.args);
+    true
 }
 
-/// The last path segment of a type, used as the enum variant name.
-pub(crate) fn last_ident(ty: &Type) -> Option<&Ident> {
-    match ty {
-        Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| &s.ident),
-        Type::Group(g) => last_ident(&g.elem),
-        Type::Paren(p) => last_ident(&p.elem),
-        _ => None,
+/// Checks a `#[command]`: the field it is routed by, or `None` if it cannot
+/// implement `Command` (then it gets a stub).
+pub(crate) fn command<'a>(cx: &mut Ctxt, command: &'a Command) -> Option<&'a AggregateId> {
+    aggregate_id_takes_no_arguments(cx, &command.ids);
+    command_is_a_struct(cx, &command.item);
+    one_aggregate_id(cx, command);
+    command_owns_its_data(cx, &command.item);
+    if command.item.generics.lifetimes().next().is_some() {
+        return None;
     }
+    command.ids.first()
+}
+
+/// What the checks of an `#[aggregate]` let through to expansion.
+pub(crate) struct Checked {
+    /// The self type's name, unraw.
+    pub(crate) name: String,
+    /// `<name>Event`, the generated enum of the aggregate's events.
+    pub(crate) event_enum: Ident,
+    /// The handlers whose signature fits, and how much of each to expand.
+    pub(crate) handlers: Vec<(Handler, Expand)>,
+    /// The event enum's variants in declaration order, one per name; appliers the
+    /// checks rejected are left out so that the rest still expands (fewer follow-on
+    /// errors).
+    pub(crate) variants: Vec<(Ident, Applier)>,
+}
+
+/// A `#[handle]` method whose signature fits.
+pub(crate) struct Handler {
+    pub(crate) method: Ident,
+    pub(crate) command: Type,
+    /// The `X` of `Result<X, E>` (or of a one-argument `Result<X>` alias).
+    pub(crate) output: Type,
+    /// The `S` of a third argument `services: &S`.
+    pub(crate) services: Option<Type>,
+    /// `async fn`.
+    pub(crate) asyncness: Option<Token![async]>,
+}
+
+/// An `#[apply]` method whose signature fits.
+pub(crate) struct Applier {
+    pub(crate) method: Ident,
+    pub(crate) event: Type,
 }
 
 /// How much of a handler is expanded once the checks have run.
@@ -33,11 +85,340 @@ pub(crate) enum Expand {
     Nothing,
 }
 
+/// Checks an `#[aggregate]` block, or returns `None` if it has no name to expand
+/// under (then it is emitted as written).
+pub(crate) fn aggregate(cx: &mut Ctxt, agg: &Aggregate) -> Option<Checked> {
+    inherent_impl(cx, &agg.item);
+    aggregate_is_not_generic(cx, &agg.item);
+    let Some(ident) = &agg.ident else {
+        cx.error_spanned_by(
+            &agg.item.self_ty,
+            "#[aggregate] needs a named struct type: `impl Account { ... }`",
+        );
+        return None;
+    };
+    let name = ident.unraw().to_string();
+    let event_enum = format_ident!("{}Event", name);
+
+    // Methods whose signature does not fit are reported and left out.
+    let mut handlers = Vec::new();
+    let mut appliers = Vec::new();
+    for method in &agg.methods {
+        match role(cx, method) {
+            Some(Role::Handle) => handlers.extend(handler(cx, &method.sig)),
+            Some(Role::Apply) => appliers.extend(applier(cx, &method.sig)),
+            None => {}
+        }
+    }
+
+    // Handlers that fail a check are not expanded, so their mistake is reported
+    // once instead of again by the type checker.
+    let mut expand = vec![Expand::Full; handlers.len()];
+    one_handler_per_command(cx, &handlers, &mut expand);
+    one_applier_per_event(cx, &appliers);
+    returned_events_are_applied(cx, &handlers, &appliers, &name, &event_enum, &mut expand);
+    services_are_declared(
+        cx,
+        &handlers,
+        agg.args.services.as_ref(),
+        &name,
+        &mut expand,
+    );
+    error_is_declared(cx, &handlers, &agg.args, &mut expand);
+    snapshot_version_goes_with_snapshot_every(cx, &agg.args);
+    Some(Checked {
+        name,
+        event_enum,
+        handlers: handlers.into_iter().zip(expand).collect(),
+        variants: variants(appliers),
+    })
+}
+
+/// Each event is stored as its own struct; the aggregate generates the enum of them.
+fn event_is_a_struct(cx: &mut Ctxt, item: &DeriveInput) {
+    match &item.data {
+        syn::Data::Struct(_) => {}
+        syn::Data::Enum(e) => cx.error_spanned_by(
+            e.enum_token,
+            "#[event] goes on a struct; declare each event as its own struct",
+        ),
+        syn::Data::Union(u) => cx.error_spanned_by(
+            u.union_token,
+            "#[event] goes on a struct, not a union: events are serialized",
+        ),
+    }
+}
+
+/// An event is stored and decoded under one name, so it is one type.
+fn event_is_not_generic(cx: &mut Ctxt, item: &DeriveInput) {
+    if !item.generics.params.is_empty() {
+        cx.error_spanned_by(
+            &item.generics,
+            "an #[event] cannot be generic: it is stored and decoded under one name",
+        );
+    }
+}
+
+/// Replay finds a stored event by its name.
+fn event_name_is_not_empty(cx: &mut Ctxt, args: &EventArgs) {
+    if let Some(lit) = args.name.as_ref().filter(|lit| lit.value().is_empty()) {
+        cx.error_spanned_by(lit, "an event `name` cannot be empty");
+    }
+}
+
+/// The marker only marks the field; there is nothing to configure.
+fn aggregate_id_takes_no_arguments(cx: &mut Ctxt, ids: &[AggregateId]) {
+    for id in ids {
+        if !matches!(id.marker.meta, syn::Meta::Path(_)) {
+            cx.error_spanned_by(&id.marker, "#[aggregate_id] takes no arguments");
+        }
+    }
+}
+
+/// A command is routed by one of its fields.
+fn command_is_a_struct(cx: &mut Ctxt, item: &DeriveInput) {
+    match &item.data {
+        syn::Data::Struct(_) => {}
+        syn::Data::Enum(e) => cx.error_spanned_by(e.enum_token, "#[command] goes on a struct"),
+        syn::Data::Union(u) => {
+            cx.error_spanned_by(u.union_token, "#[command] goes on a struct, not a union")
+        }
+    }
+}
+
+/// The `#[aggregate_id]` field names the one aggregate instance the command goes to.
+fn one_aggregate_id(cx: &mut Ctxt, command: &Command) {
+    let item = &command.item;
+    if matches!(item.data, syn::Data::Struct(_)) && command.ids.is_empty() {
+        cx.error_spanned_by(
+            &item.ident,
+            format_args!("command `{}` needs one field marked #[aggregate_id]: it names the aggregate instance the command goes to", item.ident),
+        );
+    }
+    for id in command.ids.iter().skip(1) {
+        cx.push(syn::Error::new(
+            id.span,
+            "only one field can be #[aggregate_id]",
+        ));
+    }
+}
+
+/// A command outlives the caller's borrows: it is moved into `App::execute` and
+/// may be retried.
+fn command_owns_its_data(cx: &mut Ctxt, item: &DeriveInput) {
+    if let Some(lifetime) = item.generics.lifetimes().next() {
+        cx.error_spanned_by(
+            lifetime,
+            "a command cannot borrow: it is moved into `App::execute` and may be retried, so it must own its data",
+        );
+    }
+}
+
+/// The aggregate's methods are its own; a trait impl cannot add handlers.
+fn inherent_impl(cx: &mut Ctxt, item: &ItemImpl) {
+    if let Some((_, path, _)) = &item.trait_ {
+        cx.error_spanned_by(path, "#[aggregate] goes on an inherent impl block (`impl Account { ... }`), not a trait impl");
+    }
+}
+
+/// An aggregate is stored under one type name, so it is one type.
+fn aggregate_is_not_generic(cx: &mut Ctxt, item: &ItemImpl) {
+    if !item.generics.params.is_empty() {
+        cx.error_spanned_by(
+            &item.generics,
+            "an #[aggregate] cannot be generic: it is stored under one type name",
+        );
+    }
+}
+
+enum Role {
+    Handle,
+    Apply,
+}
+
+/// A method either decides (`#[handle]`) or changes state (`#[apply]`); its role
+/// is the marker alone. A method with two markers is reported and left out.
+fn role(cx: &mut Ctxt, method: &Method) -> Option<Role> {
+    for (i, marker) in method.markers.iter().enumerate() {
+        if !matches!(marker.meta, syn::Meta::Path(_)) {
+            cx.error_spanned_by(
+                marker,
+                format_args!(
+                    "#[{}] takes no arguments",
+                    marker
+                        .path()
+                        .get_ident()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ),
+            );
+        }
+        if i == 1 {
+            cx.error_spanned_by(marker, "a method is either #[handle] or #[apply], not both");
+        }
+    }
+    match method.markers.as_slice() {
+        [marker] if marker.path().is_ident("handle") => Some(Role::Handle),
+        [_] => Some(Role::Apply),
+        _ => None,
+    }
+}
+
+/// A handler decides from the state, the command and the services, and returns the
+/// events or the domain's error: the app calls it with exactly these.
+fn handler(cx: &mut Ctxt, sig: &Signature) -> Option<Handler> {
+    let mut ok = true;
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(r))
+            if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {}
+        Some(FnArg::Receiver(r)) => {
+            cx.error_spanned_by(r, "a #[handle] method takes `&self`: handlers decide, only #[apply] methods change state");
+            ok = false;
+        }
+        _ => {
+            cx.error_spanned_by(
+                &sig.ident,
+                "a #[handle] method takes `&self` and the command: `fn name(&self, cmd: Command)`",
+            );
+            ok = false;
+        }
+    }
+    let command = match sig.inputs.iter().nth(1) {
+        Some(FnArg::Typed(arg)) => {
+            if let Type::Reference(r) = &*arg.ty {
+                cx.error_spanned_by(r, "a #[handle] method takes its command by value");
+                ok = false;
+            }
+            Some((*arg.ty).clone())
+        }
+        _ => {
+            if ok {
+                cx.error_spanned_by(&sig.ident, "a #[handle] method takes the command it handles: `fn name(&self, cmd: Command)`");
+            }
+            None
+        }
+    };
+    let services = sig.inputs.iter().nth(2).and_then(|arg| {
+        let usage = "after the command, a #[handle] method takes only the aggregate's services, by shared reference: `services: &BankServices`";
+        match arg {
+            FnArg::Typed(arg) => match &*arg.ty {
+                Type::Reference(r) if r.mutability.is_none() => return Some((*r.elem).clone()),
+                Type::Reference(r) => {
+                    let (and, mutability) = (&r.and_token, &r.mutability);
+                    cx.error_spanned_by(
+                        quote!(#and #mutability),
+                        "a #[handle] method takes the aggregate's services by shared reference, `&`, not `&mut`: every command the app runs at once shares them",
+                    );
+                }
+                other => cx.error_spanned_by(other, usage),
+            },
+            FnArg::Receiver(r) => cx.error_spanned_by(r, usage),
+        }
+        ok = false;
+        None
+    });
+    if sig.inputs.len() > 3 {
+        let rest = sig.inputs.iter().skip(3);
+        cx.error_spanned_by(
+            quote!(#(#rest),*),
+            "a #[handle] method takes at most two arguments besides `&self`: the command, then a reference to the aggregate's services",
+        );
+        ok = false;
+    }
+    let result = match &sig.output {
+        ReturnType::Type(_, ty) => result_ok(ty),
+        ReturnType::Default => None,
+    };
+    if result.is_none() {
+        let span = match &sig.output {
+            ReturnType::Type(_, ty) => ty.span(),
+            ReturnType::Default => sig.ident.span(),
+        };
+        cx.push(syn::Error::new(span, "a #[handle] method returns `Result<Events, Error>`, where Events is an event, `Option`, `Vec`, a tuple of these or `()`"));
+    }
+    ok &= method_is_not_generic(cx, sig, "a #[handle] method cannot be generic");
+    Some(Handler {
+        method: sig.ident.clone(),
+        command: command?,
+        output: result?,
+        services,
+        asyncness: sig.asyncness,
+    })
+    .filter(|_| ok)
+}
+
+/// Replay is pure and cannot fail: an applier changes the state from a stored
+/// event and nothing else.
+fn applier(cx: &mut Ctxt, sig: &Signature) -> Option<Applier> {
+    let usage = "an #[apply] method takes `&mut self` and a reference to the event: `fn name(&mut self, event: &Event)`";
+    let mut ok = true;
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(r))
+            if r.reference.is_some() && r.mutability.is_some() && r.colon_token.is_none() => {}
+        Some(FnArg::Receiver(r)) => {
+            cx.error_spanned_by(r, usage);
+            ok = false;
+        }
+        _ => {
+            cx.error_spanned_by(&sig.ident, usage);
+            ok = false;
+        }
+    }
+    let event = match (sig.inputs.iter().nth(1), sig.inputs.len()) {
+        (Some(FnArg::Typed(arg)), 2) => match &*arg.ty {
+            Type::Reference(r) if r.mutability.is_none() => Some((*r.elem).clone()),
+            other => {
+                cx.error_spanned_by(other, usage);
+                None
+            }
+        },
+        _ => {
+            if ok {
+                cx.error_spanned_by(&sig.inputs, usage);
+            }
+            None
+        }
+    };
+    if let ReturnType::Type(_, ty) = &sig.output {
+        let unit = matches!(&**ty, Type::Tuple(t) if t.elems.is_empty());
+        if !unit {
+            cx.error_spanned_by(
+                ty,
+                "an #[apply] method returns nothing: applying a past event cannot fail",
+            );
+            ok = false;
+        }
+    }
+    if let Some(asyncness) = &sig.asyncness {
+        cx.error_spanned_by(
+            asyncness,
+            "an #[apply] method is not async: replay must be pure",
+        );
+        ok = false;
+    }
+    ok &= method_is_not_generic(cx, sig, "an #[apply] method cannot be generic");
+    Some(Applier {
+        method: sig.ident.clone(),
+        event: event?,
+    })
+    .filter(|_| ok)
+}
+
+/// The app calls a marked method through one impl per command or event type, so
+/// its types are fixed.
+fn method_is_not_generic(cx: &mut Ctxt, sig: &Signature, message: &str) -> bool {
+    if sig.generics.params.is_empty() {
+        return true;
+    }
+    cx.error_spanned_by(&sig.generics, message);
+    false
+}
+
 /// Routing is by command type, so one command cannot go to two methods.
 /// The later handlers expand to nothing.
-pub(crate) fn one_handler_per_command(cx: &mut Ctxt, agg: &AggregateImpl, expand: &mut [Expand]) {
-    for (i, h) in agg.handlers.iter().enumerate() {
-        if let Some(first) = agg.handlers[..i]
+fn one_handler_per_command(cx: &mut Ctxt, handlers: &[Handler], expand: &mut [Expand]) {
+    for (i, h) in handlers.iter().enumerate() {
+        if let Some(first) = handlers[..i]
             .iter()
             .find(|f| type_key(&f.command) == type_key(&h.command))
         {
@@ -55,9 +436,9 @@ pub(crate) fn one_handler_per_command(cx: &mut Ctxt, agg: &AggregateImpl, expand
 }
 
 /// Replay calls exactly one method per event.
-pub(crate) fn one_applier_per_event(cx: &mut Ctxt, agg: &AggregateImpl) {
-    for (i, a) in agg.appliers.iter().enumerate() {
-        if let Some(first) = agg.appliers[..i]
+fn one_applier_per_event(cx: &mut Ctxt, appliers: &[Applier]) {
+    for (i, a) in appliers.iter().enumerate() {
+        if let Some(first) = appliers[..i]
             .iter()
             .find(|f| type_key(&f.event) == type_key(&a.event))
         {
@@ -69,7 +450,7 @@ pub(crate) fn one_applier_per_event(cx: &mut Ctxt, agg: &AggregateImpl) {
                     first.method
                 ),
             );
-        } else if let Some(first) = agg.appliers[..i].iter().find(|f| {
+        } else if let Some(first) = appliers[..i].iter().find(|f| {
             last_ident(&f.event).is_some() && last_ident(&f.event) == last_ident(&a.event)
         }) {
             cx.error_spanned_by(
@@ -93,14 +474,15 @@ pub(crate) fn one_applier_per_event(cx: &mut Ctxt, agg: &AggregateImpl) {
 
 /// A handler may only return events that replay can apply, or its state would
 /// differ between the command and the next load. Offending handlers expand to stubs.
-pub(crate) fn returned_events_are_applied(
+fn returned_events_are_applied(
     cx: &mut Ctxt,
-    agg: &AggregateImpl,
+    handlers: &[Handler],
+    appliers: &[Applier],
     self_name: &str,
     enum_name: &Ident,
     expand: &mut [Expand],
 ) {
-    for (i, h) in agg.handlers.iter().enumerate() {
+    for (i, h) in handlers.iter().enumerate() {
         let mut leaves = Vec::new();
         if let Err((ty, why)) = event_leaves(&h.output, &mut leaves) {
             cx.error_spanned_by(ty, why);
@@ -112,7 +494,7 @@ pub(crate) fn returned_events_are_applied(
             if ident == Some(enum_name) {
                 continue;
             }
-            if !agg.appliers.iter().any(|a| applies(a, leaf)) {
+            if !appliers.iter().any(|a| applies(a, leaf)) {
                 expand[i] = stub(expand[i]);
                 cx.error_spanned_by(
                     leaf,
@@ -130,9 +512,9 @@ pub(crate) fn returned_events_are_applied(
 /// A handler's services come from `#[aggregate(services = ..)]`: the app looks them up
 /// by the aggregate's type, never by a handler's argument. Offending handlers
 /// expand to stubs.
-pub(crate) fn services_are_declared(
+fn services_are_declared(
     cx: &mut Ctxt,
-    agg: &AggregateImpl,
+    handlers: &[Handler],
     declared: Option<&Type>,
     self_name: &str,
     expand: &mut [Expand],
@@ -140,7 +522,7 @@ pub(crate) fn services_are_declared(
     if declared.is_some() {
         return;
     }
-    for (i, h) in agg.handlers.iter().enumerate() {
+    for (i, h) in handlers.iter().enumerate() {
         if let Some(services) = &h.services {
             expand[i] = stub(expand[i]);
             cx.error_spanned_by(
@@ -148,15 +530,39 @@ pub(crate) fn services_are_declared(
                 format_args!(
                     "`{}` takes services, but `{self_name}` declares none: add `services = {}` to its #[aggregate(..)]",
                     h.method,
-                    type_key(services).replace(' ', "")
+                    type_text(services)
                 ),
             );
         }
     }
 }
 
+/// Handlers reject commands with the aggregate's error type, so they need one.
+/// Without it every handler expands to a stub.
+fn error_is_declared(
+    cx: &mut Ctxt,
+    handlers: &[Handler],
+    args: &AggregateArgs,
+    expand: &mut [Expand],
+) {
+    if args.error.is_none() && !handlers.is_empty() {
+        cx.push(syn::Error::new(
+            Span::call_site(),
+            "#[aggregate] needs the error type its handlers reject commands with: `#[aggregate(error = AccountError)]`",
+        ));
+        expand.iter_mut().for_each(|e| *e = stub(*e));
+    }
+}
+
+/// The snapshot version versions snapshots, which only `snapshot_every` turns on.
+fn snapshot_version_goes_with_snapshot_every(cx: &mut Ctxt, args: &AggregateArgs) {
+    if let (None, Some((_, lit))) = (&args.snapshot_every, &args.snapshot_version) {
+        cx.error_spanned_by(lit, "`snapshot_version` goes with `snapshot_every = N`");
+    }
+}
+
 /// `Full` becomes `Stub`; `Nothing` stays.
-pub(crate) fn stub(expand: Expand) -> Expand {
+fn stub(expand: Expand) -> Expand {
     match expand {
         Expand::Full => Expand::Stub,
         other => other,
@@ -166,6 +572,21 @@ pub(crate) fn stub(expand: Expand) -> Expand {
 fn applies(applier: &Applier, event: &Type) -> bool {
     type_key(&applier.event) == type_key(event)
         || (last_ident(&applier.event).is_some() && last_ident(&applier.event) == last_ident(event))
+}
+
+/// The appliers that become the event enum's variants, named after their event's
+/// last path segment: the first of each name.
+fn variants(appliers: Vec<Applier>) -> Vec<(Ident, Applier)> {
+    let mut variants: Vec<(Ident, Applier)> = Vec::new();
+    for applier in appliers {
+        let Some(variant) = last_ident(&applier.event).cloned() else {
+            continue;
+        };
+        if variants.iter().all(|(seen, _)| *seen != variant) {
+            variants.push((variant, applier));
+        }
+    }
+    variants
 }
 
 /// The event types inside a handler's `Ok` type: one event, `Option<T>`, `Vec<T>`,

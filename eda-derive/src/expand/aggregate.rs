@@ -1,74 +1,23 @@
-use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned, ToTokens};
+//! `#[aggregate]`: the block, its event enum, and the `Aggregate`, `Handle` and
+//! event impls.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::Type;
 
-use crate::ast::AggregateImpl;
-use crate::attr;
-use crate::ctxt::Ctxt;
-use crate::valid::{self, Expand};
+use crate::ast::Aggregate;
+use crate::fallback;
+use crate::types::type_text;
+use crate::valid::{Checked, Expand};
 
-pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
-    let mut cx = Ctxt::default();
-    let args = attr::aggregate_args(&mut cx, args);
-    let item: syn::ItemImpl = match syn::parse2(input.clone()) {
-        Ok(item) => item,
-        Err(_) => {
-            cx.push(syn::Error::new(
-                input.span(),
-                "#[aggregate] goes on the impl block that holds the #[handle] and #[apply] methods, not on the struct",
-            ));
-            let errors = cx.into_compile_errors();
-            return quote!(#input #errors);
-        }
-    };
-    if let Some((_, path, _)) = &item.trait_ {
-        cx.error_spanned_by(path, "#[aggregate] goes on an inherent impl block (`impl Account { ... }`), not a trait impl");
-    }
-    if !item.generics.params.is_empty() {
-        cx.error_spanned_by(
-            &item.generics,
-            "an #[aggregate] cannot be generic: it is stored under one type name",
-        );
-    }
-    let self_ident = match &*item.self_ty {
-        Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
-        _ => None,
-    };
-    let Some(self_ident) = self_ident else {
-        cx.error_spanned_by(
-            &item.self_ty,
-            "#[aggregate] needs a named struct type: `impl Account { ... }`",
-        );
-        let errors = cx.into_compile_errors();
-        return quote!(#item #errors);
-    };
-    let agg = AggregateImpl::from_item(&mut cx, item);
-    let self_name = self_ident.unraw().to_string();
-    let enum_ident = format_ident!("{}Event", self_name);
-
-    // Handlers that fail a check are not expanded, so their mistake is reported
-    // once instead of again by the type checker.
-    let mut expand = vec![Expand::Full; agg.handlers.len()];
-    valid::one_handler_per_command(&mut cx, &agg, &mut expand);
-    valid::one_applier_per_event(&mut cx, &agg);
-    valid::returned_events_are_applied(&mut cx, &agg, &self_name, &enum_ident, &mut expand);
-    valid::services_are_declared(
-        &mut cx,
-        &agg,
-        args.services.as_ref(),
-        &self_name,
-        &mut expand,
-    );
-    if args.error.is_none() && !agg.handlers.is_empty() {
-        cx.push(syn::Error::new(
-            Span::call_site(),
-            "#[aggregate] needs the error type its handlers reject commands with: `#[aggregate(error = AccountError)]`",
-        ));
-        expand.iter_mut().for_each(|e| *e = valid::stub(*e));
-    }
-
+/// The block without its markers, the event enum, and the impls of a checked
+/// `#[aggregate]`.
+pub(crate) fn expand(agg: &Aggregate, checked: &Checked) -> TokenStream {
+    let args = &agg.args;
+    let self_name = &checked.name;
+    let enum_ident = &checked.event_enum;
     let private = super::private(args.krate.as_ref());
     let self_ty = &agg.item.self_ty;
     let id_ty = args
@@ -88,19 +37,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         .as_ref()
         .map_or_else(|| self_name.clone(), syn::LitStr::value);
 
-    // Variants in declaration order; appliers the checks rejected are left out so the
-    // rest still expands (fewer follow-on errors).
-    let mut seen = Vec::new();
-    let events: Vec<(syn::Ident, &Type, &syn::Ident)> = agg
-        .appliers
+    let events: Vec<(&syn::Ident, &Type, &syn::Ident)> = checked
+        .variants
         .iter()
-        .filter_map(|a| {
-            let variant = valid::last_ident(&a.event)?.clone();
-            (!seen.contains(&variant)).then(|| {
-                seen.push(variant.clone());
-                (variant, &a.event, &a.method)
-            })
-        })
+        .map(|(variant, a)| (variant, &a.event, &a.method))
         .collect();
 
     let variants = events.iter().map(|(v, ty, _)| quote!(#v(#ty)));
@@ -153,11 +93,10 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         .iter()
         .map(|(v, _, method)| quote!(#enum_ident::#v(ref __eda_event) => <#self_ty>::#method(self, __eda_event)));
 
-    let handles = agg
+    let handles = checked
         .handlers
         .iter()
-        .zip(&expand)
-        .filter(|(_, e)| **e != Expand::Nothing)
+        .filter(|(_, e)| *e != Expand::Nothing)
         .map(|(h, e)| {
             let command = &h.command;
             let method = &h.method;
@@ -229,8 +168,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                         }
                     }
                 }
-                // Next to a compile error: never compiled into a program that runs.
-                _ => handle_fn(quote!(::core::unreachable!())),
+                _ => handle_fn(fallback::handler_body()),
             };
             let target_id = quote_spanned! {command_span=>
                 #private::target_id::<#command, #self_ty>(self)
@@ -257,8 +195,8 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
         for (_, b, _) in &events[i + 1..] {
             let message = format!(
                 "`{}` and `{}` are both applied by `{self_name}` but have the same event name; apply only the newest version (older versions are upcast to it)",
-                a.to_token_stream().to_string().replace(' ', ""),
-                b.to_token_stream().to_string().replace(' ', ""),
+                type_text(a),
+                type_text(b),
             );
             distinct_names.push(quote_spanned! {b.span()=>
                 const _: () = if #private::str_eq(<#a as #private::Event>::NAME, <#b as #private::Event>::NAME) {
@@ -286,12 +224,7 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
             }
         }
     });
-    if let (None, Some((_, lit))) = (&args.snapshot_every, &args.snapshot_version) {
-        cx.error_spanned_by(lit, "`snapshot_version` goes with `snapshot_every = N`");
-    }
-
-    let item = &agg.item;
-    let errors = cx.into_compile_errors();
+    let item = agg.item_without_markers();
     let id_ty = id_ty.to_token_stream();
     quote! {
         #item
@@ -357,7 +290,5 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
 
             #(#distinct_names)*
         };
-
-        #errors
     }
 }

@@ -1,133 +1,51 @@
+//! `#[command]`: the `Command` impl, with the fields the fingerprint serializes.
+
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
-use crate::attr;
-use crate::ctxt::Ctxt;
+use crate::ast::{AggregateId, Command};
 
-pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
-    let mut cx = Ctxt::default();
-    let args = attr::command_args(&mut cx, args);
-    let mut item: syn::DeriveInput = match syn::parse2(input.clone()) {
-        Ok(item) => item,
-        Err(_) => {
-            cx.push(syn::Error::new(input.span(), "#[command] goes on a struct"));
-            let errors = cx.into_compile_errors();
-            return quote!(#input #errors);
-        }
-    };
+/// The command and its `Command` impl, routed by the `id` field.
+pub(crate) fn expand(command: &Command, id: &AggregateId) -> TokenStream {
+    let Command { args, item, .. } = command;
     let private = super::private(args.krate.as_ref());
-
-    let mut ids = Vec::new();
-    match &mut item.data {
-        syn::Data::Struct(data) => {
-            for (index, field) in data.fields.iter_mut().enumerate() {
-                let before = field.attrs.len();
-                let mut marker = None;
-                field.attrs.retain(|a| {
-                    let is_id = a.path().is_ident("aggregate_id");
-                    if is_id {
-                        marker = Some(a.clone());
-                    }
-                    !is_id
-                });
-                if field.attrs.len() < before {
-                    if let Some(marker) = marker.filter(|m| !matches!(m.meta, syn::Meta::Path(_))) {
-                        cx.error_spanned_by(marker, "#[aggregate_id] takes no arguments");
-                    }
-                    let member = match &field.ident {
-                        Some(ident) => syn::Member::Named(ident.clone()),
-                        None => syn::Member::Unnamed(syn::Index::from(index)),
-                    };
-                    ids.push((member, field.ty.clone(), field.span()));
-                }
-            }
-        }
-        syn::Data::Enum(e) => cx.error_spanned_by(e.enum_token, "#[command] goes on a struct"),
-        syn::Data::Union(u) => {
-            cx.error_spanned_by(u.union_token, "#[command] goes on a struct, not a union")
-        }
-    }
-    let is_struct = matches!(item.data, syn::Data::Struct(_));
-    if is_struct && ids.is_empty() {
-        cx.error_spanned_by(
-            &item.ident,
-            format_args!("command `{}` needs one field marked #[aggregate_id]: it names the aggregate instance the command goes to", item.ident),
-        );
-    }
-    for (_, _, span) in ids.iter().skip(1) {
-        cx.push(syn::Error::new(
-            *span,
-            "only one field can be #[aggregate_id]",
-        ));
-    }
-
-    if let Some(lifetime) = item.generics.lifetimes().next() {
-        cx.error_spanned_by(
-            lifetime,
-            "a command cannot borrow: it is moved into `App::execute` and may be retried, so it must own its data",
-        );
-    }
-
     let ident = &item.ident;
     let name = ident.unraw().to_string();
     let (impl_generics, ty_generics, where_clause) = item.generics.split_for_impl();
-    let command_impl = if item.generics.lifetimes().next().is_some() {
-        None
-    } else if let (true, Some((member, ty, _))) = (is_struct, ids.first()) {
-        let fields = fingerprint_fields(&item, &private);
-        // The fingerprint serializes every field, so each type parameter must be
-        // serializable for the command to be one.
-        let mut where_clause = where_clause
-            .cloned()
-            .unwrap_or_else(|| syn::parse_quote!(where));
-        for param in item.generics.type_params() {
-            let param = &param.ident;
-            where_clause
-                .predicates
-                .push(syn::parse_quote!(#param: #private::serde::Serialize));
-        }
-        Some(quote! {
-            #[doc(hidden)]
-            const _: () = {
-                #fields
-
-                #[automatically_derived]
-                impl #impl_generics #private::Command for #ident #ty_generics #where_clause {
-                    type Id = #ty;
-                    const NAME: &'static str = #name;
-                    fn aggregate_id(&self) -> &Self::Id {
-                        &self.#member
-                    }
-                    fn fingerprint(&self) -> ::core::option::Option<#private::Uuid> {
-                        #private::fingerprint(&__EdaFields::of(self))
-                    }
-                }
-            };
-        })
-    } else {
-        // Reported above (no id, or not a struct); a stub keeps uses of the command
-        // free of follow-on errors.
-        Some(quote! {
-            #[doc(hidden)]
-            const _: () = {
-                #[automatically_derived]
-                impl #impl_generics #private::Command for #ident #ty_generics #where_clause {
-                    type Id = ::std::string::String;
-                    const NAME: &'static str = #name;
-                    fn aggregate_id(&self) -> &Self::Id {
-                        ::core::unreachable!()
-                    }
-                }
-            };
-        })
-    };
-    let errors = cx.into_compile_errors();
+    let (member, ty) = (&id.member, &id.ty);
+    let fields = fingerprint_fields(item, &private);
+    // The fingerprint serializes every field, so each type parameter must be
+    // serializable for the command to be one.
+    let mut where_clause = where_clause
+        .cloned()
+        .unwrap_or_else(|| syn::parse_quote!(where));
+    for param in item.generics.type_params() {
+        let param = &param.ident;
+        where_clause
+            .predicates
+            .push(syn::parse_quote!(#param: #private::serde::Serialize));
+    }
     quote! {
         #item
-        #command_impl
-        #errors
+
+        #[doc(hidden)]
+        const _: () = {
+            #fields
+
+            #[automatically_derived]
+            impl #impl_generics #private::Command for #ident #ty_generics #where_clause {
+                type Id = #ty;
+                const NAME: &'static str = #name;
+                fn aggregate_id(&self) -> &Self::Id {
+                    &self.#member
+                }
+                fn fingerprint(&self) -> ::core::option::Option<#private::Uuid> {
+                    #private::fingerprint(&__EdaFields::of(self))
+                }
+            }
+        };
     }
 }
 
@@ -139,7 +57,7 @@ fn fingerprint_fields(item: &syn::DeriveInput, private: &TokenStream) -> TokenSt
         return TokenStream::new();
     };
     let ident = &item.ident;
-    let serde_crate = format!("{}::serde", private.to_string().replace(' ', ""));
+    let serde_crate = super::serde_crate(private);
     let mut generics = item.generics.clone();
     generics.params.insert(0, syn::parse_quote!('__eda));
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();

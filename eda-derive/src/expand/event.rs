@@ -1,61 +1,27 @@
+//! `#[event]`: the serde derives, the `Event` impl and the registration.
+
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned, ToTokens};
+use quote::{quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
-use crate::attr;
-use crate::ctxt::Ctxt;
+use crate::ast::Event;
+use crate::types::type_text;
 
-pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
-    let mut cx = Ctxt::default();
-    let args = attr::event_args(&mut cx, args);
-    let item: syn::DeriveInput = match syn::parse2(input.clone()) {
-        Ok(item) => item,
-        Err(_) => {
-            cx.push(syn::Error::new(input.span(), "#[event] goes on a struct"));
-            let errors = cx.into_compile_errors();
-            return quote!(#input #errors);
-        }
-    };
-    match &item.data {
-        syn::Data::Struct(_) => {}
-        syn::Data::Enum(e) => cx.error_spanned_by(
-            e.enum_token,
-            "#[event] goes on a struct; declare each event as its own struct",
-        ),
-        syn::Data::Union(u) => cx.error_spanned_by(
-            u.union_token,
-            "#[event] goes on a struct, not a union: events are serialized",
-        ),
-    }
-    if !item.generics.params.is_empty() {
-        cx.error_spanned_by(
-            &item.generics,
-            "an #[event] cannot be generic: it is stored and decoded under one name",
-        );
-    }
-    if cx.has_errors() {
-        // Without a usable shape, emit the item alone rather than impls that fail too.
-        let errors = cx.into_compile_errors();
-        return quote!(#item #errors);
-    }
-
+/// The serde derives, the `Event` impl and the registration of a checked event.
+pub(crate) fn expand(event: &Event) -> TokenStream {
+    let Event { args, item } = event;
     let private = super::private(args.krate.as_ref());
     let ident = &item.ident;
     let name = args
         .name
         .as_ref()
         .map_or_else(|| ident.unraw().to_string(), syn::LitStr::value);
-    if name.is_empty() {
-        if let Some(lit) = &args.name {
-            cx.error_spanned_by(lit, "an event `name` cannot be empty");
-        }
-    }
     let version = args.version.as_ref().map_or(1, |(v, _)| *v);
-    let serde_crate = format!("{}::serde", private.to_string().replace(' ', ""));
+    let serde_crate = super::serde_crate(&private);
 
     let upcast = args.upcast_from.as_ref().map(|old| {
-        let old_text = old.to_token_stream().to_string().replace(' ', "");
+        let old_text = type_text(old);
         let name_msg = format!("`upcast_from = {old_text}` must be an event with the same name, \"{name}\"");
         let version_msg = format!("`upcast_from = {old_text}` must be an event at version {} (one below {version})", version.saturating_sub(1));
         let span = old.span();
@@ -75,7 +41,6 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     });
     let (decode, checks) = upcast.unzip();
 
-    let errors = cx.into_compile_errors();
     quote! {
         #[derive(#private::serde::Serialize, #private::serde::Deserialize)]
         #[serde(crate = #serde_crate)]
@@ -106,7 +71,5 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
                 )
             }
         };
-
-        #errors
     }
 }

@@ -1,3 +1,5 @@
+//! The expansion of each macro once its input passed the checks; the helpers they share.
+
 pub(crate) mod aggregate;
 pub(crate) mod command;
 pub(crate) mod event;
@@ -11,4 +13,9 @@ pub(crate) fn private(krate: Option<&syn::Path>) -> TokenStream {
         Some(path) => quote!(#path::__private),
         None => quote!(::eda::__private),
     }
+}
+
+/// The `#[serde(crate = "...")]` value that reaches serde through `private`.
+pub(crate) fn serde_crate(private: &TokenStream) -> String {
+    format!("{}::serde", private.to_string().replace(' ', ""))
 }
