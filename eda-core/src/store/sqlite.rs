@@ -32,7 +32,7 @@ const SCHEMA_VERSION: u32 = 3;
 /// How durable an acknowledged append is (SQLite's `synchronous` setting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub enum Synchronous {
+pub enum SqliteSynchronous {
     /// An acknowledged append survives a power loss (fsync at every commit).
     #[default]
     Full,
@@ -47,7 +47,7 @@ pub enum Synchronous {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct SqliteOptions {
-    synchronous: Synchronous,
+    synchronous: SqliteSynchronous,
     busy_timeout: Duration,
     readers: usize,
     max_batch: usize,
@@ -57,7 +57,7 @@ pub struct SqliteOptions {
 impl Default for SqliteOptions {
     fn default() -> Self {
         SqliteOptions {
-            synchronous: Synchronous::Full,
+            synchronous: SqliteSynchronous::Full,
             busy_timeout: Duration::from_secs(5),
             readers: 2,
             max_batch: 256,
@@ -73,8 +73,8 @@ impl SqliteOptions {
         Self::default()
     }
 
-    /// Durability of acknowledged appends. Default: [`Synchronous::Full`].
-    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+    /// Durability of acknowledged appends. Default: [`SqliteSynchronous::Full`].
+    pub fn synchronous(mut self, synchronous: SqliteSynchronous) -> Self {
         self.synchronous = synchronous;
         self
     }
@@ -863,8 +863,8 @@ fn open_connection(
         .busy_timeout(options.busy_timeout)
         .map_err(backend)?;
     let synchronous = match options.synchronous {
-        Synchronous::Full => "FULL",
-        Synchronous::Normal => "NORMAL",
+        SqliteSynchronous::Full => "FULL",
+        SqliteSynchronous::Normal => "NORMAL",
     };
     connection
         .execute_batch(&format!(
