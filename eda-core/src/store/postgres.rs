@@ -40,10 +40,8 @@ use crate::envelope::{
     IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
 };
 use crate::error::StoreError;
-use crate::store::{
-    backend, check_idempotency_key, check_names, check_stream, to_i64, AppendRequest, Appended,
-    EventStore,
-};
+use crate::store::durable::{backend, to_i64, AppendRequest};
+use crate::store::{check_idempotency_key, check_names, check_stream, Appended, EventStore};
 
 /// The schema version this code creates and reads.
 const SCHEMA_VERSION: i32 = 4;

@@ -24,7 +24,8 @@ use crate::envelope::{
 };
 use crate::error::StoreError;
 use crate::failpoint;
-use crate::store::{backend, check_names, to_i64, AppendRequest, Appended, EventStore};
+use crate::store::durable::{backend, to_i64, AppendRequest};
+use crate::store::{check_names, Appended, EventStore};
 
 /// The schema version this code creates and reads.
 const SCHEMA_VERSION: u32 = 3;
