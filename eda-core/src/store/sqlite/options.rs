@@ -75,18 +75,14 @@ impl SqliteOptions {
     /// to other tasks between polls, instead of sleeping until the writer or reader
     /// thread wakes it. Default: 1 ms. `Duration::ZERO` never polls.
     ///
-    /// Waking a sleeping thread costs 10 to 300 µs on a small virtual machine,
-    /// as much as a whole `NORMAL` commit, and a caller that sleeps through its
-    /// reply also lets the writer thread fall asleep before the next append: a
-    /// sequential caller gets a third to a half fewer appends per second without
-    /// polling (see the README's performance section). The price is CPU: the
-    /// caller's thread stays busy while it waits, yielding its CPU to any thread
-    /// that wants it. The caller polls only when its request is the only one in
-    /// flight (and, for an append, when the writer's last transaction took no
-    /// longer than this); concurrent callers (group commit) always sleep. A poller
-    /// that finds it lost its CPU for half a millisecond (another busy thread, or a
-    /// busy runtime) stops, and callers then sleep for the next 50 ms: on a busy
-    /// machine polling would only take CPU time from the writer.
+    /// The caller polls only when its request is the only one in flight (and, for
+    /// an append, when the writer's last transaction took no longer than this);
+    /// concurrent callers (group commit) always sleep. While it polls, the
+    /// caller's thread stays busy, yielding its CPU to any thread that wants it.
+    /// A poller that finds it lost its CPU for half a millisecond (another busy
+    /// thread, or a busy runtime) stops, and callers then sleep for the next 50 ms:
+    /// on a busy machine polling would only take CPU time from the writer. Why
+    /// polling pays, measured: the README's performance section.
     pub fn poll_for_reply(mut self, window: Duration) -> Self {
         self.poll_for_reply = window;
         self
