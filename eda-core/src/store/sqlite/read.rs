@@ -17,13 +17,12 @@ pub(super) fn stream(
     aggregate_id: &str,
     after_version: u64,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let mut statement = connection
-        .prepare_cached(sql::READ_STREAM)
-        .map_err(backend)?;
-    let rows = statement
-        .query(params![aggregate_type, aggregate_id, to_i64(after_version)])
-        .map_err(backend)?;
-    collect(rows)
+    let after = to_i64(after_version);
+    events(
+        connection,
+        sql::READ_STREAM,
+        params![aggregate_type, aggregate_id, after],
+    )
 }
 
 /// At most `limit` events of the global log after `after_position`, in order.
@@ -32,12 +31,12 @@ pub(super) fn all(
     after_position: u64,
     limit: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let mut statement = connection.prepare_cached(sql::READ_ALL).map_err(backend)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = statement
-        .query(params![to_i64(after_position), limit])
-        .map_err(backend)?;
-    collect(rows)
+    events(
+        connection,
+        sql::READ_ALL,
+        params![to_i64(after_position), limit],
+    )
 }
 
 /// The event with this id, if it is stored.
@@ -45,13 +44,20 @@ pub(super) fn event(
     connection: &Connection,
     event_id: Uuid,
 ) -> Result<Option<RecordedEvent>, StoreError> {
-    let mut statement = connection
-        .prepare_cached(sql::READ_EVENT)
-        .map_err(backend)?;
-    let rows = statement
-        .query(params![event_id.as_bytes().as_slice()])
-        .map_err(backend)?;
-    Ok(collect(rows)?.pop())
+    let id = event_id.as_bytes().as_slice();
+    Ok(events(connection, sql::READ_EVENT, params![id])?.pop())
+}
+
+/// The events `query` (one of the statements that select a full event's
+/// columns) finds with `params`.
+fn events(
+    connection: &Connection,
+    query: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut statement = connection.prepare_cached(query).map_err(backend)?;
+    let rows = statement.query(params).map_err(backend)?;
+    collect(rows)
 }
 
 /// What an append with idempotency key `key` stored, if one did.
