@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bank::{DepositMoney, OpenAccount};
 use eda::prelude::*;
-use eda::{SqliteOptions, Synchronous};
+use eda::{SqliteOptions, SqliteSynchronous};
 
 const ACCOUNTS: usize = 1_000;
 const DEPOSITS: usize = 9;
@@ -52,8 +52,8 @@ fn main() {
     // EDA_BENCH_ONLY=postgres skips SQLite; EDA_BENCH_ONLY=long runs PostgreSQL's
     // long stream alone.
     let only = std::env::var("EDA_BENCH_ONLY").unwrap_or_default();
-    for synchronous in [Synchronous::Full, Synchronous::Normal] {
-        if only.is_empty() || (only == "normal" && synchronous == Synchronous::Normal) {
+    for synchronous in [SqliteSynchronous::Full, SqliteSynchronous::Normal] {
+        if only.is_empty() || (only == "normal" && synchronous == SqliteSynchronous::Normal) {
             rt.block_on(sqlite(synchronous, rounds));
         }
     }
@@ -173,9 +173,9 @@ async fn bank(app: &App, callers: usize, accounts: Range<usize>) -> Duration {
     start.elapsed()
 }
 
-async fn sqlite(synchronous: Synchronous, rounds: usize) {
+async fn sqlite(synchronous: SqliteSynchronous, rounds: usize) {
     let label = match synchronous {
-        Synchronous::Full => "FULL",
+        SqliteSynchronous::Full => "FULL",
         _ => "NORMAL",
     };
     let dir = tempfile::tempdir().expect("temp dir");

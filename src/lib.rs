@@ -12,7 +12,7 @@ pub use eda_core::{
 #[cfg(feature = "postgres")]
 pub use eda_core::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
-pub use eda_core::{SqliteOptions, SqliteStore, Synchronous};
+pub use eda_core::{SqliteOptions, SqliteStore, SqliteSynchronous};
 pub use eda_derive::{aggregate, command, event};
 
 #[doc(hidden)]

@@ -14,7 +14,7 @@ mod bank;
 use bank::{Account, DepositMoney, OpenAccount};
 use common::conformance;
 use eda::prelude::*;
-use eda::{SqliteOptions, Synchronous};
+use eda::{SqliteOptions, SqliteSynchronous};
 
 /// A fresh database in its own temporary directory (kept alive by the guard).
 async fn fresh() -> (tempfile::TempDir, SqliteStore) {
@@ -383,7 +383,7 @@ async fn the_database_is_in_wal_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_commands_through_many_apps() {
     let dir = tempfile::tempdir().unwrap();
-    let options = SqliteOptions::new().synchronous(Synchronous::Normal);
+    let options = SqliteOptions::new().synchronous(SqliteSynchronous::Normal);
     let store = SqliteStore::open_with(dir.path().join("events.db"), options)
         .await
         .unwrap();
@@ -405,7 +405,7 @@ async fn replies_arrive_polling_or_sleeping() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let options = SqliteOptions::new()
-            .synchronous(Synchronous::Normal)
+            .synchronous(SqliteSynchronous::Normal)
             .poll_for_reply(window);
         let store = SqliteStore::open_with(dir.path().join("events.db"), options)
             .await

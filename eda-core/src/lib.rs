@@ -40,7 +40,7 @@ pub use registry::{registry, DecodeFn, EventRegistration, Registry};
 #[cfg(feature = "postgres")]
 pub use store::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
-pub use store::sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use store::sqlite::{SqliteOptions, SqliteStore, SqliteSynchronous};
 pub use store::{
     check_idempotency_key, check_names, check_stream, memory::MemoryStore, Appended, EventStore,
     ImmediateStore, MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
