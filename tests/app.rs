@@ -2,16 +2,13 @@
 
 #![allow(missing_docs)]
 
-mod common;
-
-#[path = "../examples/domain/bank.rs"]
-mod bank;
-
 use std::collections::BTreeSet;
 
-use bank::{Account, AccountError, AccountEvent, DepositMoney, OpenAccount, WithdrawMoney};
 use eda::prelude::*;
 use eda::{DecodeErrorKind, NewEvent};
+use eda_test::bank::{
+    Account, AccountError, AccountEvent, DepositMoney, OpenAccount, WithdrawMoney,
+};
 
 fn open(id: &str) -> OpenAccount {
     OpenAccount {
@@ -474,7 +471,7 @@ async fn a_rejection_decided_on_a_stale_cache_is_confirmed_against_the_store() {
 #[tokio::test]
 async fn long_streams_replay_the_same_through_every_read_path() {
     let fast = MemoryStore::new();
-    let generic = common::YieldingStore::default();
+    let generic = eda_test::YieldingStore::default();
     for app in [App::new(fast.clone()), App::new(generic.clone())] {
         app.execute(open("long")).await.unwrap();
         for amount in 1..=1300 {
@@ -498,7 +495,7 @@ async fn long_streams_replay_the_same_through_every_read_path() {
 /// its bound. Rejected commands on ids no aggregate has leave nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cache_stays_within_its_capacity() {
-    let store = common::YieldingStore::default();
+    let store = eda_test::YieldingStore::default();
     let app = App::builder(store).cache_capacity(100).build().unwrap();
     let mut tasks = Vec::new();
     for i in 0..5_000 {

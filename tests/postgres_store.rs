@@ -6,109 +6,17 @@
 #![cfg(feature = "postgres")]
 #![allow(missing_docs)]
 
-#[path = "common/bank_load.rs"]
-mod bank_load;
-mod common;
-
-#[path = "../examples/domain/bank.rs"]
-mod bank;
-
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bank::{Account, DepositMoney, OpenAccount};
-use common::conformance;
 use eda::prelude::*;
 use eda::{Metadata, PostgresOptions, StreamId};
+use eda_test::bank::{Account, DepositMoney, OpenAccount};
+use eda_test::postgres::TestDb;
 
-static SCHEMAS: AtomicUsize = AtomicUsize::new(0);
-
-/// One test at a time: an open transaction anywhere in the database holds back
-/// every reader's `read_all` (by design), so concurrent tests would see each
-/// other's transactions.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A store in a fresh schema, or `None` (and a note) without a server to test on.
-struct TestDb {
-    url: String,
-    schema: String,
-    store: PostgresStore,
-    _turn: tokio::sync::MutexGuard<'static, ()>,
-}
-
-impl TestDb {
-    async fn new() -> Option<TestDb> {
-        let Ok(url) = std::env::var("EDA_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: EDA_TEST_POSTGRES_URL is not set");
-            return None;
-        };
-        let turn = ONE_AT_A_TIME.lock().await;
-        let schema = format!(
-            "eda_test_{}_{}",
-            std::process::id(),
-            SCHEMAS.fetch_add(1, Ordering::Relaxed)
-        );
-        let store = PostgresStore::connect_with(&url, PostgresOptions::new().schema(&schema))
-            .await
-            .unwrap();
-        Some(TestDb {
-            url,
-            schema,
-            store,
-            _turn: turn,
-        })
-    }
-
-    /// A plain connection with the test schema on its search path.
-    async fn connect(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("SET search_path = {}", self.schema))
-            .await
-            .unwrap();
-        client
-    }
-
-    /// Another store on the test schema, with a pool of 4 and so one committing
-    /// task: concurrent appends queue up and share statements.
-    async fn one_committer(&self) -> PostgresStore {
-        PostgresStore::connect_with(
-            &self.url,
-            PostgresOptions::new()
-                .schema(&self.schema)
-                .pool_size(4)
-                // Batches wait for locks as long as the tests hold them.
-                .batch_lock_timeout(Duration::from_secs(60)),
-        )
-        .await
-        .unwrap()
-    }
-
-    async fn drop_schema(self) {
-        let client = self.connect().await;
-        drop(self.store);
-        client
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
-            .await
-            .unwrap();
-    }
-}
-
-/// Runs a conformance check on a fresh schema (or skips it without a server).
-async fn with_store<F: std::future::Future<Output = ()>>(check: impl FnOnce(PostgresStore) -> F) {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
-    check(db.store.clone()).await;
-    db.drop_schema().await;
-}
-
-conformance::conformance_tests!(with_store);
+eda_test::conformance_tests!(eda_test::postgres::with_store);
 
 /// 8 tasks x 200 commands on one aggregate through eight `App`s: versions 1..=N
 /// without gap or repeat, every accepted command exactly once.
@@ -117,7 +25,7 @@ async fn concurrent_commands_through_many_apps() {
     let Some(db) = TestDb::new().await else {
         return;
     };
-    bank_load::every_command_once_through_many_apps(db.store.clone(), 200).await;
+    eda_test::bank_load::every_command_once_through_many_apps(db.store.clone(), 200).await;
     db.drop_schema().await;
 }
 
@@ -133,10 +41,10 @@ async fn concurrent_appends_commit_together_each_with_its_own_answer() {
         return;
     };
     let store = db.one_committer().await;
-    let event = |n: usize| common::new_event("Noted", &format!(r#"{{"n":{n}}}"#));
+    let event = |n: usize| eda_test::new_event("Noted", &format!(r#"{{"n":{n}}}"#));
     store
         .append(
-            common::stream("Old", "o"),
+            eda_test::stream("Old", "o"),
             0,
             vec![event(0), event(0)],
             &Metadata::default(),
@@ -144,7 +52,7 @@ async fn concurrent_appends_commit_together_each_with_its_own_answer() {
         .await
         .unwrap();
     let stored = store
-        .read_stream(common::stream("Old", "o"), 0)
+        .read_stream(eda_test::stream("Old", "o"), 0)
         .await
         .unwrap();
     let taken_id = stored[0].event_id;
@@ -195,7 +103,7 @@ async fn concurrent_appends_commit_together_each_with_its_own_answer() {
             tasks.push(tokio::spawn(async move {
                 store
                     .append(
-                        common::stream(aggregate_type, &id),
+                        eda_test::stream(aggregate_type, &id),
                         expected,
                         events,
                         &Metadata::default(),
@@ -230,7 +138,7 @@ async fn concurrent_appends_commit_together_each_with_its_own_answer() {
                 assert_eq!(appended.version, expected + events.len() as u64, "{id}");
                 let aggregate_type = if id == "o" { "Old" } else { "New" };
                 let read = store
-                    .read_stream(common::stream(aggregate_type, id), 0)
+                    .read_stream(eda_test::stream(aggregate_type, id), 0)
                     .await
                     .unwrap();
                 let ids: Vec<_> = read.iter().map(|e| e.event_id).collect();
@@ -275,7 +183,7 @@ async fn concurrent_appends_commit_together_each_with_its_own_answer() {
     assert_eq!(all.len(), 2 + new_events + race_events + 8);
     assert!((8..=16).contains(&race_events));
     assert!(store
-        .read_stream(common::stream("New", "dup"), 0)
+        .read_stream(eda_test::stream("New", "dup"), 0)
         .await
         .unwrap()
         .is_empty());
@@ -304,9 +212,9 @@ async fn a_batched_append_never_lands_before_its_aggregates_last_event() {
     for id in ids {
         store
             .append(
-                common::stream("Doc", id),
+                eda_test::stream("Doc", id),
                 0,
-                vec![common::new_event("Noted", "{}")],
+                vec![eda_test::new_event("Noted", "{}")],
                 &Metadata::default(),
             )
             .await
@@ -333,9 +241,9 @@ async fn a_batched_append_never_lands_before_its_aggregates_last_event() {
         tokio::spawn(async move {
             store
                 .append(
-                    common::stream("Doc", id),
+                    eda_test::stream("Doc", id),
                     1,
-                    vec![common::new_event("Noted", "{}")],
+                    vec![eda_test::new_event("Noted", "{}")],
                     &Metadata::default(),
                 )
                 .await
@@ -358,7 +266,7 @@ async fn a_batched_append_never_lands_before_its_aggregates_last_event() {
         let appended = task.await.unwrap();
         assert_eq!(appended.version, 2, "{id}");
         let stored = store
-            .read_stream(common::stream("Doc", id), 1)
+            .read_stream(eda_test::stream("Doc", id), 1)
             .await
             .unwrap();
         assert_eq!(stored[0].position, appended.position, "{id}");
@@ -386,11 +294,11 @@ async fn a_version_2_schema_is_migrated() {
     for id in ["x", "y"] {
         db.store
             .append(
-                common::stream("Doc", id),
+                eda_test::stream("Doc", id),
                 0,
                 vec![
-                    common::new_event("Noted", "{}"),
-                    common::new_event("Noted", "{}"),
+                    eda_test::new_event("Noted", "{}"),
+                    eda_test::new_event("Noted", "{}"),
                 ],
                 &Metadata::default(),
             )
@@ -427,9 +335,9 @@ async fn a_version_2_schema_is_migrated() {
     assert_eq!(version, 4);
     store
         .append(
-            common::stream("Doc", "x"),
+            eda_test::stream("Doc", "x"),
             2,
-            vec![common::new_event("Noted", "{}")],
+            vec![eda_test::new_event("Noted", "{}")],
             &Metadata::default(),
         )
         .await
@@ -513,22 +421,22 @@ async fn a_version_3_schema_is_migrated_to_exact_payloads() {
     );
     // `jsonb` had sorted the keys; that text is what there is now.
     let old = store
-        .read_stream(common::stream("Doc", "old"), 0)
+        .read_stream(eda_test::stream("Doc", "old"), 0)
         .await
         .unwrap();
     assert_eq!(old[0].payload, r#"{"a": 2, "b": 1}"#);
     let exact = r#"{"b":1,"a":-0.0}"#;
     store
         .append(
-            common::stream("Doc", "old"),
+            eda_test::stream("Doc", "old"),
             1,
-            vec![common::new_event("Noted", exact)],
+            vec![eda_test::new_event("Noted", exact)],
             &Metadata::default(),
         )
         .await
         .unwrap();
     let read = store
-        .read_stream(common::stream("Doc", "old"), 1)
+        .read_stream(eda_test::stream("Doc", "old"), 1)
         .await
         .unwrap();
     assert_eq!(read[0].payload, exact);
@@ -574,8 +482,8 @@ async fn tail_while_writing(db: &TestDb) -> (HashSet<eda::Uuid>, Seen, Seen, See
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 let events = vec![
-                    common::new_event("Happened", r#"{"n":1}"#),
-                    common::new_event("Happened", r#"{"n":2}"#),
+                    eda_test::new_event("Happened", r#"{"n":1}"#),
+                    eda_test::new_event("Happened", r#"{"n":2}"#),
                 ];
                 let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
                 match store
@@ -738,7 +646,7 @@ async fn append_in_refuses_a_transaction_that_already_wrote() {
             &tx,
             stream,
             0,
-            vec![common::new_event("E", "{}")],
+            vec![eda_test::new_event("E", "{}")],
             &Metadata::default(),
         )
         .await;
@@ -790,7 +698,7 @@ async fn bad_rows_are_typed_errors_and_other_aggregates_still_load() {
     }
     let bad_position = db
         .store
-        .read_stream(common::stream("Account", "bad"), 0)
+        .read_stream(eda_test::stream("Account", "bad"), 0)
         .await
         .unwrap()[0]
         .position;
@@ -804,7 +712,7 @@ async fn bad_rows_are_typed_errors_and_other_aggregates_still_load() {
     // position; replay does not read it.
     let err = db
         .store
-        .read_stream(common::stream("Account", "bad"), 0)
+        .read_stream(eda_test::stream("Account", "bad"), 0)
         .await
         .unwrap_err();
     assert!(
@@ -1066,7 +974,7 @@ mod killed_connections {
     fn batch(appender: usize, n: u64) -> Vec<eda::NewEvent> {
         (0..PER_APPEND)
             .map(|part| {
-                common::new_event(
+                eda_test::new_event(
                     "Tick",
                     &format!(r#"{{"appender":{appender},"n":{n},"part":{part}}}"#),
                 )
@@ -1290,10 +1198,10 @@ mod batches {
             innocent.push(tokio::spawn(async move {
                 let id = format!("innocent-{task}");
                 for n in 0..20u64 {
-                    let event = common::new_event("Noted", &format!(r#"{{"n":{n}}}"#));
+                    let event = eda_test::new_event("Noted", &format!(r#"{{"n":{n}}}"#));
                     store
                         .append(
-                            common::stream("Doc", &id),
+                            eda_test::stream("Doc", &id),
                             n,
                             vec![event],
                             &Metadata::default(),
@@ -1308,10 +1216,10 @@ mod batches {
             tokio::spawn(async move {
                 let mut refused = 0;
                 for _ in 0..40 {
-                    let event = common::new_event("Noted", "{not json");
+                    let event = eda_test::new_event("Noted", "{not json");
                     let err = store
                         .append(
-                            common::stream("Doc", "poison"),
+                            eda_test::stream("Doc", "poison"),
                             0,
                             vec![event],
                             &Metadata::default(),
@@ -1370,9 +1278,9 @@ mod batches {
             for id in &locked {
                 store
                     .append(
-                        common::stream("Doc", id),
+                        eda_test::stream("Doc", id),
                         0,
-                        vec![common::new_event("Noted", "{}")],
+                        vec![eda_test::new_event("Noted", "{}")],
                         &Metadata::default(),
                     )
                     .await
@@ -1391,9 +1299,9 @@ mod batches {
                 tokio::spawn(async move {
                     store
                         .append(
-                            common::stream("Doc", &id),
+                            eda_test::stream("Doc", &id),
                             version,
-                            vec![common::new_event("Noted", "{}")],
+                            vec![eda_test::new_event("Noted", "{}")],
                             &Metadata::default(),
                         )
                         .await
@@ -1460,10 +1368,10 @@ mod batches {
                 doomed.spawn(async move {
                     let id = format!("doomed-{round}-{task}");
                     for n in 0..1_000u64 {
-                        let event = common::new_event("Noted", "{}");
+                        let event = eda_test::new_event("Noted", "{}");
                         let result = store
                             .append(
-                                common::stream("Doc", &id),
+                                eda_test::stream("Doc", &id),
                                 n,
                                 vec![event],
                                 &Metadata::default(),
@@ -1489,9 +1397,9 @@ mod batches {
                         for _ in 0..5 {
                             let result = store
                                 .append(
-                                    common::stream("Doc", &id),
+                                    eda_test::stream("Doc", &id),
                                     0,
-                                    vec![common::new_event("Noted", "{}")],
+                                    vec![eda_test::new_event("Noted", "{}")],
                                     &Metadata::default(),
                                 )
                                 .await;
@@ -1544,9 +1452,9 @@ async fn connection_parameters_in_the_url_are_kept() {
         .unwrap();
     store
         .append(
-            common::stream("Doc", "d"),
+            eda_test::stream("Doc", "d"),
             0,
-            vec![common::new_event("Noted", "{}")],
+            vec![eda_test::new_event("Noted", "{}")],
             &Metadata::default(),
         )
         .await
