@@ -3,7 +3,6 @@
 //! through `App`, bad data. Needs `EDA_TEST_POSTGRES_URL`; each test uses a schema
 //! of its own, dropped at the end.
 
-#![cfg(feature = "postgres")]
 #![allow(missing_docs)]
 
 use std::collections::{BTreeMap, HashSet};

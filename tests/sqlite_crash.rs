@@ -7,7 +7,7 @@
 //!
 //! The child is this test binary itself, started with `--ignored --exact child`.
 
-#![cfg(all(feature = "sqlite", unix))]
+#![cfg(unix)]
 #![allow(missing_docs)]
 
 use std::collections::BTreeSet;

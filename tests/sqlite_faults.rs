@@ -5,7 +5,7 @@
 //! all-or-nothing and nothing that was never sent. The control arms a point that
 //! acknowledges before committing (the bug switched on): the checker must object.
 
-#![cfg(all(feature = "sqlite", feature = "failpoints", unix))]
+#![cfg(unix)]
 #![allow(missing_docs)]
 
 use std::collections::BTreeSet;

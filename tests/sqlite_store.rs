@@ -1,7 +1,6 @@
 //! `SqliteStore` against the conformance suite, and what only a file can show:
 //! reopening, schema versions, corrupt rows.
 
-#![cfg(feature = "sqlite")]
 #![allow(missing_docs)]
 
 use eda::prelude::*;
