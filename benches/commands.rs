@@ -10,14 +10,11 @@
 
 #![allow(missing_docs)]
 
-#[path = "../examples/domain/bank.rs"]
-mod bank;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bank::{AccountError, DepositMoney, OpenAccount};
 use eda::prelude::*;
+use eda_test::bank::{self, AccountError, DepositMoney, OpenAccount};
 
 const ACCOUNTS: usize = 10_000;
 const DEPOSITS: usize = 9;

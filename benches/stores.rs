@@ -19,15 +19,12 @@
 
 #![allow(missing_docs)]
 
-#[path = "../examples/domain/bank.rs"]
-mod bank;
-
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use bank::{DepositMoney, OpenAccount};
 use eda::prelude::*;
 use eda::{SqliteOptions, SqliteSynchronous};
+use eda_test::bank::{DepositMoney, OpenAccount};
 
 const ACCOUNTS: usize = 1_000;
 const DEPOSITS: usize = 9;

@@ -4,12 +4,12 @@
 //! one in the temporary directory. `cargo run --example bank -- my.db` uses another
 //! file, and `cargo run --example bank --features postgres -- postgres://postgres@127.0.0.1/test`
 //! PostgreSQL; both keep the events of earlier runs, so each run opens a new account.
+//!
+//! The domain (the events, commands and `Account` aggregate) is
+//! `eda-test/src/bank.rs`, which the tests and benchmarks drive too.
 
-#[path = "domain/bank.rs"]
-mod bank;
-
-use bank::{Account, AccountError, DepositMoney, OpenAccount, WithdrawMoney};
 use eda::prelude::*;
+use eda_test::bank::{Account, AccountError, DepositMoney, OpenAccount, WithdrawMoney};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

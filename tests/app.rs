@@ -2,16 +2,13 @@
 
 #![allow(missing_docs)]
 
-mod common;
-
-#[path = "../examples/domain/bank.rs"]
-mod bank;
-
 use std::collections::BTreeSet;
 
-use bank::{Account, AccountError, AccountEvent, DepositMoney, OpenAccount, WithdrawMoney};
 use eda::prelude::*;
 use eda::{DecodeErrorKind, NewEvent};
+use eda_test::bank::{
+    Account, AccountError, AccountEvent, DepositMoney, OpenAccount, WithdrawMoney,
+};
 
 fn open(id: &str) -> OpenAccount {
     OpenAccount {
@@ -330,7 +327,7 @@ async fn store_with_bad_event(name: &str, version: u32, payload: &str) -> (Memor
     app.execute(open("bad")).await.unwrap();
     app.execute(open("good")).await.unwrap();
     let bad = NewEvent {
-        event_id: eda::__private::new_event_id(),
+        event_id: eda::new_event_id(),
         name: name.to_owned().into(),
         version,
         payload: payload.into(),
@@ -405,7 +402,7 @@ async fn old_event_versions_are_upcast_on_load() {
     app.execute(open("a")).await.unwrap();
     app.execute(deposit("a", 50)).await.unwrap();
     let v1 = NewEvent {
-        event_id: eda::__private::new_event_id(),
+        event_id: eda::new_event_id(),
         name: "MoneyWithdrawn".into(),
         version: 1,
         payload: r#"{"amount":20}"#.into(),
@@ -426,7 +423,7 @@ async fn old_event_versions_are_upcast_on_load() {
 async fn events_and_metadata_are_recorded() {
     let store = MemoryStore::new();
     let app = App::new(store.clone());
-    let correlation = eda::__private::new_event_id();
+    let correlation = eda::new_event_id();
     app.execute(open("a"))
         .correlation_id(correlation)
         .metadata("user", "ada")
@@ -473,7 +470,7 @@ async fn a_rejection_decided_on_a_stale_cache_is_confirmed_against_the_store() {
 #[tokio::test]
 async fn long_streams_replay_the_same_through_every_read_path() {
     let fast = MemoryStore::new();
-    let generic = common::YieldingStore::default();
+    let generic = eda_test::YieldingStore::default();
     for app in [App::new(fast.clone()), App::new(generic.clone())] {
         app.execute(open("long")).await.unwrap();
         for amount in 1..=1300 {
@@ -497,7 +494,7 @@ async fn long_streams_replay_the_same_through_every_read_path() {
 /// its bound. Rejected commands on ids no aggregate has leave nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cache_stays_within_its_capacity() {
-    let store = common::YieldingStore::default();
+    let store = eda_test::YieldingStore::default();
     let app = App::builder(store).cache_capacity(100).build().unwrap();
     let mut tasks = Vec::new();
     for i in 0..5_000 {

@@ -2,16 +2,13 @@
 
 #![allow(missing_docs)]
 
-#[path = "../examples/domain/bank.rs"]
-mod bank;
-
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use bank::{
+use eda::testing::Fixture;
+use eda_test::bank::{
     Account, AccountError, AccountOpened, DepositMoney, MoneyDeposited, MoneyWithdrawn,
     WithdrawMoney,
 };
-use eda::testing::Fixture;
 
 fn opened() -> AccountOpened {
     AccountOpened {

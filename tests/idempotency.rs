@@ -2,14 +2,9 @@
 
 #![allow(missing_docs)]
 
-mod common;
-
-#[path = "../examples/domain/bank.rs"]
-mod bank;
-
-use bank::{AccountEvent, DepositMoney, OpenAccount, WithdrawMoney};
-use common::YieldingStore;
 use eda::prelude::*;
+use eda_test::bank::{AccountEvent, DepositMoney, OpenAccount, WithdrawMoney};
+use eda_test::YieldingStore;
 
 fn deposit(amount: u64) -> DepositMoney {
     DepositMoney {

@@ -2,9 +2,6 @@
 
 #![allow(missing_docs)]
 
-mod common;
-
-use common::conformance;
 use eda::MemoryStore;
 
 /// Runs a conformance check on a fresh store.
@@ -12,7 +9,7 @@ async fn with_store<F: std::future::Future<Output = ()>>(check: impl FnOnce(Memo
     check(MemoryStore::new()).await;
 }
 
-conformance::conformance_tests!(with_store);
+eda_test::conformance_tests!(with_store);
 
 #[test]
 fn clones_share_the_same_events() {
@@ -23,9 +20,14 @@ fn clones_share_the_same_events() {
         .unwrap();
     rt.block_on(async {
         use eda::EventStore;
-        let s = common::stream("A", "1");
+        let s = eda_test::stream("A", "1");
         store
-            .append(s, 0, vec![common::new_event("E", "{}")], &common::meta())
+            .append(
+                s,
+                0,
+                vec![eda_test::new_event("E", "{}")],
+                &eda_test::meta(),
+            )
             .await
             .unwrap();
     });

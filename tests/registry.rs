@@ -3,11 +3,8 @@
 
 #![allow(missing_docs)]
 
-#[path = "../examples/domain/bank.rs"]
-mod bank;
-
-use bank::{MoneyWithdrawn, MoneyWithdrawnV1};
 use eda::{registry, DecodeErrorKind, Event};
+use eda_test::bank::{MoneyWithdrawn, MoneyWithdrawnV1};
 
 #[test]
 fn every_event_is_registered_with_its_type() {
@@ -99,7 +96,7 @@ fn consumers_ignore_fields_they_do_not_declare() {
         )
         .unwrap();
     assert_eq!(
-        any.downcast_ref::<bank::AccountOpened>()
+        any.downcast_ref::<eda_test::bank::AccountOpened>()
             .map(|e| e.owner.as_str()),
         Some("ada")
     );

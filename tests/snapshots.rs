@@ -3,11 +3,9 @@
 
 #![allow(missing_docs)]
 
-mod common;
-
-use common::YieldingStore;
 use eda::prelude::*;
 use eda::{Snapshot, StreamId};
+use eda_test::YieldingStore;
 
 #[event]
 #[derive(Debug, Clone, PartialEq)]

@@ -7,7 +7,7 @@
 //!
 //! The child is this test binary itself, started with `--ignored --exact child`.
 
-#![cfg(all(feature = "sqlite", unix))]
+#![cfg(unix)]
 #![allow(missing_docs)]
 
 use std::collections::BTreeSet;
@@ -17,11 +17,7 @@ use std::process::{Command, Stdio};
 
 use eda::prelude::*;
 use eda::Metadata;
-
-#[path = "common/appends.rs"]
-mod appends;
-
-use appends::{batch, check, PER_APPEND, STREAM};
+use eda_test::appends::{batch, check, PER_APPEND, STREAM};
 
 /// The child: appends forever, printing `eda-ack <append number>` after each
 /// acknowledged append (before it, with `EDA_CRASH_EARLY_ACK`). Only runs when a

@@ -5,7 +5,7 @@
 //! all-or-nothing and nothing that was never sent. The control arms a point that
 //! acknowledges before committing (the bug switched on): the checker must object.
 
-#![cfg(all(feature = "sqlite", feature = "failpoints", unix))]
+#![cfg(unix)]
 #![allow(missing_docs)]
 
 use std::collections::BTreeSet;
@@ -14,11 +14,7 @@ use std::process::{Command, Stdio};
 
 use eda::prelude::*;
 use eda::Metadata;
-
-#[path = "common/appends.rs"]
-mod appends;
-
-use appends::{batch, check, PER_APPEND, STREAM};
+use eda_test::appends::{batch, check, PER_APPEND, STREAM};
 
 /// The child: appends until the armed point kills it, reporting `eda-sent n` before and
 /// `eda-ack n` after each append.

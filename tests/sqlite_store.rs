@@ -1,20 +1,11 @@
 //! `SqliteStore` against the conformance suite, and what only a file can show:
 //! reopening, schema versions, corrupt rows.
 
-#![cfg(feature = "sqlite")]
 #![allow(missing_docs)]
 
-#[path = "common/bank_load.rs"]
-mod bank_load;
-mod common;
-
-#[path = "../examples/domain/bank.rs"]
-mod bank;
-
-use bank::{Account, DepositMoney, OpenAccount};
-use common::conformance;
 use eda::prelude::*;
 use eda::{SqliteOptions, SqliteSynchronous};
+use eda_test::bank::{Account, DepositMoney, OpenAccount};
 
 /// A fresh database in its own temporary directory (kept alive by the guard).
 async fn fresh() -> (tempfile::TempDir, SqliteStore) {
@@ -31,7 +22,7 @@ async fn with_store<F: std::future::Future<Output = ()>>(check: impl FnOnce(Sqli
     check(store).await;
 }
 
-conformance::conformance_tests!(with_store);
+eda_test::conformance_tests!(with_store);
 
 #[tokio::test]
 async fn events_survive_reopening() {
@@ -260,11 +251,11 @@ async fn a_version_2_database_gets_the_keys_of_its_events() {
     metadata.idempotency_key = Some("old-key".into());
     metadata.command = Some("Note".into());
     let events = vec![
-        common::new_event("Noted", "{}"),
-        common::new_event("Noted", "{}"),
+        eda_test::new_event("Noted", "{}"),
+        eda_test::new_event("Noted", "{}"),
     ];
     store
-        .append(common::stream("Doc", "d"), 0, events, &metadata)
+        .append(eda_test::stream("Doc", "d"), 0, events, &metadata)
         .await
         .unwrap();
     store.close().await.unwrap();
@@ -337,7 +328,7 @@ async fn a_corrupt_row_is_a_typed_error_and_other_aggregates_still_load() {
          WHERE aggregate_id = 'bad'",
     );
     let err = store
-        .read_stream(common::stream("Account", "bad"), 0)
+        .read_stream(eda_test::stream("Account", "bad"), 0)
         .await
         .unwrap_err();
     assert!(
@@ -387,7 +378,7 @@ async fn concurrent_commands_through_many_apps() {
     let store = SqliteStore::open_with(dir.path().join("events.db"), options)
         .await
         .unwrap();
-    bank_load::every_command_once_through_many_apps(store, 50).await;
+    eda_test::bank_load::every_command_once_through_many_apps(store, 50).await;
 }
 
 /// A lone caller polls for its reply (yielding, so other tasks on its thread still

@@ -3,15 +3,12 @@
 
 #![allow(missing_docs)]
 
-#[path = "../examples/domain/bank.rs"]
-mod bank;
-
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
-use bank::{Account, DepositMoney, OpenAccount};
 use eda::prelude::*;
+use eda_test::bank::{Account, DepositMoney, OpenAccount};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event as TraceEvent, Metadata as TraceMetadata, Subscriber};

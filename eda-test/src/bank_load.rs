@@ -1,5 +1,4 @@
-//! Load through `App` with the bank domain, shared by the store tests. Included
-//! with `#[path]` by test crates that also include the bank domain as `bank`.
+//! Load through `App` with the bank domain, shared by the store tests.
 
 use eda::prelude::*;
 
@@ -69,7 +68,7 @@ pub async fn every_command_once_through_many_apps<S: EventStore + Clone>(store: 
         "versions without gap or repeat"
     );
     assert_eq!(
-        crate::common::stored_amounts(&stored),
+        crate::stored_amounts(&stored),
         sent,
         "every command exactly once"
     );

@@ -1,30 +1,6 @@
-//! Helpers shared by the behaviour tests.
-#![allow(dead_code, missing_docs)]
-
-pub mod conformance;
+//! A store that interleaves its callers.
 
 use eda::{Metadata, NewEvent, StreamId};
-
-pub fn stream<'a>(aggregate_type: &'a str, aggregate_id: &'a str) -> StreamId<'a> {
-    StreamId {
-        aggregate_type,
-        aggregate_id,
-    }
-}
-
-/// An encoded event with a fresh id.
-pub fn new_event(name: &'static str, payload: &str) -> NewEvent {
-    NewEvent {
-        event_id: eda::__private::new_event_id(),
-        name: name.into(),
-        version: 1,
-        payload: payload.into(),
-    }
-}
-
-pub fn meta() -> Metadata {
-    Metadata::default()
-}
 
 /// A store (a `MemoryStore` by default) whose every call yields to the scheduler
 /// before and after, as a networked store does, so tasks interleave inside
@@ -94,17 +70,4 @@ impl<S: eda::EventStore> eda::EventStore for YieldingStore<S> {
         tokio::task::yield_now().await;
         result
     }
-}
-
-/// The `amount` of every event in `events` that has one, sorted: with the amounts
-/// a test sent, it shows every command stored exactly once.
-pub fn stored_amounts(events: &[eda::RecordedEvent]) -> Vec<u64> {
-    let mut amounts: Vec<u64> = events
-        .iter()
-        .filter_map(|e| {
-            serde_json::from_str::<serde_json::Value>(&e.payload).ok()?["amount"].as_u64()
-        })
-        .collect();
-    amounts.sort_unstable();
-    amounts
 }

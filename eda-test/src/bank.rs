@@ -1,17 +1,21 @@
-//! The bank domain shared by the `bank` example, the tests and the benchmarks.
-#![allow(missing_docs, dead_code)]
+//! The bank domain shared by the `bank` example, the tests and the benchmarks: an
+//! account is opened, money is deposited and withdrawn, never below zero.
 
 use eda::prelude::*;
 
+/// An account was opened for its owner.
 #[event]
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccountOpened {
+    /// Who holds the account.
     pub owner: String,
 }
 
+/// Money was paid in.
 #[event]
 #[derive(Debug, Clone, PartialEq)]
 pub struct MoneyDeposited {
+    /// How much.
     pub amount: u64,
 }
 
@@ -19,13 +23,17 @@ pub struct MoneyDeposited {
 #[event(name = "MoneyWithdrawn", version = 1)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct MoneyWithdrawnV1 {
+    /// How much.
     pub amount: u64,
 }
 
+/// Money was paid out; the second schema of the event, which an old one is upcast to.
 #[event(name = "MoneyWithdrawn", version = 2, upcast_from = MoneyWithdrawnV1)]
 #[derive(Debug, Clone, PartialEq)]
 pub struct MoneyWithdrawn {
+    /// How much.
     pub amount: u64,
+    /// What for (empty in a withdrawal of the first schema).
     pub reference: String,
 }
 
@@ -38,37 +46,57 @@ impl From<MoneyWithdrawnV1> for MoneyWithdrawn {
     }
 }
 
+/// Open an account (refused if it is open already).
 #[command]
 #[derive(Debug, Clone)]
 pub struct OpenAccount {
+    /// The account's id.
     #[aggregate_id]
     pub account: String,
+    /// Who holds it.
     pub owner: String,
 }
 
+/// Pay money into an open account.
 #[command]
 #[derive(Debug, Clone)]
 pub struct DepositMoney {
+    /// The account's id.
     #[aggregate_id]
     pub account: String,
+    /// How much (not zero).
     pub amount: u64,
 }
 
+/// Pay money out of an open account, no more than its balance.
 #[command]
 #[derive(Debug, Clone)]
 pub struct WithdrawMoney {
+    /// The account's id.
     #[aggregate_id]
     pub account: String,
+    /// How much.
     pub amount: u64,
+    /// What for.
     pub reference: String,
 }
 
+/// Why an account refused a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountError {
+    /// Opening an account that is open.
     AlreadyOpen,
+    /// Moving money on an account that was never opened.
     NotOpen,
+    /// Depositing nothing.
     ZeroAmount,
-    InsufficientFunds { balance: u64, requested: u64 },
+    /// Withdrawing more than the balance.
+    InsufficientFunds {
+        /// The balance at the time.
+        balance: u64,
+        /// The amount asked for.
+        requested: u64,
+    },
 }
 
 impl std::fmt::Display for AccountError {
@@ -89,9 +117,12 @@ impl std::fmt::Display for AccountError {
 
 impl std::error::Error for AccountError {}
 
+/// A bank account, the aggregate of this domain.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Account {
+    /// Who holds it, once opened.
     pub owner: Option<String>,
+    /// Deposits less withdrawals.
     pub balance: u64,
 }
 

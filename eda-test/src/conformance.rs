@@ -1,5 +1,5 @@
 //! The behaviour every `EventStore` must show. Each backend's test file runs every
-//! check with a fresh, empty store through [`conformance_tests!`].
+//! check with a fresh, empty store through [`conformance_tests!`](crate::conformance_tests).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -7,16 +7,16 @@ use std::sync::Arc;
 use eda::prelude::*;
 use eda::{Metadata, StreamId};
 
-use super::{meta, new_event, stream};
+use crate::{meta, new_event, stream};
 
 /// Declares one test per check of the suite, each run through `$with_store`: an
 /// async function that gives the check a fresh store and cleans up after it. A
-/// check listed here runs on every store. (Unused by the other test crates that
-/// share `common`.)
-#[allow(unused_macros)]
+/// check listed here runs on every store. The test crate needs tokio (for
+/// `#[tokio::test]`).
+#[macro_export]
 macro_rules! conformance_tests {
     ($with_store:path) => {
-        crate::common::conformance::conformance_tests!(@each $with_store;
+        $crate::conformance_tests!(@each $with_store;
             append_and_read_back,
             wrong_expected_version_is_a_conflict_and_stores_nothing,
             duplicate_event_ids_are_refused_whole,
@@ -36,17 +36,16 @@ macro_rules! conformance_tests {
     (@each $with_store:path; $($name:ident,)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $name() {
-            $with_store(crate::common::conformance::$name).await;
+            $with_store($crate::conformance::$name).await;
         }
     )*};
 }
-#[allow(unused_imports)]
-pub(crate) use conformance_tests;
 
+/// Appended events read back whole, by stream, for replay and by id.
 pub async fn append_and_read_back<S: EventStore>(store: S) {
     let s = stream("Account", "a-1");
     let mut metadata = Metadata::default();
-    metadata.correlation_id = Some(eda::__private::new_event_id());
+    metadata.correlation_id = Some(eda::new_event_id());
     metadata.user.insert("user".into(), "ada".into());
     let events = vec![
         new_event("Opened", r#"{"owner":"ada"}"#),
@@ -120,12 +119,13 @@ pub async fn append_and_read_back<S: EventStore>(store: S) {
         .expect("event stored");
     assert_eq!(found.version, 2);
     assert!(store
-        .read_event(eda::__private::new_event_id())
+        .read_event(eda::new_event_id())
         .await
         .unwrap()
         .is_none());
 }
 
+/// An append at a stale or future version is a conflict naming both versions.
 pub async fn wrong_expected_version_is_a_conflict_and_stores_nothing<S: EventStore>(store: S) {
     let s = stream("Account", "a-1");
     store
@@ -152,6 +152,7 @@ pub async fn wrong_expected_version_is_a_conflict_and_stores_nothing<S: EventSto
     assert_eq!(store.read_all(0, 100).await.unwrap().len(), 1);
 }
 
+/// An event id stored already, on any stream or twice in a batch, refuses the batch.
 pub async fn duplicate_event_ids_are_refused_whole<S: EventStore>(store: S) {
     let s = stream("Account", "a-1");
     let first = new_event("Opened", "{}");
@@ -195,6 +196,7 @@ pub async fn duplicate_event_ids_are_refused_whole<S: EventStore>(store: S) {
     );
 }
 
+/// An append of no events stores nothing, yet checks the version.
 pub async fn empty_append_stores_nothing<S: EventStore>(store: S) {
     let s = stream("Account", "a-1");
     let appended = store.append(s, 0, vec![], &meta()).await.unwrap();
@@ -206,6 +208,7 @@ pub async fn empty_append_stores_nothing<S: EventStore>(store: S) {
     ));
 }
 
+/// `read_all` returns every event in commit order, and paging by position sees each once.
 pub async fn global_log_is_in_commit_order<S: EventStore>(store: S) {
     let mut expected = Vec::new();
     for round in 0..5u64 {
@@ -289,6 +292,7 @@ pub async fn concurrent_writers_on_one_stream<S: EventStore>(store: S) {
     );
 }
 
+/// Each stream keeps its newest snapshot; an older one saved late does not replace it.
 pub async fn snapshots_keep_the_newest_per_stream<S: EventStore>(store: S) {
     use eda::Snapshot;
     let (a, b) = (stream("Account", "a"), stream("Account", "b"));
@@ -330,6 +334,7 @@ pub async fn snapshots_keep_the_newest_per_stream<S: EventStore>(store: S) {
     );
 }
 
+/// `read_from_snapshot`: the snapshot and the events from its own on, a page at a time.
 pub async fn snapshot_and_tail_load_together<S: EventStore>(store: S) {
     use eda::Snapshot;
     let (s, other) = (stream("Account", "a"), stream("Account", "b"));
@@ -406,14 +411,18 @@ pub async fn snapshot_and_tail_load_together<S: EventStore>(store: S) {
 pub mod notes {
     use eda::prelude::*;
 
+    /// A note was taken.
     #[event(name = "conformance.Noted")]
     #[derive(Debug)]
     pub struct Noted {
+        /// The note.
         pub text: String,
     }
 
+    /// The notes taken, in order.
     #[derive(Debug, Default)]
     pub struct Notebook {
+        /// Every note's text.
         pub notes: Vec<String>,
     }
 
@@ -439,7 +448,7 @@ pub async fn undecodable_events_are_typed_errors<S: EventStore + Clone>(store: S
     let mut positions = Vec::new();
     for (id, name, version, payload) in cases {
         let event = eda::NewEvent {
-            event_id: eda::__private::new_event_id(),
+            event_id: eda::new_event_id(),
             name: name.into(),
             version,
             payload: payload.into(),
@@ -572,6 +581,7 @@ pub const AWKWARD_PAYLOADS: [&str; 8] = [
     r#"[1,"two",3.0,[],{}]"#,
 ];
 
+/// Each of [`AWKWARD_PAYLOADS`] reads back byte for byte through every read.
 pub async fn payloads_read_back_byte_for_byte<S: EventStore>(store: S) {
     use eda::Snapshot;
     let s = stream("Payload", "p-1");
@@ -718,22 +728,29 @@ pub async fn idempotency_keys_are_kept_with_their_append<S: EventStore>(store: S
 pub mod customers {
     use eda::prelude::*;
 
+    /// The address was changed.
     #[event(name = "conformance.AddressCorrected")]
     #[derive(Debug, Clone, PartialEq)]
     pub struct AddressCorrected {
+        /// The new address.
         pub address: String,
     }
 
+    /// Set the address (no event if it is the one held).
     #[command]
     #[derive(Debug, Clone)]
     pub struct CorrectAddress {
+        /// The customer's id.
         #[aggregate_id]
         pub customer: String,
+        /// The address to hold.
         pub address: String,
     }
 
+    /// A customer and their address.
     #[derive(Debug, Default)]
     pub struct Customer {
+        /// The address held.
         pub address: String,
     }
 

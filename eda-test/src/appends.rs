@@ -1,6 +1,6 @@
-//! The workload and checker of the crash and fault tests: numbered appends of
-//! `PER_APPEND` events, and a check of what a store holds against what was
-//! acknowledged. Included with `#[path]` by those tests.
+//! The workload and checker of the SQLite crash and fault tests: numbered appends
+//! of `PER_APPEND` events, and a check of what a store holds against what was
+//! acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -8,17 +8,19 @@ use std::path::Path;
 use eda::prelude::*;
 use eda::{NewEvent, StreamId};
 
+/// The one stream the workload appends to.
 pub const STREAM: StreamId<'static> = StreamId {
     aggregate_type: "Crash",
     aggregate_id: "loop",
 };
+/// Events per append.
 pub const PER_APPEND: u64 = 3;
 
 /// The events of append `n`; each payload names its append.
 pub fn batch(n: u64) -> Vec<NewEvent> {
     (0..PER_APPEND)
         .map(|part| NewEvent {
-            event_id: eda::__private::new_event_id(),
+            event_id: eda::new_event_id(),
             name: "Tick".into(),
             version: 1,
             payload: format!(r#"{{"append":{n},"part":{part}}}"#),

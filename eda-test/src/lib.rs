@@ -1,0 +1,21 @@
+//! What eda's own tests, examples and benchmarks share, as `sqlx-test` is for sqlx:
+//! the bank domain, the behaviour every store must show (the conformance suite),
+//! load through `App`, and helpers for calling stores directly. Not published.
+//!
+//! Helpers for one store are behind that store's feature (`sqlite`, `postgres`),
+//! which turns on eda's: the root package forwards its own features here, so a
+//! test built without a store does not build its helpers either.
+
+pub mod bank;
+pub mod bank_load;
+pub mod conformance;
+mod events;
+mod yielding;
+
+#[cfg(feature = "sqlite")]
+pub mod appends;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+pub use events::{meta, new_event, stored_amounts, stream};
+pub use yielding::YieldingStore;
