@@ -208,6 +208,49 @@ async fn the_global_log_never_skips_an_event() {
     db.drop_schema().await;
 }
 
+/// eda's own refusals are variants a caller can match: a schema name that would
+/// need quoting, and an append of more events than positions leave room for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_refusals_are_typed() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    for schema in ["Upper", "with-dash", "1st", "", "a;drop"] {
+        let err = PostgresStore::connect_with(&db.url, PostgresOptions::new().schema(schema)).await;
+        assert!(
+            matches!(
+                err,
+                Err(StoreError::Invalid {
+                    what: "schema name",
+                    ..
+                })
+            ),
+            "{schema}: {err:?}"
+        );
+    }
+    let stream = StreamId {
+        aggregate_type: "T",
+        aggregate_id: "1",
+    };
+    let events = vec![eda_test::new_event("E", "{}"); 1 << 20];
+    let err = db
+        .store
+        .append(stream, 0, events, &Metadata::default())
+        .await;
+    assert!(
+        matches!(
+            err,
+            Err(StoreError::TooManyEvents {
+                events: 1_048_576,
+                max: 1_048_575
+            })
+        ),
+        "{err:?}"
+    );
+    assert!(db.store.read_all(0, 10).await.unwrap().is_empty());
+    db.drop_schema().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn append_in_refuses_a_transaction_that_already_wrote() {
     let Some(db) = TestDb::new().await else {
