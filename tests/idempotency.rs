@@ -3,7 +3,7 @@
 #![allow(missing_docs)]
 
 use eda::prelude::*;
-use eda_test::bank::{AccountEvent, DepositMoney, OpenAccount, WithdrawMoney};
+use eda_test::bank::{open_account, AccountEvent, DepositMoney, OpenAccount, WithdrawMoney};
 use eda_test::YieldingStore;
 
 fn deposit(amount: u64) -> DepositMoney {
@@ -24,12 +24,7 @@ fn withdraw_all() -> WithdrawMoney {
 async fn opened() -> (MemoryStore, App) {
     let store = MemoryStore::new();
     let app = App::new(store.clone());
-    app.execute(OpenAccount {
-        account: "a".into(),
-        owner: "ada".into(),
-    })
-    .await
-    .unwrap();
+    open_account(&app, "a").await;
     (store, app)
 }
 
@@ -133,12 +128,7 @@ async fn racing_duplicates(apps: Vec<App>, store: MemoryStore, command: fn() -> 
 
 async fn funded(store: &YieldingStore) -> App {
     let app = App::new(store.clone());
-    app.execute(OpenAccount {
-        account: "a".into(),
-        owner: "ada".into(),
-    })
-    .await
-    .unwrap();
+    open_account(&app, "a").await;
     app.execute(deposit(10)).await.unwrap();
     app
 }
@@ -162,12 +152,7 @@ async fn racing_duplicates_through_many_apps() {
 async fn racing_duplicates_on_the_memory_store() {
     let store = MemoryStore::new();
     let app = App::new(store.clone());
-    app.execute(OpenAccount {
-        account: "a".into(),
-        owner: "ada".into(),
-    })
-    .await
-    .unwrap();
+    open_account(&app, "a").await;
     app.execute(deposit(10)).await.unwrap();
     let apps = (0..4)
         .map(|_| App::new(store.clone()))
@@ -235,12 +220,7 @@ async fn a_rejected_command_can_be_retried_with_its_key() {
         .await
         .unwrap_err();
     assert!(matches!(err, CommandError::Rejected(_)));
-    app.execute(OpenAccount {
-        account: "a".into(),
-        owner: "ada".into(),
-    })
-    .await
-    .unwrap();
+    open_account(&app, "a").await;
     let done = app
         .execute(deposit(5))
         .idempotency_key("early")

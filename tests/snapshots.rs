@@ -5,42 +5,8 @@
 
 use eda::prelude::*;
 use eda::{Snapshot, StreamId};
+use eda_test::tally::{Add, Tally};
 use eda_test::YieldingStore;
-
-#[event]
-#[derive(Debug, Clone, PartialEq)]
-pub struct Added {
-    pub n: u64,
-}
-
-#[command]
-#[derive(Debug, Clone)]
-pub struct Add {
-    #[aggregate_id]
-    pub id: String,
-    pub n: u64,
-}
-
-#[derive(Debug, Default, PartialEq, eda::serde::Serialize, eda::serde::Deserialize)]
-#[serde(crate = "eda::serde")]
-pub struct Tally {
-    pub total: u64,
-    pub count: u64,
-}
-
-#[aggregate(error = std::convert::Infallible, snapshot_every = 3, snapshot_version = 2)]
-impl Tally {
-    #[handle]
-    fn add(&self, cmd: Add) -> Result<Added, std::convert::Infallible> {
-        Ok(Added { n: cmd.n })
-    }
-
-    #[apply]
-    fn added(&mut self, e: &Added) {
-        self.total += e.n;
-        self.count += 1;
-    }
-}
 
 const STREAM: StreamId<'static> = StreamId {
     aggregate_type: "Tally",

@@ -5,7 +5,7 @@
 
 use eda::prelude::*;
 use eda::{SqliteOptions, SqliteSynchronous};
-use eda_test::bank::{Account, DepositMoney, OpenAccount};
+use eda_test::bank::{open_account, Account, DepositMoney, OpenAccount};
 
 /// A fresh database in its own temporary directory (kept alive by the guard).
 async fn fresh() -> (tempfile::TempDir, SqliteStore) {
@@ -89,12 +89,7 @@ async fn close_says_when_another_connection_keeps_the_log() {
     let options = SqliteOptions::new().busy_timeout(std::time::Duration::from_millis(50));
     let store = SqliteStore::open_with(&path, options).await.unwrap();
     let app = App::new(store.clone());
-    app.execute(OpenAccount {
-        account: "a".into(),
-        owner: "ada".into(),
-    })
-    .await
-    .unwrap();
+    open_account(&app, "a").await;
     let reader = rusqlite::Connection::open(&path).unwrap();
     reader.execute_batch("BEGIN").unwrap();
     let seen: i64 = reader
@@ -120,12 +115,7 @@ async fn close_leaves_the_whole_database_in_its_file() {
     let path = dir.path().join("bank.db");
     let store = SqliteStore::open(&path).await.unwrap();
     let app = App::new(store.clone());
-    app.execute(OpenAccount {
-        account: "a".into(),
-        owner: "ada".into(),
-    })
-    .await
-    .unwrap();
+    open_account(&app, "a").await;
     // The control: while open, the commit is only in the write-ahead log, and a
     // copy of the `.db` file alone has no tables.
     let early = dir.path().join("early.db");
@@ -171,12 +161,7 @@ async fn close_leaves_the_whole_database_in_its_file() {
 async fn backup_copies_a_database_in_use() {
     let (dir, store) = fresh().await;
     let app = App::new(store.clone());
-    app.execute(OpenAccount {
-        account: "a".into(),
-        owner: "ada".into(),
-    })
-    .await
-    .unwrap();
+    open_account(&app, "a").await;
     let copy = dir.path().join("backup.db");
     store.backup(&copy).await.unwrap();
     app.execute(DepositMoney {
@@ -206,12 +191,7 @@ async fn appends_to_a_deleted_database_file_are_refused() {
     let path = dir.path().join("bank.db");
     let store = SqliteStore::open(&path).await.unwrap();
     let app = App::new(store.clone());
-    app.execute(OpenAccount {
-        account: "a".into(),
-        owner: "ada".into(),
-    })
-    .await
-    .unwrap();
+    open_account(&app, "a").await;
     for suffix in ["", "-wal", "-shm"] {
         std::fs::remove_file(format!("{}{suffix}", path.display())).unwrap();
     }

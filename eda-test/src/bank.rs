@@ -179,3 +179,14 @@ impl Account {
         self.owner.as_ref().map(|_| ()).ok_or(AccountError::NotOpen)
     }
 }
+
+/// Opens account `id` for ada through `app`, which must succeed.
+pub async fn open_account(app: &App, id: &str) {
+    let open = OpenAccount {
+        account: id.into(),
+        owner: "ada".into(),
+    };
+    if let Err(error) = app.execute(open).await {
+        panic!("opening account {id}: {error}");
+    }
+}

@@ -1,5 +1,5 @@
 //! What eda's own tests, examples and benchmarks share, as `sqlx-test` is for sqlx:
-//! the bank domain, the behaviour every store must show (the conformance suite),
+//! the bank and tally domains, the behaviour every store must show (the conformance suite),
 //! load through `App`, and helpers for calling stores directly. Not published.
 //!
 //! Helpers for one store are behind that store's feature (`sqlite`, `postgres`),
@@ -10,6 +10,7 @@ pub mod bank;
 pub mod bank_load;
 pub mod conformance;
 mod events;
+pub mod tally;
 mod yielding;
 
 #[cfg(feature = "sqlite")]

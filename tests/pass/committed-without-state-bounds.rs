@@ -4,47 +4,36 @@
 use eda::prelude::*;
 
 #[event]
-#[derive(Debug, Clone, PartialEq)]
-pub struct Opened;
+#[derive(Debug)]
+pub struct Started;
 
 #[command]
 #[derive(Debug, Clone)]
-pub struct Open {
-    #[aggregate_id]
-    pub id: String,
-}
+pub struct Start(#[aggregate_id] pub u64);
 
 /// Neither `Debug`, `Clone` nor `PartialEq`.
 #[derive(Default)]
-pub struct Account {
-    _handle: Option<std::sync::Mutex<()>>,
-}
+pub struct Machine(Option<std::sync::Mutex<()>>);
 
-impl std::fmt::Debug for AccountError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AccountError")
-    }
-}
-
-pub struct AccountError;
-
-#[aggregate(error = AccountError)]
-impl Account {
+#[aggregate(id = u64, error = std::convert::Infallible)]
+impl Machine {
     #[handle]
-    fn open(&self, _: Open) -> Result<Opened, AccountError> {
-        Ok(Opened)
+    fn start(&self, _: Start) -> Result<Started, std::convert::Infallible> {
+        Ok(Started)
     }
 
     #[apply]
-    fn opened(&mut self, _: &Opened) {}
+    fn started(&mut self, _: &Started) {
+        self.0 = None;
+    }
 }
 
-/// Debug for an aggregate whose state is not `Debug`.
-fn show(done: &Committed<Account>) -> String {
+/// `Debug` for an aggregate whose state is not.
+pub fn show(done: &Committed<Machine>) -> String {
     format!("{done:?}")
 }
 
-/// Clone and compare for any aggregate whose events allow it, whatever its state.
+/// `Clone` and `==` for any aggregate whose events have them, whatever its state.
 pub fn copy<A: Aggregate>(done: &Committed<A>) -> Committed<A>
 where
     A::Event: Clone + PartialEq,
@@ -54,6 +43,4 @@ where
     copy
 }
 
-fn main() {
-    let _ = show;
-}
+fn main() {}
