@@ -42,9 +42,11 @@ pub(crate) fn command(command: &Command) -> TokenStream {
     }
 }
 
-/// An `#[aggregate]` block without a name to expand under: the block as written.
+/// An `#[aggregate]` block without a name to expand under: the block without its
+/// `#[handle]` and `#[apply]` markers, which rustc would report again as unknown
+/// attributes.
 pub(crate) fn aggregate(agg: &Aggregate) -> TokenStream {
-    agg.item.to_token_stream()
+    agg.item_without_markers().to_token_stream()
 }
 
 /// The body of a handler the checks rejected: its impls are still emitted, so uses
