@@ -1,7 +1,9 @@
 //! Command throughput of `App::execute` on `MemoryStore`, against a hand-written
 //! baseline with the same rules. Run with `cargo bench --bench commands`.
 //!
-//! (a) 10,000 accounts x (1 open + 9 deposits) = 100,000 commands, sequential.
+//! (a) 10,000 accounts x (1 open + 9 deposits) = 100,000 commands, sequential;
+//!     also through a store without `ImmediateStore`, where `App` awaits every
+//!     call as on a durable store (the price of the general path).
 //! (b) one account with 10,000 stored events, then 1,000 more commands on it
 //!     from a fresh `App` (the first command replays the stream); also without the
 //!     cache, where every command replays the whole stream.
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use eda::prelude::*;
 use eda_test::bank::{self, AccountError, DepositMoney, OpenAccount};
+use eda_test::{Route, Routed};
 
 const ACCOUNTS: usize = 10_000;
 const DEPOSITS: usize = 9;
@@ -44,12 +47,15 @@ fn main() {
 }
 
 fn many_accounts(runs: usize, rt: &tokio::runtime::Runtime, ids: &[String], commands: f64) {
-    // Alternate the two, so that both see the same machine (this kind of machine
-    // shares its cores with neighbours).
-    let (baseline, eda) = alternate(
+    // Take turns, so that all see the same machine (this kind of machine shares
+    // its cores with neighbours).
+    let [baseline, eda, awaited] = alternate(
         runs,
-        || baseline_many_accounts(ids),
-        || rt.block_on(eda_many_accounts(ids)),
+        [
+            &mut || baseline_many_accounts(ids),
+            &mut || rt.block_on(eda_many_accounts(ids, MemoryStore::new())),
+            &mut || rt.block_on(eda_many_accounts(ids, Routed::new(Route::Awaited))),
+        ],
     );
     report(
         "(a) baseline: HashMap of structs, same rules",
@@ -61,6 +67,12 @@ fn many_accounts(runs: usize, rt: &tokio::runtime::Runtime, ids: &[String], comm
         "(a) App::execute on MemoryStore",
         commands,
         eda,
+        Some(baseline),
+    );
+    report(
+        "(a) the same, every store call awaited",
+        commands,
+        awaited,
         Some(baseline),
     );
 }
@@ -95,18 +107,18 @@ fn long_stream_tail(runs: usize, rt: &tokio::runtime::Runtime) {
     );
 }
 
-/// Runs `a` and `b` in turns, `runs` times each; the median of each.
-fn alternate(
+/// Runs each of `tasks` in turns, `runs` times each; the median of each.
+fn alternate<const N: usize>(
     runs: usize,
-    mut a: impl FnMut() -> Duration,
-    mut b: impl FnMut() -> Duration,
-) -> (Duration, Duration) {
-    let (mut times_a, mut times_b) = (Vec::new(), Vec::new());
+    mut tasks: [&mut dyn FnMut() -> Duration; N],
+) -> [Duration; N] {
+    let mut times: [Vec<Duration>; N] = std::array::from_fn(|_| Vec::new());
     for _ in 0..runs.max(1) {
-        times_a.push(a());
-        times_b.push(b());
+        for (task, times) in tasks.iter_mut().zip(&mut times) {
+            times.push(task());
+        }
     }
-    (middle(times_a), middle(times_b))
+    times.map(middle)
 }
 
 fn middle(mut times: Vec<Duration>) -> Duration {
@@ -134,8 +146,8 @@ fn report(name: &str, commands: f64, time: Duration, baseline: Option<Duration>)
     println!();
 }
 
-async fn eda_many_accounts(ids: &[String]) -> Duration {
-    let app = App::new(MemoryStore::new());
+async fn eda_many_accounts(ids: &[String], store: impl EventStore) -> Duration {
+    let app = App::new(store);
     let start = Instant::now();
     for id in ids {
         app.execute(OpenAccount {

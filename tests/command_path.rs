@@ -6,155 +6,11 @@
 
 #![allow(missing_docs)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
 use eda::prelude::*;
-use eda::{ImmediateStore, Snapshot, StreamId};
+use eda::StreamId;
 use eda_test::tally::{Add, Tally};
+use eda_test::{Route, Routed};
 use proptest::prelude::*;
-
-/// How a `Routed` store offers `MemoryStore`'s immediate operations.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Mode {
-    /// Not at all: every call is awaited and suspends first, as on a durable store.
-    Awaited,
-    /// As its own `ImmediateStore`, forwarding each call.
-    Forwarded,
-    /// The control: forwarded, except that immediate snapshots are dropped.
-    LosesSnapshots,
-}
-
-/// Forwards every call to a `MemoryStore`, its snapshots included, and counts the
-/// appends that reach its async `append`.
-#[derive(Clone)]
-struct Routed {
-    inner: MemoryStore,
-    mode: Mode,
-    async_appends: Arc<AtomicUsize>,
-}
-
-impl Routed {
-    fn new(mode: Mode) -> Self {
-        Routed {
-            inner: MemoryStore::new(),
-            mode,
-            async_appends: Arc::default(),
-        }
-    }
-}
-
-impl ImmediateStore for Routed {
-    fn append_now(
-        &self,
-        stream: StreamId<'_>,
-        expected_version: u64,
-        events: &mut Vec<eda::NewEvent>,
-        metadata: &eda::Metadata,
-        recorded_at: std::time::SystemTime,
-    ) -> Result<eda::Appended, StoreError> {
-        self.inner
-            .append_now(stream, expected_version, events, metadata, recorded_at)
-    }
-
-    fn replay_now(
-        &self,
-        stream: StreamId<'_>,
-        after_version: u64,
-        apply: &mut dyn FnMut(eda::EventRef<'_>) -> Result<(), LoadError>,
-    ) -> Result<(), LoadError> {
-        self.inner.replay_now(stream, after_version, apply)
-    }
-
-    fn save_snapshot_now(
-        &self,
-        stream: StreamId<'_>,
-        snapshot: Snapshot,
-    ) -> Result<(), StoreError> {
-        match self.mode {
-            Mode::LosesSnapshots => Ok(()),
-            _ => self.inner.save_snapshot_now(stream, snapshot),
-        }
-    }
-}
-
-impl EventStore for Routed {
-    async fn append(
-        &self,
-        stream: StreamId<'_>,
-        expected_version: u64,
-        events: Vec<eda::NewEvent>,
-        metadata: &eda::Metadata,
-    ) -> Result<eda::Appended, StoreError> {
-        self.async_appends.fetch_add(1, Ordering::Relaxed);
-        tokio::task::yield_now().await;
-        self.inner
-            .append(stream, expected_version, events, metadata)
-            .await
-    }
-
-    async fn read_stream(
-        &self,
-        stream: StreamId<'_>,
-        after_version: u64,
-    ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
-        tokio::task::yield_now().await;
-        self.inner.read_stream(stream, after_version).await
-    }
-
-    async fn read_all(
-        &self,
-        after_position: u64,
-        limit: usize,
-    ) -> Result<Vec<eda::RecordedEvent>, StoreError> {
-        self.inner.read_all(after_position, limit).await
-    }
-
-    async fn read_event(&self, id: eda::Uuid) -> Result<Option<eda::RecordedEvent>, StoreError> {
-        self.inner.read_event(id).await
-    }
-
-    async fn read_idempotency_key(
-        &self,
-        key: &str,
-    ) -> Result<Option<eda::IdempotencyRecord>, StoreError> {
-        tokio::task::yield_now().await;
-        self.inner.read_idempotency_key(key).await
-    }
-
-    async fn save_snapshot(
-        &self,
-        stream: StreamId<'_>,
-        snapshot: &Snapshot,
-    ) -> Result<(), StoreError> {
-        tokio::task::yield_now().await;
-        self.inner.save_snapshot(stream, snapshot).await
-    }
-
-    async fn load_snapshot(&self, stream: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
-        tokio::task::yield_now().await;
-        self.inner.load_snapshot(stream).await
-    }
-
-    async fn read_for_replay(
-        &self,
-        stream: StreamId<'_>,
-        after_version: u64,
-        limit: usize,
-    ) -> Result<Vec<eda::ReplayEvent>, StoreError> {
-        tokio::task::yield_now().await;
-        self.inner
-            .read_for_replay(stream, after_version, limit)
-            .await
-    }
-
-    fn immediate(&self) -> Option<&dyn ImmediateStore> {
-        match self.mode {
-            Mode::Awaited => None,
-            Mode::Forwarded | Mode::LosesSnapshots => Some(self),
-        }
-    }
-}
 
 /// One step of a scenario: which of two `App`s on the store executes what.
 #[derive(Debug, Clone)]
@@ -235,12 +91,12 @@ async fn run(store: impl EventStore + Clone, steps: &[Step]) -> Observed {
 /// one that does not: all three must observe the same.
 async fn same_on_every_path(steps: &[Step]) -> Observed {
     let direct = run(MemoryStore::new(), steps).await;
-    let forwarding = Routed::new(Mode::Forwarded);
+    let forwarding = Routed::new(Route::Immediate);
     assert_eq!(run(forwarding.clone(), steps).await, direct);
-    assert_eq!(forwarding.async_appends.load(Ordering::Relaxed), 0);
-    let awaited = Routed::new(Mode::Awaited);
+    assert_eq!(forwarding.async_appends(), 0);
+    let awaited = Routed::new(Route::Suspending);
     assert_eq!(run(awaited.clone(), steps).await, direct);
-    assert!(awaited.async_appends.load(Ordering::Relaxed) > 0 || direct.log.is_empty());
+    assert!(awaited.async_appends() > 0 || direct.log.is_empty());
     direct
 }
 
@@ -283,12 +139,12 @@ async fn every_kind_of_outcome_is_the_same_on_both_paths() {
 
 #[tokio::test]
 async fn a_store_without_immediate_operations_gets_every_append_awaited() {
-    let awaited = Routed::new(Mode::Awaited);
+    let awaited = Routed::new(Route::Suspending);
     let app = App::new(awaited.clone());
     for n in 2..12 {
         app.execute(Add { id: "a".into(), n }).await.unwrap();
     }
-    assert_eq!(awaited.async_appends.load(Ordering::Relaxed), 10);
+    assert_eq!(awaited.async_appends(), 10);
 }
 
 /// The control: a path that loses its snapshots must be told apart from one that
@@ -298,7 +154,7 @@ async fn a_path_that_loses_snapshots_is_caught() {
     let steps: Vec<_> = (2..7).map(|n| step(0, "a", n, None)).collect();
     let direct = run(MemoryStore::new(), &steps).await;
     assert_eq!(direct.snapshots[0].as_ref().map(|s| s.0), Some(3));
-    let lossy = run(Routed::new(Mode::LosesSnapshots), &steps).await;
+    let lossy = run(Routed::new(Route::LosesSnapshots), &steps).await;
     assert_eq!(lossy.states, direct.states);
     assert_ne!(lossy, direct);
 }

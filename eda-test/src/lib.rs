@@ -10,6 +10,7 @@ pub mod bank;
 pub mod bank_load;
 pub mod conformance;
 mod events;
+mod routed;
 pub mod tally;
 mod yielding;
 
@@ -19,4 +20,5 @@ pub mod appends;
 pub mod postgres;
 
 pub use events::{meta, new_event, stored_amounts, stream};
+pub use routed::{Route, Routed};
 pub use yielding::YieldingStore;

@@ -1,0 +1,172 @@
+//! A `MemoryStore` reached through a chosen path: with or without its immediate
+//! operations, suspending or not. The command-path tests compare the paths; the
+//! command benchmark prices them.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use eda::{
+    Appended, EventRef, EventStore, IdempotencyRecord, ImmediateStore, LoadError, MemoryStore,
+    Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StoreError, StreamId, Uuid,
+};
+
+/// How a [`Routed`] store lets `App` reach the `MemoryStore` inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Through [`ImmediateStore`], which the wrapper implements by forwarding:
+    /// `App`'s in-process path.
+    Immediate,
+    /// Without `ImmediateStore`: every call is awaited, as on a durable store, but
+    /// completes at once.
+    Awaited,
+    /// Without `ImmediateStore`, and every call suspends first (yields to the
+    /// scheduler), as a networked store does.
+    Suspending,
+    /// The control of path comparisons: `Immediate`, except that immediate
+    /// snapshots are dropped.
+    LosesSnapshots,
+}
+
+/// A `MemoryStore` behind a chosen [`Route`]: every call forwarded, snapshots
+/// included, and the appends that reach the async `append` counted.
+#[derive(Clone)]
+pub struct Routed {
+    inner: MemoryStore,
+    route: Route,
+    async_appends: Arc<AtomicUsize>,
+}
+
+impl Routed {
+    /// An empty store behind `route`.
+    pub fn new(route: Route) -> Self {
+        Routed {
+            inner: MemoryStore::new(),
+            route,
+            async_appends: Arc::default(),
+        }
+    }
+
+    /// How many appends came through the async `EventStore::append`.
+    pub fn async_appends(&self) -> usize {
+        self.async_appends.load(Ordering::Relaxed)
+    }
+
+    async fn suspend(&self) {
+        if self.route == Route::Suspending {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+impl ImmediateStore for Routed {
+    fn append_now(
+        &self,
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: &mut Vec<NewEvent>,
+        metadata: &Metadata,
+        recorded_at: SystemTime,
+    ) -> Result<Appended, StoreError> {
+        self.inner
+            .append_now(stream, expected_version, events, metadata, recorded_at)
+    }
+
+    fn replay_now(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+        apply: &mut dyn FnMut(EventRef<'_>) -> Result<(), LoadError>,
+    ) -> Result<(), LoadError> {
+        self.inner.replay_now(stream, after_version, apply)
+    }
+
+    fn save_snapshot_now(
+        &self,
+        stream: StreamId<'_>,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        match self.route {
+            Route::LosesSnapshots => Ok(()),
+            _ => self.inner.save_snapshot_now(stream, snapshot),
+        }
+    }
+}
+
+impl EventStore for Routed {
+    async fn append(
+        &self,
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: Vec<NewEvent>,
+        metadata: &Metadata,
+    ) -> Result<Appended, StoreError> {
+        self.async_appends.fetch_add(1, Ordering::Relaxed);
+        self.suspend().await;
+        self.inner
+            .append(stream, expected_version, events, metadata)
+            .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.suspend().await;
+        self.inner.read_stream(stream, after_version).await
+    }
+
+    async fn read_all(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_all(after_position, limit).await
+    }
+
+    async fn read_event(&self, id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        self.inner.read_event(id).await
+    }
+
+    async fn read_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.suspend().await;
+        self.inner.read_idempotency_key(key).await
+    }
+
+    async fn save_snapshot(
+        &self,
+        stream: StreamId<'_>,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        self.suspend().await;
+        self.inner.save_snapshot(stream, snapshot).await
+    }
+
+    async fn load_snapshot(&self, stream: StreamId<'_>) -> Result<Option<Snapshot>, StoreError> {
+        self.suspend().await;
+        self.inner.load_snapshot(stream).await
+    }
+
+    async fn read_for_replay(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<ReplayEvent>, StoreError> {
+        self.suspend().await;
+        self.inner
+            .read_for_replay(stream, after_version, limit)
+            .await
+    }
+
+    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+        match self.route {
+            Route::Awaited | Route::Suspending => None,
+            Route::Immediate | Route::LosesSnapshots => Some(self),
+        }
+    }
+}
