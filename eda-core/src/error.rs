@@ -97,11 +97,10 @@ pub enum StoreError {
         /// The most one append may carry on this store.
         max: usize,
     },
-    /// `PostgresStore::append_in` was called on a
-    /// transaction that had already written: that earlier write fixed the
-    /// transaction's place in the global log before the aggregate's version was
-    /// checked, so the append is refused and nothing of it was stored. Append first,
-    /// then write the rest.
+    /// `PostgresStore::append_in` was called on a transaction that had already
+    /// written: that earlier write fixed the transaction's place in the global log
+    /// before the aggregate's version was checked, so the append is refused and
+    /// nothing of it was stored. Append first, then write the rest.
     #[error("append_in must be the first write of its transaction")]
     NotFirstWrite,
     /// The database rolled the whole transaction back (a full disk, an I/O error):
