@@ -5,9 +5,9 @@ pub use eda_core::{
     AggregateEvent, AggregateId, App, AppBuilder, Appended, Command, CommandError, Committed,
     DecodeError, DecodeErrorKind, DecodeFn, EncodeError, Event, EventRef, EventRegistration,
     EventStore, Execute, ExecuteFuture, Handle, HandledCommand, IdempotencyRecord, ImmediateStore,
-    IntoEvents, LoadError, MemoryStore, Metadata, NewEvent, OwnedStreamId, RecordedEvent, Registry,
-    RegistryError, ReplayEvent, Snapshot, StoreError, StreamId, Uuid, MAX_AGGREGATE_ID_BYTES,
-    MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
+    IntoEvents, LoadError, LogPage, MemoryStore, Metadata, NewEvent, OwnedStreamId, RecordedEvent,
+    Registry, RegistryError, ReplayEvent, Snapshot, StoreError, StreamId, Uuid,
+    MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
 };
 #[cfg(feature = "postgres")]
 pub use eda_core::{PostgresOptions, PostgresStore};

@@ -34,3 +34,10 @@ fn clones_share_the_same_events() {
     assert_eq!(other.len(), 1);
     assert!(!other.is_empty());
 }
+
+/// `EventStore::read_all_of`'s default (filtering `read_all`'s pages), through a
+/// wrapper that does not override it, behaves as the stores' own queries.
+#[tokio::test]
+async fn the_default_read_all_of_reads_the_log_by_event_name() {
+    eda_test::conformance::the_log_is_read_by_event_name(eda_test::YieldingStore::default()).await;
+}

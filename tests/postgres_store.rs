@@ -35,9 +35,11 @@ type Seen = Vec<(eda::Uuid, String, u64)>;
 
 /// 8 writers append inside transactions of their own, with work before (reads,
 /// waits) and after the append (writes, waits), and roll back some. Meanwhile a
-/// reader tails `read_all` and another one tails with the naive `position > last`
-/// cursor. Returns (committed ids, full read, gap-safe reader, naive reader).
-async fn tail_while_writing(db: &TestDb) -> (HashSet<eda::Uuid>, Seen, Seen, Seen) {
+/// reader tails `read_all`, another `read_all_of` for one of the two event names,
+/// and another one tails with the naive `position > last` cursor. Returns
+/// (committed ids, full read, gap-safe reader, naive reader, the full read's
+/// `Happened` events, the reader by name).
+async fn tail_while_writing(db: &TestDb) -> (HashSet<eda::Uuid>, Seen, Seen, Seen, Seen, Seen) {
     let setup = db.connect().await;
     setup
         .batch_execute("CREATE TABLE work (writer int, n int)")
@@ -69,7 +71,7 @@ async fn tail_while_writing(db: &TestDb) -> (HashSet<eda::Uuid>, Seen, Seen, See
                 }
                 let events = vec![
                     eda_test::new_event("Happened", r#"{"n":1}"#),
-                    eda_test::new_event("Happened", r#"{"n":2}"#),
+                    eda_test::new_event("Noted", r#"{"n":2}"#),
                 ];
                 let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
                 match store
@@ -122,6 +124,28 @@ async fn tail_while_writing(db: &TestDb) -> (HashSet<eda::Uuid>, Seen, Seen, See
             }
         })
     };
+    let by_name = {
+        let (store, done) = (db.store.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            let (mut seen, mut after) = (Seen::new(), 0);
+            loop {
+                let finished = done.load(Ordering::SeqCst) == 8;
+                let page = store.read_all_of(after, 50, &["Happened"]).await.unwrap();
+                after = page.read_to;
+                if page.events.is_empty() {
+                    if finished && store.held_back().await.unwrap() == 0 {
+                        let last = store.read_all_of(after, 50, &["Happened"]).await.unwrap();
+                        assert!(last.events.is_empty(), "found after the end: {last:?}");
+                        return seen;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                for e in page.events {
+                    seen.push((e.event_id, e.aggregate_id, e.version));
+                }
+            }
+        })
+    };
     let naive = {
         let (client, done) = (db.connect().await, Arc::clone(&done));
         tokio::spawn(async move {
@@ -156,16 +180,22 @@ async fn tail_while_writing(db: &TestDb) -> (HashSet<eda::Uuid>, Seen, Seen, See
     for writer in writers {
         committed.extend(writer.await.unwrap());
     }
-    let (safe, naive) = (safe.await.unwrap(), naive.await.unwrap());
-    let full: Seen = db
-        .store
-        .read_all(0, 100_000)
-        .await
-        .unwrap()
+    let (safe, naive, by_name) = (
+        safe.await.unwrap(),
+        naive.await.unwrap(),
+        by_name.await.unwrap(),
+    );
+    let log = db.store.read_all(0, 100_000).await.unwrap();
+    let happened: Seen = log
+        .iter()
+        .filter(|e| e.name == "Happened")
+        .map(|e| (e.event_id, e.aggregate_id.clone(), e.version))
+        .collect();
+    let full: Seen = log
         .into_iter()
         .map(|e| (e.event_id, e.aggregate_id, e.version))
         .collect();
-    (committed, full, safe, naive)
+    (committed, full, safe, naive, happened, by_name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -173,7 +203,7 @@ async fn the_global_log_never_skips_an_event() {
     let Some(db) = TestDb::new().await else {
         return;
     };
-    let (committed, full, safe, naive) = tail_while_writing(&db).await;
+    let (committed, full, safe, naive, happened, by_name) = tail_while_writing(&db).await;
 
     let full_ids: HashSet<_> = full.iter().map(|(id, _, _)| *id).collect();
     assert_eq!(
@@ -184,6 +214,11 @@ async fn the_global_log_never_skips_an_event() {
         safe, full,
         "the tailing reader saw every event once, in log order"
     );
+    assert_eq!(
+        by_name, happened,
+        "the reader by name saw every `Happened` event once, in log order, and no other"
+    );
+    assert!(!happened.is_empty() && happened.len() < full.len());
     let mut versions: BTreeMap<&str, u64> = BTreeMap::new();
     for (_, aggregate, version) in &safe {
         let last = versions.insert(aggregate, *version).unwrap_or(0);

@@ -28,6 +28,24 @@ pub struct Appended {
     pub position: u64,
 }
 
+/// A page of the global log filtered by event name: see
+/// [`EventStore::read_all_of`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct LogPage {
+    /// The events found, in position order.
+    pub events: Vec<RecordedEvent>,
+    /// How far the log was read: the `after_position` of the next call.
+    pub read_to: u64,
+}
+
+impl LogPage {
+    /// A page of `events`, the log read up to `read_to` (for store authors).
+    pub fn new(events: Vec<RecordedEvent>, read_to: u64) -> Self {
+        LogPage { events, read_to }
+    }
+}
+
 /// Durable (or not) home of the events: append with optimistic concurrency, read
 /// one stream, tail the global log.
 ///
@@ -92,6 +110,52 @@ pub trait EventStore: Send + Sync + 'static {
         after_position: u64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send;
+
+    /// Up to `limit` events of the global log after `after_position` whose name is
+    /// one of `names`, in position order, and how far the log was read: what a
+    /// reader that handles only those events (a projection, a policy) needs, without
+    /// decoding or even receiving the others.
+    ///
+    /// [`LogPage::read_to`] is the position to continue from: every event between
+    /// `after_position` and it that has one of the names is in the page, and, as
+    /// with [`read_all`](Self::read_all), no event will later appear at or below it.
+    /// A page with fewer than `limit` events has read everything there was to read
+    /// (on PostgreSQL, up to the oldest transaction still running).
+    ///
+    /// The default filters [`read_all`](Self::read_all)'s pages, reading at most 16
+    /// of them (of `limit` events each) per call; the three stores filter in their
+    /// query instead.
+    fn read_all_of(
+        &self,
+        after_position: u64,
+        limit: usize,
+        names: &[&str],
+    ) -> impl Future<Output = Result<LogPage, StoreError>> + Send {
+        async move {
+            let limit = limit.max(1);
+            let mut page = LogPage {
+                events: Vec::new(),
+                read_to: after_position,
+            };
+            for _ in 0..16 {
+                let read = self.read_all(page.read_to, limit).await?;
+                let full = read.len() == limit;
+                for event in read {
+                    page.read_to = event.position;
+                    if names.contains(&event.name.as_str()) {
+                        page.events.push(event);
+                        if page.events.len() == limit {
+                            return Ok(page);
+                        }
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            Ok(page)
+        }
+    }
 
     /// The event with this id, if it is stored.
     fn read_event(

@@ -31,6 +31,7 @@ macro_rules! conformance_tests {
             idempotency_keys_are_kept_with_their_append,
             keyed_no_ops_are_remembered,
             names_are_checked_the_same_way_everywhere,
+            the_log_is_read_by_event_name,
         );
     };
     (@each $with_store:path; $($name:ident,)*) => {$(
@@ -911,3 +912,77 @@ pub async fn names_are_checked_the_same_way_everywhere<S: EventStore>(store: S) 
 }
 
 static META: std::sync::LazyLock<Metadata> = std::sync::LazyLock::new(Metadata::default);
+
+/// `read_all_of`: the events of the given names, in position order, in pages that
+/// add up to the filtered `read_all`; `read_to` moves past events of other names,
+/// and nothing is found again below it.
+pub async fn the_log_is_read_by_event_name<S: EventStore>(store: S) {
+    let names = ["Opened", "Deposited", "Withdrawn", "Closed"];
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let batch: Vec<_> = (0..7)
+            .map(|n| new_event(names[(n + i) % names.len()], "{}"))
+            .collect();
+        store
+            .append(stream("Account", id), 0, batch, &meta())
+            .await
+            .unwrap();
+    }
+    let all = store.read_all(0, 1_000).await.unwrap();
+    let head = all.last().unwrap().position;
+    let wanted = ["Deposited", "Closed"];
+    let expected: Vec<_> = all
+        .iter()
+        .filter(|e| wanted.contains(&e.name.as_str()))
+        .cloned()
+        .collect();
+    assert!(!expected.is_empty() && expected.len() < all.len());
+
+    let whole = store.read_all_of(0, 1_000, &wanted).await.unwrap();
+    assert_eq!(whole.events, expected);
+    assert!(whole.read_to >= head, "{} < {head}", whole.read_to);
+
+    // Page by page, continuing from `read_to`.
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_all_of(after, 2, &wanted).await.unwrap();
+        assert!(page.read_to >= after);
+        if page.events.len() == 2 {
+            assert_eq!(page.read_to, page.events[1].position);
+        }
+        let done = page.events.len() < 2;
+        paged.extend(page.events);
+        after = page.read_to;
+        if done {
+            break;
+        }
+    }
+    assert_eq!(paged, expected);
+    assert!(after >= head);
+
+    // Names no event has: nothing, but the log was read.
+    let none = store.read_all_of(0, 10, &["Nope"]).await.unwrap();
+    assert!(none.events.is_empty());
+    assert!(none.read_to >= head);
+    assert!(store
+        .read_all_of(0, 10, &[])
+        .await
+        .unwrap()
+        .events
+        .is_empty());
+
+    // Later events are found after `read_to`, and only they.
+    let later = vec![new_event("Closed", "{}"), new_event("Opened", "{}")];
+    store
+        .append(stream("Account", "d"), 0, later, &meta())
+        .await
+        .unwrap();
+    let next = store.read_all_of(whole.read_to, 10, &wanted).await.unwrap();
+    let found: Vec<_> = next
+        .events
+        .iter()
+        .map(|e| (e.aggregate_id.as_str(), e.name.as_str()))
+        .collect();
+    assert_eq!(found, [("d", "Closed")]);
+    assert!(next.read_to > whole.read_to);
+}

@@ -12,7 +12,7 @@ use crate::envelope::{
     EventRef, IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
 };
 use crate::error::{LoadError, StoreError};
-use crate::store::{check_names, Appended, EventStore, ImmediateStore};
+use crate::store::{check_names, Appended, EventStore, ImmediateStore, LogPage};
 
 /// An in-process event store for tests, examples and benchmarks.
 ///
@@ -405,6 +405,29 @@ impl EventStore for MemoryStore {
             .take(limit)
             .map(|(i, e)| e.to_recorded(i, &inner.batches))
             .collect())
+    }
+
+    async fn read_all_of(
+        &self,
+        after_position: u64,
+        limit: usize,
+        names: &[&str],
+    ) -> Result<LogPage, StoreError> {
+        let inner = self.read();
+        let start = usize::try_from(after_position)
+            .unwrap_or(usize::MAX)
+            .min(inner.log.len());
+        let limit = limit.max(1);
+        let mut events = Vec::new();
+        for (i, stored) in inner.log.iter_from(start) {
+            if names.contains(&&*stored.name) {
+                events.push(stored.to_recorded(i, &inner.batches));
+                if events.len() == limit {
+                    return Ok(LogPage::new(events, i as u64 + 1));
+                }
+            }
+        }
+        Ok(LogPage::new(events, inner.log.len() as u64))
     }
 
     async fn save_snapshot(

@@ -38,7 +38,9 @@ use crate::envelope::{
 };
 use crate::error::StoreError;
 use crate::store::durable::{backend, to_i64};
-use crate::store::{check_idempotency_key, check_names, check_stream, Appended, EventStore};
+use crate::store::{
+    check_idempotency_key, check_names, check_stream, Appended, EventStore, LogPage,
+};
 
 mod append;
 mod batch;
@@ -331,6 +333,35 @@ impl EventStore for PostgresStore {
         let (after, limit) = (to_i64(after_position), to_i64(limit as u64));
         let rows = self.query(sql::READ_ALL, &[&after, &limit]).await?;
         rows.iter().map(recorded).collect()
+    }
+
+    async fn read_all_of(
+        &self,
+        after_position: u64,
+        limit: usize,
+        names: &[&str],
+    ) -> Result<LogPage, StoreError> {
+        let limit = limit.max(1);
+        let (after, max) = (to_i64(after_position), to_i64(limit as u64));
+        let rows = self
+            .query(sql::READ_ALL_OF, &[&after, &max, &names])
+            .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        let mut horizon = 0_i64;
+        for row in &rows {
+            horizon = row.try_get(row.len() - 1).map_err(backend)?;
+            if row.try_get::<_, Option<i64>>(0).map_err(backend)?.is_some() {
+                events.push(recorded(row)?);
+            }
+        }
+        let read_to = match events.last() {
+            Some(last) if events.len() == limit => last.position,
+            // Everything below the horizon was read.
+            _ => u64::try_from(horizon - 1)
+                .unwrap_or_default()
+                .max(after_position),
+        };
+        Ok(LogPage::new(events, read_to))
     }
 
     async fn save_snapshot(

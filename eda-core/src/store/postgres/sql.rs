@@ -315,6 +315,18 @@ pub(super) const READ_ALL: &str = concat!(
      ORDER BY position LIMIT $2"
 );
 
+/// At most `$2` events of the global log after a position (`$1`) whose name is in
+/// `$3`, below the oldest transaction still running, with that horizon as the last
+/// column (each column `NULL` but the horizon when no event is found).
+pub(super) const READ_ALL_OF: &str = concat!(
+    "SELECT e.*, h.horizon FROM \
+       (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20 AS horizon) h \
+     LEFT JOIN LATERAL (SELECT ",
+    columns!(),
+    " FROM eda_events WHERE position > $1 AND position < h.horizon AND name = ANY($3) \
+       ORDER BY position LIMIT $2) e ON true ORDER BY e.position"
+);
+
 /// Replay's columns only (no metadata to convert and parse, no stream name per
 /// row), at most `$4` events.
 pub(super) const READ_FOR_REPLAY: &str = concat!(

@@ -22,7 +22,7 @@ use crate::envelope::{
 };
 use crate::error::StoreError;
 use crate::store::durable::{backend, AppendRequest};
-use crate::store::{check_names, Appended, EventStore};
+use crate::store::{check_names, Appended, EventStore, LogPage};
 
 mod batch;
 mod file;
@@ -341,6 +341,19 @@ impl EventStore for SqliteStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read(false, move |connection| {
             read::all(connection, after_position, limit)
+        })
+        .await
+    }
+
+    async fn read_all_of(
+        &self,
+        after_position: u64,
+        limit: usize,
+        names: &[&str],
+    ) -> Result<LogPage, StoreError> {
+        let names: Vec<String> = names.iter().map(|&name| name.to_owned()).collect();
+        self.read(false, move |connection| {
+            read::all_of(connection, after_position, limit, &names)
         })
         .await
     }

@@ -9,6 +9,7 @@ use super::sql;
 use crate::envelope::{IdempotencyRecord, RecordedEvent, ReplayEvent, Snapshot};
 use crate::error::StoreError;
 use crate::store::durable::{backend, to_i64};
+use crate::store::LogPage;
 
 /// The stream's events after `after_version`, in order.
 pub(super) fn stream(
@@ -37,6 +38,37 @@ pub(super) fn all(
         sql::READ_ALL,
         params![to_i64(after_position), limit],
     )
+}
+
+/// At most `limit` events after `after_position` named in `names`, and how far
+/// the log was read.
+pub(super) fn all_of(
+    connection: &Connection,
+    after_position: u64,
+    limit: usize,
+    names: &[String],
+) -> Result<LogPage, StoreError> {
+    let head: i64 = connection
+        .prepare_cached(sql::HEAD)
+        .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+        .map_err(backend)?;
+    let names = serde_json::to_string(names).map_err(backend)?;
+    let limit = limit.max(1);
+    let found = events(
+        connection,
+        sql::READ_ALL_OF,
+        params![
+            to_i64(after_position),
+            i64::try_from(limit).unwrap_or(i64::MAX),
+            names,
+            head
+        ],
+    )?;
+    let read_to = match found.last() {
+        Some(last) if found.len() == limit => last.position,
+        _ => u64::try_from(head).unwrap_or_default().max(after_position),
+    };
+    Ok(LogPage::new(found, read_to))
 }
 
 /// The event with this id, if it is stored.

@@ -151,6 +151,19 @@ pub(super) const READ_ALL: &str = concat!(
     " FROM eda_events WHERE position > ?1 ORDER BY position LIMIT ?2"
 );
 
+/// The last position of the global log (0 when empty). Positions are given in
+/// commit order (one writer), so every event at or below it is committed.
+pub(super) const HEAD: &str = "SELECT coalesce(max(position), 0) FROM eda_events";
+
+/// At most `?2` events of the global log after a position and at most `?4` (the
+/// head read before), whose name is in the JSON array `?3`, in order.
+pub(super) const READ_ALL_OF: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM eda_events WHERE position > ?1 AND position <= ?4 \
+       AND name IN (SELECT value FROM json_each(?3)) ORDER BY position LIMIT ?2"
+);
+
 /// The event with an id.
 pub(super) const READ_EVENT: &str = concat!(
     "SELECT ",
