@@ -2,7 +2,7 @@
 //! same events and snapshots, and loads the same states whether the store offers
 //! `ImmediateStore` (the in-process path, no suspension) or not (the path every
 //! durable store takes, awaiting each call), and a wrapper that forwards
-//! `EventStore::immediate` keeps the in-process path.
+//! `EventStore::as_immediate` keeps the in-process path.
 
 #![allow(missing_docs)]
 
@@ -26,7 +26,7 @@ struct Step {
 #[derive(Debug, PartialEq)]
 struct Observed {
     outcomes: Vec<String>,
-    log: Vec<(u64, String, u64, String, Option<String>)>,
+    log: Vec<(u64, String, u64, String, u32, String, eda::Metadata)>,
     states: Vec<(String, Tally, u64)>,
     snapshots: Vec<Option<(u64, String)>>,
 }
@@ -62,8 +62,10 @@ async fn run(store: impl EventStore + Clone, steps: &[Step]) -> Observed {
         .into_iter()
         .map(|e| {
             let stream = format!("{}/{}", e.aggregate_type, e.aggregate_id);
-            let key = e.metadata.idempotency_key.clone();
-            (e.position, stream, e.version, e.payload, key)
+            let name = (e.name, e.event_version);
+            (
+                e.position, stream, e.version, name.0, name.1, e.payload, e.metadata,
+            )
         })
         .collect();
     let mut states = Vec::new();
@@ -87,7 +89,7 @@ async fn run(store: impl EventStore + Clone, steps: &[Step]) -> Observed {
     }
 }
 
-/// The scenario on a `MemoryStore`, on a wrapper forwarding `immediate`, and on
+/// The scenario on a `MemoryStore`, on a wrapper forwarding `as_immediate`, and on
 /// one that does not: all three must observe the same.
 async fn same_on_every_path(steps: &[Step]) -> Observed {
     let direct = run(MemoryStore::new(), steps).await;
@@ -112,7 +114,7 @@ async fn every_kind_of_outcome_is_the_same_on_both_paths() {
         step(0, "a", BIG, None),
         step(0, "a", BIG, None),     // rejected: the total would overflow
         step(1, "a", 7, None),       // app 1 replays
-        step(0, "a", 9, None),       // app 0 is stale: a conflict, then commits
+        step(0, "a", 9, None),       // app 0's cache is stale: it catches up
         step(0, "b", 2, Some("k1")), // keyed
         step(1, "b", 2, Some("k1")), // the same key again: duplicate
         step(1, "b", 3, Some("k1")), // other arguments: refused
@@ -123,7 +125,7 @@ async fn every_kind_of_outcome_is_the_same_on_both_paths() {
         step(0, "c", 4, None),
         step(0, "c", 4, None),
         step(1, "c", 4, None), // a snapshot at 3
-        step(0, "c", 4, None), // a conflict
+        step(0, "c", 4, None), // app 0's cache is stale again
     ];
     let observed = same_on_every_path(&steps).await;
     assert_eq!(observed.outcomes[2], "error: the total would overflow");

@@ -4,7 +4,7 @@
 #![allow(missing_docs)]
 
 use eda::prelude::*;
-use eda::{Snapshot, StreamId};
+use eda::{ImmediateStore, Snapshot, StreamId};
 use eda_test::tally::{Add, Tally};
 use eda_test::YieldingStore;
 
@@ -460,9 +460,11 @@ async fn a_long_stream_is_replayed_a_page_at_a_time() {
     }
 }
 
-/// A store that has lost one row: version 2 of every stream.
+/// A store that has lost one row: version 2 of every stream. With `immediate`, it
+/// offers `ImmediateStore`, whose replay loses the row too.
 struct LostRowStore {
     inner: MemoryStore,
+    immediate: bool,
 }
 
 impl EventStore for LostRowStore {
@@ -477,27 +479,72 @@ impl EventStore for LostRowStore {
         page.retain(|e| e.version != 2);
         Ok(page)
     }
+
+    fn as_immediate(&self) -> Option<&dyn ImmediateStore> {
+        self.immediate.then_some(self as &dyn ImmediateStore)
+    }
 }
 
+impl ImmediateStore for LostRowStore {
+    fn append_now(
+        &self,
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: &mut Vec<eda::NewEvent>,
+        metadata: &eda::Metadata,
+        recorded_at: std::time::SystemTime,
+    ) -> Result<eda::Appended, StoreError> {
+        let inner = &self.inner;
+        inner.append_now(stream, expected_version, events, metadata, recorded_at)
+    }
+
+    fn replay_now(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+        apply: &mut dyn FnMut(eda::EventRef<'_>) -> Result<(), LoadError>,
+    ) -> Result<(), LoadError> {
+        let mut lossy = |event: eda::EventRef<'_>| match event.version {
+            2 => Ok(()),
+            _ => apply(event),
+        };
+        self.inner.replay_now(stream, after_version, &mut lossy)
+    }
+
+    fn save_snapshot_now(
+        &self,
+        stream: StreamId<'_>,
+        snapshot: Snapshot,
+    ) -> Result<(), StoreError> {
+        self.inner.save_snapshot_now(stream, snapshot)
+    }
+}
+
+/// Through `read_for_replay` and through `replay_now` alike.
 #[tokio::test]
 async fn a_missing_version_is_a_typed_error_not_a_wrong_state() {
-    let memory = MemoryStore::new();
-    let app = App::new(memory.clone());
-    for n in 1..=4 {
-        add(&app, n).await;
-    }
-    let lost = memory.read_stream(STREAM, 1).await.unwrap()[0].position;
-    let err = App::new(LostRowStore { inner: memory })
+    for immediate in [false, true] {
+        let memory = MemoryStore::new();
+        let app = App::new(memory.clone());
+        for n in 1..=4 {
+            add(&app, n).await;
+        }
+        let lost = memory.read_stream(STREAM, 1).await.unwrap()[0].position;
+        let err = App::new(LostRowStore {
+            inner: memory,
+            immediate,
+        })
         .load::<Tally>(&"t".to_string())
         .await
         .unwrap_err();
-    match err {
-        LoadError::Store(StoreError::Corrupt { position, what }) => {
-            // The first event after the gap is named, with the version it follows.
-            assert_eq!(position, lost + 1);
-            assert_eq!(what, "version 3 of Tally/t follows version 1");
+        match err {
+            LoadError::Store(StoreError::Corrupt { position, what }) => {
+                // The first event after the gap is named, with the version it follows.
+                assert_eq!(position, lost + 1, "immediate: {immediate}");
+                assert_eq!(what, "version 3 of Tally/t follows version 1");
+            }
+            other => panic!("expected a corrupt stream (immediate: {immediate}), got {other:?}"),
         }
-        other => panic!("expected a corrupt stream, got {other:?}"),
     }
 }
 

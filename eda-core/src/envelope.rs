@@ -227,7 +227,7 @@ impl From<RecordedEvent> for ReplayEvent {
 
 impl ReplayEvent {
     /// This event of `stream`, as replay reads it.
-    pub fn as_ref<'a>(&'a self, stream: StreamId<'a>) -> EventRef<'a> {
+    pub fn as_event_ref<'a>(&'a self, stream: StreamId<'a>) -> EventRef<'a> {
         EventRef {
             position: self.position,
             stream,
@@ -241,8 +241,10 @@ impl ReplayEvent {
 
 /// A stored event as replay needs it, borrowed from wherever the store keeps it:
 /// what [`ImmediateStore::replay_now`](crate::ImmediateStore::replay_now) hands to
-/// its callback. [`ReplayEvent::as_ref`] gives one from an owned event.
+/// its callback. [`ReplayEvent::as_event_ref`] gives one from an owned event, and
+/// [`EventRef::new`] from the parts a store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EventRef<'a> {
     /// Global position.
     pub position: u64,
@@ -256,4 +258,26 @@ pub struct EventRef<'a> {
     pub event_version: u32,
     /// The payload, JSON text as stored.
     pub payload: &'a str,
+}
+
+impl<'a> EventRef<'a> {
+    /// The event at `position`, version `version` of `stream`, named `name` at
+    /// schema version `event_version`, with its stored `payload`.
+    pub fn new(
+        position: u64,
+        stream: StreamId<'a>,
+        version: u64,
+        name: &'a str,
+        event_version: u32,
+        payload: &'a str,
+    ) -> Self {
+        EventRef {
+            position,
+            stream,
+            version,
+            name,
+            event_version,
+            payload,
+        }
+    }
 }

@@ -242,7 +242,7 @@ pub trait EventStore: Send + Sync + 'static {
     /// `downcast_raw`): `App` calls the immediate operations instead of the
     /// wrapper's async ones. A wrapper that counts, delays or checks appends leaves
     /// the default.
-    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+    fn as_immediate(&self) -> Option<&dyn ImmediateStore> {
         None
     }
 
@@ -369,7 +369,7 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    fn immediate(&self) -> Option<&dyn ImmediateStore>;
+    fn as_immediate(&self) -> Option<&dyn ImmediateStore>;
 }
 
 impl<S: EventStore> DynEventStore for S {
@@ -430,7 +430,7 @@ impl<S: EventStore> DynEventStore for S {
         Box::pin(EventStore::close(self))
     }
 
-    fn immediate(&self) -> Option<&dyn ImmediateStore> {
-        EventStore::immediate(self)
+    fn as_immediate(&self) -> Option<&dyn ImmediateStore> {
+        EventStore::as_immediate(self)
     }
 }

@@ -163,7 +163,7 @@ impl EventStore for Routed {
             .await
     }
 
-    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+    fn as_immediate(&self) -> Option<&dyn ImmediateStore> {
         match self.route {
             Route::Awaited | Route::Suspending => None,
             Route::Immediate | Route::LosesSnapshots => Some(self),

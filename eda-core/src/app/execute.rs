@@ -3,11 +3,12 @@
 //! One path for every store, in steps that both ways through it share: *decide*
 //! (the handler on the cached or replayed state), *append* (encode, then the
 //! store's compare-and-set), *commit* (apply to the cached state, a snapshot if
-//! one is due). On a store with [`ImmediateStore`] the common case (cached
-//! aggregate, free slot, synchronous handler, no key, accepted) runs these steps
-//! inside `execute(..)`'s first poll without boxing a future; anything else, or
-//! anything that goes wrong there, runs them in `App::run`, which also catches
-//! up and retries on version conflicts.
+//! one is due). On a store with [`ImmediateStore`] the common case (a cached
+//! aggregate with a free slot, a synchronous handler without services, no
+//! idempotency key, a command accepted with events) runs these steps when the
+//! `Execute` becomes its future (`.await` does that), without boxing one; anything
+//! else, or anything that goes wrong there, runs them in `App::run`, which also
+//! catches up and retries on version conflicts.
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -121,7 +122,7 @@ impl App {
         mut metadata: Metadata,
         span: &tracing::Span,
     ) -> Result<Outcome<C::Aggregate>, Metadata> {
-        let Some(immediate) = self.inner.store.immediate() else {
+        let Some(immediate) = self.inner.store.as_immediate() else {
             return Err(metadata);
         };
         if metadata.idempotency_key.is_some() || <C::Aggregate as Handle<C>>::ASYNC {
@@ -330,7 +331,7 @@ impl App {
         events: &mut [A::Event],
         metadata: &Metadata,
     ) -> Result<Result<Appended, StoreError>, CommandError<A::Error>> {
-        if let Some(immediate) = self.inner.store.immediate() {
+        if let Some(immediate) = self.inner.store.as_immediate() {
             return append_now(immediate, stream, expected_version, events, metadata);
         }
         let span = append_span(stream, expected_version, events.len());
@@ -472,7 +473,7 @@ fn append_span(stream: StreamId<'_>, expected_version: u64, events: usize) -> tr
     tracing::debug_span!(
         "eda.append",
         aggregate_type = stream.aggregate_type,
-        aggregate_id = stream.aggregate_id,
+        aggregate_id = %stream.aggregate_id,
         expected_version,
         events,
     )

@@ -90,7 +90,7 @@ impl App {
                 if event.version != after + 1 {
                     return Err(missing(after));
                 }
-                let decoded = decode::<C::Aggregate>(&event.as_ref(stream));
+                let decoded = decode::<C::Aggregate>(&event.as_event_ref(stream));
                 events.push(decoded.map_err(CommandError::Decode)?);
                 after = event.version;
             }

@@ -37,10 +37,16 @@ impl App {
             aggregate_type: A::TYPE,
             aggregate_id: id,
         };
-        if let Some(immediate) = self.inner.store.immediate() {
+        if let Some(immediate) = self.inner.store.as_immediate() {
             // Decoded where they are kept: no copies of the stored events.
             let after = cached.version;
-            let mut apply = |stored: EventRef<'_>| Ok(apply_recorded(cached, &stored)?);
+            let mut apply = |stored: EventRef<'_>| {
+                // The same refusal of a gap as the pages below.
+                if stored.version != cached.version + 1 {
+                    return Err(gap(stream, &stored, cached.version));
+                }
+                Ok(apply_recorded(cached, &stored)?)
+            };
             return immediate.replay_now(stream, after, &mut apply);
         }
         loop {
@@ -51,16 +57,8 @@ impl App {
                 .read_for_replay(stream, before, REPLAY_PAGE)
                 .await?;
             if let Some(after_gap) = apply_following(cached, stream, &page)? {
-                return Err(LoadError::Store(StoreError::Corrupt {
-                    position: after_gap.position,
-                    what: format!(
-                        "version {} of {}/{} follows version {}",
-                        after_gap.version,
-                        stream.aggregate_type,
-                        stream.aggregate_id,
-                        cached.version
-                    ),
-                }));
+                let after_gap = after_gap.as_event_ref(stream);
+                return Err(gap(stream, &after_gap, cached.version));
             }
             // Only a page exactly full may have more after it.
             if page.len() != REPLAY_PAGE {
@@ -79,6 +77,18 @@ impl App {
             }
         }
     }
+}
+
+/// The error for `found` following `version` of `stream`: a version is missing,
+/// and a state built across the gap would be wrong.
+fn gap(stream: StreamId<'_>, found: &EventRef<'_>, version: u64) -> LoadError {
+    LoadError::Store(StoreError::Corrupt {
+        position: found.position,
+        what: format!(
+            "version {} of {}/{} follows version {version}",
+            found.version, stream.aggregate_type, stream.aggregate_id
+        ),
+    })
 }
 
 /// Decodes one stored event of `A`.
@@ -112,7 +122,7 @@ pub(super) fn apply_following<'p, A: Aggregate>(
         if event.version != cached.version + 1 {
             return Ok(Some(event));
         }
-        apply_recorded(cached, &event.as_ref(stream))?;
+        apply_recorded(cached, &event.as_event_ref(stream))?;
     }
     Ok(None)
 }

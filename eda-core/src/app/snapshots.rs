@@ -61,7 +61,7 @@ impl App {
     /// Stores a snapshot. A failure is logged, not returned: the events are
     /// committed, and a missing snapshot only costs replay time.
     pub(super) async fn save_snapshot(&self, stream: StreamId<'_>, snapshot: Snapshot) {
-        let saved = match self.inner.store.immediate() {
+        let saved = match self.inner.store.as_immediate() {
             Some(immediate) => immediate.save_snapshot_now(stream, snapshot),
             None => self.inner.store.save_snapshot(stream, &snapshot).await,
         };

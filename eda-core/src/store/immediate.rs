@@ -9,16 +9,27 @@ use crate::store::Appended;
 
 /// What a store can do without waiting: no I/O, no suspension point, only a short
 /// critical section. [`MemoryStore`](crate::MemoryStore) implements it; a store
-/// offers it through [`EventStore::immediate`](crate::EventStore::immediate).
+/// offers it through [`EventStore::as_immediate`](crate::EventStore::as_immediate).
 ///
-/// When the store behind an [`App`](crate::App) has it, a command whose aggregate
-/// is cached and whose handler is synchronous completes inside `execute(..)`'s
-/// first poll, without boxing a future; replays decode each event where the store
-/// keeps it, without copying it. Every other command takes the same path through
-/// the same decide and commit steps, with these calls in place of the awaited
-/// ones. Each method has the contract of its async counterpart on
-/// [`EventStore`](crate::EventStore), which the conformance suite checks on the
-/// async methods: an implementation must give the same results through both.
+/// When the store behind an [`App`](crate::App) has it, a command that meets the
+/// common case (its aggregate cached and its slot free, a synchronous handler
+/// without services, no idempotency key, accepted with events) is decided,
+/// appended and committed when its `Execute` becomes a future (`.await` does that),
+/// without boxing one; replays decode each event where the store keeps it,
+/// without copying it. Every other command takes the same path through the same
+/// decide and commit steps, with these calls in place of the awaited ones.
+///
+/// The contract, beyond that of each method's async counterpart on
+/// [`EventStore`](crate::EventStore) (which the conformance suite checks on the
+/// async methods; an implementation must give the same results through both):
+/// - what `append_now` stored is seen at once by every read, async or immediate;
+/// - `replay_now` hands over the versions after `after_version` one by one, each
+///   the one after the last (`App` refuses a gap with
+///   [`StoreError::Corrupt`](crate::StoreError::Corrupt), as it does for pages);
+/// - `apply` is `App`'s code, which decodes the event and runs the aggregate's
+///   `#[apply]` method: it may take a while on a long stream and may panic, so
+///   call it where a long or unwinding call leaves the store sound (`MemoryStore`
+///   releases its lock every few hundred events and recovers a poisoned lock).
 pub trait ImmediateStore: Send + Sync {
     /// [`EventStore::append`](crate::EventStore::append), recorded at
     /// `recorded_at`. On success `events` is drained (its capacity stays for the

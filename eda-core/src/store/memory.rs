@@ -462,7 +462,7 @@ impl EventStore for MemoryStore {
             .map(|&i| inner.log.get(i).to_recorded(i, &inner.batches)))
     }
 
-    fn immediate(&self) -> Option<&dyn ImmediateStore> {
+    fn as_immediate(&self) -> Option<&dyn ImmediateStore> {
         Some(self)
     }
 }
