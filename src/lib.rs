@@ -5,15 +5,16 @@ pub use eda_core::{
     AggregateEvent, AggregateId, App, AppBuilder, Appended, Command, CommandError, Committed,
     DecodeError, DecodeErrorKind, DecodeFn, EncodeError, Event, EventRef, EventRegistration,
     EventStore, Execute, ExecuteFuture, Handle, HandledCommand, IdempotencyRecord, ImmediateStore,
-    IntoEvents, LoadError, LogPage, MemoryStore, Metadata, NewEvent, OwnedStreamId, RecordedEvent,
-    Registry, RegistryError, ReplayEvent, Snapshot, StoreError, StreamId, Uuid,
+    IntoEvents, LoadError, LogPage, MemoryStore, Metadata, NewEvent, OwnedStreamId, Projection,
+    ProjectionBuilder, ProjectionHandle, ProjectionStatus, RecordedEvent, Registry, RegistryError,
+    ReplayEvent, RunnerState, Snapshot, StoreError, StreamId, Uuid, WaitError,
     MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
 };
 #[cfg(feature = "postgres")]
 pub use eda_core::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use eda_core::{SqliteOptions, SqliteStore, SqliteSynchronous};
-pub use eda_derive::{aggregate, command, event};
+pub use eda_derive::{aggregate, command, event, projection};
 
 #[doc(hidden)]
 pub use eda_core::__private;
@@ -28,7 +29,7 @@ pub mod prelude {
     pub use crate::PostgresStore;
     #[cfg(feature = "sqlite")]
     pub use crate::SqliteStore;
-    pub use crate::{aggregate, command, event};
+    pub use crate::{aggregate, command, event, projection};
     pub use crate::{
         Aggregate, AggregateEvent, App, Command, CommandError, Committed, Event, EventStore,
         LoadError, MemoryStore, StoreError,

@@ -14,9 +14,11 @@ pub use crate::aggregate::{
 };
 pub use crate::codec::{encode, Probe, ViaPartialEq, WithoutPartialEq};
 pub use crate::command::{fingerprint, target_id, Command, HandledCommand, IdMatches};
+pub use crate::envelope::RecordedEvent;
 pub use crate::error::{DecodeErrorKind, EncodeError};
 pub use crate::event::{
     decode_upcast, str_eq, unknown_event, upcast_check, Event, UpcastCheck, UpcastInto,
 };
 pub use crate::event_id::new_event_id;
+pub use crate::projection::Projection;
 pub use crate::registry::{decode_boxed, EventRegistration};

@@ -17,6 +17,7 @@ mod event;
 mod event_id;
 #[cfg(feature = "sqlite")]
 mod failpoint;
+mod projection;
 mod registry;
 mod store;
 pub mod testing;
@@ -36,6 +37,9 @@ pub use error::{
 };
 pub use event::Event;
 pub use event_id::new_event_id;
+pub use projection::{
+    Projection, ProjectionBuilder, ProjectionHandle, ProjectionStatus, RunnerState, WaitError,
+};
 pub use registry::{registry, DecodeFn, EventRegistration, Registry};
 #[cfg(feature = "postgres")]
 pub use store::postgres::{PostgresOptions, PostgresStore};

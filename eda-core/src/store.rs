@@ -367,6 +367,13 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError>>;
 
+    fn read_all_of<'a>(
+        &'a self,
+        after_position: u64,
+        limit: usize,
+        names: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<LogPage, StoreError>>;
+
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     fn as_immediate(&self) -> Option<&dyn ImmediateStore>;
@@ -424,6 +431,15 @@ impl<S: EventStore> DynEventStore for S {
         limit: usize,
     ) -> BoxFuture<'a, Result<(Option<Snapshot>, Vec<ReplayEvent>), StoreError>> {
         Box::pin(EventStore::read_from_snapshot(self, stream, limit))
+    }
+
+    fn read_all_of<'a>(
+        &'a self,
+        after_position: u64,
+        limit: usize,
+        names: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<LogPage, StoreError>> {
+        Box::pin(EventStore::read_all_of(self, after_position, limit, names))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -117,25 +117,7 @@ impl Aggregate {
             Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
             _ => None,
         };
-        let methods = item
-            .items
-            .iter()
-            .filter_map(|item| {
-                let ImplItem::Fn(method) = item else {
-                    return None;
-                };
-                let markers: Vec<Attribute> = method
-                    .attrs
-                    .iter()
-                    .filter(|a| is_marker(a))
-                    .cloned()
-                    .collect();
-                (!markers.is_empty()).then(|| Method {
-                    markers,
-                    sig: method.sig.clone(),
-                })
-            })
-            .collect();
+        let methods = marked_methods(&item, is_marker);
         Ok(Aggregate {
             args,
             item,
@@ -147,13 +129,7 @@ impl Aggregate {
     /// The block without its `#[handle]` and `#[apply]` markers, as the compiler is
     /// to see it.
     pub(crate) fn item_without_markers(&self) -> ItemImpl {
-        let mut item = self.item.clone();
-        for impl_item in &mut item.items {
-            if let ImplItem::Fn(method) = impl_item {
-                method.attrs.retain(|a| !is_marker(a));
-            }
-        }
-        item
+        without_markers(&self.item, is_marker)
     }
 }
 
@@ -167,4 +143,81 @@ fn parse_item<T: Parse>(cx: &mut Ctxt, input: TokenStream, message: &str) -> Par
         cx.push(syn::Error::new(input.span(), message));
         input
     })
+}
+
+/// `#[projection]`'s input: the impl block and its `#[on]` methods.
+pub(crate) struct Projection {
+    pub(crate) args: attr::ProjectionArgs,
+    /// The block as written.
+    pub(crate) item: ItemImpl,
+    /// The self type's last path segment, if it is a path.
+    pub(crate) ident: Option<Ident>,
+    /// The methods marked `#[on]`, with their markers, in order.
+    pub(crate) methods: Vec<Method>,
+}
+
+impl Projection {
+    /// Reads the arguments, then the block; input that is no impl block is reported
+    /// and handed back as written.
+    pub(crate) fn from_syn(cx: &mut Ctxt, args: TokenStream, input: TokenStream) -> Parsed<Self> {
+        let args = attr::projection_args(cx, args);
+        let item: ItemImpl = parse_item(
+            cx,
+            input,
+            "#[projection] goes on the impl block that holds the #[on] methods, not on the struct",
+        )?;
+        let ident = match &*item.self_ty {
+            Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
+            _ => None,
+        };
+        let methods = marked_methods(&item, is_on_marker);
+        Ok(Projection {
+            args,
+            item,
+            ident,
+            methods,
+        })
+    }
+
+    /// The block without its `#[on]` markers, as the compiler is to see it.
+    pub(crate) fn item_without_markers(&self) -> ItemImpl {
+        without_markers(&self.item, is_on_marker)
+    }
+}
+
+fn is_on_marker(attr: &Attribute) -> bool {
+    attr.path().is_ident("on")
+}
+
+/// The methods of `item` that carry a marker, with their markers.
+fn marked_methods(item: &ItemImpl, is_marker: fn(&Attribute) -> bool) -> Vec<Method> {
+    item.items
+        .iter()
+        .filter_map(|item| {
+            let ImplItem::Fn(method) = item else {
+                return None;
+            };
+            let markers: Vec<Attribute> = method
+                .attrs
+                .iter()
+                .filter(|a| is_marker(a))
+                .cloned()
+                .collect();
+            (!markers.is_empty()).then(|| Method {
+                markers,
+                sig: method.sig.clone(),
+            })
+        })
+        .collect()
+}
+
+/// `item` without the markers on its methods.
+fn without_markers(item: &ItemImpl, is_marker: fn(&Attribute) -> bool) -> ItemImpl {
+    let mut item = item.clone();
+    for impl_item in &mut item.items {
+        if let ImplItem::Fn(method) = impl_item {
+            method.attrs.retain(|a| !is_marker(a));
+        }
+    }
+    item
 }

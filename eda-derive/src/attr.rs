@@ -34,6 +34,37 @@ pub(crate) struct AggregateArgs {
     pub(crate) krate: Option<Path>,
 }
 
+/// `#[projection(...)]`.
+#[derive(Default)]
+pub(crate) struct ProjectionArgs {
+    pub(crate) name: Option<LitStr>,
+    pub(crate) version: Option<(u64, LitInt)>,
+    pub(crate) krate: Option<Path>,
+}
+
+pub(crate) fn projection_args(cx: &mut Ctxt, args: TokenStream) -> ProjectionArgs {
+    let mut out = ProjectionArgs::default();
+    parse(
+        cx,
+        args,
+        "projection",
+        "`name`, `version` or `crate`",
+        |cx, meta| {
+            if meta.path.is_ident("name") {
+                out.name = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("version") {
+                out.version = positive(cx, meta, "version", "version = 2")?;
+            } else if meta.path.is_ident("crate") {
+                out.krate = Some(crate_path(meta)?);
+            } else {
+                return Ok(false);
+            }
+            Ok(true)
+        },
+    );
+    out
+}
+
 pub(crate) fn event_args(cx: &mut Ctxt, args: TokenStream) -> EventArgs {
     let mut out = EventArgs::default();
     parse(
@@ -173,7 +204,7 @@ fn positive(
                 cx.error_spanned_by(int, format_args!("`{key}` must be at least 1"));
                 None
             }
-            Ok(v) if key == "snapshot_version" && u32::try_from(v).is_err() => {
+            Ok(v) if key.ends_with("version") && u32::try_from(v).is_err() => {
                 cx.error_spanned_by(int, format_args!("`{key}` must fit in a `u32`"));
                 None
             }

@@ -5,7 +5,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, ToTokens};
 use syn::ext::IdentExt;
 
-use crate::ast::{Aggregate, Command, Event};
+use crate::ast::{Aggregate, Command, Event, Projection};
 
 /// An `#[event]` the checks rejected: the item alone, as impls of a shape they
 /// reject would fail too.
@@ -47,6 +47,12 @@ pub(crate) fn command(command: &Command) -> TokenStream {
 /// attributes.
 pub(crate) fn aggregate(agg: &Aggregate) -> TokenStream {
     agg.item_without_markers().to_token_stream()
+}
+
+/// A `#[projection]` block without a name to expand under: the block without its
+/// `#[on]` markers.
+pub(crate) fn projection(projection: &Projection) -> TokenStream {
+    projection.item_without_markers().to_token_stream()
 }
 
 /// The body of a handler the checks rejected: its impls are still emitted, so uses

@@ -68,6 +68,24 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 }
 
 /// The expansion, followed by the errors `cx` collected.
+/// A read model fed from the global log: on an impl block whose `#[on]` methods
+/// take `&mut self`, a reference to an event and, if they need it, the
+/// `&RecordedEvent` it came in. Arguments: `name = "..."` (the type's name by
+/// default), `version = N` (1 by default), `crate = path`. Start one with
+/// `App::project(value).start()`.
+#[proc_macro_attribute]
+pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut cx = Ctxt::new();
+    let expanded = match ast::Projection::from_syn(&mut cx, args.into(), input.into()) {
+        Ok(projection) => match valid::projection(&mut cx, &projection) {
+            Some(checked) => expand::projection::expand(&projection, &checked),
+            None => fallback::projection(&projection),
+        },
+        Err(input) => input,
+    };
+    with_errors(cx, expanded)
+}
+
 fn with_errors(cx: Ctxt, expanded: proc_macro2::TokenStream) -> TokenStream {
     let errors = cx.check().err().map(syn::Error::into_compile_error);
     quote!(#expanded #errors).into()

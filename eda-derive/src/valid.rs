@@ -622,3 +622,168 @@ fn event_leaves<'a>(ty: &'a Type, out: &mut Vec<&'a Type>) -> Result<(), (&'a Ty
         _ => Err((ty, SHAPE)),
     }
 }
+
+/// An `#[on]` method of an in-memory projection whose signature fits.
+pub(crate) struct On {
+    pub(crate) method: Ident,
+    pub(crate) event: Type,
+    /// The type of its third argument, `&RecordedEvent`, when it takes one.
+    pub(crate) envelope: Option<Type>,
+}
+
+/// What a `#[projection]` may expand to once checked.
+pub(crate) struct CheckedProjection {
+    /// The projection's stored name.
+    pub(crate) name: String,
+    /// The `#[on]` methods that fit, one per event type.
+    pub(crate) handlers: Vec<On>,
+}
+
+/// Checks a `#[projection]` block, or returns `None` if it cannot be expanded
+/// (then it is emitted without its markers).
+pub(crate) fn projection(
+    cx: &mut Ctxt,
+    projection: &crate::ast::Projection,
+) -> Option<CheckedProjection> {
+    let item = &projection.item;
+    if let Some((_, path, _)) = &item.trait_ {
+        cx.error_spanned_by(path, "#[projection] goes on an inherent impl block (`impl Directory { ... }`), not a trait impl");
+    }
+    if !item.generics.params.is_empty() {
+        cx.error_spanned_by(
+            &item.generics,
+            "a #[projection] cannot be generic: its checkpoint is kept under one name",
+        );
+    }
+    let Some(ident) = &projection.ident else {
+        cx.error_spanned_by(
+            &item.self_ty,
+            "#[projection] needs a named struct type: `impl Directory { ... }`",
+        );
+        return None;
+    };
+    if projection.methods.is_empty() {
+        cx.error_spanned_by(
+            &item.self_ty,
+            "a #[projection] needs at least one #[on] method: `#[on] fn name(&mut self, event: &Event)`",
+        );
+    }
+    let mut handlers: Vec<On> = Vec::new();
+    for method in &projection.methods {
+        for marker in &method.markers {
+            if !matches!(marker.meta, syn::Meta::Path(_)) {
+                cx.error_spanned_by(marker, "#[on] takes no arguments");
+            }
+        }
+        let Some(on) = on_method(cx, &method.sig) else {
+            continue;
+        };
+        if let Some(first) = handlers
+            .iter()
+            .find(|h| type_key(&h.event) == type_key(&on.event))
+        {
+            cx.error_spanned_by(
+                &on.event,
+                format_args!(
+                    "event `{}` is already handled by `{}`: one #[on] method per event",
+                    type_key(&on.event),
+                    first.method
+                ),
+            );
+            continue;
+        }
+        handlers.push(on);
+    }
+    if let Some(name) = &projection.args.name {
+        if name.value().is_empty() {
+            cx.error_spanned_by(name, "a projection's `name` cannot be empty");
+        }
+    }
+    let name = projection
+        .args
+        .name
+        .as_ref()
+        .map_or_else(|| ident.unraw().to_string(), syn::LitStr::value);
+    Some(CheckedProjection { name, handlers })
+}
+
+/// The `T` of an argument `&T`; otherwise the argument's type, if it has one.
+fn by_reference(arg: Option<&FnArg>) -> Result<Type, Option<&Type>> {
+    match arg {
+        Some(FnArg::Typed(arg)) => match &*arg.ty {
+            Type::Reference(r) if r.mutability.is_none() => Ok((*r.elem).clone()),
+            other => Err(Some(other)),
+        },
+        _ => Err(None),
+    }
+}
+
+/// An in-memory projection's `#[on]` method takes `&mut self`, the event by
+/// reference and, if it wants it, the recorded event; it returns nothing: the
+/// runner calls it with exactly these.
+fn on_method(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
+    let usage = "an #[on] method takes `&mut self`, a reference to the event and, if it needs it, the recorded event: `fn name(&mut self, event: &Event, recorded: &RecordedEvent)`";
+    let mut ok = true;
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(r))
+            if r.reference.is_some() && r.mutability.is_some() && r.colon_token.is_none() => {}
+        Some(FnArg::Receiver(r)) => {
+            cx.error_spanned_by(r, usage);
+            ok = false;
+        }
+        _ => {
+            cx.error_spanned_by(&sig.ident, usage);
+            ok = false;
+        }
+    }
+    let event = match by_reference(sig.inputs.iter().nth(1)) {
+        Ok(event) => Some(event),
+        Err(found) => {
+            match found {
+                Some(ty) => cx.error_spanned_by(ty, usage),
+                None if ok => cx.error_spanned_by(&sig.inputs, usage),
+                None => {}
+            }
+            None
+        }
+    };
+    let envelope = match sig.inputs.len() {
+        0..=2 => None,
+        3 => match by_reference(sig.inputs.iter().nth(2)) {
+            Ok(recorded) => Some(recorded),
+            Err(found) => {
+                cx.error_spanned_by(found.map_or_else(|| quote!(#sig), |ty| quote!(#ty)), usage);
+                ok = false;
+                None
+            }
+        },
+        _ => {
+            cx.error_spanned_by(&sig.inputs, usage);
+            ok = false;
+            None
+        }
+    };
+    if let ReturnType::Type(_, ty) = &sig.output {
+        if !matches!(&**ty, Type::Tuple(t) if t.elems.is_empty()) {
+            cx.error_spanned_by(
+                ty,
+                "an #[on] method of an in-memory projection returns nothing",
+            );
+            ok = false;
+        }
+    }
+    if let Some(asyncness) = &sig.asyncness {
+        cx.error_spanned_by(
+            asyncness,
+            "an #[on] method of an in-memory projection is not async: it changes the state in memory",
+        );
+        ok = false;
+    }
+    ok &= method_is_not_generic(cx, sig, "an #[on] method cannot be generic");
+    Some(On {
+        method: sig.ident.clone(),
+        event: event?,
+        envelope,
+    })
+    .filter(|_| ok)
+}

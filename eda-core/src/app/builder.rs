@@ -132,6 +132,7 @@ impl AppBuilder {
         Ok(App {
             inner: Arc::new(Inner {
                 store: self.store,
+                head: tokio::sync::watch::Sender::new(0),
                 cache: Cache::new(self.cache_capacity),
                 max_conflict_retries: self.max_conflict_retries,
                 conflict_backoff: self.conflict_backoff,

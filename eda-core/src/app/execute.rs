@@ -157,6 +157,7 @@ impl App {
         let outcome = match appended {
             Ok(Ok(appended)) => {
                 let (committed, snapshot) = commit(&mut cached, events, appended, span);
+                self.committed(committed.position);
                 if let Some(snapshot) = snapshot {
                     warn_if_unsaved(stream, immediate.save_snapshot_now(stream, snapshot));
                 }
@@ -266,6 +267,7 @@ impl App {
             match appended {
                 Ok(appended) => {
                     let (committed, snapshot) = commit(&mut cached, events, appended, &span);
+                    self.committed(committed.position);
                     *guard = Some(cached);
                     if let Some(snapshot) = snapshot {
                         self.save_snapshot(stream, snapshot).await;

@@ -92,6 +92,9 @@ pub struct App {
 
 struct Inner {
     store: Box<dyn DynEventStore>,
+    /// The last position this `App` committed: projection runners on this `App`
+    /// wait on it instead of polling for its commits.
+    head: tokio::sync::watch::Sender<u64>,
     cache: Cache,
     max_conflict_retries: u32,
     conflict_backoff: Backoff,
@@ -172,6 +175,31 @@ impl App {
         let loaded = self.replay::<A>(&id).instrument(span.clone()).await?;
         span.record("version", loaded.version);
         Ok((loaded.state, loaded.version))
+    }
+
+    /// Tells this `App`'s projection runners that events up to `position` are
+    /// committed. One atomic load when no runner listens.
+    pub(crate) fn committed(&self, position: Option<u64>) {
+        let Some(position) = position else {
+            return;
+        };
+        if self.inner.head.receiver_count() > 0 {
+            self.inner.head.send_if_modified(|head| {
+                let later = position > *head;
+                *head = (*head).max(position);
+                later
+            });
+        }
+    }
+
+    /// A receiver of [`App::committed`]'s positions.
+    pub(crate) fn watch_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.head.subscribe()
+    }
+
+    /// The store behind this `App`.
+    pub(crate) fn store(&self) -> &dyn DynEventStore {
+        &*self.inner.store
     }
 
     /// The services `A`'s handlers take, if the `App` has them.

@@ -3,6 +3,7 @@
 pub(crate) mod aggregate;
 pub(crate) mod command;
 pub(crate) mod event;
+pub(crate) mod projection;
 
 use proc_macro2::TokenStream;
 use quote::quote;

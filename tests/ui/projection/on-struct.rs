@@ -1,0 +1,9 @@
+use eda::prelude::*;
+
+#[projection]
+#[derive(Debug, Default)]
+pub struct Directory {
+    count: usize,
+}
+
+fn main() {}
