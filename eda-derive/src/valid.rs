@@ -379,29 +379,39 @@ fn applier(cx: &mut Ctxt, sig: &Signature) -> Option<Applier> {
             None
         }
     };
-    if let ReturnType::Type(_, ty) = &sig.output {
-        let unit = matches!(&**ty, Type::Tuple(t) if t.elems.is_empty());
-        if !unit {
-            cx.error_spanned_by(
-                ty,
-                "an #[apply] method returns nothing: applying a past event cannot fail",
-            );
-            ok = false;
-        }
-    }
-    if let Some(asyncness) = &sig.asyncness {
-        cx.error_spanned_by(
-            asyncness,
+    ok &= changes_state_only(
+        cx,
+        sig,
+        [
+            "an #[apply] method returns nothing: applying a past event cannot fail",
             "an #[apply] method is not async: replay must be pure",
-        );
-        ok = false;
-    }
-    ok &= method_is_not_generic(cx, sig, "an #[apply] method cannot be generic");
+            "an #[apply] method cannot be generic",
+        ],
+    );
     Some(Applier {
         method: sig.ident.clone(),
         event: event?,
     })
     .filter(|_| ok)
+}
+
+/// A method that only changes the state it is called on (an applier, an in-memory
+/// projection's `#[on]`): it returns nothing, is not async and not generic.
+/// `messages` say so for each rule, in that order.
+fn changes_state_only(cx: &mut Ctxt, sig: &Signature, messages: [&str; 3]) -> bool {
+    let [returns, asynchronous, generic] = messages;
+    let mut ok = true;
+    if let ReturnType::Type(_, ty) = &sig.output {
+        if !matches!(&**ty, Type::Tuple(t) if t.elems.is_empty()) {
+            cx.error_spanned_by(ty, returns);
+            ok = false;
+        }
+    }
+    if let Some(asyncness) = &sig.asyncness {
+        cx.error_spanned_by(asyncness, asynchronous);
+        ok = false;
+    }
+    method_is_not_generic(cx, sig, generic) && ok
 }
 
 /// The app calls a marked method through one impl per command or event type, so
@@ -763,23 +773,15 @@ fn on_method(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
             None
         }
     };
-    if let ReturnType::Type(_, ty) = &sig.output {
-        if !matches!(&**ty, Type::Tuple(t) if t.elems.is_empty()) {
-            cx.error_spanned_by(
-                ty,
-                "an #[on] method of an in-memory projection returns nothing",
-            );
-            ok = false;
-        }
-    }
-    if let Some(asyncness) = &sig.asyncness {
-        cx.error_spanned_by(
-            asyncness,
+    ok &= changes_state_only(
+        cx,
+        sig,
+        [
+            "an #[on] method of an in-memory projection returns nothing",
             "an #[on] method of an in-memory projection is not async: it changes the state in memory",
-        );
-        ok = false;
-    }
-    ok &= method_is_not_generic(cx, sig, "an #[on] method cannot be generic");
+            "an #[on] method cannot be generic",
+        ],
+    );
     Some(On {
         method: sig.ident.clone(),
         event: event?,
