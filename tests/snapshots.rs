@@ -620,3 +620,49 @@ async fn a_cache_ahead_of_the_store_is_dropped() {
     assert_eq!(done.version, 2);
     assert_eq!(load(backup).await, (Tally { total: 4, count: 2 }, 2));
 }
+
+/// A store whose `read_for_replay` ignores `after_version`: always the first page.
+struct FirstPageStore {
+    inner: MemoryStore,
+}
+
+impl EventStore for FirstPageStore {
+    forward_to_inner!(inner);
+    async fn read_for_replay(
+        &self,
+        s: StreamId<'_>,
+        _after: u64,
+        limit: usize,
+    ) -> Result<Vec<eda::ReplayEvent>, StoreError> {
+        self.inner.read_for_replay(s, 0, limit).await
+    }
+}
+
+/// A store that breaks `read_for_replay`'s contract on a stream longer than a
+/// page makes the load fail with `BrokenContract`, instead of looping forever or
+/// returning the first page's state.
+#[tokio::test]
+async fn a_store_ignoring_after_version_is_a_broken_contract() {
+    let memory = MemoryStore::new();
+    let events = (0..1_001)
+        .map(|_| eda_test::new_event("Added", r#"{"n":1}"#))
+        .collect();
+    memory
+        .append(STREAM, 0, events, &eda::Metadata::default())
+        .await
+        .unwrap();
+    let err = App::new(FirstPageStore { inner: memory })
+        .load::<Tally>(&"t".to_string())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::Store(StoreError::BrokenContract {
+                method: "read_for_replay",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+}
