@@ -319,7 +319,14 @@ async fn run<P: Projection>(app: App, shared: Arc<Shared<P>>) {
             }
         };
         failures = 0;
-        if let Err(error) = apply_page(&shared, &page.events) {
+        let span = tracing::debug_span!(
+            "eda.project",
+            projection = P::NAME,
+            after = checkpoint,
+            read_to = page.read_to,
+            events = page.events.len(),
+        );
+        if let Err(error) = span.in_scope(|| apply_page(&shared, &page.events)) {
             tracing::error!(projection = P::NAME, %error, "projection stopped");
             return stopped(&shared, Some(error.to_string()));
         }

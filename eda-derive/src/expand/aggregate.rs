@@ -9,7 +9,6 @@ use syn::Type;
 
 use crate::ast::Aggregate;
 use crate::fallback;
-use crate::types::type_text;
 use crate::valid::{Checked, Expand};
 
 /// The block without its markers, the event enum, and the impls of a checked
@@ -190,21 +189,9 @@ pub(crate) fn expand(agg: &Aggregate, checked: &Checked) -> TokenStream {
 
     // Replay finds an event by its stored name: two applied types with one name
     // (typically two versions of an event) would make it ambiguous.
-    let mut distinct_names = Vec::new();
-    for (i, (_, a, _)) in events.iter().enumerate() {
-        for (_, b, _) in &events[i + 1..] {
-            let message = format!(
-                "`{}` and `{}` are both applied by `{self_name}` but have the same event name; apply only the newest version (older versions are upcast to it)",
-                type_text(a),
-                type_text(b),
-            );
-            distinct_names.push(quote_spanned! {b.span()=>
-                const _: () = if #private::str_eq(<#a as #private::Event>::NAME, <#b as #private::Event>::NAME) {
-                    ::core::panic!("{}", #message)
-                };
-            });
-        }
-    }
+    let applied: Vec<&syn::Type> = events.iter().map(|(_, event, _)| *event).collect();
+    let distinct_names =
+        super::distinct_event_names(&private, &applied, ("applied", "apply"), &self_name);
 
     let snapshot_codec = args.snapshot_every.as_ref().map(|(_, lit)| {
         quote_spanned! {lit.span()=>

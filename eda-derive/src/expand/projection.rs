@@ -3,6 +3,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
 use crate::ast::Projection;
@@ -43,11 +44,20 @@ pub(crate) fn expand(projection: &Projection, checked: &CheckedProjection) -> To
             }
         }
     });
+    let handled: Vec<&syn::Type> = checked.handlers.iter().map(|on| &on.event).collect();
+    let owner = projection
+        .ident
+        .as_ref()
+        .map_or_else(String::new, |ident| ident.unraw().to_string());
+    let distinct_names =
+        super::distinct_event_names(&private, &handled, ("handled", "handle"), &owner);
     quote! {
         #item
 
         #[doc(hidden)]
         const _: () = {
+            #(#distinct_names)*
+
             #[automatically_derived]
             impl #private::Projection for #self_ty {
                 const NAME: &'static str = #name;
