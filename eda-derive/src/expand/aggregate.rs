@@ -191,7 +191,7 @@ pub(crate) fn expand(agg: &Aggregate, checked: &Checked) -> TokenStream {
     // (typically two versions of an event) would make it ambiguous.
     let applied: Vec<&syn::Type> = events.iter().map(|(_, event, _)| *event).collect();
     let distinct_names =
-        super::distinct_event_names(&private, &applied, ("applied", "apply"), &self_name);
+        super::distinct_event_names(&private, &applied, ("applied", "apply"), self_name);
 
     let snapshot_codec = args.snapshot_every.as_ref().map(|(_, lit)| {
         quote_spanned! {lit.span()=>
