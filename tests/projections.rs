@@ -307,3 +307,48 @@ proptest! {
         });
     }
 }
+
+#[test]
+fn the_fixture_gives_events_as_the_runner_would() {
+    use eda::testing::ProjectionFixture;
+    let fixture = ProjectionFixture::new(Balances::default())
+        .given(
+            "Account",
+            "a",
+            AccountOpened {
+                owner: "ada".into(),
+            },
+        )
+        .given("Account", "a", MoneyDeposited { amount: 30 })
+        // Not handled: passed over, but it takes its position.
+        .given("Account", "a", eda_test::tally::Added { n: 1 })
+        .given(
+            "Account",
+            "a",
+            MoneyWithdrawn {
+                amount: 10,
+                reference: "r".into(),
+            },
+        );
+    assert_eq!(fixture.state().by_account["a"], 20);
+    assert_eq!(fixture.state().positions, [1, 2, 4]);
+}
+
+#[test]
+#[should_panic(expected = "projection `balances` cannot decode `MoneyDeposited` v1")]
+fn the_fixture_panics_on_an_event_its_projection_cannot_decode() {
+    use eda::testing::ProjectionFixture;
+    let recorded = RecordedEvent {
+        event_id: eda::new_event_id(),
+        aggregate_type: "Account".into(),
+        aggregate_id: "a".into(),
+        version: 1,
+        position: 7,
+        name: "MoneyDeposited".into(),
+        event_version: 1,
+        payload: r#"{"amount":"thirty"}"#.into(),
+        metadata: eda::Metadata::default(),
+        recorded_at: chrono::Utc::now(),
+    };
+    let _ = ProjectionFixture::new(Balances::default()).given_recorded(recorded);
+}

@@ -74,6 +74,10 @@
 
 use std::fmt::{self, Write as _};
 
+mod projection;
+
+pub use projection::ProjectionFixture;
+
 use serde_json::Value;
 
 use crate::aggregate::{no_services, Aggregate, AggregateEvent, Handle, IntoEvents};
