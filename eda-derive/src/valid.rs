@@ -351,19 +351,7 @@ fn handler(cx: &mut Ctxt, sig: &Signature) -> Option<Handler> {
 /// event and nothing else.
 fn applier(cx: &mut Ctxt, sig: &Signature) -> Option<Applier> {
     let usage = "an #[apply] method takes `&mut self` and a reference to the event: `fn name(&mut self, event: &Event)`";
-    let mut ok = true;
-    match sig.inputs.first() {
-        Some(FnArg::Receiver(r))
-            if r.reference.is_some() && r.mutability.is_some() && r.colon_token.is_none() => {}
-        Some(FnArg::Receiver(r)) => {
-            cx.error_spanned_by(r, usage);
-            ok = false;
-        }
-        _ => {
-            cx.error_spanned_by(&sig.ident, usage);
-            ok = false;
-        }
-    }
+    let mut ok = takes_mut_self(cx, sig, usage);
     let event = match (sig.inputs.iter().nth(1), sig.inputs.len()) {
         (Some(FnArg::Typed(arg)), 2) => match &*arg.ty {
             Type::Reference(r) if r.mutability.is_none() => Some((*r.elem).clone()),
@@ -393,6 +381,25 @@ fn applier(cx: &mut Ctxt, sig: &Signature) -> Option<Applier> {
         event: event?,
     })
     .filter(|_| ok)
+}
+
+/// The method's first argument is `&mut self`; otherwise `usage` is reported.
+fn takes_mut_self(cx: &mut Ctxt, sig: &Signature, usage: &str) -> bool {
+    match sig.inputs.first() {
+        Some(FnArg::Receiver(r))
+            if r.reference.is_some() && r.mutability.is_some() && r.colon_token.is_none() =>
+        {
+            true
+        }
+        Some(FnArg::Receiver(r)) => {
+            cx.error_spanned_by(r, usage);
+            false
+        }
+        _ => {
+            cx.error_spanned_by(&sig.ident, usage);
+            false
+        }
+    }
 }
 
 /// A method that only changes the state it is called on (an applier, an in-memory
@@ -733,19 +740,7 @@ fn by_reference(arg: Option<&FnArg>) -> Result<Type, Option<&Type>> {
 /// runner calls it with exactly these.
 fn on_method(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
     let usage = "an #[on] method takes `&mut self`, a reference to the event and, if it needs it, the recorded event: `fn name(&mut self, event: &Event, recorded: &RecordedEvent)`";
-    let mut ok = true;
-    match sig.inputs.first() {
-        Some(FnArg::Receiver(r))
-            if r.reference.is_some() && r.mutability.is_some() && r.colon_token.is_none() => {}
-        Some(FnArg::Receiver(r)) => {
-            cx.error_spanned_by(r, usage);
-            ok = false;
-        }
-        _ => {
-            cx.error_spanned_by(&sig.ident, usage);
-            ok = false;
-        }
-    }
+    let mut ok = takes_mut_self(cx, sig, usage);
     let event = match by_reference(sig.inputs.iter().nth(1)) {
         Ok(event) => Some(event),
         Err(found) => {
