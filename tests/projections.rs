@@ -14,6 +14,7 @@ use eda_test::bank::{
     open_account, AccountOpened, DepositMoney, MoneyDeposited, MoneyWithdrawn, OpenAccount,
     WithdrawMoney,
 };
+use eda_test::{Route, Routed};
 use proptest::prelude::*;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -202,6 +203,27 @@ async fn an_undecodable_event_stops_the_runner_with_the_state_before_it() {
         }
         other => panic!("expected a stopped runner, got {other:?}"),
     }
+}
+
+/// The control of "each event applied once, in log order": a store whose
+/// `read_all_of` does not move `read_to` on makes the runner read the same events
+/// again, and the check the tests here make (strictly increasing positions) sees it.
+#[tokio::test]
+async fn a_store_that_repeats_its_pages_is_caught() {
+    let app = App::new(Routed::new(Route::RepeatsReads));
+    open_account(&app, "a").await;
+    let balances = app.project(Balances::default()).start();
+    // The runner reads again at every poll (20 ms) once it thinks it is live.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    balances.stop().await;
+    balances.read(|b| {
+        assert!(b.positions.len() > 1, "{:?}", b.positions);
+        assert!(
+            !b.positions.windows(2).all(|w| w[0] < w[1]),
+            "{:?}",
+            b.positions
+        );
+    });
 }
 
 #[tokio::test]

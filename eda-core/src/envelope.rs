@@ -190,6 +190,18 @@ impl RecordedEvent {
             aggregate_id: &self.aggregate_id,
         }
     }
+
+    /// This event as replay and decoding read it.
+    pub fn as_event_ref(&self) -> EventRef<'_> {
+        EventRef {
+            position: self.position,
+            stream: self.stream(),
+            version: self.version,
+            name: &self.name,
+            event_version: self.event_version,
+            payload: &self.payload,
+        }
+    }
 }
 
 /// A stored event as replay reads it: what rebuilding an aggregate's state needs.

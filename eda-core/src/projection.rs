@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::app::App;
-use crate::envelope::{EventRef, RecordedEvent};
+use crate::envelope::RecordedEvent;
 use crate::error::{DecodeError, DecodeErrorKind, StoreError};
 
 /// A read model that `#[projection]` generated the plumbing of: which events it
@@ -380,21 +380,9 @@ fn apply_page<P: Projection>(
     for event in events {
         state
             .apply(event)
-            .map_err(|kind| DecodeError::at(&event_ref(event), kind))?;
+            .map_err(|kind| DecodeError::at(&event.as_event_ref(), kind))?;
     }
     Ok(())
-}
-
-fn event_ref(event: &RecordedEvent) -> EventRef<'_> {
-    let (name, payload) = (&event.name, &event.payload);
-    EventRef::new(
-        event.position,
-        event.stream(),
-        event.version,
-        name,
-        event.event_version,
-        payload,
-    )
 }
 
 /// Says that the store failed, and waits before the runner reads again: a

@@ -28,6 +28,10 @@ pub struct Appended {
     pub position: u64,
 }
 
+/// How many pages of `limit` events a [`EventStore::read_all_of`] looks through at
+/// most, when its store cannot filter in a query.
+pub(crate) const SCAN_PAGES: usize = 16;
+
 /// A page of the global log filtered by event name: see
 /// [`EventStore::read_all_of`].
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -42,6 +46,22 @@ pub struct LogPage {
 impl LogPage {
     /// A page of `events`, the log read up to `read_to` (for store authors).
     pub fn new(events: Vec<RecordedEvent>, read_to: u64) -> Self {
+        LogPage { events, read_to }
+    }
+
+    /// The page a query with `limit` found after `after_position`, having
+    /// examined the log up to `end`: a full page was read up to its last event,
+    /// a shorter one up to `end` (for store authors).
+    pub fn scanned(
+        events: Vec<RecordedEvent>,
+        limit: usize,
+        after_position: u64,
+        end: u64,
+    ) -> Self {
+        let read_to = match events.last() {
+            Some(last) if events.len() >= limit => last.position,
+            _ => end.max(after_position),
+        };
         LogPage { events, read_to }
     }
 }
@@ -124,7 +144,7 @@ pub trait EventStore: Send + Sync + 'static {
     ///
     /// The default filters [`read_all`](Self::read_all)'s pages, reading at most 16
     /// of them (of `limit` events each) per call; the three stores filter in their
-    /// query instead.
+    /// query instead (`MemoryStore` looks at as many events at most).
     fn read_all_of(
         &self,
         after_position: u64,
@@ -137,7 +157,7 @@ pub trait EventStore: Send + Sync + 'static {
                 events: Vec::new(),
                 read_to: after_position,
             };
-            for _ in 0..16 {
+            for _ in 0..SCAN_PAGES {
                 let read = self.read_all(page.read_to, limit).await?;
                 let full = read.len() == limit;
                 for event in read {

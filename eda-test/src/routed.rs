@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use eda::{
-    Appended, EventRef, EventStore, IdempotencyRecord, ImmediateStore, LoadError, MemoryStore,
-    Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StoreError, StreamId, Uuid,
+    Appended, EventRef, EventStore, IdempotencyRecord, ImmediateStore, LoadError, LogPage,
+    MemoryStore, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StoreError, StreamId,
+    Uuid,
 };
 
 /// How a [`Routed`] store lets `App` reach the `MemoryStore` inside.
@@ -26,6 +27,10 @@ pub enum Route {
     /// The control of path comparisons: `Immediate`, except that immediate
     /// snapshots are dropped.
     LosesSnapshots,
+    /// The control of "applied once": `Immediate`, except that `read_all_of`
+    /// reports the log read no further than where it started, so a reader gets
+    /// the same events again.
+    RepeatsReads,
 }
 
 /// A `MemoryStore` behind a chosen [`Route`]: every call forwarded, snapshots
@@ -125,6 +130,19 @@ impl EventStore for Routed {
         self.inner.read_all(after_position, limit).await
     }
 
+    async fn read_all_of(
+        &self,
+        after_position: u64,
+        limit: usize,
+        names: &[&str],
+    ) -> Result<LogPage, StoreError> {
+        let mut page = self.inner.read_all_of(after_position, limit, names).await?;
+        if self.route == Route::RepeatsReads {
+            page.read_to = after_position;
+        }
+        Ok(page)
+    }
+
     async fn read_event(&self, id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
         self.inner.read_event(id).await
     }
@@ -166,7 +184,7 @@ impl EventStore for Routed {
     fn as_immediate(&self) -> Option<&dyn ImmediateStore> {
         match self.route {
             Route::Awaited | Route::Suspending => None,
-            Route::Immediate | Route::LosesSnapshots => Some(self),
+            Route::Immediate | Route::LosesSnapshots | Route::RepeatsReads => Some(self),
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::envelope::{
     EventRef, IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
 };
 use crate::error::{LoadError, StoreError};
-use crate::store::{check_names, Appended, EventStore, ImmediateStore, LogPage};
+use crate::store::{check_names, Appended, EventStore, ImmediateStore, LogPage, SCAN_PAGES};
 
 /// An in-process event store for tests, examples and benchmarks.
 ///
@@ -418,16 +418,20 @@ impl EventStore for MemoryStore {
             .unwrap_or(usize::MAX)
             .min(inner.log.len());
         let limit = limit.max(1);
-        let mut events = Vec::new();
-        for (i, stored) in inner.log.iter_from(start) {
-            if names.contains(&&*stored.name) {
-                events.push(stored.to_recorded(i, &inner.batches));
-                if events.len() == limit {
-                    return Ok(LogPage::new(events, i as u64 + 1));
-                }
-            }
-        }
-        Ok(LogPage::new(events, inner.log.len() as u64))
+        // At most as many events looked at as the trait's default reads, so that a
+        // reader of rare events holds the lock a bounded while.
+        let end = start
+            .saturating_add(limit.saturating_mul(SCAN_PAGES))
+            .min(inner.log.len());
+        let events = inner
+            .log
+            .iter_from(start)
+            .take(end - start)
+            .filter(|(_, stored)| names.contains(&&*stored.name))
+            .take(limit)
+            .map(|(i, stored)| stored.to_recorded(i, &inner.batches))
+            .collect();
+        Ok(LogPage::scanned(events, limit, after_position, end as u64))
     }
 
     async fn save_snapshot(

@@ -354,14 +354,14 @@ impl EventStore for PostgresStore {
                 events.push(recorded(row)?);
             }
         }
-        let read_to = match events.last() {
-            Some(last) if events.len() == limit => last.position,
-            // Everything below the horizon was read.
-            _ => u64::try_from(horizon - 1)
-                .unwrap_or_default()
-                .max(after_position),
-        };
-        Ok(LogPage::new(events, read_to))
+        // Everything below the horizon was read.
+        let below_horizon = u64::try_from(horizon - 1).unwrap_or_default();
+        Ok(LogPage::scanned(
+            events,
+            limit,
+            after_position,
+            below_horizon,
+        ))
     }
 
     async fn save_snapshot(

@@ -64,11 +64,8 @@ pub(super) fn all_of(
             head
         ],
     )?;
-    let read_to = match found.last() {
-        Some(last) if found.len() == limit => last.position,
-        _ => u64::try_from(head).unwrap_or_default().max(after_position),
-    };
-    Ok(LogPage::new(found, read_to))
+    let head = u64::try_from(head).unwrap_or_default();
+    Ok(LogPage::scanned(found, limit, after_position, head))
 }
 
 /// The event with this id, if it is stored.
