@@ -1,19 +1,25 @@
 #![doc = include_str!("../README.md")]
 
 pub use eda_core::{
-    check_idempotency_key, check_names, check_stream, new_event_id, registry, testing, Aggregate,
-    AggregateEvent, AggregateId, App, AppBuilder, Appended, Command, CommandError, Committed,
-    DecodeError, DecodeErrorKind, DecodeFn, EncodeError, Event, EventRef, EventRegistration,
-    EventStore, Execute, ExecuteFuture, Handle, HandledCommand, IdempotencyRecord, ImmediateStore,
-    IntoEvents, LoadError, LogPage, MemoryStore, Metadata, NewEvent, OwnedStreamId, Projection,
-    ProjectionBuilder, ProjectionHandle, ProjectionStatus, RecordedEvent, Registry, RegistryError,
-    ReplayEvent, RunnerState, Snapshot, StoreError, StreamId, Uuid, WaitError,
+    check_idempotency_key, check_names, check_stream, new_event_id, read_model, registry, testing,
+    Aggregate, AggregateEvent, AggregateId, App, AppBuilder, Appended, ApplyError, Command,
+    CommandError, Committed, DecodeError, DecodeErrorKind, DecodeFn, EncodeError, Event, EventRef,
+    EventRegistration, EventStore, Execute, ExecuteFuture, Handle, HandledCommand,
+    IdempotencyRecord, ImmediateStore, IntoEvents, IntoReactions, LoadError, LogPage,
+    MemoryProjection, MemoryStore, Metadata, NewEvent, OwnedStreamId, Policy, Projection,
+    ProjectionBuilder, ProjectionHandle, ProjectionStatus, Reactions, RecordedEvent, Registry,
+    RegistryError, ReplayEvent, RunnerState, Snapshot, StoreError, StreamId, Uuid, WaitError,
     MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
 };
 #[cfg(feature = "postgres")]
 pub use eda_core::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
-pub use eda_core::{SqliteOptions, SqliteStore, SqliteSynchronous};
+pub use eda_core::{SqliteOptions, SqliteProjection, SqliteStore, SqliteSynchronous};
+
+/// rusqlite, the SQLite driver: the transaction a SQLite read model's `#[on]`
+/// methods take is `eda::rusqlite::Transaction` (re-exported so the versions match).
+#[cfg(feature = "sqlite")]
+pub use eda_core::__private::rusqlite;
 pub use eda_derive::{aggregate, command, event, projection};
 
 #[doc(hidden)]

@@ -4,6 +4,8 @@
 //! these paths in step.
 
 pub use inventory;
+#[cfg(feature = "sqlite")]
+pub use rusqlite;
 pub use serde;
 pub use serde_json;
 pub use uuid::Uuid;
@@ -20,5 +22,8 @@ pub use crate::event::{
     decode_upcast, str_eq, unknown_event, upcast_check, Event, UpcastCheck, UpcastInto,
 };
 pub use crate::event_id::new_event_id;
-pub use crate::projection::Projection;
+pub use crate::policy::{IntoReactions, Policy, Reactions};
+#[cfg(feature = "sqlite")]
+pub use crate::projection::SqliteProjection;
+pub use crate::projection::{read_model, ApplyError, MemoryProjection, Projection};
 pub use crate::registry::{decode_boxed, EventRegistration};

@@ -17,6 +17,7 @@ mod event;
 mod event_id;
 #[cfg(feature = "sqlite")]
 mod failpoint;
+mod policy;
 mod projection;
 mod registry;
 mod store;
@@ -37,8 +38,12 @@ pub use error::{
 };
 pub use event::Event;
 pub use event_id::new_event_id;
+pub use policy::{IntoReactions, Policy, Reactions};
+#[cfg(feature = "sqlite")]
+pub use projection::SqliteProjection;
 pub use projection::{
-    Projection, ProjectionBuilder, ProjectionHandle, ProjectionStatus, RunnerState, WaitError,
+    read_model, ApplyError, MemoryProjection, Projection, ProjectionBuilder, ProjectionHandle,
+    ProjectionStatus, RunnerState, WaitError,
 };
 pub use registry::{registry, DecodeFn, EventRegistration, Registry};
 #[cfg(feature = "postgres")]

@@ -10,7 +10,7 @@ use crate::codec;
 use crate::envelope::{Metadata, RecordedEvent};
 use crate::event::Event;
 use crate::event_id::new_event_id;
-use crate::projection::Projection;
+use crate::projection::{MemoryProjection, Projection};
 
 /// A projection given events as its runner would give them.
 ///
@@ -55,7 +55,7 @@ impl<P: fmt::Debug> fmt::Debug for ProjectionFixture<P> {
     }
 }
 
-impl<P: Projection> ProjectionFixture<P> {
+impl<P: MemoryProjection> ProjectionFixture<P> {
     /// A fixture on `projection`, before any event.
     pub fn new(projection: P) -> Self {
         ProjectionFixture {

@@ -63,6 +63,11 @@ pub(crate) fn expand(projection: &Projection, checked: &CheckedProjection) -> To
                 const NAME: &'static str = #name;
                 const VERSION: u32 = #version;
                 const EVENTS: &'static [&'static str] = &[#(#names),*];
+                type Kind = #private::read_model::Memory;
+            }
+
+            #[automatically_derived]
+            impl #private::MemoryProjection for #self_ty {
 
                 fn apply(
                     &mut self,

@@ -10,6 +10,7 @@
 //! start of the log whenever the runner starts.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -19,20 +20,71 @@ use crate::app::App;
 use crate::envelope::RecordedEvent;
 use crate::error::{DecodeError, DecodeErrorKind, StoreError};
 
-/// A read model that `#[projection]` generated the plumbing of: which events it
-/// handles and how one is applied.
+pub mod read_model;
+
+/// A read model that `#[projection]` generated the plumbing of: its name, the
+/// events it handles and where it keeps its state. How one event is applied
+/// depends on that kind: [`MemoryProjection`] or [`SqliteProjection`].
 pub trait Projection: Send + 'static {
     /// The projection's name (`#[projection(name = "...")]`, the type's name by
-    /// default).
+    /// default): its checkpoint and its parked events are stored under it.
     const NAME: &'static str;
     /// `#[projection(version = N)]`, 1 by default.
     const VERSION: u32;
     /// The stored names of the events its `#[on]` methods take.
     const EVENTS: &'static [&'static str];
+    /// Where the read model lives, chosen by the `#[on]` methods' signatures:
+    /// [`read_model::Memory`] or [`read_model::Sqlite`].
+    type Kind: read_model::Kind;
+}
 
-    /// Decodes `event` (one of [`EVENTS`](Self::EVENTS)) and runs its `#[on]`
+/// A read model held in memory: the projection value is the state, rebuilt from
+/// the log when its runner starts. `#[on]` methods take `&mut self` and the event
+/// (`fn(&mut self, &E)`, optionally `&RecordedEvent` after it) and return nothing.
+pub trait MemoryProjection: Projection<Kind = read_model::Memory> {
+    /// Decodes `event` (one of [`EVENTS`](Projection::EVENTS)) and runs its `#[on]`
     /// method. An event of another name is ignored.
     fn apply(&mut self, event: &RecordedEvent) -> Result<(), DecodeErrorKind>;
+}
+
+/// A read model in a SQLite database: `#[on]` methods also take the runner's open
+/// transaction, `&rusqlite::Transaction<'_>`, last, and return a `Result<(), E>`
+/// whose error converts into `Box<dyn Error + Send + Sync>` (`rusqlite::Result<()>`
+/// does). The runner commits their writes and the checkpoint in one transaction.
+#[cfg(feature = "sqlite")]
+pub trait SqliteProjection: Projection<Kind = read_model::Sqlite> {
+    /// Decodes `event` (one of [`EVENTS`](Projection::EVENTS)) and runs its `#[on]`
+    /// method in `tx`. An event of another name is ignored.
+    fn apply(
+        &mut self,
+        event: &RecordedEvent,
+        tx: &rusqlite::Transaction<'_>,
+    ) -> Result<(), ApplyError>;
+}
+
+/// Why an event could not be applied to a read model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The stored event could not be decoded as the type the `#[on]` method takes.
+    #[error("the event cannot be decoded")]
+    Decode(#[source] DecodeErrorKind),
+    /// The `#[on]` method returned an error.
+    #[error("the #[on] method failed: {0}")]
+    Handler(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApplyError {
+    /// The error an `#[on]` method returned.
+    pub fn handler(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ApplyError::Handler(error.into())
+    }
+}
+
+impl From<DecodeErrorKind> for ApplyError {
+    fn from(kind: DecodeErrorKind) -> Self {
+        ApplyError::Decode(kind)
+    }
 }
 
 /// How many events a runner reads and applies at a time.
@@ -107,12 +159,13 @@ pub enum WaitError {
 
 /// A projection about to be started: [`App::project`].
 #[must_use = "a projection does nothing until it is started"]
-pub struct ProjectionBuilder<P> {
+pub struct ProjectionBuilder<P: Projection, K = <P as Projection>::Kind> {
     app: App,
     projection: P,
+    kind: PhantomData<fn() -> K>,
 }
 
-impl<P: fmt::Debug> fmt::Debug for ProjectionBuilder<P> {
+impl<P: Projection + fmt::Debug, K> fmt::Debug for ProjectionBuilder<P, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProjectionBuilder")
             .field("projection", &self.projection)
@@ -156,11 +209,12 @@ impl App {
         ProjectionBuilder {
             app: self.clone(),
             projection,
+            kind: PhantomData,
         }
     }
 }
 
-impl<P: Projection> ProjectionBuilder<P> {
+impl<P: MemoryProjection> ProjectionBuilder<P, read_model::Memory> {
     /// Starts the runner on a task of its own and returns its handle. Dropping
     /// the handle leaves the runner running; [`ProjectionHandle::stop`] stops it.
     ///
@@ -296,7 +350,7 @@ impl<P: Projection> ProjectionHandle<P> {
 }
 
 /// The runner: catch up, then follow; until stopped or an event cannot be decoded.
-async fn run<P: Projection>(app: App, shared: Arc<Shared<P>>) {
+async fn run<P: MemoryProjection>(app: App, shared: Arc<Shared<P>>) {
     let _ends_stopped = EndsStopped(&*shared);
     let mut commits = app.watch_commits();
     let mut checkpoint = 0;
@@ -372,7 +426,7 @@ impl<P> Drop for EndsStopped<'_, P> {
 
 /// Applies `events` in order under one lock; the first that cannot be decoded
 /// stops the page there (the events before it stay applied).
-fn apply_page<P: Projection>(
+fn apply_page<P: MemoryProjection>(
     shared: &Shared<P>,
     events: &[RecordedEvent],
 ) -> Result<(), DecodeError> {

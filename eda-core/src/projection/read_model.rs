@@ -1,0 +1,24 @@
+//! The kinds of read model a [`Projection`](super::Projection) can be, named by
+//! its [`Kind`](super::Projection::Kind). `#[projection]` picks the kind from the
+//! `#[on]` methods' signatures; mixing kinds in one projection is a compile error.
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A kind of read model: [`Memory`] or [`Sqlite`].
+pub trait Kind: sealed::Sealed + Send + 'static {}
+
+/// The state is the projection value, in memory: [`MemoryProjection`](super::MemoryProjection).
+#[derive(Debug, Clone, Copy)]
+pub enum Memory {}
+
+/// The state is in a SQLite database, written in the runner's transaction:
+/// [`SqliteProjection`](super::SqliteProjection).
+#[derive(Debug, Clone, Copy)]
+pub enum Sqlite {}
+
+impl sealed::Sealed for Memory {}
+impl Kind for Memory {}
+impl sealed::Sealed for Sqlite {}
+impl Kind for Sqlite {}
