@@ -7,14 +7,16 @@ pub use eda_core::{
     EventRegistration, EventStore, Execute, ExecuteFuture, Handle, HandledCommand,
     IdempotencyRecord, ImmediateStore, IntoEvents, IntoReactions, LoadError, LogPage,
     MemoryProjection, MemoryStore, Metadata, NewEvent, OwnedStreamId, Policy, Projection,
-    ProjectionBuilder, ProjectionHandle, ProjectionStatus, Reactions, RecordedEvent, Registry,
-    RegistryError, ReplayEvent, RunnerState, Snapshot, StoreError, StreamId, Uuid, WaitError,
+    ProjectionBuilder, ProjectionHandle, Reactions, RecordedEvent, Registry,
+    RegistryError, ReplayEvent, RunnerState, RunnerStatus, Snapshot, StoreError, StreamId, Uuid, WaitError,
     MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
 };
 #[cfg(feature = "postgres")]
 pub use eda_core::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
-pub use eda_core::{SqliteOptions, SqliteProjection, SqliteStore, SqliteSynchronous};
+pub use eda_core::{
+    SqliteOptions, SqliteProjection, SqliteProjectionBuilder, SqliteStore, SqliteSynchronous,
+};
 
 /// rusqlite, the SQLite driver: the transaction a SQLite read model's `#[on]`
 /// methods take is `eda::rusqlite::Transaction` (re-exported so the versions match).

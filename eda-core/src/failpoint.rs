@@ -2,7 +2,8 @@
 //!
 //! `EDA_FAILPOINT=<name>` arms one point; the process aborts the
 //! `EDA_FAILPOINT_AFTER`th time (default: the first) it is reached. Without the
-//! feature every point compiles to nothing.
+//! feature every point compiles to nothing. `EDA_BROKEN=<name>` likewise turns
+//! on a deliberately broken variant, for the controls of those tests.
 
 #[cfg(feature = "failpoints")]
 mod enabled {
@@ -35,13 +36,25 @@ mod enabled {
     pub(crate) fn hit(name: &str) {
         hit_after(name, std::time::Duration::ZERO);
     }
+
+    /// Whether `EDA_BROKEN=<name>` asks for the deliberately broken variant
+    /// `name` of a guarantee: the controls of the fault tests, which must fail.
+    pub(crate) fn broken(name: &str) -> bool {
+        std::env::var("EDA_BROKEN").is_ok_and(|broken| broken == name)
+    }
 }
 
 #[cfg(feature = "failpoints")]
-pub(crate) use enabled::{armed, hit, hit_after};
+pub(crate) use enabled::{armed, broken, hit, hit_after};
 
 #[cfg(not(feature = "failpoints"))]
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn armed(_: &str) -> bool {
+    false
+}
+
+#[cfg(not(feature = "failpoints"))]
+pub(crate) fn broken(_: &str) -> bool {
     false
 }
 
@@ -49,4 +62,5 @@ pub(crate) fn armed(_: &str) -> bool {
 pub(crate) fn hit(_: &str) {}
 
 #[cfg(not(feature = "failpoints"))]
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) fn hit_after(_: &str, _: std::time::Duration) {}

@@ -15,7 +15,6 @@ mod envelope;
 mod error;
 mod event;
 mod event_id;
-#[cfg(feature = "sqlite")]
 mod failpoint;
 mod policy;
 mod projection;
@@ -40,10 +39,10 @@ pub use event::Event;
 pub use event_id::new_event_id;
 pub use policy::{IntoReactions, Policy, Reactions};
 #[cfg(feature = "sqlite")]
-pub use projection::SqliteProjection;
+pub use projection::{SqliteProjection, SqliteProjectionBuilder};
 pub use projection::{
     read_model, ApplyError, MemoryProjection, Projection, ProjectionBuilder, ProjectionHandle,
-    ProjectionStatus, RunnerState, WaitError,
+    RunnerState, RunnerStatus, WaitError,
 };
 pub use registry::{registry, DecodeFn, EventRegistration, Registry};
 #[cfg(feature = "postgres")]

@@ -11,13 +11,19 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use uuid::Uuid;
 
 use crate::app::App;
 use crate::command::HandledCommand;
 use crate::envelope::RecordedEvent;
-use crate::error::{CommandError, DecodeErrorKind};
+use crate::error::{CommandError, DecodeError, DecodeErrorKind, StoreError};
+use crate::failpoint;
+use crate::projection::runner::{self, Control, Failure, Sink};
+use crate::projection::{RunnerStatus, WaitError};
+use crate::store::LogPage;
 
 /// Events in, commands out: implemented by `#[policy]` on an impl block whose
 /// `#[on]` methods take `&self`, the event by reference (and optionally
@@ -143,7 +149,7 @@ pub(crate) trait Reaction: Send {
     fn execute<'a>(
         self: Box<Self>,
         app: &'a App,
-        key: String,
+        key: Option<String>,
         event: &'a RecordedEvent,
     ) -> BoxFuture<'a, Result<Reacted, CommandFailed>>;
 }
@@ -161,17 +167,19 @@ impl<C: HandledCommand + Sync> Reaction for C {
     fn execute<'a>(
         self: Box<Self>,
         app: &'a App,
-        key: String,
+        key: Option<String>,
         event: &'a RecordedEvent,
     ) -> BoxFuture<'a, Result<Reacted, CommandFailed>> {
         let correlation = event.metadata.correlation_id.unwrap_or(event.event_id);
         Box::pin(async move {
-            let outcome = app
+            let mut execute = app
                 .execute(*self)
-                .idempotency_key(key)
                 .causation_id(event.event_id)
-                .correlation_id(correlation)
-                .await;
+                .correlation_id(correlation);
+            if let Some(key) = key {
+                execute = execute.idempotency_key(key);
+            }
+            let outcome = execute.await;
             match outcome {
                 Ok(_) => Ok(Reacted::Done),
                 Err(CommandError::Rejected(error)) => Ok(Reacted::Rejected(format!("{error:?}"))),
@@ -185,4 +193,185 @@ impl<C: HandledCommand + Sync> Reaction for C {
 /// The idempotency key of the `index`th command `event` caused in `policy`.
 pub(crate) fn reaction_key(policy: &str, event_id: Uuid, index: usize) -> String {
     format!("eda.policy/{policy}/{event_id}/{index}")
+}
+
+impl App {
+    /// A runner for `policy`, fed from this `App`'s store after the policy's
+    /// checkpoint (kept in the store under [`Policy::NAME`]), executing the
+    /// commands it returns through this `App`: call
+    /// [`start`](PolicyBuilder::start) on it.
+    pub fn policy<P: Policy>(&self, policy: P) -> PolicyBuilder<P> {
+        PolicyBuilder {
+            app: self.clone(),
+            policy,
+        }
+    }
+}
+
+/// A policy about to be started: [`App::policy`].
+#[must_use = "a policy does nothing until it is started"]
+pub struct PolicyBuilder<P> {
+    app: App,
+    policy: P,
+}
+
+impl<P: fmt::Debug> fmt::Debug for PolicyBuilder<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyBuilder")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Policy> PolicyBuilder<P> {
+    /// Starts the runner on a task of its own and returns its handle. Dropping
+    /// the handle leaves the runner running; [`PolicyHandle::stop`] stops it.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, as `tokio::spawn` does.
+    pub fn start(self) -> PolicyHandle {
+        let sink = PolicySink {
+            app: self.app.clone(),
+            policy: Arc::new(self.policy),
+            stored: None,
+        };
+        PolicyHandle {
+            control: runner::spawn(self.app, sink),
+        }
+    }
+}
+
+/// A started policy: its progress; waiting until it has reacted.
+#[derive(Clone)]
+pub struct PolicyHandle {
+    control: Arc<Control>,
+}
+
+impl fmt::Debug for PolicyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyHandle")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl PolicyHandle {
+    /// The runner's progress.
+    pub fn status(&self) -> RunnerStatus {
+        self.control.status()
+    }
+
+    /// Waits until the policy has reacted to the log up to `position` (its
+    /// commands executed), at most `timeout`.
+    pub async fn wait_for(
+        &self,
+        position: Option<u64>,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        self.control.wait_for(position, timeout).await
+    }
+
+    /// Stops the runner after the event it is reacting to, and waits until it has.
+    pub async fn stop(&self) {
+        self.control.stop().await;
+    }
+}
+
+/// Executes a policy's commands and keeps its checkpoint in the event store.
+struct PolicySink<P> {
+    app: App,
+    policy: Arc<P>,
+    /// The checkpoint as stored, for the next compare-and-set.
+    stored: Option<u64>,
+}
+
+impl<P: Policy> PolicySink<P> {
+    /// Moves the stored checkpoint to `to`; refused if another runner of this
+    /// policy moved it.
+    async fn checkpoint(&mut self, to: u64) -> Result<(), Failure> {
+        if self.stored == Some(to) {
+            return Ok(());
+        }
+        let written = self.app.store().write_checkpoint(P::NAME, self.stored, to);
+        match written.await {
+            Ok(()) => {
+                self.stored = Some(to);
+                Ok(())
+            }
+            Err(error @ StoreError::CheckpointMoved { .. }) => Err(Failure::stop(error, None)),
+            Err(error) => Err(Failure::retry(error, None)),
+        }
+    }
+
+    /// Executes what `event` caused, in order.
+    async fn react(&self, event: &RecordedEvent) -> Result<(), Failure> {
+        let mut reactions = Reactions::default();
+        if let Err(kind) = self.policy.react(event, &mut reactions) {
+            let error = DecodeError::at(&event.as_event_ref(), kind);
+            return Err(Failure::stop(error, None));
+        }
+        let without_keys = failpoint::broken("policy.without_keys");
+        for (index, command) in reactions.into_commands().into_iter().enumerate() {
+            let name = command.name();
+            let key = (!without_keys).then(|| reaction_key(P::NAME, event.event_id, index));
+            match command.execute(&self.app, key, event).await {
+                Ok(Reacted::Done) => {}
+                Ok(Reacted::Rejected(rejection)) => tracing::warn!(
+                    policy = P::NAME,
+                    command = name,
+                    event = %event.event_id,
+                    position = event.position,
+                    rejection,
+                    "a policy's command was rejected"
+                ),
+                Err(CommandFailed(error)) => {
+                    let error = format!(
+                        "command `{name}` caused by event `{}` at position {}: {error}",
+                        event.name, event.position
+                    );
+                    return Err(Failure::retry(error, None));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<P: Policy> Sink for PolicySink<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn events(&self) -> &'static [&'static str] {
+        P::EVENTS
+    }
+
+    async fn start(&mut self) -> Result<u64, Failure> {
+        match self.app.store().read_checkpoint(P::NAME).await {
+            Ok(stored) => {
+                self.stored = stored;
+                Ok(stored.unwrap_or(0))
+            }
+            Err(error) => Err(Failure::retry(error, None)),
+        }
+    }
+
+    /// Reacts to each event, then moves the checkpoint past the page. A crash
+    /// in between executes the page's commands again after a restart, with the
+    /// same keys: the store answers with the first execution's events.
+    async fn apply(&mut self, page: LogPage) -> Result<(), Failure> {
+        for (done, event) in page.events.iter().enumerate() {
+            if let Err(mut failure) = self.react(event).await {
+                // Past the events that were reacted to, so a retry starts here.
+                let reached = event.position - 1;
+                if done > 0 && self.checkpoint(reached).await.is_ok() {
+                    failure.reached = Some(reached);
+                    failure.applied = done as u64;
+                }
+                return Err(failure);
+            }
+        }
+        failpoint::hit("policy.before_checkpoint");
+        self.checkpoint(page.read_to).await
+    }
 }

@@ -10,7 +10,7 @@ use crate::codec;
 use crate::envelope::{Metadata, RecordedEvent};
 use crate::event::Event;
 use crate::event_id::new_event_id;
-use crate::projection::{MemoryProjection, Projection};
+use crate::projection::MemoryProjection;
 
 /// A projection given events as its runner would give them.
 ///

@@ -1,0 +1,49 @@
+//! The in-memory kind's sink: the state is the projection value, rebuilt from the
+//! start of the log whenever its runner starts.
+
+use std::sync::{Arc, Mutex};
+
+use super::runner::{Failure, Sink};
+use super::{lock, MemoryProjection};
+use crate::error::DecodeError;
+use crate::store::LogPage;
+
+/// Applies pages to a projection value shared with its handles.
+pub(super) struct MemorySink<P> {
+    state: Arc<Mutex<P>>,
+}
+
+impl<P> MemorySink<P> {
+    pub(super) fn new(state: Arc<Mutex<P>>) -> Self {
+        MemorySink { state }
+    }
+}
+
+impl<P: MemoryProjection> Sink for MemorySink<P> {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn events(&self) -> &'static [&'static str] {
+        P::EVENTS
+    }
+
+    async fn start(&mut self) -> Result<u64, Failure> {
+        Ok(0)
+    }
+
+    /// Applies the events in order under one lock; the first that cannot be
+    /// decoded stops the runner there (the events before it stay applied).
+    async fn apply(&mut self, page: LogPage) -> Result<(), Failure> {
+        let mut state = lock(&self.state);
+        for (done, event) in page.events.iter().enumerate() {
+            if let Err(kind) = state.apply(event) {
+                let error = DecodeError::at(&event.as_event_ref(), kind);
+                let mut failure = Failure::stop(error, Some(event.position - 1));
+                failure.applied = done as u64;
+                return Err(failure);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,383 @@
+//! The engine every runner shares (projections of each kind, policies): read the
+//! log after the checkpoint, only the events the runner handles, hand each page
+//! to a [`Sink`] that applies it and moves the checkpoint, retry what failed,
+//! then follow the log live. Each runner is a task of its own (a bulkhead): a
+//! slow or failing one delays no other runner and no command.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tracing::Instrument;
+
+use crate::app::App;
+use crate::store::LogPage;
+
+/// How many events a runner reads and applies at a time.
+pub(crate) const BATCH: usize = 512;
+
+/// The longest a runner waits before looking for events another writer
+/// committed (its own `App`'s commits wake it at once).
+const POLL: Duration = Duration::from_millis(20);
+
+/// How many times an event that failed is tried before its runner stops.
+pub(crate) const MAX_ATTEMPTS: u32 = 5;
+
+/// Where a runner's events go: a read model, or a policy's commands.
+pub(crate) trait Sink: Send + 'static {
+    /// The runner's name, for its status and its traces.
+    fn name(&self) -> &'static str;
+
+    /// The stored names of the events it handles.
+    fn events(&self) -> &'static [&'static str];
+
+    /// The checkpoint to start after.
+    fn start(&mut self) -> impl Future<Output = Result<u64, Failure>> + Send;
+
+    /// Applies `page.events` in order and moves the checkpoint to `page.read_to`.
+    /// On failure the events before [`Failure::reached`] stay applied, with the
+    /// checkpoint there; none after.
+    fn apply(&mut self, page: LogPage) -> impl Future<Output = Result<(), Failure>> + Send;
+}
+
+/// Why a [`Sink`] could not apply a page.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// The checkpoint the sink moved to before failing, if it moved.
+    pub(crate) reached: Option<u64>,
+    /// How many events it applied before failing.
+    pub(crate) applied: u64,
+    /// What failed, displayed.
+    pub(crate) error: String,
+    /// Whether the same page may succeed later (a handler or database error),
+    /// or never will (an event that cannot be decoded, a lost turn).
+    pub(crate) retry: bool,
+}
+
+impl Failure {
+    /// A failure that trying again may cure.
+    pub(crate) fn retry(error: impl ToString, reached: Option<u64>) -> Self {
+        Failure {
+            reached,
+            applied: 0,
+            error: error.to_string(),
+            retry: true,
+        }
+    }
+
+    /// A failure that stops the runner.
+    pub(crate) fn stop(error: impl ToString, reached: Option<u64>) -> Self {
+        Failure {
+            reached,
+            applied: 0,
+            error: error.to_string(),
+            retry: false,
+        }
+    }
+}
+
+/// What a runner is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RunnerState {
+    /// Reading the log towards its end.
+    CatchingUp,
+    /// At the end of the log, waiting for new events.
+    Live,
+    /// Reading the log or applying an event failed; it is tried again after a
+    /// pause.
+    Retrying {
+        /// The error, displayed.
+        error: String,
+        /// How many times in a row it failed.
+        failures: u32,
+    },
+    /// Stopped: by `stop()`, or by an error trying again cannot cure (an event it
+    /// cannot decode, an event that failed every attempt, another runner moving
+    /// its checkpoint). The read model stays as it was before the failed event.
+    Stopped {
+        /// Why, when it was not asked to.
+        error: Option<String>,
+    },
+}
+
+/// A runner's progress: `status()` of its handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunnerStatus {
+    /// The projection's or policy's name.
+    pub name: &'static str,
+    /// The position up to which the log has been read and applied.
+    pub checkpoint: u64,
+    /// Events applied since the runner started.
+    pub applied: u64,
+    /// What the runner is doing.
+    pub state: RunnerState,
+}
+
+/// Why `wait_for` returned without the position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The time ran out first.
+    #[error("runner `{name}` had not reached position {position} after {waited:?} (it is at {checkpoint})")]
+    TimedOut {
+        /// The runner.
+        name: &'static str,
+        /// The position waited for.
+        position: u64,
+        /// Its checkpoint when the time ran out.
+        checkpoint: u64,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The runner stopped before it got there.
+    #[error("runner `{name}` stopped at position {checkpoint}, before position {position}")]
+    Stopped {
+        /// The runner.
+        name: &'static str,
+        /// The position waited for.
+        position: u64,
+        /// Where it stopped.
+        checkpoint: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Progress {
+    checkpoint: u64,
+    applied: u64,
+    state: RunnerState,
+}
+
+/// What a runner and its handles share: its progress and its stop signal.
+pub(crate) struct Control {
+    name: &'static str,
+    progress: watch::Sender<Progress>,
+    stop: Notify,
+}
+
+impl Control {
+    fn set(&self, change: impl FnOnce(&mut Progress)) {
+        self.progress.send_modify(change);
+    }
+
+    pub(crate) fn status(&self) -> RunnerStatus {
+        let progress = self.progress.borrow().clone();
+        RunnerStatus {
+            name: self.name,
+            checkpoint: progress.checkpoint,
+            applied: progress.applied,
+            state: progress.state,
+        }
+    }
+
+    pub(crate) async fn wait_for(
+        &self,
+        position: Option<u64>,
+        timeout: Duration,
+    ) -> Result<(), WaitError> {
+        let Some(position) = position else {
+            return Ok(());
+        };
+        let mut progress = self.progress.subscribe();
+        let reached = progress.wait_for(|p| {
+            p.checkpoint >= position || matches!(p.state, RunnerState::Stopped { .. })
+        });
+        let checkpoint = match tokio::time::timeout(timeout, reached).await {
+            Ok(Ok(p)) if p.checkpoint >= position => return Ok(()),
+            Ok(Ok(p)) => p.checkpoint,
+            // The runner is gone (its task ended without saying so: it panicked).
+            Ok(Err(_)) => self.status().checkpoint,
+            Err(_) => {
+                return Err(WaitError::TimedOut {
+                    name: self.name,
+                    position,
+                    checkpoint: self.status().checkpoint,
+                    waited: timeout,
+                })
+            }
+        };
+        Err(WaitError::Stopped {
+            name: self.name,
+            position,
+            checkpoint,
+        })
+    }
+
+    pub(crate) async fn stop(&self) {
+        let mut progress = self.progress.subscribe();
+        self.stop.notify_one();
+        let _ = progress
+            .wait_for(|p| matches!(p.state, RunnerState::Stopped { .. }))
+            .await;
+    }
+
+    fn stopped(&self, error: Option<String>) {
+        if let Some(error) = &error {
+            tracing::error!(runner = self.name, %error, "runner stopped");
+        }
+        self.set(|p| p.state = RunnerState::Stopped { error });
+    }
+
+    /// Waits before the next attempt: a doubling pause from 10 ms, at most 5 s,
+    /// with up to half of it random (so runners that failed together do not
+    /// retry together). Returns `false` if the runner was stopped meanwhile.
+    async fn pause(&self, error: String, failures: u32) -> bool {
+        tracing::warn!(runner = self.name, %error, failures, "runner failed; retrying");
+        self.set(|p| p.state = RunnerState::Retrying { error, failures });
+        let pause = Duration::from_millis(10)
+            .saturating_mul(1 << failures.min(10))
+            .min(Duration::from_secs(5));
+        let pause = pause.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+        tokio::select! {
+            () = tokio::time::sleep(pause) => true,
+            () = self.stop.notified() => false,
+        }
+    }
+}
+
+/// Starts `sink`'s runner on a task of its own.
+///
+/// # Panics
+/// Outside a tokio runtime, as `tokio::spawn` does.
+pub(crate) fn spawn(app: App, sink: impl Sink) -> Arc<Control> {
+    let (progress, _) = watch::channel(Progress {
+        checkpoint: 0,
+        applied: 0,
+        state: RunnerState::CatchingUp,
+    });
+    let control = Arc::new(Control {
+        name: sink.name(),
+        progress,
+        stop: Notify::new(),
+    });
+    tokio::spawn(run(app, sink, Arc::clone(&control)));
+    control
+}
+
+/// The runner: start, catch up, then follow; until stopped or a failure that
+/// trying again cannot cure.
+async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
+    let _ends_stopped = EndsStopped(&control);
+    let mut commits = app.watch_commits();
+    let mut failures = 0u32;
+    let mut checkpoint = loop {
+        let started = tokio::select! {
+            started = sink.start() => started,
+            () = control.stop.notified() => return control.stopped(None),
+        };
+        match started {
+            Ok(checkpoint) => break checkpoint,
+            Err(failure) if failure.retry => {
+                failures += 1;
+                if !control.pause(failure.error, failures).await {
+                    return control.stopped(None);
+                }
+            }
+            Err(failure) => return control.stopped(Some(failure.error)),
+        }
+    };
+    control.set(|p| p.checkpoint = checkpoint);
+    failures = 0;
+    // The position of the event that failed last, to count its attempts.
+    let mut failed_at = None;
+    loop {
+        let read = app.store().read_all_of(checkpoint, BATCH, sink.events());
+        let page = tokio::select! {
+            page = read => page,
+            () = control.stop.notified() => return control.stopped(None),
+        };
+        let page = match page {
+            Ok(page) => page,
+            Err(error) => {
+                // The store is down: try again for as long as it takes.
+                failures += 1;
+                if !control.pause(error.to_string(), failures).await {
+                    return control.stopped(None);
+                }
+                continue;
+            }
+        };
+        let (read_to, events) = (page.read_to, page.events.len());
+        let span = tracing::debug_span!(
+            "eda.runner",
+            runner = control.name,
+            after = checkpoint,
+            read_to,
+            events,
+        );
+        match sink.apply(page).instrument(span).await {
+            Ok(()) => {
+                failures = 0;
+                failed_at = None;
+                checkpoint = read_to;
+                let live = events < BATCH;
+                control.set(|p| {
+                    p.checkpoint = checkpoint;
+                    p.applied += events as u64;
+                    p.state = if live {
+                        RunnerState::Live
+                    } else {
+                        RunnerState::CatchingUp
+                    };
+                });
+                if live {
+                    // Woken by this App's next commit, or after a while for other writers.
+                    tokio::select! {
+                        _ = commits.changed() => {}
+                        () = tokio::time::sleep(POLL) => {}
+                        () = control.stop.notified() => return control.stopped(None),
+                    }
+                }
+            }
+            Err(failure) => {
+                if let Some(reached) = failure.reached {
+                    let applied = failure.applied;
+                    checkpoint = checkpoint.max(reached);
+                    control.set(|p| {
+                        p.checkpoint = checkpoint;
+                        p.applied += applied;
+                    });
+                }
+                if !failure.retry {
+                    return control.stopped(Some(failure.error));
+                }
+                let at = checkpoint;
+                if failed_at == Some(at) {
+                    failures += 1;
+                } else {
+                    (failed_at, failures) = (Some(at), 1);
+                }
+                if failures >= MAX_ATTEMPTS {
+                    let error = format!(
+                        "the event after position {at} failed {failures} times: {}",
+                        failure.error
+                    );
+                    return control.stopped(Some(error));
+                }
+                if !control.pause(failure.error, failures).await {
+                    return control.stopped(None);
+                }
+            }
+        }
+    }
+}
+
+/// Marks the runner stopped however its task ends: a panicking `#[on]` method
+/// included, so that nobody waits for it forever.
+struct EndsStopped<'a>(&'a Control);
+
+impl Drop for EndsStopped<'_> {
+    fn drop(&mut self) {
+        self.0.progress.send_if_modified(|p| match p.state {
+            RunnerState::Stopped { .. } => false,
+            _ => {
+                let error = Some("the runner ended: an #[on] method panicked".to_owned());
+                p.state = RunnerState::Stopped { error };
+                true
+            }
+        });
+    }
+}
