@@ -1,12 +1,12 @@
 #![doc = include_str!("../README.md")]
 
 pub use eda_core::{
-    check_idempotency_key, check_names, check_stream, new_event_id, read_model, registry, testing,
-    Aggregate, AggregateEvent, AggregateId, App, AppBuilder, Appended, ApplyError, Command,
-    CommandError, Committed, DecodeError, DecodeErrorKind, DecodeFn, EncodeError, Event, EventRef,
-    EventRegistration, EventStore, Execute, ExecuteFuture, Handle, HandledCommand,
-    IdempotencyRecord, ImmediateStore, IntoEvents, IntoReactions, LoadError, LogPage,
-    MemoryProjection, MemoryStore, Metadata, NewEvent, OwnedStreamId, Policy, Projection,
+    check_checkpoint_name, check_idempotency_key, check_names, check_stream, new_event_id,
+    read_model, registry, testing, Aggregate, AggregateEvent, AggregateId, App, AppBuilder,
+    Appended, ApplyError, Command, CommandError, Committed, DecodeError, DecodeErrorKind, DecodeFn,
+    EncodeError, Event, EventRef, EventRegistration, EventStore, Execute, ExecuteFuture, Handle,
+    HandledCommand, IdempotencyRecord, ImmediateStore, IntoEvents, IntoReactions, LoadError,
+    LogPage, MemoryProjection, MemoryStore, Metadata, NewEvent, OwnedStreamId, Policy, Projection,
     ProjectionBuilder, ProjectionHandle, ProjectionStatus, Reactions, RecordedEvent, Registry,
     RegistryError, ReplayEvent, RunnerState, Snapshot, StoreError, StreamId, Uuid, WaitError,
     MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
