@@ -32,7 +32,7 @@ async fn a_version_2_schema_is_migrated() {
     let sql = db.connect().await;
     sql.batch_execute(
         "ALTER TABLE eda_aggregates DROP COLUMN last_position; DROP TABLE eda_idempotency;
-         UPDATE eda_schema SET version = 2",
+         DROP TABLE eda_checkpoints; UPDATE eda_schema SET version = 2",
     )
     .await
     .unwrap();
@@ -56,7 +56,7 @@ async fn a_version_2_schema_is_migrated() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     store
         .append(
             eda_test::stream("Doc", "x"),
@@ -83,7 +83,7 @@ async fn a_version_3_schema_is_migrated_to_exact_payloads() {
         "ALTER TABLE eda_events ALTER COLUMN payload TYPE jsonb USING payload::jsonb,
                                 ALTER COLUMN metadata TYPE jsonb USING metadata::jsonb;
          ALTER TABLE eda_snapshots ALTER COLUMN payload TYPE jsonb USING payload::jsonb;
-         DROP TABLE eda_idempotency; UPDATE eda_schema SET version = 3",
+         DROP TABLE eda_idempotency; DROP TABLE eda_checkpoints; UPDATE eda_schema SET version = 3",
     )
     .await
     .unwrap();
@@ -127,7 +127,7 @@ async fn a_version_3_schema_is_migrated_to_exact_payloads() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     // The key of a stored event is known after the migration.
     let record = store
         .read_idempotency_key("old-key")
@@ -186,7 +186,7 @@ async fn a_newer_schema_is_refused() {
             err,
             StoreError::IncompatibleSchema {
                 found: 7,
-                supported: 4
+                supported: 5
             }
         ),
         "{err:?}"

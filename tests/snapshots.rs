@@ -233,6 +233,17 @@ macro_rules! forward_to_inner {
         ) -> Result<Option<eda::IdempotencyRecord>, StoreError> {
             self.$($inner)+.read_idempotency_key(key).await
         }
+        async fn read_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+            self.$($inner)+.read_checkpoint(name).await
+        }
+        async fn write_checkpoint(
+            &self,
+            name: &str,
+            from: Option<u64>,
+            to: u64,
+        ) -> Result<(), StoreError> {
+            self.$($inner)+.write_checkpoint(name, from, to).await
+        }
     };
 }
 

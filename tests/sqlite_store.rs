@@ -242,14 +242,14 @@ async fn a_newer_schema_is_refused_not_downgraded() {
             err,
             StoreError::IncompatibleSchema {
                 found: 99,
-                supported: 3
+                supported: 4
             }
         ),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "the database schema is version 99, newer than version 3 that this code knows"
+        "the database schema is version 99, newer than version 4 that this code knows"
     );
 }
 
@@ -274,7 +274,7 @@ async fn a_version_2_database_gets_the_keys_of_its_events() {
     store.close().await.unwrap();
     sql(
         &path,
-        "DROP TABLE eda_idempotency; UPDATE eda_schema SET version = 2",
+        "DROP TABLE eda_idempotency; DROP TABLE eda_checkpoints; UPDATE eda_schema SET version = 2",
     );
     let store = SqliteStore::open(&path).await.unwrap();
     let record = store

@@ -38,13 +38,27 @@ pub enum StoreError {
         /// The key.
         key: String,
     },
+    /// A runner's checkpoint was not where this runner last saw it: another runner
+    /// of the same name moved it (see
+    /// [`EventStore::write_checkpoint`](crate::EventStore::write_checkpoint)), and
+    /// this one lost its turn. Nothing was changed; read the checkpoint again and
+    /// go on from there.
+    #[error("checkpoint `{name}` was moved by another runner: expected {}, found {}", at(*.expected), at(*.found))]
+    CheckpointMoved {
+        /// The checkpoint's name.
+        name: String,
+        /// The position the write was decided on (`None`: no checkpoint yet).
+        expected: Option<u64>,
+        /// The position stored when the write was attempted (`None`: none stored).
+        found: Option<u64>,
+    },
     /// A name or id that not every store can keep, refused the same way by every
     /// store before anything is stored (see the README's limits); also a store
     /// option that names something invalid (a PostgreSQL schema name).
     #[error("invalid {what}: {reason}")]
     Invalid {
         /// What was refused: `aggregate id`, `aggregate type`, `event name`,
-        /// `idempotency key`, `schema name`.
+        /// `idempotency key`, `checkpoint name`, `schema name`.
         what: &'static str,
         /// Why.
         reason: String,
@@ -135,6 +149,14 @@ impl StoreError {
             expected,
             actual,
         }
+    }
+}
+
+/// A checkpoint as an error message shows it.
+fn at(checkpoint: Option<u64>) -> String {
+    match checkpoint {
+        Some(position) => format!("position {position}"),
+        None => "none".into(),
     }
 }
 
@@ -405,5 +427,26 @@ mod tests {
         let rejected: CommandError<std::io::Error> =
             CommandError::Rejected(std::io::Error::other("insufficient funds"));
         assert_eq!(chain(&rejected), ["insufficient funds"]);
+    }
+
+    #[test]
+    fn a_moved_checkpoint_says_what_was_expected_and_found() {
+        let moved = |expected, found| StoreError::CheckpointMoved {
+            name: "mailer".into(),
+            expected,
+            found,
+        };
+        assert_eq!(
+            moved(Some(4), Some(7)).to_string(),
+            "checkpoint `mailer` was moved by another runner: expected position 4, found position 7"
+        );
+        assert_eq!(
+            moved(None, Some(3)).to_string(),
+            "checkpoint `mailer` was moved by another runner: expected none, found position 3"
+        );
+        assert_eq!(
+            moved(Some(2), None).to_string(),
+            "checkpoint `mailer` was moved by another runner: expected position 2, found none"
+        );
     }
 }

@@ -37,21 +37,22 @@ pub use error::{
 };
 pub use event::Event;
 pub use event_id::new_event_id;
-pub use policy::{IntoReactions, Policy, Reactions};
-#[cfg(feature = "sqlite")]
-pub use projection::{SqliteProjection, SqliteProjectionBuilder};
+pub use policy::{IntoReactions, Policy, PolicyBuilder, PolicyHandle, Reactions};
 pub use projection::{
     read_model, ApplyError, MemoryProjection, Projection, ProjectionBuilder, ProjectionHandle,
     RunnerState, RunnerStatus, WaitError,
 };
+#[cfg(feature = "sqlite")]
+pub use projection::{SqliteProjection, SqliteProjectionBuilder};
 pub use registry::{registry, DecodeFn, EventRegistration, Registry};
 #[cfg(feature = "postgres")]
 pub use store::postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::{SqliteOptions, SqliteStore, SqliteSynchronous};
 pub use store::{
-    check_idempotency_key, check_names, check_stream, memory::MemoryStore, Appended, EventStore,
-    ImmediateStore, LogPage, MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
+    check_checkpoint_name, check_idempotency_key, check_names, check_stream, memory::MemoryStore,
+    Appended, EventStore, ImmediateStore, LogPage, MAX_AGGREGATE_ID_BYTES,
+    MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
 };
 /// Event, correlation and causation ids are UUIDs (re-exported so users need no `uuid` dependency).
 pub use uuid::Uuid;

@@ -189,6 +189,56 @@ pub trait EventStore: Send + Sync + 'static {
         key: &str,
     ) -> impl Future<Output = Result<Option<IdempotencyRecord>, StoreError>> + Send;
 
+    /// The checkpoint stored under `name` by
+    /// [`write_checkpoint`](Self::write_checkpoint), `None` if there is none.
+    ///
+    /// A checkpoint is a position in the global log that a runner (of a policy, a
+    /// projection kept outside the store, the outbox) has handled everything up
+    /// to, kept in the store itself. A name that not every store can keep is
+    /// refused with [`StoreError::Invalid`], as by `write_checkpoint`.
+    fn read_checkpoint(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+
+    /// Moves `name`'s checkpoint from `from` (`None`: none is stored yet) to `to`,
+    /// atomically: if the stored checkpoint is not `from`, nothing changes and the
+    /// result is [`StoreError::CheckpointMoved`], with the checkpoint found.
+    ///
+    /// Several processes may run the same runner: each reads the checkpoint,
+    /// handles the events after it, and moves it from where it read it. Of two
+    /// runners that read the same checkpoint, one moves it and the other gets
+    /// `CheckpointMoved`: it lost its turn, and reads the checkpoint again. `to`
+    /// may be any position, lower than `from` too (a runner started over). A name
+    /// is 1 to [`MAX_NAME_BYTES`] bytes without the character NUL; others are
+    /// refused with [`StoreError::Invalid`] (`what: "checkpoint name"`).
+    ///
+    /// ```
+    /// use eda::prelude::*;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// assert_eq!(store.read_checkpoint("mailer").await?, None);
+    /// store.write_checkpoint("mailer", None, 10).await?;
+    /// store.write_checkpoint("mailer", Some(10), 25).await?;
+    ///
+    /// // Another runner of "mailer" that read the checkpoint at 10 loses its turn.
+    /// let lost = store.write_checkpoint("mailer", Some(10), 18).await.unwrap_err();
+    /// assert!(matches!(
+    ///     lost,
+    ///     StoreError::CheckpointMoved { expected: Some(10), found: Some(25), .. }
+    /// ));
+    /// assert_eq!(store.read_checkpoint("mailer").await?, Some(25));
+    /// # Ok::<(), eda::StoreError>(())
+    /// # }).unwrap();
+    /// ```
+    fn write_checkpoint(
+        &self,
+        name: &str,
+        from: Option<u64>,
+        to: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Keeps `snapshot` as the stream's latest snapshot (replacing an older one).
     /// Stores that keep no snapshots accept and drop it: the default.
     fn save_snapshot(
@@ -325,6 +375,12 @@ pub fn check_idempotency_key(key: &str) -> Result<(), StoreError> {
     check_name("idempotency key", key, MAX_IDEMPOTENCY_KEY_BYTES, true)
 }
 
+/// Checks a checkpoint's name as [`check_names`] checks an event name: 1 to
+/// [`MAX_NAME_BYTES`] bytes, no `NUL` character.
+pub fn check_checkpoint_name(name: &str) -> Result<(), StoreError> {
+    check_name("checkpoint name", name, MAX_NAME_BYTES, false)
+}
+
 fn check_name(
     what: &'static str,
     value: &str,
@@ -394,6 +450,21 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
         names: &'a [&'a str],
     ) -> BoxFuture<'a, Result<LogPage, StoreError>>;
 
+    // For the policy runners and the outbox relay, which reach the store through `App`.
+    #[allow(dead_code)]
+    fn read_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
+
+    #[allow(dead_code)]
+    fn write_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+        from: Option<u64>,
+        to: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     fn as_immediate(&self) -> Option<&dyn ImmediateStore>;
@@ -460,6 +531,22 @@ impl<S: EventStore> DynEventStore for S {
         names: &'a [&'a str],
     ) -> BoxFuture<'a, Result<LogPage, StoreError>> {
         Box::pin(EventStore::read_all_of(self, after_position, limit, names))
+    }
+
+    fn read_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, StoreError>> {
+        Box::pin(EventStore::read_checkpoint(self, name))
+    }
+
+    fn write_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+        from: Option<u64>,
+        to: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(EventStore::write_checkpoint(self, name, from, to))
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {

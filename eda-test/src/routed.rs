@@ -155,6 +155,21 @@ impl EventStore for Routed {
         self.inner.read_idempotency_key(key).await
     }
 
+    async fn read_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        self.suspend().await;
+        self.inner.read_checkpoint(name).await
+    }
+
+    async fn write_checkpoint(
+        &self,
+        name: &str,
+        from: Option<u64>,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        self.suspend().await;
+        self.inner.write_checkpoint(name, from, to).await
+    }
+
     async fn save_snapshot(
         &self,
         stream: StreamId<'_>,

@@ -70,4 +70,23 @@ impl<S: eda::EventStore> eda::EventStore for YieldingStore<S> {
         tokio::task::yield_now().await;
         result
     }
+
+    async fn read_checkpoint(&self, name: &str) -> Result<Option<u64>, eda::StoreError> {
+        tokio::task::yield_now().await;
+        let result = eda::EventStore::read_checkpoint(&self.0, name).await;
+        tokio::task::yield_now().await;
+        result
+    }
+
+    async fn write_checkpoint(
+        &self,
+        name: &str,
+        from: Option<u64>,
+        to: u64,
+    ) -> Result<(), eda::StoreError> {
+        tokio::task::yield_now().await;
+        let result = eda::EventStore::write_checkpoint(&self.0, name, from, to).await;
+        tokio::task::yield_now().await;
+        result
+    }
 }

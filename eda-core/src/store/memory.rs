@@ -12,7 +12,9 @@ use crate::envelope::{
     EventRef, IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
 };
 use crate::error::{LoadError, StoreError};
-use crate::store::{check_names, Appended, EventStore, ImmediateStore, LogPage, SCAN_PAGES};
+use crate::store::{
+    check_checkpoint_name, check_names, Appended, EventStore, ImmediateStore, LogPage, SCAN_PAGES,
+};
 
 /// An in-process event store for tests, examples and benchmarks.
 ///
@@ -38,6 +40,8 @@ struct Inner {
     snapshots: HashMap<(String, String), Snapshot>,
     /// Idempotency keys and what their appends stored.
     keys: HashMap<String, IdempotencyRecord>,
+    /// Runners' checkpoints, by name.
+    checkpoints: HashMap<String, u64>,
 }
 
 struct Batch {
@@ -458,6 +462,31 @@ impl EventStore for MemoryStore {
         Ok(self.read().keys.get(key).cloned())
     }
 
+    async fn read_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        check_checkpoint_name(name)?;
+        Ok(self.read().checkpoints.get(name).copied())
+    }
+
+    async fn write_checkpoint(
+        &self,
+        name: &str,
+        from: Option<u64>,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        check_checkpoint_name(name)?;
+        let mut inner = self.write();
+        let found = inner.checkpoints.get(name).copied();
+        if found != from {
+            return Err(StoreError::CheckpointMoved {
+                name: name.to_owned(),
+                expected: from,
+                found,
+            });
+        }
+        inner.checkpoints.insert(name.to_owned(), to);
+        Ok(())
+    }
+
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
         let inner = self.read();
         Ok(inner
@@ -483,6 +512,7 @@ impl fmt::Debug for MemoryStore {
             )
             .field("snapshots", &inner.snapshots.len())
             .field("idempotency_keys", &inner.keys.len())
+            .field("checkpoints", &inner.checkpoints.len())
             .finish()
     }
 }
@@ -515,7 +545,7 @@ mod tests {
         let shown = format!("{store:?}");
         assert_eq!(
             shown,
-            "MemoryStore { events: 1, streams: 1, snapshots: 0, idempotency_keys: 0 }"
+            "MemoryStore { events: 1, streams: 1, snapshots: 0, idempotency_keys: 0, checkpoints: 0 }"
         );
     }
 }

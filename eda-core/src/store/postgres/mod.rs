@@ -39,7 +39,8 @@ use crate::envelope::{
 use crate::error::StoreError;
 use crate::store::durable::{backend, to_i64};
 use crate::store::{
-    check_idempotency_key, check_names, check_stream, Appended, EventStore, LogPage,
+    check_checkpoint_name, check_idempotency_key, check_names, check_stream, Appended, EventStore,
+    LogPage,
 };
 
 mod append;
@@ -62,7 +63,8 @@ use row::{recorded, replay_event, snapshot_row, SNAPSHOT_IN_REPLAY_ROW, SNAPSHOT
 /// metadata as `json`, which keeps the text byte for byte, recorded-at),
 /// `eda_aggregates` (current version and last event's position per aggregate, the
 /// row an append locks), `eda_snapshots`, `eda_idempotency` (each idempotency key
-/// and what its command stored) and `eda_schema`. An append is one statement, so one round trip: it compare-and-sets
+/// and what its command stored), `eda_checkpoints` (runners' checkpoints, by
+/// name) and `eda_schema`. An append is one statement, so one round trip: it compare-and-sets
 /// the aggregate's version and inserts the events, or does nothing. Concurrent
 /// appends share statements (see [`PostgresOptions::max_batch`]).
 ///
@@ -462,6 +464,49 @@ impl EventStore for PostgresStore {
                 .map_err(|e| corrupt(e.to_string()))?
                 .and_then(|p| u64::try_from(p).ok()),
         }))
+    }
+
+    async fn read_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        check_checkpoint_name(name)?;
+        let rows = self.query(sql::READ_CHECKPOINT, &[&name]).await?;
+        rows.first()
+            .map(|row| {
+                let position: i64 = row.try_get(0).map_err(backend)?;
+                u64::try_from(position).map_err(|_| StoreError::Corrupt {
+                    position: 0,
+                    what: format!("checkpoint `{name}`: negative position {position}"),
+                })
+            })
+            .transpose()
+    }
+
+    /// One statement: an insert that does nothing if the name has a checkpoint,
+    /// or an update of the row only at `from`. When it changed nothing, the
+    /// checkpoint found is read after it, by another statement.
+    async fn write_checkpoint(
+        &self,
+        name: &str,
+        from: Option<u64>,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        check_checkpoint_name(name)?;
+        let to = to_i64(to);
+        let moved = match from {
+            None => self.query(sql::INSERT_CHECKPOINT, &[&name, &to]).await?,
+            Some(from) => {
+                let from = to_i64(from);
+                self.query(sql::MOVE_CHECKPOINT, &[&name, &from, &to])
+                    .await?
+            }
+        };
+        if !moved.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::CheckpointMoved {
+            name: name.to_owned(),
+            expected: from,
+            found: self.read_checkpoint(name).await?,
+        })
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {

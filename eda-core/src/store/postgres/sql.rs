@@ -85,6 +85,14 @@ pub(super) const MIGRATE_TO_4: &str = "ALTER TABLE eda_events ALTER COLUMN paylo
                  FROM eda_events WHERE metadata->>'idempotency_key' IS NOT NULL GROUP BY 1;
                  UPDATE eda_schema SET version = 4;";
 
+/// Version 5: runners' checkpoints, by name.
+pub(super) const MIGRATE_TO_5: &str = "CREATE TABLE eda_checkpoints (
+                     name text PRIMARY KEY,
+                     position bigint NOT NULL,
+                     updated_at timestamptz NOT NULL DEFAULT now()
+                 );
+                 UPDATE eda_schema SET version = 5;";
+
 // The appends.
 
 /// Compare-and-set of the aggregate's version, then the events, in one statement;
@@ -253,6 +261,24 @@ pub(super) const APPEND_BATCH: &str = "WITH a AS (
         WHERE e.append IN (SELECT idx FROM won)
     )
     SELECT pg_current_xact_id()::text::bigint, ARRAY(SELECT idx FROM won)";
+
+// The checkpoints.
+
+/// A first checkpoint (`$1` name, `$2` position): a row if it was stored, none if
+/// the name has one already.
+pub(super) const INSERT_CHECKPOINT: &str =
+    "INSERT INTO eda_checkpoints (name, position) VALUES ($1, $2)
+     ON CONFLICT DO NOTHING RETURNING position";
+
+/// Compare-and-set of a checkpoint: moves it to `$3` only if it is at `$2`; a row
+/// if it was moved. (A concurrent move makes the statement check the row it
+/// committed.)
+pub(super) const MOVE_CHECKPOINT: &str =
+    "UPDATE eda_checkpoints SET position = $3, updated_at = now()
+     WHERE name = $1 AND position = $2 RETURNING position";
+
+/// A checkpoint's position.
+pub(super) const READ_CHECKPOINT: &str = "SELECT position FROM eda_checkpoints WHERE name = $1";
 
 // The reads.
 

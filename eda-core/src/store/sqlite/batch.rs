@@ -6,24 +6,33 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::sql;
+use super::{read, sql};
 use crate::envelope::Snapshot;
 use crate::error::StoreError;
 use crate::failpoint;
 use crate::store::durable::{backend, to_i64, AppendRequest};
 use crate::store::Appended;
 
-/// What the writer thread writes: appends, and snapshots (which need the one write
-/// connection too).
+/// What the writer thread writes: appends, and snapshots and checkpoints (which
+/// need the one write connection too).
 pub(super) enum WriteRequest {
     Append(AppendRequest),
     Snapshot(SnapshotRequest),
+    Checkpoint(CheckpointRequest),
 }
 
 pub(super) struct SnapshotRequest {
     pub(super) aggregate_type: String,
     pub(super) aggregate_id: String,
     pub(super) snapshot: Snapshot,
+    pub(super) reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// A compare-and-set of a runner's checkpoint.
+pub(super) struct CheckpointRequest {
+    pub(super) name: String,
+    pub(super) from: Option<u64>,
+    pub(super) to: u64,
     pub(super) reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -47,10 +56,10 @@ pub(super) fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>)
     for request in &batch {
         let run = || match request {
             WriteRequest::Append(append) => append_in_savepoint(&tx, append, recorded_at),
-            WriteRequest::Snapshot(snapshot) => save_snapshot(&tx, snapshot).map(|()| Appended {
-                version: 0,
-                position: 0,
-            }),
+            WriteRequest::Snapshot(snapshot) => save_snapshot(&tx, snapshot).map(|()| NOTHING),
+            WriteRequest::Checkpoint(checkpoint) => {
+                move_checkpoint(&tx, checkpoint, recorded_at).map(|()| NOTHING)
+            }
         };
         results.push(if isolate {
             in_savepoint(&tx, run)
@@ -92,7 +101,7 @@ pub(super) fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>)
                 WriteRequest::Append(_) => Err(StoreError::OutcomeUnknown {
                     source: Some(Box::new(backend_ref(&e))),
                 }),
-                WriteRequest::Snapshot(_) => Err(backend_ref(&e)),
+                WriteRequest::Snapshot(_) | WriteRequest::Checkpoint(_) => Err(backend_ref(&e)),
             })
             .collect(),
     };
@@ -100,7 +109,13 @@ pub(super) fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>)
     reply(batch, results);
 }
 
-/// Sends each request its result (a snapshot's `Appended` is unused).
+/// The result of a request that appends nothing (unused).
+const NOTHING: Appended = Appended {
+    version: 0,
+    position: 0,
+};
+
+/// Sends each request its result (a snapshot's or checkpoint's `Appended` is unused).
 pub(super) fn reply(batch: Vec<WriteRequest>, results: Vec<Result<Appended, StoreError>>) {
     for (request, result) in batch.into_iter().zip(results) {
         match request {
@@ -109,6 +124,9 @@ pub(super) fn reply(batch: Vec<WriteRequest>, results: Vec<Result<Appended, Stor
             }
             WriteRequest::Snapshot(snapshot) => {
                 let _ = snapshot.reply.send(result.map(|_| ()));
+            }
+            WriteRequest::Checkpoint(checkpoint) => {
+                let _ = checkpoint.reply.send(result.map(|_| ()));
             }
         }
     }
@@ -149,6 +167,38 @@ fn save_snapshot(
         })
         .map(|_| ())
         .map_err(backend)
+}
+
+/// Moves the checkpoint from `request.from` to `request.to` if it is there; if
+/// not, [`StoreError::CheckpointMoved`] with the one found (read in the same
+/// transaction, so it is the one the statement met).
+fn move_checkpoint(
+    tx: &rusqlite::Transaction<'_>,
+    request: &CheckpointRequest,
+    updated_at: i64,
+) -> Result<(), StoreError> {
+    let changed = match request.from {
+        None => tx
+            .prepare_cached(sql::INSERT_CHECKPOINT)
+            .and_then(|mut s| s.execute(params![request.name, to_i64(request.to), updated_at])),
+        Some(from) => tx.prepare_cached(sql::MOVE_CHECKPOINT).and_then(|mut s| {
+            s.execute(params![
+                request.name,
+                to_i64(from),
+                to_i64(request.to),
+                updated_at
+            ])
+        }),
+    }
+    .map_err(backend)?;
+    if changed == 1 {
+        return Ok(());
+    }
+    Err(StoreError::CheckpointMoved {
+        name: request.name.clone(),
+        expected: request.from,
+        found: read::checkpoint(tx, &request.name)?,
+    })
 }
 
 fn append_in_savepoint(

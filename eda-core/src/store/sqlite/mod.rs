@@ -22,7 +22,7 @@ use crate::envelope::{
 };
 use crate::error::StoreError;
 use crate::store::durable::{backend, AppendRequest};
-use crate::store::{check_names, Appended, EventStore, LogPage};
+use crate::store::{check_checkpoint_name, check_names, Appended, EventStore, LogPage};
 
 mod batch;
 mod file;
@@ -36,7 +36,7 @@ mod worker;
 
 pub use options::{SqliteOptions, SqliteSynchronous};
 
-use batch::{SnapshotRequest, WriteRequest};
+use batch::{CheckpointRequest, SnapshotRequest, WriteRequest};
 use pace::{reply_of, InFlight, Pace};
 use worker::{
     open_reader, open_writer, read_loop, spawn_connected, write_loop, ReadJob, ReaderMessage,
@@ -45,13 +45,14 @@ use worker::{
 
 /// An [`EventStore`] in one SQLite file (feature `sqlite`, on by default).
 ///
-/// Five tables, created and migrated when the store opens: `eda_events`
+/// Six tables, created and migrated when the store opens: `eda_events`
 /// (position, event id, aggregate type and id, version, event name and schema
 /// version, payload and metadata as JSON text, recorded-at in microseconds),
 /// `eda_aggregates` (aggregate type, id, current version), `eda_snapshots` (the
 /// latest snapshot per aggregate), `eda_idempotency` (each idempotency key and
-/// what its command stored) and `eda_schema` (the schema version; a database
-/// written by a newer eda is refused, never downgraded).
+/// what its command stored), `eda_checkpoints` (runners' checkpoints, by name)
+/// and `eda_schema` (the schema version; a database written by a newer eda is
+/// refused, never downgraded).
 ///
 /// SQLite keeps recent commits in the write-ahead log (`bank.db-wal`) until a
 /// checkpoint: call [`SqliteStore::close`] before the program ends, so that the
@@ -367,6 +368,35 @@ impl EventStore for SqliteStore {
             read::idempotency_key(connection, key)
         })
         .await
+    }
+
+    async fn read_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        check_checkpoint_name(name)?;
+        let name = name.to_owned();
+        self.read(false, move |connection| read::checkpoint(connection, &name))
+            .await
+    }
+
+    async fn write_checkpoint(
+        &self,
+        name: &str,
+        from: Option<u64>,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        self.check_open()?;
+        check_checkpoint_name(name)?;
+        let (reply, rx) = oneshot::channel();
+        let request = CheckpointRequest {
+            name: name.to_owned(),
+            from,
+            to,
+            reply,
+        };
+        self.inner
+            .writer
+            .send(WriterJob::Write(WriteRequest::Checkpoint(request)))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {

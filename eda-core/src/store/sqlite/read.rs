@@ -134,6 +134,26 @@ pub(super) fn idempotency_key(
     }))
 }
 
+/// The checkpoint stored under `name`, if there is one.
+pub(super) fn checkpoint(connection: &Connection, name: &str) -> Result<Option<u64>, StoreError> {
+    let position: Option<i64> = connection
+        .prepare_cached(sql::READ_CHECKPOINT)
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![name], |row| row.get(0))
+                .optional()
+        })
+        .map_err(backend)?;
+    position
+        .map(|p| {
+            u64::try_from(p).map_err(|_| StoreError::Corrupt {
+                position: 0,
+                what: format!("checkpoint `{name}`: negative position {p}"),
+            })
+        })
+        .transpose()
+}
+
 /// The stream's snapshot; a row out of range counts as none (the aggregate is
 /// then replayed).
 pub(super) fn snapshot(

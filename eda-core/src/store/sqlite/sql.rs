@@ -66,6 +66,14 @@ pub(super) const MIGRATE_TO_3: &str = "CREATE TABLE eda_idempotency (
              FROM eda_events WHERE json_extract(metadata, '$.idempotency_key') IS NOT NULL GROUP BY 1;
              UPDATE eda_schema SET version = 3;";
 
+/// Version 4: runners' checkpoints, by name (`updated_at` in microseconds).
+pub(super) const MIGRATE_TO_4: &str = "CREATE TABLE eda_checkpoints (
+                 name TEXT PRIMARY KEY,
+                 position INTEGER NOT NULL,
+                 updated_at INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             UPDATE eda_schema SET version = 4;";
+
 // Each connection, and the end of the writer's.
 
 /// A new connection's settings, with `synchronous = FULL`.
@@ -127,6 +135,17 @@ pub(super) const SAVE_SNAPSHOT: &str =
          payload = excluded.payload, fingerprint = excluded.fingerprint
      WHERE excluded.version >= eda_snapshots.version";
 
+/// A first checkpoint (`?1` name, `?2` position, `?3` time): changes no row if
+/// the name has one already.
+pub(super) const INSERT_CHECKPOINT: &str =
+    "INSERT INTO eda_checkpoints (name, position, updated_at) VALUES (?1, ?2, ?3)
+     ON CONFLICT (name) DO NOTHING";
+
+/// Compare-and-set of a checkpoint: moves it to `?3` (at time `?4`) only if it
+/// is at `?2`, else changes no row.
+pub(super) const MOVE_CHECKPOINT: &str =
+    "UPDATE eda_checkpoints SET position = ?3, updated_at = ?4 WHERE name = ?1 AND position = ?2";
+
 // The reads.
 
 /// A full [`RecordedEvent`](crate::RecordedEvent)'s columns, in the order
@@ -175,6 +194,9 @@ pub(super) const READ_EVENT: &str = concat!(
 pub(super) const READ_KEY: &str =
     "SELECT aggregate_type, aggregate_id, command, fingerprint, expected_version,
             version, position FROM eda_idempotency WHERE key = ?1";
+
+/// A checkpoint's position.
+pub(super) const READ_CHECKPOINT: &str = "SELECT position FROM eda_checkpoints WHERE name = ?1";
 
 /// The stream's snapshot.
 pub(super) const LOAD_SNAPSHOT: &str =
