@@ -39,8 +39,8 @@ pub use event::Event;
 pub use event_id::new_event_id;
 pub use policy::{IntoReactions, Policy, PolicyBuilder, PolicyHandle, Reactions};
 pub use projection::{
-    read_model, ApplyError, MemoryProjection, Projection, ProjectionBuilder, ProjectionHandle,
-    RunnerState, RunnerStatus, WaitError,
+    read_model, ApplyError, MemoryProjection, ParkedEvent, Projection, ProjectionBuilder,
+    ProjectionHandle, Retried, RunnerState, RunnerStatus, WaitError,
 };
 #[cfg(feature = "sqlite")]
 pub use projection::{SqliteProjection, SqliteProjectionBuilder};

@@ -359,7 +359,7 @@ impl<P: Policy> Sink for PolicySink<P> {
     /// Reacts to each event, then moves the checkpoint past the page. A crash
     /// in between executes the page's commands again after a restart, with the
     /// same keys: the store answers with the first execution's events.
-    async fn apply(&mut self, page: LogPage) -> Result<(), Failure> {
+    async fn apply(&mut self, page: LogPage, _: bool) -> Result<(), Failure> {
         for (done, event) in page.events.iter().enumerate() {
             if let Err(mut failure) = self.react(event).await {
                 // Past the events that were reacted to, so a retry starts here.

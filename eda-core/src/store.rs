@@ -450,14 +450,16 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
         names: &'a [&'a str],
     ) -> BoxFuture<'a, Result<LogPage, StoreError>>;
 
-    // For the policy runners and the outbox relay, which reach the store through `App`.
-    #[allow(dead_code)]
+    fn read_event(
+        &self,
+        event_id: Uuid,
+    ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>>;
+
     fn read_checkpoint<'a>(
         &'a self,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<u64>, StoreError>>;
 
-    #[allow(dead_code)]
     fn write_checkpoint<'a>(
         &'a self,
         name: &'a str,
@@ -531,6 +533,13 @@ impl<S: EventStore> DynEventStore for S {
         names: &'a [&'a str],
     ) -> BoxFuture<'a, Result<LogPage, StoreError>> {
         Box::pin(EventStore::read_all_of(self, after_position, limit, names))
+    }
+
+    fn read_event(
+        &self,
+        event_id: Uuid,
+    ) -> BoxFuture<'_, Result<Option<RecordedEvent>, StoreError>> {
+        Box::pin(EventStore::read_event(self, event_id))
     }
 
     fn read_checkpoint<'a>(

@@ -190,3 +190,21 @@ pub async fn open_account(app: &App, id: &str) {
         panic!("opening account {id}: {error}");
     }
 }
+
+/// The bonus [`WelcomeBonus`] pays into every new account.
+pub const BONUS: u64 = 10;
+
+/// A policy: every account opened gets a welcome bonus deposited.
+#[derive(Debug, Default)]
+pub struct WelcomeBonus;
+
+#[policy(name = "welcome-bonus")]
+impl WelcomeBonus {
+    #[on]
+    fn opened(&self, _: &AccountOpened, recorded: &eda::RecordedEvent) -> Option<DepositMoney> {
+        Some(DepositMoney {
+            account: recorded.aggregate_id.clone(),
+            amount: BONUS,
+        })
+    }
+}

@@ -16,6 +16,8 @@ mod yielding;
 
 #[cfg(feature = "sqlite")]
 pub mod appends;
+#[cfg(feature = "sqlite")]
+pub mod ledger;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 

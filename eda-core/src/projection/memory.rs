@@ -34,7 +34,7 @@ impl<P: MemoryProjection> Sink for MemorySink<P> {
 
     /// Applies the events in order under one lock; the first that cannot be
     /// decoded stops the runner there (the events before it stay applied).
-    async fn apply(&mut self, page: LogPage) -> Result<(), Failure> {
+    async fn apply(&mut self, page: LogPage, _: bool) -> Result<(), Failure> {
         let mut state = lock(&self.state);
         for (done, event) in page.events.iter().enumerate() {
             if let Err(kind) = state.apply(event) {

@@ -14,9 +14,13 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
 use crate::app::App;
 use crate::envelope::RecordedEvent;
-use crate::error::DecodeErrorKind;
+use crate::error::{DecodeErrorKind, StoreError};
+use crate::store::BoxFuture;
 use runner::Control;
 pub use runner::{RunnerState, RunnerStatus, WaitError};
 
@@ -159,14 +163,21 @@ impl<P: MemoryProjection> ProjectionBuilder<P, read_model::Memory> {
     pub fn start(self) -> ProjectionHandle<P> {
         let state = Arc::new(Mutex::new(self.projection));
         let control = runner::spawn(self.app, memory::MemorySink::new(Arc::clone(&state)));
-        ProjectionHandle { control, state }
+        ProjectionHandle {
+            control,
+            state,
+            parking: None,
+        }
     }
 }
 
-/// A started projection: its state, its progress, read-your-writes.
+/// A started projection: its state, its progress, read-your-writes, its parked
+/// events.
 pub struct ProjectionHandle<P> {
     control: Arc<Control>,
     state: Arc<Mutex<P>>,
+    /// The dead letters of a kind that parks failed events.
+    parking: Option<Arc<dyn Parking>>,
 }
 
 impl<P> Clone for ProjectionHandle<P> {
@@ -174,8 +185,48 @@ impl<P> Clone for ProjectionHandle<P> {
         ProjectionHandle {
             control: Arc::clone(&self.control),
             state: Arc::clone(&self.state),
+            parking: self.parking.clone(),
         }
     }
+}
+
+/// An event a runner parked (a dead letter): it could not be decoded, its
+/// `#[on]` method failed every attempt, or an earlier event of its aggregate is
+/// parked (so the aggregate's order is kept). Other aggregates' events flow on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ParkedEvent {
+    /// Its position in the global log.
+    pub position: u64,
+    /// Its id.
+    pub event_id: Uuid,
+    /// Its aggregate's type.
+    pub aggregate_type: String,
+    /// Its aggregate's id.
+    pub aggregate_id: String,
+    /// Its stored name.
+    pub name: String,
+    /// Why it was parked (the last error, after a retry that failed).
+    pub error: String,
+    /// When it was parked.
+    pub parked_at: DateTime<Utc>,
+}
+
+/// What [`ProjectionHandle::retry_parked`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retried {
+    /// Parked events applied (and no longer parked).
+    pub applied: u64,
+    /// Events still parked.
+    pub parked: u64,
+}
+
+/// The dead-letter operations behind a handle, for a kind that parks events.
+pub(crate) trait Parking: Send + Sync {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ParkedEvent>, StoreError>>;
+    fn retry(&self) -> BoxFuture<'_, Result<Retried, StoreError>>;
+    fn skip(&self, event_id: Uuid) -> BoxFuture<'_, Result<bool, StoreError>>;
 }
 
 impl<P> fmt::Debug for ProjectionHandle<P> {
@@ -219,5 +270,38 @@ impl<P> ProjectionHandle<P> {
     /// Stops the runner after the batch it is applying, and waits until it has.
     pub async fn stop(&self) {
         self.control.stop().await;
+    }
+
+    /// The events parked so far, in log order (none for an in-memory
+    /// projection, which stops at an event it cannot decode instead).
+    pub async fn parked(&self) -> Result<Vec<ParkedEvent>, StoreError> {
+        match &self.parking {
+            Some(parking) => parking.list().await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Applies the parked events again, in log order, aggregate by aggregate
+    /// (after the `#[on]` method or the data was fixed). Each one applied leaves
+    /// the park; an aggregate's first event that fails again stays parked with
+    /// its new error, and so do its later events.
+    pub async fn retry_parked(&self) -> Result<Retried, StoreError> {
+        match &self.parking {
+            Some(parking) => parking.retry().await,
+            None => Ok(Retried {
+                applied: 0,
+                parked: 0,
+            }),
+        }
+    }
+
+    /// Removes the parked event `event_id` from the park without applying it;
+    /// `false` if it was not parked. Its aggregate's later parked events stay
+    /// parked until they are retried.
+    pub async fn skip_parked(&self, event_id: Uuid) -> Result<bool, StoreError> {
+        match &self.parking {
+            Some(parking) => parking.skip(event_id).await,
+            None => Ok(false),
+        }
     }
 }

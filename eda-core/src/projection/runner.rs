@@ -37,8 +37,19 @@ pub(crate) trait Sink: Send + 'static {
 
     /// Applies `page.events` in order and moves the checkpoint to `page.read_to`.
     /// On failure the events before [`Failure::reached`] stay applied, with the
-    /// checkpoint there; none after.
-    fn apply(&mut self, page: LogPage) -> impl Future<Output = Result<(), Failure>> + Send;
+    /// checkpoint there; none after. On the `last_attempt` at an event, a sink
+    /// that can park events parks it (with its aggregate's later events) rather
+    /// than fail.
+    fn apply(
+        &mut self,
+        page: LogPage,
+        last_attempt: bool,
+    ) -> impl Future<Output = Result<(), Failure>> + Send;
+
+    /// How many events are parked, for a sink that parks them.
+    fn parked(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Why a [`Sink`] could not apply a page.
@@ -112,6 +123,8 @@ pub struct RunnerStatus {
     pub checkpoint: u64,
     /// Events applied since the runner started.
     pub applied: u64,
+    /// Events parked (dead letters) and not yet retried or skipped.
+    pub parked: u64,
     /// What the runner is doing.
     pub state: RunnerState,
 }
@@ -148,6 +161,7 @@ pub enum WaitError {
 struct Progress {
     checkpoint: u64,
     applied: u64,
+    parked: u64,
     state: RunnerState,
 }
 
@@ -169,6 +183,7 @@ impl Control {
             name: self.name,
             checkpoint: progress.checkpoint,
             applied: progress.applied,
+            parked: progress.parked,
             state: progress.state,
         }
     }
@@ -214,6 +229,11 @@ impl Control {
             .await;
     }
 
+    /// Sets the parked count (after parked events were retried or skipped).
+    pub(crate) fn set_parked(&self, parked: u64) {
+        self.set(|p| p.parked = parked);
+    }
+
     fn stopped(&self, error: Option<String>) {
         if let Some(error) = &error {
             tracing::error!(runner = self.name, %error, "runner stopped");
@@ -246,6 +266,7 @@ pub(crate) fn spawn(app: App, sink: impl Sink) -> Arc<Control> {
     let (progress, _) = watch::channel(Progress {
         checkpoint: 0,
         applied: 0,
+        parked: sink.parked().unwrap_or(0),
         state: RunnerState::CatchingUp,
     });
     let control = Arc::new(Control {
@@ -280,7 +301,7 @@ async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
         }
     };
     control.set(|p| p.checkpoint = checkpoint);
-    failures = 0;
+    let (mut failures, mut read_failures) = (0, 0);
     // The position of the event that failed last, to count its attempts.
     let mut failed_at = None;
     loop {
@@ -293,13 +314,14 @@ async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
             Ok(page) => page,
             Err(error) => {
                 // The store is down: try again for as long as it takes.
-                failures += 1;
-                if !control.pause(error.to_string(), failures).await {
+                read_failures += 1;
+                if !control.pause(error.to_string(), read_failures).await {
                     return control.stopped(None);
                 }
                 continue;
             }
         };
+        read_failures = 0;
         let (read_to, events) = (page.read_to, page.events.len());
         let span = tracing::debug_span!(
             "eda.runner",
@@ -308,7 +330,12 @@ async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
             read_to,
             events,
         );
-        match sink.apply(page).instrument(span).await {
+        let last_attempt = failed_at == Some(checkpoint) && failures + 1 >= MAX_ATTEMPTS;
+        let applied = sink.apply(page, last_attempt).instrument(span).await;
+        if let Some(parked) = sink.parked() {
+            control.set_parked(parked);
+        }
+        match applied {
             Ok(()) => {
                 failures = 0;
                 failed_at = None;

@@ -1,0 +1,156 @@
+//! Policies (`#[policy]`, `App::policy`): the commands an event causes are
+//! executed once in effect, with causation and correlation ids from the event; a
+//! rejected command does not stop the policy; the checkpoint is kept in the
+//! event store, so a restart goes on after it.
+
+#![allow(missing_docs)]
+
+use std::time::Duration;
+
+use eda::prelude::*;
+use eda::{RecordedEvent, RunnerState, Uuid};
+use eda_test::bank::{
+    open_account, DepositMoney, MoneyDeposited, OpenAccount, WelcomeBonus, WithdrawMoney, BONUS,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The deposits in the log, by account.
+async fn deposits(app_store: &MemoryStore) -> Vec<RecordedEvent> {
+    let page = app_store.read_all(0, 10_000).await.unwrap();
+    page.into_iter()
+        .filter(|e| e.name == "MoneyDeposited")
+        .collect()
+}
+
+#[tokio::test]
+async fn an_event_causes_its_command_with_causation_and_correlation() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    let policy = app.policy(WelcomeBonus).start();
+    let correlation = Uuid::now_v7();
+    let open = OpenAccount {
+        account: "a".into(),
+        owner: "ada".into(),
+    };
+    let opened = app.execute(open).correlation_id(correlation).await.unwrap();
+    policy.wait_for(opened.position, WAIT).await.unwrap();
+
+    let deposits = deposits(&store).await;
+    assert_eq!(deposits.len(), 1);
+    let log = store.read_all(0, 10).await.unwrap();
+    let opened_id = log[0].event_id;
+    assert_eq!(log[0].name, "AccountOpened");
+    assert_eq!(deposits[0].aggregate_id, "a");
+    assert_eq!(deposits[0].metadata.causation_id, Some(opened_id));
+    assert_eq!(deposits[0].metadata.correlation_id, Some(correlation));
+    assert!(deposits[0]
+        .metadata
+        .idempotency_key
+        .as_deref()
+        .unwrap()
+        .contains("welcome-bonus"));
+    assert_eq!(
+        app.load::<eda_test::bank::Account>(&"a".to_owned())
+            .await
+            .unwrap()
+            .balance,
+        BONUS
+    );
+}
+
+#[tokio::test]
+async fn a_restart_goes_on_after_the_stored_checkpoint() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    let first = app.policy(WelcomeBonus).start();
+    open_account(&app, "a").await;
+    let position = app
+        .execute(OpenAccount {
+            account: "b".into(),
+            owner: "bo".into(),
+        })
+        .await
+        .unwrap()
+        .position;
+    first.wait_for(position, WAIT).await.unwrap();
+    first.stop().await;
+    assert_eq!(
+        store
+            .read_checkpoint("welcome-bonus")
+            .await
+            .unwrap()
+            .map(|c| c >= position.unwrap()),
+        Some(true)
+    );
+
+    let second = app.policy(WelcomeBonus).start();
+    let position = app
+        .execute(OpenAccount {
+            account: "c".into(),
+            owner: "cy".into(),
+        })
+        .await
+        .unwrap()
+        .position;
+    second.wait_for(position, WAIT).await.unwrap();
+    assert_eq!(second.status().applied, 1, "only the new opening");
+    assert_eq!(deposits(&store).await.len(), 3);
+}
+
+/// Charges a fee of 50 on every deposit: rejected while the balance is short.
+#[derive(Debug, Default)]
+pub struct Fees;
+
+#[policy]
+impl Fees {
+    #[on]
+    fn deposited(&self, e: &MoneyDeposited, recorded: &RecordedEvent) -> Vec<WithdrawMoney> {
+        if e.amount == BONUS {
+            return Vec::new();
+        }
+        vec![WithdrawMoney {
+            account: recorded.aggregate_id.clone(),
+            amount: 50,
+            reference: format!("fee for {}", recorded.event_id),
+        }]
+    }
+}
+
+#[tokio::test]
+async fn a_rejected_command_does_not_stop_the_policy() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    let fees = app.policy(Fees).start();
+    open_account(&app, "a").await;
+    // 20 < 50: the fee is rejected; 100: the fee is charged.
+    for amount in [20, 100] {
+        let deposit = DepositMoney {
+            account: "a".into(),
+            amount,
+        };
+        let position = app.execute(deposit).await.unwrap().position;
+        fees.wait_for(position, WAIT).await.unwrap();
+    }
+    assert_eq!(fees.status().state, RunnerState::Live);
+    let account = app
+        .load::<eda_test::bank::Account>(&"a".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(account.balance, 20 + 100 - 50);
+    assert_eq!(fees.status().name, "Fees");
+}
+
+#[tokio::test]
+async fn an_opening_without_the_policy_running_is_caught_up_later() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    for id in ["a", "b", "c"] {
+        open_account(&app, id).await;
+    }
+    let policy = app.policy(WelcomeBonus).start();
+    policy.wait_for(Some(3), WAIT).await.unwrap();
+    let deposits = deposits(&store).await;
+    let accounts: Vec<&str> = deposits.iter().map(|e| e.aggregate_id.as_str()).collect();
+    assert_eq!(accounts, ["a", "b", "c"]);
+}

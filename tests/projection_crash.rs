@@ -1,0 +1,179 @@
+//! Crash safety of SQLite read models: a projector process catching up on 20,000
+//! events is killed at named crash points (after the handlers ran, before the
+//! commit; right after the commit) and with SIGKILL at random moments, five
+//! times each, restarting after each; the read model then equals a clean full
+//! rebuild, with every event applied exactly once. The control keeps the
+//! checkpoint in a transaction of its own (`EDA_BROKEN`), crashes between the two
+//! commits, and must show events applied twice.
+//!
+//! The child is this test binary itself, started with `--ignored --exact child`.
+
+#![cfg(unix)]
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use eda::prelude::*;
+use eda_test::ledger::{self, Ledger, LedgerRows};
+
+const ACCOUNTS: usize = 200;
+const DEPOSITS: usize = 99;
+const EVENTS: u64 = (ACCOUNTS * (DEPOSITS + 1)) as u64;
+
+/// The child: projects the whole log into the read database, then exits.
+#[tokio::test]
+#[ignore = "started by the crash tests"]
+async fn child() {
+    let (Ok(events), Ok(read)) = (
+        std::env::var("EDA_CRASH_EVENTS"),
+        std::env::var("EDA_CRASH_READ"),
+    ) else {
+        return;
+    };
+    let app = App::new(SqliteStore::open(&events).await.expect("open the events"));
+    let projection = app
+        .project(Ledger)
+        .database(&read)
+        .start()
+        .await
+        .expect("start");
+    projection
+        .wait_for(Some(EVENTS), Duration::from_secs(300))
+        .await
+        .expect("caught up");
+}
+
+/// Runs a child with `env`, killing it with SIGKILL after `kill_after` if given.
+fn run_child(
+    events: &Path,
+    read: &Path,
+    env: &[(&str, String)],
+    kill_after: Option<Duration>,
+) -> ExitStatus {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--ignored", "--exact", "child", "--test-threads=1"])
+        .env("EDA_CRASH_EVENTS", events)
+        .env("EDA_CRASH_READ", read)
+        .env_remove("EDA_FAILPOINT")
+        .env_remove("EDA_BROKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    if let Some(after) = kill_after {
+        std::thread::sleep(after);
+        let _ = child.kill();
+    }
+    child.wait().unwrap()
+}
+
+struct Log {
+    _dir: tempfile::TempDir,
+    events: PathBuf,
+    rebuilt: LedgerRows,
+}
+
+impl Log {
+    /// 20,000 events, and the ledger a clean run builds from them.
+    async fn new() -> Log {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events.db");
+        let store = SqliteStore::open(&events).await.unwrap();
+        assert_eq!(ledger::fill(&store, ACCOUNTS, DEPOSITS).await, EVENTS);
+        store.close().await.unwrap();
+        let clean = dir.path().join("clean.db");
+        ledger::create(&clean).unwrap();
+        assert!(run_child(&events, &clean, &[], None).success());
+        let rebuilt = ledger::read(&clean).unwrap();
+        assert_eq!(rebuilt.applications.len() as u64, EVENTS);
+        Log {
+            events,
+            rebuilt,
+            _dir: dir,
+        }
+    }
+
+    fn read_db(&self, name: &str) -> PathBuf {
+        let path = self.events.with_file_name(format!("{name}.db"));
+        ledger::create(&path).unwrap();
+        path
+    }
+
+    /// Five crashes of `env`'s kind, then a run to the end: the rows it leaves.
+    fn crash_five_times(
+        &self,
+        name: &str,
+        env: impl Fn() -> Vec<(&'static str, String)>,
+    ) -> LedgerRows {
+        let read = self.read_db(name);
+        for round in 0..5 {
+            let status = run_child(&self.events, &read, &env(), None);
+            assert!(!status.success(), "{name}: round {round} did not crash");
+        }
+        assert!(run_child(&self.events, &read, &[], None).success());
+        ledger::read(&read).unwrap()
+    }
+
+    fn assert_rebuilt(&self, name: &str, rows: &LedgerRows) {
+        assert_eq!(rows.applied_twice(), 0, "{name}: events applied twice");
+        assert!(
+            rows == &self.rebuilt,
+            "{name}: the read model differs from a clean rebuild"
+        );
+    }
+}
+
+/// At most 8 of the 40 batches per crash, so five crashes never finish the log.
+fn crash_at(point: &'static str) -> impl Fn() -> Vec<(&'static str, String)> {
+    move || {
+        let after = rand::random::<u32>() % 8 + 1;
+        vec![
+            ("EDA_FAILPOINT", point.to_owned()),
+            ("EDA_FAILPOINT_AFTER", after.to_string()),
+        ]
+    }
+}
+
+#[tokio::test]
+async fn crashes_at_named_points_apply_every_event_once() {
+    let log = Log::new().await;
+    for point in ["projection.before_commit", "projection.after_commit"] {
+        let rows = log.crash_five_times(point, crash_at(point));
+        log.assert_rebuilt(point, &rows);
+    }
+}
+
+#[tokio::test]
+async fn sigkill_at_random_moments_applies_every_event_once() {
+    let log = Log::new().await;
+    let read = log.read_db("sigkill");
+    for _ in 0..5 {
+        let after = Duration::from_millis(20 + rand::random::<u64>() % 380);
+        run_child(&log.events, &read, &[], Some(after));
+    }
+    assert!(run_child(&log.events, &read, &[], None).success());
+    log.assert_rebuilt("sigkill", &ledger::read(&read).unwrap());
+}
+
+/// Control: with the checkpoint committed apart from the writes, a crash
+/// between the two commits applies the last batch again after the restart.
+#[tokio::test]
+async fn control_a_checkpoint_apart_from_the_writes_applies_events_twice() {
+    let log = Log::new().await;
+    let point = "projection.between_commits";
+    let crash = crash_at(point);
+    let rows = log.crash_five_times("control", || {
+        let mut env = crash();
+        env.push(("EDA_BROKEN", "projection.checkpoint_apart".to_owned()));
+        env
+    });
+    assert!(
+        rows.applied_twice() > 0,
+        "the control applied nothing twice"
+    );
+}
