@@ -168,6 +168,53 @@ async fn a_version_3_schema_is_migrated_to_exact_payloads() {
     db.drop_schema().await;
 }
 
+/// A version 4 schema (before checkpoints) is migrated: it gets the checkpoints'
+/// table and keeps its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_4_schema_gets_checkpoints() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let s = eda_test::stream("Doc", "d");
+    db.store
+        .append(
+            s,
+            0,
+            vec![eda_test::new_event("Noted", "{}")],
+            &Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let sql = db.connect().await;
+    sql.batch_execute("DROP TABLE eda_checkpoints; UPDATE eda_schema SET version = 4")
+        .await
+        .unwrap();
+    let store = PostgresStore::connect_with(&db.url, PostgresOptions::new().schema(&db.schema))
+        .await
+        .unwrap();
+    let version: i32 = sql
+        .query_one("SELECT version FROM eda_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 5);
+    assert_eq!(store.read_stream(s, 0).await.unwrap().len(), 1);
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), None);
+    store.write_checkpoint("mailer", None, 1).await.unwrap();
+    store.write_checkpoint("mailer", Some(1), 2).await.unwrap();
+    let stored: i64 = sql
+        .query_one(
+            "SELECT position FROM eda_checkpoints WHERE name = 'mailer'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 2);
+    drop(store);
+    db.drop_schema().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_schema_is_refused() {
     let Some(db) = TestDb::new().await else {

@@ -292,6 +292,42 @@ async fn a_version_2_database_gets_the_keys_of_its_events() {
     );
 }
 
+/// A version 3 database (before checkpoints) is migrated: it gets the checkpoints'
+/// table, keeps its events, and checkpoints survive reopening.
+#[tokio::test]
+async fn a_version_3_database_gets_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let s = eda_test::stream("Doc", "d");
+    store
+        .append(
+            s,
+            0,
+            vec![eda_test::new_event("Noted", "{}")],
+            &eda_test::meta(),
+        )
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    sql(
+        &path,
+        "DROP TABLE eda_checkpoints; UPDATE eda_schema SET version = 3",
+    );
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.read_stream(s, 0).await.unwrap().len(), 1);
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), None);
+    store.write_checkpoint("mailer", None, 1).await.unwrap();
+    store.close().await.unwrap();
+    let version: i64 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT version FROM eda_schema", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 4);
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), Some(1));
+}
+
 #[tokio::test]
 async fn a_corrupt_row_is_a_typed_error_and_other_aggregates_still_load() {
     let dir = tempfile::tempdir().unwrap();

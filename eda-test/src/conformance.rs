@@ -32,6 +32,9 @@ macro_rules! conformance_tests {
             keyed_no_ops_are_remembered,
             names_are_checked_the_same_way_everywhere,
             the_log_is_read_by_event_name,
+            checkpoints_move_by_compare_and_set,
+            checkpoint_names_are_checked_the_same_way_everywhere,
+            one_runner_wins_a_checkpoint_race,
         );
     };
     (@each $with_store:path; $($name:ident,)*) => {$(
@@ -985,4 +988,142 @@ pub async fn the_log_is_read_by_event_name<S: EventStore>(store: S) {
         .collect();
     assert_eq!(found, [("d", "Closed")]);
     assert!(next.read_to > whole.read_to);
+}
+
+/// The checkpoint found by a write that was refused, or a panic naming `what`.
+fn moved(result: Result<(), StoreError>, what: &str) -> (Option<u64>, Option<u64>) {
+    match result {
+        Err(StoreError::CheckpointMoved {
+            expected, found, ..
+        }) => (expected, found),
+        other => panic!("{what}: expected CheckpointMoved, got {other:?}"),
+    }
+}
+
+/// A checkpoint is stored under its name and moved only from where it is: a first
+/// write where one is stored already, or a stale `from`, changes nothing and says
+/// what it found.
+pub async fn checkpoints_move_by_compare_and_set<S: EventStore>(store: S) {
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), None);
+    // Moving a checkpoint that does not exist is refused, and creates none.
+    let refused = store.write_checkpoint("mailer", Some(0), 5).await;
+    assert_eq!(moved(refused, "from 0, none stored"), (Some(0), None));
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), None);
+
+    store.write_checkpoint("mailer", None, 10).await.unwrap();
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), Some(10));
+    // A second first write: another runner got there first.
+    let err = store.write_checkpoint("mailer", None, 3).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "checkpoint `mailer` was moved by another runner: expected none, found position 10"
+    );
+    assert!(
+        matches!(
+            err,
+            StoreError::CheckpointMoved { ref name, expected: None, found: Some(10) }
+                if name == "mailer"
+        ),
+        "{err:?}"
+    );
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), Some(10));
+
+    store
+        .write_checkpoint("mailer", Some(10), 25)
+        .await
+        .unwrap();
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), Some(25));
+    // Stale, and ahead: neither moves it.
+    for stale in [10, 0, 26, u64::from(u32::MAX)] {
+        let refused = store.write_checkpoint("mailer", Some(stale), 30).await;
+        assert_eq!(moved(refused, "stale"), (Some(stale), Some(25)));
+    }
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), Some(25));
+    // To where it is, and back (a runner that starts over).
+    store
+        .write_checkpoint("mailer", Some(25), 25)
+        .await
+        .unwrap();
+    store.write_checkpoint("mailer", Some(25), 0).await.unwrap();
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), Some(0));
+    let big = 1 << 60;
+    store
+        .write_checkpoint("mailer", Some(0), big)
+        .await
+        .unwrap();
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), Some(big));
+
+    // Names are independent of each other, and case matters.
+    assert_eq!(store.read_checkpoint("Mailer").await.unwrap(), None);
+    assert_eq!(store.read_checkpoint("mailer ").await.unwrap(), None);
+    store.write_checkpoint("ledger", None, 7).await.unwrap();
+    store.write_checkpoint("Mailer", None, 1).await.unwrap();
+    store.write_checkpoint("ledger", Some(7), 8).await.unwrap();
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), Some(big));
+    assert_eq!(store.read_checkpoint("ledger").await.unwrap(), Some(8));
+    assert_eq!(store.read_checkpoint("Mailer").await.unwrap(), Some(1));
+    // Checkpoints are not events.
+    assert!(store.read_all(0, 10).await.unwrap().is_empty());
+}
+
+/// Checkpoint names are checked as event names are: 1 to 255 bytes, no NUL,
+/// refused with [`StoreError::Invalid`] by reads and writes on every store.
+pub async fn checkpoint_names_are_checked_the_same_way_everywhere<S: EventStore>(store: S) {
+    let longest = "n".repeat(eda::MAX_NAME_BYTES);
+    let wide = "€".repeat(eda::MAX_NAME_BYTES / 3);
+    for name in [longest.as_str(), wide.as_str(), "ok \u{1}\u{7f} é", "'; --"] {
+        store
+            .write_checkpoint(name, None, 4)
+            .await
+            .unwrap_or_else(|e| panic!("{} bytes: {e}", name.len()));
+        assert_eq!(store.read_checkpoint(name).await.unwrap(), Some(4));
+    }
+    let too_long = "n".repeat(eda::MAX_NAME_BYTES + 1);
+    for name in ["", "nul\0name", too_long.as_str()] {
+        let invalid = |result: Result<_, StoreError>, call: &str| match result {
+            Err(StoreError::Invalid { what, .. }) => assert_eq!(what, "checkpoint name"),
+            other => panic!("{call} of {name:?}: expected Invalid, got {other:?}"),
+        };
+        invalid(store.write_checkpoint(name, None, 1).await, "write");
+        invalid(store.write_checkpoint(name, Some(1), 2).await, "move");
+        invalid(store.read_checkpoint(name).await.map(drop), "read");
+    }
+}
+
+/// 8 runners read the same checkpoint and race to move it, round after round (the
+/// first round to create it): in each, exactly one wins, and every other one is
+/// told the winner's position.
+pub async fn one_runner_wins_a_checkpoint_race<S: EventStore>(store: S) {
+    const RUNNERS: u64 = 8;
+    let store = Arc::new(store);
+    let mut at = None;
+    for round in 0..10u64 {
+        let start = Arc::new(tokio::sync::Barrier::new(RUNNERS as usize));
+        let tasks: Vec<_> = (0..RUNNERS)
+            .map(|runner| {
+                let (store, start) = (Arc::clone(&store), Arc::clone(&start));
+                let to = (round + 1) * 100 + runner;
+                tokio::spawn(async move {
+                    start.wait().await;
+                    (to, store.write_checkpoint("race", at, to).await)
+                })
+            })
+            .collect();
+        let mut won = Vec::new();
+        let mut lost = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                (to, Ok(())) => won.push(to),
+                (_, result) => lost.push(moved(result, "a runner that lost")),
+            }
+        }
+        assert_eq!(won.len(), 1, "round {round}: winners {won:?}");
+        let winner = Some(won[0]);
+        assert!(
+            lost.iter().all(|&lost| lost == (at, winner)),
+            "round {round} from {at:?}, won by {winner:?}: {lost:?}"
+        );
+        assert_eq!(store.read_checkpoint("race").await.unwrap(), winner);
+        at = winner;
+    }
 }

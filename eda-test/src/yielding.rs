@@ -4,7 +4,8 @@ use eda::{Metadata, NewEvent, StreamId};
 
 /// A store (a `MemoryStore` by default) whose every call yields to the scheduler
 /// before and after, as a networked store does, so tasks interleave inside
-/// `App::execute`. It forwards the events only: it keeps no snapshots.
+/// `App::execute`. It forwards the events, idempotency keys and checkpoints; it
+/// keeps no snapshots.
 #[derive(Clone)]
 pub struct YieldingStore<S = eda::MemoryStore>(pub S);
 
