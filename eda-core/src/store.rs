@@ -139,8 +139,11 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`LogPage::read_to`] is the position to continue from: every event between
     /// `after_position` and it that has one of the names is in the page, and, as
     /// with [`read_all`](Self::read_all), no event will later appear at or below it.
-    /// A page with fewer than `limit` events has read everything there was to read
-    /// (on PostgreSQL, up to the oldest transaction still running).
+    /// A page with fewer than `limit` events may end before the log does (a
+    /// store that looks through a bounded window per call, as the default
+    /// does); a reader has read everything there was to read (on PostgreSQL, up
+    /// to the oldest transaction still running) when a call moves `read_to` no
+    /// further.
     ///
     /// The default filters [`read_all`](Self::read_all)'s pages, reading at most 16
     /// of them (of `limit` events each) per call; the three stores filter in their

@@ -105,7 +105,7 @@ pub fn read(path: &Path) -> rusqlite::Result<LedgerRows> {
 /// Appends `accounts` accounts with `deposits` deposits each straight to the
 /// store, one append per account. Returns the number of events.
 pub async fn fill<S: EventStore>(store: &S, accounts: usize, deposits: usize) -> u64 {
-    let event = |name: &str, payload: String| NewEvent {
+    let event = |name: &'static str, payload: String| NewEvent {
         event_id: eda::new_event_id(),
         name: name.into(),
         version: 1,

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
@@ -121,6 +121,15 @@ pub struct RunnerStatus {
     pub name: &'static str,
     /// The position up to which the log has been read and applied.
     pub checkpoint: u64,
+    /// The end of the log as far as the runner knows (its reads and its `App`'s
+    /// commits; another process's commits once it has read them).
+    pub head: u64,
+    /// How far behind the runner is, in positions of the log (`head -
+    /// checkpoint`; some of those may be events it does not handle).
+    pub lag: u64,
+    /// How long the runner has been behind: zero while it is live, otherwise
+    /// the time since it was last at the end of the log (or started).
+    pub lag_time: Duration,
     /// Events applied since the runner started.
     pub applied: u64,
     /// Events parked (dead letters) and not yet retried or skipped.
@@ -160,9 +169,14 @@ pub enum WaitError {
 #[derive(Debug, Clone)]
 struct Progress {
     checkpoint: u64,
+    /// The end of the log as far as the runner knows: its reads, and its
+    /// `App`'s commits.
+    head: u64,
     applied: u64,
     parked: u64,
     state: RunnerState,
+    /// When the runner was last at the end of the log (or started).
+    caught_up_at: Instant,
 }
 
 /// What a runner and its handles share: its progress and its stop signal.
@@ -179,9 +193,17 @@ impl Control {
 
     pub(crate) fn status(&self) -> RunnerStatus {
         let progress = self.progress.borrow().clone();
+        let head = progress.head.max(progress.checkpoint);
+        let lag_time = match progress.state {
+            RunnerState::Live => Duration::ZERO,
+            _ => progress.caught_up_at.elapsed(),
+        };
         RunnerStatus {
             name: self.name,
             checkpoint: progress.checkpoint,
+            head,
+            lag: head - progress.checkpoint,
+            lag_time,
             applied: progress.applied,
             parked: progress.parked,
             state: progress.state,
@@ -265,9 +287,11 @@ impl Control {
 pub(crate) fn spawn(app: App, sink: impl Sink) -> Arc<Control> {
     let (progress, _) = watch::channel(Progress {
         checkpoint: 0,
+        head: 0,
         applied: 0,
         parked: sink.parked().unwrap_or(0),
         state: RunnerState::CatchingUp,
+        caught_up_at: Instant::now(),
     });
     let control = Arc::new(Control {
         name: sink.name(),
@@ -339,16 +363,21 @@ async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
             Ok(()) => {
                 failures = 0;
                 failed_at = None;
-                checkpoint = read_to;
-                let live = events < BATCH;
+                let before = std::mem::replace(&mut checkpoint, read_to);
+                let head = (*commits.borrow_and_update()).max(read_to);
+                // A short page from a store that scans a bounded window may end
+                // before the log does: the end is where a read moves no further.
+                let live = events < BATCH && (read_to == before || read_to >= head);
                 control.set(|p| {
                     p.checkpoint = checkpoint;
+                    p.head = p.head.max(head);
                     p.applied += events as u64;
-                    p.state = if live {
-                        RunnerState::Live
+                    if live {
+                        p.state = RunnerState::Live;
+                        p.caught_up_at = Instant::now();
                     } else {
-                        RunnerState::CatchingUp
-                    };
+                        p.state = RunnerState::CatchingUp;
+                    }
                 });
                 if live {
                     // Woken by this App's next commit, or after a while for other writers.
