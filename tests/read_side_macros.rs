@@ -385,3 +385,29 @@ fn a_policy_ignores_other_events_and_reports_undecodable_ones() {
         .is_err());
     assert!(reactions.is_empty());
 }
+
+/// Returns `impl IntoReactions`, which names no type for the macro to check.
+#[derive(Debug, Default)]
+pub struct Opaque;
+
+#[policy]
+impl Opaque {
+    #[on]
+    fn added(&self, e: &Added) -> impl eda::IntoReactions {
+        (0..e.n)
+            .map(|i| Add {
+                id: format!("t-{i}"),
+                n: 1,
+            })
+            .collect::<Vec<_>>()
+    }
+}
+
+#[test]
+fn a_policy_may_return_impl_into_reactions() {
+    let mut reactions = Reactions::default();
+    Opaque
+        .react(&recorded("t", 1, &Added { n: 2 }), &mut reactions)
+        .unwrap();
+    assert_eq!(reactions.len(), 2);
+}
