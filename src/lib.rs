@@ -23,7 +23,7 @@ pub use eda_core::{
 /// methods take is `eda::rusqlite::Transaction` (re-exported so the versions match).
 #[cfg(feature = "sqlite")]
 pub use eda_core::__private::rusqlite;
-pub use eda_derive::{aggregate, command, event, projection};
+pub use eda_derive::{aggregate, command, event, policy, projection};
 
 #[doc(hidden)]
 pub use eda_core::__private;
@@ -38,7 +38,7 @@ pub mod prelude {
     pub use crate::PostgresStore;
     #[cfg(feature = "sqlite")]
     pub use crate::SqliteStore;
-    pub use crate::{aggregate, command, event, projection};
+    pub use crate::{aggregate, command, event, policy, projection};
     pub use crate::{
         Aggregate, AggregateEvent, App, Command, CommandError, Committed, Event, EventStore,
         LoadError, MemoryStore, StoreError,

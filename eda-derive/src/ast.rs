@@ -113,10 +113,7 @@ impl Aggregate {
             input,
             "#[aggregate] goes on the impl block that holds the #[handle] and #[apply] methods, not on the struct",
         )?;
-        let ident = match &*item.self_ty {
-            Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
-            _ => None,
-        };
+        let ident = self_ident(&item);
         let methods = marked_methods(&item, is_marker);
         Ok(Aggregate {
             args,
@@ -145,9 +142,10 @@ fn parse_item<T: Parse>(cx: &mut Ctxt, input: TokenStream, message: &str) -> Par
     })
 }
 
-/// `#[projection]`'s input: the impl block and its `#[on]` methods.
-pub(crate) struct Projection {
-    pub(crate) args: attr::ProjectionArgs,
+/// The input of `#[projection]` or `#[policy]`: an impl block and its `#[on]`
+/// methods; `A` are the macro's arguments.
+pub(crate) struct ReadSide<A> {
+    pub(crate) args: A,
     /// The block as written.
     pub(crate) item: ItemImpl,
     /// The self type's last path segment, if it is a path.
@@ -156,22 +154,41 @@ pub(crate) struct Projection {
     pub(crate) methods: Vec<Method>,
 }
 
+/// `#[projection]`'s input.
+pub(crate) type Projection = ReadSide<attr::ProjectionArgs>;
+
+/// `#[policy]`'s input.
+pub(crate) type Policy = ReadSide<attr::PolicyArgs>;
+
 impl Projection {
     /// Reads the arguments, then the block; input that is no impl block is reported
     /// and handed back as written.
     pub(crate) fn from_syn(cx: &mut Ctxt, args: TokenStream, input: TokenStream) -> Parsed<Self> {
         let args = attr::projection_args(cx, args);
+        ReadSide::read(cx, args, input, "projection")
+    }
+}
+
+impl Policy {
+    /// Reads the arguments, then the block; input that is no impl block is reported
+    /// and handed back as written.
+    pub(crate) fn from_syn(cx: &mut Ctxt, args: TokenStream, input: TokenStream) -> Parsed<Self> {
+        let args = attr::policy_args(cx, args);
+        ReadSide::read(cx, args, input, "policy")
+    }
+}
+
+impl<A> ReadSide<A> {
+    /// The block `input` of `#[macro_name]`, given its parsed arguments.
+    fn read(cx: &mut Ctxt, args: A, input: TokenStream, macro_name: &str) -> Parsed<Self> {
         let item: ItemImpl = parse_item(
             cx,
             input,
-            "#[projection] goes on the impl block that holds the #[on] methods, not on the struct",
+            &format!("#[{macro_name}] goes on the impl block that holds the #[on] methods, not on the struct"),
         )?;
-        let ident = match &*item.self_ty {
-            Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
-            _ => None,
-        };
+        let ident = self_ident(&item);
         let methods = marked_methods(&item, is_on_marker);
-        Ok(Projection {
+        Ok(ReadSide {
             args,
             item,
             ident,
@@ -182,6 +199,15 @@ impl Projection {
     /// The block without its `#[on]` markers, as the compiler is to see it.
     pub(crate) fn item_without_markers(&self) -> ItemImpl {
         without_markers(&self.item, is_on_marker)
+    }
+}
+
+/// The last segment of the block's self type, if that is a path: the name the
+/// macros expand under.
+fn self_ident(item: &ItemImpl) -> Option<Ident> {
+    match &*item.self_ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.clone()),
+        _ => None,
     }
 }
 

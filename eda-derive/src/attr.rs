@@ -42,6 +42,13 @@ pub(crate) struct ProjectionArgs {
     pub(crate) krate: Option<Path>,
 }
 
+/// `#[policy(...)]`.
+#[derive(Default)]
+pub(crate) struct PolicyArgs {
+    pub(crate) name: Option<LitStr>,
+    pub(crate) krate: Option<Path>,
+}
+
 pub(crate) fn projection_args(cx: &mut Ctxt, args: TokenStream) -> ProjectionArgs {
     let mut out = ProjectionArgs::default();
     parse(
@@ -62,6 +69,21 @@ pub(crate) fn projection_args(cx: &mut Ctxt, args: TokenStream) -> ProjectionArg
             Ok(true)
         },
     );
+    out
+}
+
+pub(crate) fn policy_args(cx: &mut Ctxt, args: TokenStream) -> PolicyArgs {
+    let mut out = PolicyArgs::default();
+    parse(cx, args, "policy", "`name` or `crate`", |_, meta| {
+        if meta.path.is_ident("name") {
+            out.name = Some(meta.value()?.parse()?);
+        } else if meta.path.is_ident("crate") {
+            out.krate = Some(crate_path(meta)?);
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
+    });
     out
 }
 

@@ -5,7 +5,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, ToTokens};
 use syn::ext::IdentExt;
 
-use crate::ast::{Aggregate, Command, Event, Projection};
+use crate::ast::{Aggregate, Command, Event, ReadSide};
 
 /// An `#[event]` the checks rejected: the item alone, as impls of a shape they
 /// reject would fail too.
@@ -49,10 +49,11 @@ pub(crate) fn aggregate(agg: &Aggregate) -> TokenStream {
     agg.item_without_markers().to_token_stream()
 }
 
-/// A `#[projection]` block without a name to expand under: the block without its
-/// `#[on]` markers.
-pub(crate) fn projection(projection: &Projection) -> TokenStream {
-    projection.item_without_markers().to_token_stream()
+/// A `#[projection]` or `#[policy]` block without a name to expand under: the
+/// block without its `#[on]` markers, which rustc would report again as unknown
+/// attributes.
+pub(crate) fn read_side<A>(input: &ReadSide<A>) -> TokenStream {
+    input.item_without_markers().to_token_stream()
 }
 
 /// The body of a handler the checks rejected: its impls are still emitted, so uses

@@ -67,25 +67,52 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
     with_errors(cx, expanded)
 }
 
-/// The expansion, followed by the errors `cx` collected.
-/// A read model fed from the global log: on an impl block whose `#[on]` methods
-/// take `&mut self`, a reference to an event and, if they need it, the
-/// `&RecordedEvent` it came in. Arguments: `name = "..."` (the type's name by
-/// default), `version = N` (1 by default), `crate = path`. Start one with
-/// `App::project(value).start()`.
+/// A read model fed from the global log, on an impl block of `#[on]` methods, one
+/// per event. The methods' signatures choose where the read model lives:
+///
+/// - in memory, the projection value itself:
+///   `fn name(&mut self, event: &E [, recorded: &RecordedEvent])`, returning nothing;
+/// - in SQLite, written in the runner's transaction, which comes last:
+///   `fn name(&mut self, event: &E [, recorded: &RecordedEvent], tx: &eda::rusqlite::Transaction<'_>) -> Result<(), Err>`,
+///   where `Err` converts into `Box<dyn Error + Send + Sync>` (`rusqlite::Result<()>`
+///   does); an error is the runner's `ApplyError::Handler`.
+///
+/// The methods of one projection are all of one kind; none is async. Arguments:
+/// `name = "..."` (the type's name by default), `version = N` (1 by default),
+/// `crate = path`. Start one with `App::project(value).start()`.
 #[proc_macro_attribute]
 pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut cx = Ctxt::new();
     let expanded = match ast::Projection::from_syn(&mut cx, args.into(), input.into()) {
         Ok(projection) => match valid::projection(&mut cx, &projection) {
-            Some(checked) => expand::projection::expand(&projection, &checked),
-            None => fallback::projection(&projection),
+            Some((checked, kind)) => expand::projection::expand(&projection, &checked, kind),
+            None => fallback::read_side(&projection),
         },
         Err(input) => input,
     };
     with_errors(cx, expanded)
 }
 
+/// Events in, commands out: on an impl block of `#[on]` methods, one per event,
+/// `fn name(&self, event: &E [, recorded: &RecordedEvent]) -> R`, where `R` is a
+/// command, `Option<C>`, `Vec<C>` or a tuple of these (`eda::IntoReactions`) and
+/// each command is handled by an `#[aggregate]`. The methods are not async and
+/// decide from the event alone. Arguments: `name = "..."` (the type's name by
+/// default; part of every idempotency key the runner derives), `crate = path`.
+#[proc_macro_attribute]
+pub fn policy(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut cx = Ctxt::new();
+    let expanded = match ast::Policy::from_syn(&mut cx, args.into(), input.into()) {
+        Ok(policy) => match valid::policy(&mut cx, &policy) {
+            Some(checked) => expand::policy::expand(&policy, &checked),
+            None => fallback::read_side(&policy),
+        },
+        Err(input) => input,
+    };
+    with_errors(cx, expanded)
+}
+
+/// The expansion, followed by the errors `cx` collected.
 fn with_errors(cx: Ctxt, expanded: proc_macro2::TokenStream) -> TokenStream {
     let errors = cx.check().err().map(syn::Error::into_compile_error);
     quote!(#expanded #errors).into()

@@ -6,11 +6,11 @@ use quote::{format_ident, quote};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{
-    DeriveInput, FnArg, GenericArgument, Ident, ItemImpl, PathArguments, ReturnType, Signature,
-    Token, Type,
+    DeriveInput, FnArg, GenericArgument, Ident, ItemImpl, LitStr, PathArguments, ReturnType,
+    Signature, Token, Type, TypeReference,
 };
 
-use crate::ast::{Aggregate, AggregateId, Command, Event, Method};
+use crate::ast::{Aggregate, AggregateId, Command, Event, Method, Policy, Projection, ReadSide};
 use crate::attr::{AggregateArgs, EventArgs};
 use crate::ctxt::Ctxt;
 use crate::types::{last_ident, result_ok, type_key, type_text};
@@ -267,22 +267,13 @@ fn role(cx: &mut Ctxt, method: &Method) -> Option<Role> {
 /// A handler decides from the state, the command and the services, and returns the
 /// events or the domain's error: the app calls it with exactly these.
 fn handler(cx: &mut Ctxt, sig: &Signature) -> Option<Handler> {
-    let mut ok = true;
-    match sig.inputs.first() {
-        Some(FnArg::Receiver(r))
-            if r.reference.is_some() && r.mutability.is_none() && r.colon_token.is_none() => {}
-        Some(FnArg::Receiver(r)) => {
-            cx.error_spanned_by(r, "a #[handle] method takes `&self`: handlers decide, only #[apply] methods change state");
-            ok = false;
-        }
-        _ => {
-            cx.error_spanned_by(
-                &sig.ident,
-                "a #[handle] method takes `&self` and the command: `fn name(&self, cmd: Command)`",
-            );
-            ok = false;
-        }
-    }
+    let mut ok = takes_self(
+        cx,
+        sig,
+        false,
+        "a #[handle] method takes `&self`: handlers decide, only #[apply] methods change state",
+        "a #[handle] method takes `&self` and the command: `fn name(&self, cmd: Command)`",
+    );
     let command = match sig.inputs.iter().nth(1) {
         Some(FnArg::Typed(arg)) => {
             if let Type::Reference(r) = &*arg.ty {
@@ -351,7 +342,7 @@ fn handler(cx: &mut Ctxt, sig: &Signature) -> Option<Handler> {
 /// event and nothing else.
 fn applier(cx: &mut Ctxt, sig: &Signature) -> Option<Applier> {
     let usage = "an #[apply] method takes `&mut self` and a reference to the event: `fn name(&mut self, event: &Event)`";
-    let mut ok = takes_mut_self(cx, sig, usage);
+    let mut ok = takes_self(cx, sig, true, usage, usage);
     let event = match (sig.inputs.iter().nth(1), sig.inputs.len()) {
         (Some(FnArg::Typed(arg)), 2) => match &*arg.ty {
             Type::Reference(r) if r.mutability.is_none() => Some((*r.elem).clone()),
@@ -367,14 +358,15 @@ fn applier(cx: &mut Ctxt, sig: &Signature) -> Option<Applier> {
             None
         }
     };
-    ok &= changes_state_only(
+    ok &= returns_nothing(
         cx,
         sig,
-        [
-            "an #[apply] method returns nothing: applying a past event cannot fail",
-            "an #[apply] method is not async: replay must be pure",
-            "an #[apply] method cannot be generic",
-        ],
+        "an #[apply] method returns nothing: applying a past event cannot fail",
+    ) & not_async_nor_generic(
+        cx,
+        sig,
+        "an #[apply] method is not async: replay must be pure",
+        "an #[apply] method cannot be generic",
     );
     Some(Applier {
         method: sig.ident.clone(),
@@ -383,42 +375,56 @@ fn applier(cx: &mut Ctxt, sig: &Signature) -> Option<Applier> {
     .filter(|_| ok)
 }
 
-/// The method's first argument is `&mut self`; otherwise `usage` is reported.
-fn takes_mut_self(cx: &mut Ctxt, sig: &Signature, usage: &str) -> bool {
+/// The method's first argument is `&mut self` if `mutable`, `&self` otherwise;
+/// `wrong` is reported at another receiver, `missing` at a method without one.
+fn takes_self(cx: &mut Ctxt, sig: &Signature, mutable: bool, wrong: &str, missing: &str) -> bool {
     match sig.inputs.first() {
         Some(FnArg::Receiver(r))
-            if r.reference.is_some() && r.mutability.is_some() && r.colon_token.is_none() =>
+            if r.reference.is_some()
+                && r.mutability.is_some() == mutable
+                && r.colon_token.is_none() =>
         {
             true
         }
         Some(FnArg::Receiver(r)) => {
-            cx.error_spanned_by(r, usage);
+            cx.error_spanned_by(r, wrong);
             false
         }
         _ => {
-            cx.error_spanned_by(&sig.ident, usage);
+            cx.error_spanned_by(&sig.ident, missing);
             false
         }
     }
 }
 
 /// A method that only changes the state it is called on (an applier, an in-memory
-/// projection's `#[on]`): it returns nothing, is not async and not generic.
-/// `messages` say so for each rule, in that order.
-fn changes_state_only(cx: &mut Ctxt, sig: &Signature, messages: [&str; 3]) -> bool {
-    let [returns, asynchronous, generic] = messages;
-    let mut ok = true;
-    if let ReturnType::Type(_, ty) = &sig.output {
-        if !matches!(&**ty, Type::Tuple(t) if t.elems.is_empty()) {
-            cx.error_spanned_by(ty, returns);
-            ok = false;
+/// projection's `#[on]`) returns nothing; otherwise `message` is reported.
+fn returns_nothing(cx: &mut Ctxt, sig: &Signature, message: &str) -> bool {
+    match &sig.output {
+        ReturnType::Type(_, ty) if !matches!(&**ty, Type::Tuple(t) if t.elems.is_empty()) => {
+            cx.error_spanned_by(ty, message);
+            false
         }
+        _ => true,
     }
-    if let Some(asyncness) = &sig.asyncness {
-        cx.error_spanned_by(asyncness, asynchronous);
-        ok = false;
-    }
-    method_is_not_generic(cx, sig, generic) && ok
+}
+
+/// The runtime calls a marked method without awaiting it (`asynchronous` says
+/// why), through one impl per event type (`generic` is reported otherwise).
+fn not_async_nor_generic(
+    cx: &mut Ctxt,
+    sig: &Signature,
+    asynchronous: &str,
+    generic: &str,
+) -> bool {
+    let not_async = match &sig.asyncness {
+        Some(asyncness) => {
+            cx.error_spanned_by(asyncness, asynchronous);
+            false
+        }
+        None => true,
+    };
+    method_is_not_generic(cx, sig, generic) && not_async
 }
 
 /// The app calls a marked method through one impl per command or event type, so
@@ -640,53 +646,123 @@ fn event_leaves<'a>(ty: &'a Type, out: &mut Vec<&'a Type>) -> Result<(), (&'a Ty
     }
 }
 
-/// An `#[on]` method of an in-memory projection whose signature fits.
+/// An `#[on]` method of a projection or a policy whose signature fits.
 pub(crate) struct On {
     pub(crate) method: Ident,
     pub(crate) event: Type,
-    /// The type of its third argument, `&RecordedEvent`, when it takes one.
+    /// The type of its argument `&RecordedEvent`, when it takes one.
     pub(crate) envelope: Option<Type>,
+    /// The `T` of a last argument `&T` that is a transaction: a SQLite read model's.
+    pub(crate) transaction: Option<Type>,
+    /// Its return type, when it must have one: a SQLite read model's `Result`, a
+    /// policy's commands.
+    pub(crate) output: Option<Type>,
 }
 
-/// What a `#[projection]` may expand to once checked.
-pub(crate) struct CheckedProjection {
-    /// The projection's stored name.
+/// Where a projection keeps its read model, as its `#[on]` methods' signatures say.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadModel {
+    Memory,
+    Sqlite,
+}
+
+impl ReadModel {
+    fn of(on: &On) -> Self {
+        match on.transaction {
+            Some(_) => ReadModel::Sqlite,
+            None => ReadModel::Memory,
+        }
+    }
+}
+
+/// What a `#[projection]` or a `#[policy]` may expand to once checked.
+pub(crate) struct CheckedReadSide {
+    /// Its stored name.
     pub(crate) name: String,
-    /// The `#[on]` methods that fit, one per event type.
+    /// The `#[on]` methods that fit, one per event type (and, in a projection, all
+    /// of one kind).
     pub(crate) handlers: Vec<On>,
 }
 
-/// Checks a `#[projection]` block, or returns `None` if it cannot be expanded
-/// (then it is emitted without its markers).
+/// What `#[projection]` and `#[policy]` tell apart in the rules they share.
+struct ReadSideMacro {
+    /// The attribute's name.
+    attr: &'static str,
+    /// A type it goes on, for examples.
+    example: &'static str,
+    /// An `#[on]` method, for examples.
+    on: &'static str,
+}
+
+const PROJECTION: ReadSideMacro = ReadSideMacro {
+    attr: "projection",
+    example: "Directory",
+    on: "#[on] fn name(&mut self, event: &Event)",
+};
+
+const POLICY: ReadSideMacro = ReadSideMacro {
+    attr: "policy",
+    example: "AddressChecks",
+    on: "#[on] fn name(&self, event: &Event) -> Option<Command>",
+};
+
+/// Checks a `#[projection]` block: what it expands to and its kind of read model,
+/// or `None` if it cannot be expanded (then it is emitted without its markers).
 pub(crate) fn projection(
     cx: &mut Ctxt,
-    projection: &crate::ast::Projection,
-) -> Option<CheckedProjection> {
-    let item = &projection.item;
+    projection: &Projection,
+) -> Option<(CheckedReadSide, ReadModel)> {
+    let name = projection.args.name.as_ref();
+    let mut checked = read_side(cx, projection, name, &PROJECTION, projection_on)?;
+    let kind = one_read_model(cx, &mut checked.handlers);
+    Some((checked, kind))
+}
+
+/// Checks a `#[policy]` block, or returns `None` if it cannot be expanded (then it
+/// is emitted without its markers).
+pub(crate) fn policy(cx: &mut Ctxt, policy: &Policy) -> Option<CheckedReadSide> {
+    read_side(cx, policy, policy.args.name.as_ref(), &POLICY, policy_on)
+}
+
+/// The rules `#[projection]` and `#[policy]` share: a runner of their own keeps a
+/// checkpoint under one name and routes each stored event to one `#[on]` method.
+/// `on_method` checks a method's signature.
+fn read_side<A>(
+    cx: &mut Ctxt,
+    input: &ReadSide<A>,
+    name: Option<&LitStr>,
+    which: &ReadSideMacro,
+    on_method: fn(&mut Ctxt, &Signature) -> Option<On>,
+) -> Option<CheckedReadSide> {
+    let ReadSideMacro { attr, example, on } = which;
+    let item = &input.item;
     if let Some((_, path, _)) = &item.trait_ {
-        cx.error_spanned_by(path, "#[projection] goes on an inherent impl block (`impl Directory { ... }`), not a trait impl");
+        cx.error_spanned_by(
+            path,
+            format_args!("#[{attr}] goes on an inherent impl block (`impl {example} {{ ... }}`), not a trait impl"),
+        );
     }
     if !item.generics.params.is_empty() {
         cx.error_spanned_by(
             &item.generics,
-            "a #[projection] cannot be generic: its checkpoint is kept under one name",
+            format_args!("a #[{attr}] cannot be generic: its checkpoint is kept under one name"),
         );
     }
-    let Some(ident) = &projection.ident else {
+    let Some(ident) = &input.ident else {
         cx.error_spanned_by(
             &item.self_ty,
-            "#[projection] needs a named struct type: `impl Directory { ... }`",
+            format_args!("#[{attr}] needs a named struct type: `impl {example} {{ ... }}`"),
         );
         return None;
     };
-    if projection.methods.is_empty() {
+    if input.methods.is_empty() {
         cx.error_spanned_by(
             &item.self_ty,
-            "a #[projection] needs at least one #[on] method: `#[on] fn name(&mut self, event: &Event)`",
+            format_args!("a #[{attr}] needs at least one #[on] method: `{on}`"),
         );
     }
     let mut handlers: Vec<On> = Vec::new();
-    for method in &projection.methods {
+    for method in &input.methods {
         for marker in &method.markers {
             if !matches!(marker.meta, syn::Meta::Path(_)) {
                 cx.error_spanned_by(marker, "#[on] takes no arguments");
@@ -711,17 +787,39 @@ pub(crate) fn projection(
         }
         handlers.push(on);
     }
-    if let Some(name) = &projection.args.name {
-        if name.value().is_empty() {
-            cx.error_spanned_by(name, "a projection's `name` cannot be empty");
-        }
+    if let Some(name) = name.filter(|name| name.value().is_empty()) {
+        cx.error_spanned_by(name, format_args!("a {attr}'s `name` cannot be empty"));
     }
-    let name = projection
-        .args
-        .name
-        .as_ref()
-        .map_or_else(|| ident.unraw().to_string(), syn::LitStr::value);
-    Some(CheckedProjection { name, handlers })
+    let name = name.map_or_else(|| ident.unraw().to_string(), LitStr::value);
+    Some(CheckedReadSide { name, handlers })
+}
+
+/// A projection's runner keeps one read model, in memory or in SQLite: the first
+/// `#[on]` method's kind is the projection's, and methods of the other kind are
+/// reported and left out.
+fn one_read_model(cx: &mut Ctxt, handlers: &mut Vec<On>) -> ReadModel {
+    let Some(first) = handlers.first() else {
+        return ReadModel::Memory;
+    };
+    let (kind, first) = (ReadModel::of(first), first.method.clone());
+    handlers.retain(|on| {
+        if ReadModel::of(on) == kind {
+            return true;
+        }
+        let method = &on.method;
+        match &on.transaction {
+            Some(tx) => cx.error_spanned_by(
+                tx,
+                format_args!("`{method}` writes to a SQLite read model (it takes a transaction), but `{first}` keeps the projection in memory (it takes none): the #[on] methods of a projection all keep one kind of read model"),
+            ),
+            None => cx.error_spanned_by(
+                method,
+                format_args!("`{method}` keeps the projection in memory (it takes no transaction), but `{first}` writes to a SQLite read model: the #[on] methods of a projection all keep one kind of read model; add `tx: &Transaction<'_>` as the last argument and return `rusqlite::Result<()>`"),
+            ),
+        }
+        false
+    });
+    kind
 }
 
 /// The `T` of an argument `&T`; otherwise the argument's type, if it has one.
@@ -735,52 +833,178 @@ fn by_reference(arg: Option<&FnArg>) -> Result<Type, Option<&Type>> {
     }
 }
 
-/// An in-memory projection's `#[on]` method takes `&mut self`, the event by
-/// reference and, if it wants it, the recorded event; it returns nothing: the
-/// runner calls it with exactly these.
-fn on_method(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
-    let usage = "an #[on] method takes `&mut self`, a reference to the event and, if it needs it, the recorded event: `fn name(&mut self, event: &Event, recorded: &RecordedEvent)`";
-    let mut ok = takes_mut_self(cx, sig, usage);
-    let event = match by_reference(sig.inputs.iter().nth(1)) {
-        Ok(event) => Some(event),
-        Err(found) => {
-            match found {
-                Some(ty) => cx.error_spanned_by(ty, usage),
-                None if ok => cx.error_spanned_by(&sig.inputs, usage),
-                None => {}
-            }
+/// An argument that is a reference to a type whose path ends in `Transaction`, as
+/// a SQLite read model's `#[on]` methods take.
+fn transaction(arg: &FnArg) -> Option<&TypeReference> {
+    let FnArg::Typed(arg) = arg else { return None };
+    let Type::Reference(r) = &*arg.ty else {
+        return None;
+    };
+    last_ident(&r.elem)
+        .is_some_and(|ident| ident == "Transaction")
+        .then_some(r)
+}
+
+const MEMORY_ON: &str = "an #[on] method takes `&mut self`, a reference to the event and, if it needs it, the recorded event: `fn name(&mut self, event: &Event, recorded: &RecordedEvent)`";
+
+const SQLITE_ON: &str = "an #[on] method of a SQLite read model takes `&mut self`, a reference to the event, the recorded event if it needs it, and the transaction last: `fn name(&mut self, event: &Event, recorded: &RecordedEvent, tx: &Transaction<'_>) -> rusqlite::Result<()>`";
+
+const POLICY_ON: &str = "an #[on] method of a #[policy] takes `&self`, a reference to the event and, if it needs it, the recorded event: `fn name(&self, event: &Event, recorded: &RecordedEvent) -> Option<Command>`";
+
+/// A projection's `#[on]` method takes `&mut self`, the event by reference and, if
+/// it wants it, the recorded event; in memory it returns nothing, while a SQLite
+/// read model's also takes the runner's transaction, last, and returns whether its
+/// writes succeeded. The runner calls it with exactly these.
+fn projection_on(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
+    let transaction = sig.inputs.last().and_then(transaction);
+    let usage = if transaction.is_some() {
+        SQLITE_ON
+    } else {
+        MEMORY_ON
+    };
+    let mut ok = takes_self(cx, sig, true, usage, usage);
+    let before_last = sig.inputs.iter().rev().skip(1);
+    if let Some(misplaced) = before_last
+        .filter(|arg| self::transaction(arg).is_some())
+        .last()
+    {
+        cx.error_spanned_by(
+            misplaced,
+            "the transaction goes last: `fn name(&mut self, event: &Event, recorded: &RecordedEvent, tx: &Transaction<'_>) -> rusqlite::Result<()>`",
+        );
+        return None;
+    }
+    // The runner commits the transaction after the method, which only writes in it.
+    if let Some(TypeReference {
+        and_token,
+        mutability: Some(mutability),
+        ..
+    }) = transaction
+    {
+        cx.error_spanned_by(
+            quote!(#and_token #mutability),
+            "an #[on] method takes the transaction by shared reference, `tx: &Transaction<'_>`: its runner commits it",
+        );
+        ok = false;
+    }
+    let transaction = transaction.map(|r| (*r.elem).clone());
+    let (event, envelope) =
+        on_arguments(cx, sig, usize::from(transaction.is_some()), usage, &mut ok);
+    let output = match transaction {
+        None => {
+            ok &= returns_nothing(
+                cx,
+                sig,
+                "an #[on] method of an in-memory projection returns nothing",
+            );
             None
         }
+        Some(_) => declared_output(
+            cx,
+            sig,
+            "an #[on] method of a SQLite read model returns `Result<(), E>`, like `rusqlite::Result<()>`: its runner commits the event's writes only if it succeeded",
+            &mut ok,
+        ),
     };
-    let envelope = match sig.inputs.len() {
-        0..=2 => None,
-        3 => match by_reference(sig.inputs.iter().nth(2)) {
-            Ok(recorded) => Some(recorded),
-            Err(found) => {
-                cx.error_spanned_by(found.map_or_else(|| quote!(#sig), |ty| quote!(#ty)), usage);
-                ok = false;
-                None
-            }
-        },
-        _ => {
-            cx.error_spanned_by(&sig.inputs, usage);
-            ok = false;
-            None
-        }
-    };
-    ok &= changes_state_only(
+    ok &= not_async_nor_generic(
         cx,
         sig,
-        [
-            "an #[on] method of an in-memory projection returns nothing",
-            "an #[on] method of an in-memory projection is not async: it changes the state in memory",
-            "an #[on] method cannot be generic",
-        ],
+        "an #[on] method of a #[projection] is not async: it writes in memory or in the runner's SQLite transaction (PostgreSQL read models are not supported yet)",
+        "an #[on] method cannot be generic",
     );
     Some(On {
         method: sig.ident.clone(),
         event: event?,
         envelope,
+        transaction,
+        output,
     })
     .filter(|_| ok)
+}
+
+/// A policy's `#[on]` method decides from the event alone, as an event may reach
+/// it again after a restart, and returns the commands its runner is to execute.
+fn policy_on(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
+    let mut ok = takes_self(
+        cx,
+        sig,
+        false,
+        "an #[on] method of a #[policy] takes `&self`: a policy decides from the event alone, as an event may reach it again after a restart (keep state in a #[projection])",
+        POLICY_ON,
+    );
+    let (event, envelope) = on_arguments(cx, sig, 0, POLICY_ON, &mut ok);
+    let output = declared_output(
+        cx,
+        sig,
+        "an #[on] method of a #[policy] returns the commands to execute: `Option<C>`, `Vec<C>`, a command `C`, or a tuple of these",
+        &mut ok,
+    );
+    ok &= not_async_nor_generic(
+        cx,
+        sig,
+        "an #[on] method of a #[policy] is not async: it only decides which commands to execute, and its runner executes them",
+        "an #[on] method cannot be generic",
+    );
+    Some(On {
+        method: sig.ident.clone(),
+        event: event?,
+        envelope,
+        transaction: None,
+        output,
+    })
+    .filter(|_| ok)
+}
+
+/// The return type of a method whose result the runtime uses; a method without
+/// one is reported with `message`.
+fn declared_output(cx: &mut Ctxt, sig: &Signature, message: &str, ok: &mut bool) -> Option<Type> {
+    match &sig.output {
+        ReturnType::Type(_, ty) => Some((**ty).clone()),
+        ReturnType::Default => {
+            cx.error_spanned_by(&sig.ident, message);
+            *ok = false;
+            None
+        }
+    }
+}
+
+/// The event and, if there is one, the recorded event an `#[on]` method takes
+/// after its receiver and before the last `extra` arguments; `usage` is reported
+/// where they do not fit.
+fn on_arguments(
+    cx: &mut Ctxt,
+    sig: &Signature,
+    extra: usize,
+    usage: &str,
+    ok: &mut bool,
+) -> (Option<Type>, Option<Type>) {
+    let args: Vec<&FnArg> = sig.inputs.iter().take(sig.inputs.len() - extra).collect();
+    let event = match by_reference(args.get(1).copied()) {
+        Ok(event) => Some(event),
+        Err(found) => {
+            match found {
+                Some(ty) => cx.error_spanned_by(ty, usage),
+                None if *ok => cx.error_spanned_by(&sig.inputs, usage),
+                None => {}
+            }
+            None
+        }
+    };
+    let envelope = match &args[..] {
+        [] | [_] | [_, _] => None,
+        [_, _, recorded] => match by_reference(Some(recorded)) {
+            Ok(recorded) => Some(recorded),
+            Err(found) => {
+                cx.error_spanned_by(found.map_or_else(|| quote!(#sig), |ty| quote!(#ty)), usage);
+                *ok = false;
+                None
+            }
+        },
+        [_, _, _, rest @ ..] => {
+            cx.error_spanned_by(quote!(#(#rest),*), usage);
+            *ok = false;
+            None
+        }
+    };
+    (event, envelope)
 }

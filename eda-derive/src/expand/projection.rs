@@ -1,16 +1,20 @@
-//! `#[projection]`: the block without its markers and the `Projection` impl that
-//! routes each stored event to its `#[on]` method.
+//! `#[projection]`: the block without its markers, the `Projection` impl that
+//! names its events and kind, and the impl of that kind (`MemoryProjection` or
+//! `SqliteProjection`) that routes each stored event to its `#[on]` method.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
 use crate::ast::Projection;
-use crate::valid::CheckedProjection;
+use crate::valid::{CheckedReadSide, On, ReadModel};
 
-/// The block and its `Projection` impl.
-pub(crate) fn expand(projection: &Projection, checked: &CheckedProjection) -> TokenStream {
+/// The block and its impls.
+pub(crate) fn expand(
+    projection: &Projection,
+    checked: &CheckedReadSide,
+    kind: ReadModel,
+) -> TokenStream {
     let private = super::private(projection.args.krate.as_ref());
     let item = projection.item_without_markers();
     let self_ty = &item.self_ty;
@@ -20,37 +24,15 @@ pub(crate) fn expand(projection: &Projection, checked: &CheckedProjection) -> To
         .version
         .as_ref()
         .map_or(1, |(v, _)| *v as u32);
-    let names = checked.handlers.iter().map(|on| {
-        let event = &on.event;
-        quote_spanned!(event.span()=> <#event as #private::Event>::NAME)
-    });
-    let arms = checked.handlers.iter().map(|on| {
-        let (event, method) = (&on.event, &on.method);
-        // Typed where the method names it, so a wrong type is reported there.
-        let envelope = on.envelope.as_ref().map(|recorded| {
-            quote_spanned!(recorded.span()=> , {
-                let __eda_recorded: &#recorded = __eda_event;
-                __eda_recorded
-            })
-        });
-        quote_spanned! {event.span()=>
-            if __eda_event.name == <#event as #private::Event>::NAME {
-                let __eda_decoded = <#event as #private::Event>::decode(
-                    __eda_event.event_version,
-                    &__eda_event.payload,
-                )?;
-                self.#method(&__eda_decoded #envelope);
-                return ::core::result::Result::Ok(());
-            }
-        }
-    });
-    let handled: Vec<&syn::Type> = checked.handlers.iter().map(|on| &on.event).collect();
-    let owner = projection
-        .ident
-        .as_ref()
-        .map_or_else(String::new, |ident| ident.unraw().to_string());
-    let distinct_names =
-        super::distinct_event_names(&private, &handled, ("handled", "handle"), &owner);
+    let (events, distinct_names) = super::handled_events(&private, projection, &checked.handlers);
+    let apply = match kind {
+        ReadModel::Memory => memory(&private, self_ty, &checked.handlers),
+        ReadModel::Sqlite => sqlite(&private, self_ty, &checked.handlers),
+    };
+    let kind = match kind {
+        ReadModel::Memory => quote!(Memory),
+        ReadModel::Sqlite => quote!(Sqlite),
+    };
     quote! {
         #item
 
@@ -62,21 +44,72 @@ pub(crate) fn expand(projection: &Projection, checked: &CheckedProjection) -> To
             impl #private::Projection for #self_ty {
                 const NAME: &'static str = #name;
                 const VERSION: u32 = #version;
-                const EVENTS: &'static [&'static str] = &[#(#names),*];
-                type Kind = #private::read_model::Memory;
+                const EVENTS: &'static [&'static str] = #events;
+                type Kind = #private::read_model::#kind;
             }
 
-            #[automatically_derived]
-            impl #private::MemoryProjection for #self_ty {
-
-                fn apply(
-                    &mut self,
-                    __eda_event: &#private::RecordedEvent,
-                ) -> ::core::result::Result<(), #private::DecodeErrorKind> {
-                    #(#arms)*
-                    ::core::result::Result::Ok(())
-                }
-            }
+            #apply
         };
+    }
+}
+
+/// `MemoryProjection`: the `#[on]` methods change the value.
+fn memory(private: &TokenStream, self_ty: &syn::Type, handlers: &[On]) -> TokenStream {
+    let arms = super::dispatch(private, handlers, |on, args| {
+        let method = &on.method;
+        quote!(self.#method(#args);)
+    });
+    quote! {
+        #[automatically_derived]
+        impl #private::MemoryProjection for #self_ty {
+            fn apply(
+                &mut self,
+                __eda_event: &#private::RecordedEvent,
+            ) -> ::core::result::Result<(), #private::DecodeErrorKind> {
+                #arms
+                ::core::result::Result::Ok(())
+            }
+        }
+    }
+}
+
+/// `SqliteProjection`: the `#[on]` methods write in the runner's transaction, and
+/// their errors become `ApplyError::Handler`.
+fn sqlite(private: &TokenStream, self_ty: &syn::Type, handlers: &[On]) -> TokenStream {
+    let arms = super::dispatch(private, handlers, |on, args| {
+        let method = &on.method;
+        // Typed as the method declares them, so a mismatch is reported there.
+        let tx = on.transaction.as_ref().map(|tx| {
+            quote_spanned!(tx.span()=> {
+                let __eda_tx: &#tx = __eda_tx;
+                __eda_tx
+            })
+        });
+        // A checked SQLite handler declares its return type; the checks of what
+        // it returns are spanned there.
+        let span = on
+            .output
+            .as_ref()
+            .map_or_else(|| method.span(), Spanned::span);
+        let output = on.output.as_ref().map(|output| quote!(: #output));
+        let private = super::respan(private.clone(), span);
+        quote_spanned! {span=>
+            let __eda_result #output = self.#method(#args, #tx);
+            let __eda_result: ::core::result::Result<(), _> = __eda_result;
+            ::core::result::Result::map_err(__eda_result, #private::ApplyError::handler)?;
+        }
+    });
+    quote! {
+        #[automatically_derived]
+        impl #private::SqliteProjection for #self_ty {
+            fn apply(
+                &mut self,
+                __eda_event: &#private::RecordedEvent,
+                __eda_tx: &#private::rusqlite::Transaction<'_>,
+            ) -> ::core::result::Result<(), #private::ApplyError> {
+                #arms
+                ::core::result::Result::Ok(())
+            }
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! re-exporting eda would. The macros must expand against `crate = framework`:
 //! there is no `::eda` here for them to fall back on.
 
-use framework::{aggregate, command, event};
+use framework::rusqlite::{self, Transaction};
+use framework::{aggregate, command, event, policy, projection, RecordedEvent};
 
 /// Something happened.
 #[event(crate = framework)]
@@ -69,6 +70,41 @@ impl Pinger {
     }
 }
 
+/// Pings in a SQLite table.
+#[derive(Debug, Default)]
+pub struct PingTable;
+
+#[projection(crate = framework, name = "ping_table")]
+impl PingTable {
+    #[on]
+    fn pinged(
+        &mut self,
+        e: &Pinged,
+        recorded: &RecordedEvent,
+        tx: &Transaction<'_>,
+    ) -> rusqlite::Result<()> {
+        tx.execute(
+            "INSERT INTO pings (pinger, times) VALUES (?1, ?2)",
+            (&recorded.aggregate_id, e.times),
+        )?;
+        Ok(())
+    }
+}
+
+/// Pings back.
+#[derive(Debug, Default)]
+pub struct Echoes;
+
+#[policy(crate = "framework")]
+impl Echoes {
+    #[on]
+    fn pinged(&self, _: &Pinged, recorded: &RecordedEvent) -> Option<Ping> {
+        Some(Ping {
+            id: recorded.aggregate_id.clone(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +123,7 @@ mod tests {
             .then_expect_events(Pinged { times: 3 });
         assert_eq!(<Pinged as framework::Event>::NAME, "Pinged");
         assert!(framework::registry().get("Pinged", 1).is_some());
+        assert_eq!(<PingTable as framework::Projection>::NAME, "ping_table");
+        assert_eq!(<Echoes as framework::Policy>::EVENTS, ["Pinged"]);
     }
 }

@@ -1,0 +1,7 @@
+use eda::prelude::*;
+
+#[policy]
+#[derive(Debug, Default)]
+pub struct Greeter;
+
+fn main() {}
