@@ -8,6 +8,8 @@
 //! relocation with a command, executed exactly once in effect. Both files are
 //! fresh ones in the temporary directory.
 
+#![allow(missing_docs)]
+
 use std::time::Duration;
 
 use eda::prelude::*;
@@ -78,11 +80,14 @@ pub struct ScheduleAddressCheck {
     pub address: String,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CustomerError {
+    #[error("the customer is already registered")]
     AlreadyRegistered,
+    #[error("no such customer")]
     NotRegistered,
     /// A relocation to the address the customer lives at is not a move.
+    #[error("the customer already lives there")]
     SameAddress,
 }
 
@@ -224,13 +229,20 @@ const WAIT: Duration = Duration::from_secs(5);
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir();
-    let (events, read) = (dir.join("eda-customers.db"), dir.join("eda-customers-read.db"));
+    let (events, read) = (
+        dir.join("eda-customers.db"),
+        dir.join("eda-customers-read.db"),
+    );
     for path in [&events, &read] {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
     }
-    println!("events in {}, the directory in {}", events.display(), read.display());
+    println!(
+        "events in {}, the directory in {}",
+        events.display(),
+        read.display()
+    );
     let store = SqliteStore::open(&events).await?;
     let app = App::new(store.clone());
 
@@ -268,7 +280,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await;
     if let Err(CommandError::Rejected(error)) = refused {
-        println!("a move to where she lives is refused: {error:?}");
+        println!("a move to where she lives is refused: {error}");
     }
 
     let moved = app
@@ -292,6 +304,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         scheduled[0].metadata.causation_id.unwrap_or_default()
     );
 
+    let end = log.last().map(|e| e.position);
+    directory.wait_for(end, WAIT).await?;
+    checks.wait_for(end, WAIT).await?;
     for status in [directory.status(), checks.status()] {
         println!(
             "runner {}: checkpoint {}, {} events applied, {} parked, {:?}",

@@ -51,8 +51,8 @@ fn run_child(events: &Path, env: &[(&str, &str)]) -> bool {
     command.status().unwrap().success()
 }
 
-/// Opens the accounts, then crashes a policy ten times before its checkpoint
-/// (each time after the first or the second page), then runs it to the end.
+/// Opens the accounts, then crashes a policy ten times between executing a
+/// page's commands and moving its checkpoint, then runs it to the end.
 /// Returns the bonus deposits per account.
 async fn crash_ten_times(broken: Option<&str>) -> BTreeMap<String, usize> {
     let dir = tempfile::tempdir().unwrap();
@@ -72,10 +72,12 @@ async fn crash_ten_times(broken: Option<&str>) -> BTreeMap<String, usize> {
     }
     store.close().await.unwrap();
     for round in 0..10 {
-        let after = (1 + round % 2).to_string();
+        // Before the first page's checkpoint five times; then past it, and
+        // before the second page's checkpoint five times.
+        let after = if round == 5 { "2" } else { "1" };
         let mut env = vec![
             ("EDA_FAILPOINT", "policy.before_checkpoint"),
-            ("EDA_FAILPOINT_AFTER", after.as_str()),
+            ("EDA_FAILPOINT_AFTER", after),
         ];
         if let Some(broken) = broken {
             env.push(("EDA_BROKEN", broken));

@@ -12,7 +12,7 @@
 #![allow(missing_docs)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use eda::prelude::*;
@@ -45,13 +45,8 @@ async fn child() {
         .expect("caught up");
 }
 
-/// Runs a child with `env`, killing it with SIGKILL after `kill_after` if given.
-fn run_child(
-    events: &Path,
-    read: &Path,
-    env: &[(&str, String)],
-    kill_after: Option<Duration>,
-) -> ExitStatus {
+/// Starts a child with `env`.
+fn spawn_child(events: &Path, read: &Path, env: &[(&str, String)]) -> Child {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
         .args(["--ignored", "--exact", "child", "--test-threads=1"])
@@ -64,12 +59,25 @@ fn run_child(
     for (key, value) in env {
         command.env(key, value);
     }
-    let mut child = command.spawn().unwrap();
-    if let Some(after) = kill_after {
-        std::thread::sleep(after);
-        let _ = child.kill();
-    }
-    child.wait().unwrap()
+    command.spawn().unwrap()
+}
+
+/// Runs a child with `env` to its end.
+fn run_child(events: &Path, read: &Path, env: &[(&str, String)]) -> ExitStatus {
+    spawn_child(events, read, env).wait().unwrap()
+}
+
+/// The ledger's checkpoint in the read database (0 before its first commit).
+fn checkpoint(read: &Path) -> u64 {
+    let connection = rusqlite::Connection::open(read).unwrap();
+    let position: Option<i64> = connection
+        .query_row(
+            "SELECT position FROM eda_projections WHERE name = 'ledger'",
+            (),
+            |row| row.get(0),
+        )
+        .ok();
+    position.unwrap_or(0) as u64
 }
 
 struct Log {
@@ -88,7 +96,7 @@ impl Log {
         store.close().await.unwrap();
         let clean = dir.path().join("clean.db");
         ledger::create(&clean).unwrap();
-        assert!(run_child(&events, &clean, &[], None).success());
+        assert!(run_child(&events, &clean, &[]).success());
         let rebuilt = ledger::read(&clean).unwrap();
         assert_eq!(rebuilt.applications.len() as u64, EVENTS);
         Log {
@@ -112,10 +120,10 @@ impl Log {
     ) -> LedgerRows {
         let read = self.read_db(name);
         for round in 0..5 {
-            let status = run_child(&self.events, &read, &env(), None);
+            let status = run_child(&self.events, &read, &env());
             assert!(!status.success(), "{name}: round {round} did not crash");
         }
-        assert!(run_child(&self.events, &read, &[], None).success());
+        assert!(run_child(&self.events, &read, &[]).success());
         ledger::read(&read).unwrap()
     }
 
@@ -148,15 +156,30 @@ async fn crashes_at_named_points_apply_every_event_once() {
     }
 }
 
+/// SIGKILL once the checkpoint has passed a random position before two batches
+/// from the end: somewhere inside a batch, never after the last one.
 #[tokio::test]
 async fn sigkill_at_random_moments_applies_every_event_once() {
     let log = Log::new().await;
     let read = log.read_db("sigkill");
-    for _ in 0..5 {
-        let after = Duration::from_millis(20 + rand::random::<u64>() % 380);
-        run_child(&log.events, &read, &[], Some(after));
+    for round in 0..5u64 {
+        let from = checkpoint(&read);
+        let last = EVENTS - 1024;
+        assert!(from < last, "round {round}: the runs got too far");
+        // Within this round's share of what is left, so five rounds fit.
+        let share = (last - from) / (5 - round);
+        let target = from + 1 + rand::random::<u64>() % share;
+        let mut child = spawn_child(&log.events, &read, &[]);
+        while checkpoint(&read) < target {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap(); // SIGKILL
+        assert!(
+            !child.wait().unwrap().success(),
+            "round {round}: killed after the end"
+        );
     }
-    assert!(run_child(&log.events, &read, &[], None).success());
+    assert!(run_child(&log.events, &read, &[]).success());
     log.assert_rebuilt("sigkill", &ledger::read(&read).unwrap());
 }
 

@@ -174,17 +174,30 @@ async fn a_poison_event_parks_its_aggregates_later_events_while_others_flow_on()
     deposit(&app, "a", 3).await; // 6: behind 4
     let last = deposit(&app, "b", 4).await; // 7
     let failures = Arc::new(AtomicU32::new(u32::MAX));
-    let flaky = Flaky { failures: Arc::clone(&failures) };
+    let flaky = Flaky {
+        failures: Arc::clone(&failures),
+    };
     let handle = app.project(flaky).database(&path).start().await.unwrap();
     handle.wait_for(last, WAIT).await.unwrap();
 
-    assert_eq!(applied_positions(&path), [3, 5, 7], "b flows on; a stops at 4");
+    assert_eq!(
+        applied_positions(&path),
+        [3, 5, 7],
+        "b flows on; a stops at 4"
+    );
     let parked = handle.parked().await.unwrap();
     let parked_positions: Vec<u64> = parked.iter().map(|p| p.position).collect();
     assert_eq!(parked_positions, [4, 6]);
-    assert!(parked[0].error.contains("#[on] method failed"), "{}", parked[0].error);
+    assert!(
+        parked[0].error.contains("#[on] method failed"),
+        "{}",
+        parked[0].error
+    );
     assert!(parked[1].error.contains("behind"), "{}", parked[1].error);
-    assert_eq!((parked[0].aggregate_id.as_str(), parked[0].name.as_str()), ("a", "MoneyDeposited"));
+    assert_eq!(
+        (parked[0].aggregate_id.as_str(), parked[0].name.as_str()),
+        ("a", "MoneyDeposited")
+    );
     assert_eq!(handle.status().parked, 2);
     assert_eq!(handle.status().state, RunnerState::Live);
 
@@ -195,10 +208,18 @@ async fn a_poison_event_parks_its_aggregates_later_events_while_others_flow_on()
 
     // Parked events survive a restart.
     handle.stop().await;
-    let flaky = Flaky { failures: Arc::clone(&failures) };
+    let flaky = Flaky {
+        failures: Arc::clone(&failures),
+    };
     let handle = app.project(flaky).database(&path).start().await.unwrap();
     assert_eq!(handle.status().parked, 3);
-    let still: Vec<u64> = handle.parked().await.unwrap().iter().map(|p| p.position).collect();
+    let still: Vec<u64> = handle
+        .parked()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.position)
+        .collect();
     assert_eq!(still, [4, 6, 8]);
 
     // A retry that fails again keeps them, with the new error.
@@ -227,7 +248,10 @@ async fn a_skipped_parked_event_is_never_applied() {
     let parked = flaky.parked().await.unwrap();
     assert_eq!(parked.len(), 3);
     assert!(flaky.skip_parked(parked[0].event_id).await.unwrap());
-    assert!(!flaky.skip_parked(parked[0].event_id).await.unwrap(), "skipped once");
+    assert!(
+        !flaky.skip_parked(parked[0].event_id).await.unwrap(),
+        "skipped once"
+    );
     assert_eq!(flaky.status().parked, 2);
     let retried = flaky.retry_parked().await.unwrap();
     assert_eq!((retried.applied, retried.parked), (2, 0));
@@ -237,21 +261,35 @@ async fn a_skipped_parked_event_is_never_applied() {
 #[tokio::test]
 async fn an_event_it_cannot_decode_is_parked_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("events.db")).await.unwrap();
+    let store = SqliteStore::open(dir.path().join("events.db"))
+        .await
+        .unwrap();
     let app = App::new(store.clone());
     open_account(&app, "a").await;
     // A deposit whose amount is text (written by hand, or by a broken producer).
-    let stream = eda::StreamId { aggregate_type: "Account", aggregate_id: "a" };
+    let stream = eda::StreamId {
+        aggregate_type: "Account",
+        aggregate_id: "a",
+    };
     let bad = eda_test::new_event("MoneyDeposited", r#"{"amount":"ten"}"#);
-    store.append(stream, 1, vec![bad], &eda::Metadata::default()).await.unwrap();
+    store
+        .append(stream, 1, vec![bad], &eda::Metadata::default())
+        .await
+        .unwrap();
     let path = read_db(&dir);
-    let flaky = Flaky { failures: Arc::new(AtomicU32::new(0)) };
+    let flaky = Flaky {
+        failures: Arc::new(AtomicU32::new(0)),
+    };
     let handle = app.project(flaky).database(&path).start().await.unwrap();
     handle.wait_for(Some(2), WAIT).await.unwrap();
     let parked = handle.parked().await.unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].position, 2);
-    assert!(parked[0].error.contains("cannot decode"), "{}", parked[0].error);
+    assert!(
+        parked[0].error.contains("cannot decode"),
+        "{}",
+        parked[0].error
+    );
 }
 
 #[tokio::test]

@@ -109,7 +109,7 @@ pub async fn fill<S: EventStore>(store: &S, accounts: usize, deposits: usize) ->
         event_id: eda::new_event_id(),
         name: name.into(),
         version: 1,
-        payload: payload.into(),
+        payload,
     };
     let mut stored = 0;
     for account in 0..accounts {
