@@ -200,6 +200,53 @@ impl App {
     /// checkpoint (kept in the store under [`Policy::NAME`]), executing the
     /// commands it returns through this `App`: call
     /// [`start`](PolicyBuilder::start) on it.
+    ///
+    /// Each command is executed with the idempotency key
+    /// `eda.policy/{name}/{event id}/{index}`, the event's id as its causation id
+    /// and the event's correlation id (or, without one, its id) as its
+    /// correlation id. A command the aggregate rejects is logged (`tracing`,
+    /// with the event) and the policy goes on; one that fails otherwise (the
+    /// store, conflicts beyond the retries) is tried again, up to 5 times.
+    ///
+    /// ```
+    /// use eda::prelude::*;
+    /// use eda::RecordedEvent;
+    /// # use std::convert::Infallible;
+    /// # #[event] #[derive(Debug)] pub struct Relocated { pub street: String }
+    /// # #[event] #[derive(Debug)] pub struct CheckScheduled;
+    /// # #[command] #[derive(Debug, Clone)] pub struct Relocate { #[aggregate_id] pub id: String, pub street: String }
+    /// # #[command] #[derive(Debug, Clone)] pub struct ScheduleCheck { #[aggregate_id] pub id: String }
+    /// # #[derive(Debug, Default)] pub struct Customer;
+    /// # #[aggregate(error = Infallible)]
+    /// # impl Customer {
+    /// #     #[handle] fn relocate(&self, c: Relocate) -> Result<Relocated, Infallible> { Ok(Relocated { street: c.street }) }
+    /// #     #[handle] fn schedule(&self, _: ScheduleCheck) -> Result<CheckScheduled, Infallible> { Ok(CheckScheduled) }
+    /// #     #[apply] fn relocated(&mut self, _: &Relocated) {}
+    /// #     #[apply] fn scheduled(&mut self, _: &CheckScheduled) {}
+    /// # }
+    /// #[derive(Debug)]
+    /// pub struct AddressChecks;
+    ///
+    /// #[policy]
+    /// impl AddressChecks {
+    ///     #[on]
+    ///     fn relocated(&self, _: &Relocated, recorded: &RecordedEvent) -> Option<ScheduleCheck> {
+    ///         Some(ScheduleCheck { id: recorded.aggregate_id.clone() })
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let app = App::new(store.clone());
+    /// let checks = app.policy(AddressChecks).start();
+    /// let moved = app.execute(Relocate { id: "c-1".into(), street: "Main St 1".into() }).await?;
+    /// checks.wait_for(moved.position, std::time::Duration::from_secs(1)).await?;
+    /// let log = store.read_all(0, 10).await?;
+    /// assert_eq!(log[1].name, "CheckScheduled");
+    /// assert_eq!(log[1].metadata.causation_id, Some(log[0].event_id));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
     pub fn policy<P: Policy>(&self, policy: P) -> PolicyBuilder<P> {
         PolicyBuilder {
             app: self.clone(),
