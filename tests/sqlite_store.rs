@@ -242,14 +242,14 @@ async fn a_newer_schema_is_refused_not_downgraded() {
             err,
             StoreError::IncompatibleSchema {
                 found: 99,
-                supported: 4
+                supported: 5
             }
         ),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "the database schema is version 99, newer than version 4 that this code knows"
+        "the database schema is version 99, newer than version 5 that this code knows"
     );
 }
 
@@ -274,7 +274,8 @@ async fn a_version_2_database_gets_the_keys_of_its_events() {
     store.close().await.unwrap();
     sql(
         &path,
-        "DROP TABLE eda_idempotency; DROP TABLE eda_checkpoints; UPDATE eda_schema SET version = 2",
+        "DROP TABLE eda_idempotency; DROP TABLE eda_checkpoints; DROP TABLE eda_parked_events;
+         UPDATE eda_schema SET version = 2",
     );
     let store = SqliteStore::open(&path).await.unwrap();
     let record = store
@@ -312,7 +313,7 @@ async fn a_version_3_database_gets_checkpoints() {
     store.close().await.unwrap();
     sql(
         &path,
-        "DROP TABLE eda_checkpoints; UPDATE eda_schema SET version = 3",
+        "DROP TABLE eda_checkpoints; DROP TABLE eda_parked_events; UPDATE eda_schema SET version = 3",
     );
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(store.read_stream(s, 0).await.unwrap().len(), 1);
@@ -323,7 +324,7 @@ async fn a_version_3_database_gets_checkpoints() {
         .unwrap()
         .query_row("SELECT version FROM eda_schema", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(store.read_checkpoint("mailer").await.unwrap(), Some(1));
 }
