@@ -218,6 +218,56 @@ async fn a_version_4_schema_gets_checkpoints() {
     db.drop_schema().await;
 }
 
+/// A version 5 schema (before parked events) is migrated: it gets the parked
+/// events' table, and keeps its events and checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_5_schema_gets_parked_events() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    db.store
+        .append(
+            eda_test::stream("Doc", "d"),
+            0,
+            vec![eda_test::new_event("Noted", "{}")],
+            &Metadata::default(),
+        )
+        .await
+        .unwrap();
+    db.store.write_checkpoint("mailer", None, 1).await.unwrap();
+    let sql = db.connect().await;
+    sql.batch_execute("DROP TABLE eda_parked_events; UPDATE eda_schema SET version = 5")
+        .await
+        .unwrap();
+    let store = PostgresStore::connect_with(&db.url, PostgresOptions::new().schema(&db.schema))
+        .await
+        .unwrap();
+    let version: i32 = sql
+        .query_one("SELECT version FROM eda_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 6);
+    let log = store.read_all(0, 10).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), Some(1));
+    assert!(store.parked("mailer").await.unwrap().is_empty());
+    let parked = eda::ParkedEvent::from_event(&log[0], "smtp: timed out");
+    store.park("mailer", &parked).await.unwrap();
+    assert_eq!(store.parked("mailer").await.unwrap(), [parked]);
+    let stored: String = sql
+        .query_one(
+            "SELECT error FROM eda_parked_events WHERE runner = 'mailer'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, "smtp: timed out");
+    drop(store);
+    db.drop_schema().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_schema_is_refused() {
     let Some(db) = TestDb::new().await else {
