@@ -32,7 +32,7 @@ async fn a_version_2_schema_is_migrated() {
     let sql = db.connect().await;
     sql.batch_execute(
         "ALTER TABLE eda_aggregates DROP COLUMN last_position; DROP TABLE eda_idempotency;
-         DROP TABLE eda_checkpoints; UPDATE eda_schema SET version = 2",
+         DROP TABLE eda_checkpoints; DROP TABLE eda_parked_events; UPDATE eda_schema SET version = 2",
     )
     .await
     .unwrap();
@@ -56,7 +56,7 @@ async fn a_version_2_schema_is_migrated() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     store
         .append(
             eda_test::stream("Doc", "x"),
@@ -83,7 +83,8 @@ async fn a_version_3_schema_is_migrated_to_exact_payloads() {
         "ALTER TABLE eda_events ALTER COLUMN payload TYPE jsonb USING payload::jsonb,
                                 ALTER COLUMN metadata TYPE jsonb USING metadata::jsonb;
          ALTER TABLE eda_snapshots ALTER COLUMN payload TYPE jsonb USING payload::jsonb;
-         DROP TABLE eda_idempotency; DROP TABLE eda_checkpoints; UPDATE eda_schema SET version = 3",
+         DROP TABLE eda_idempotency; DROP TABLE eda_checkpoints; DROP TABLE eda_parked_events;
+         UPDATE eda_schema SET version = 3",
     )
     .await
     .unwrap();
@@ -127,7 +128,7 @@ async fn a_version_3_schema_is_migrated_to_exact_payloads() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     // The key of a stored event is known after the migration.
     let record = store
         .read_idempotency_key("old-key")
@@ -169,7 +170,7 @@ async fn a_version_3_schema_is_migrated_to_exact_payloads() {
 }
 
 /// A version 4 schema (before checkpoints) is migrated: it gets the checkpoints'
-/// table and keeps its events.
+/// table (and the parked events') and keeps its events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_4_schema_gets_checkpoints() {
     let Some(db) = TestDb::new().await else {
@@ -186,9 +187,11 @@ async fn a_version_4_schema_gets_checkpoints() {
         .await
         .unwrap();
     let sql = db.connect().await;
-    sql.batch_execute("DROP TABLE eda_checkpoints; UPDATE eda_schema SET version = 4")
-        .await
-        .unwrap();
+    sql.batch_execute(
+        "DROP TABLE eda_checkpoints; DROP TABLE eda_parked_events; UPDATE eda_schema SET version = 4",
+    )
+    .await
+    .unwrap();
     let store = PostgresStore::connect_with(&db.url, PostgresOptions::new().schema(&db.schema))
         .await
         .unwrap();
@@ -197,7 +200,7 @@ async fn a_version_4_schema_gets_checkpoints() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     assert_eq!(store.read_stream(s, 0).await.unwrap().len(), 1);
     assert_eq!(store.read_checkpoint("mailer").await.unwrap(), None);
     store.write_checkpoint("mailer", None, 1).await.unwrap();
@@ -211,6 +214,56 @@ async fn a_version_4_schema_gets_checkpoints() {
         .unwrap()
         .get(0);
     assert_eq!(stored, 2);
+    drop(store);
+    db.drop_schema().await;
+}
+
+/// A version 5 schema (before parked events) is migrated: it gets the parked
+/// events' table, and keeps its events and checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_5_schema_gets_parked_events() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    db.store
+        .append(
+            eda_test::stream("Doc", "d"),
+            0,
+            vec![eda_test::new_event("Noted", "{}")],
+            &Metadata::default(),
+        )
+        .await
+        .unwrap();
+    db.store.write_checkpoint("mailer", None, 1).await.unwrap();
+    let sql = db.connect().await;
+    sql.batch_execute("DROP TABLE eda_parked_events; UPDATE eda_schema SET version = 5")
+        .await
+        .unwrap();
+    let store = PostgresStore::connect_with(&db.url, PostgresOptions::new().schema(&db.schema))
+        .await
+        .unwrap();
+    let version: i32 = sql
+        .query_one("SELECT version FROM eda_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 6);
+    let log = store.read_all(0, 10).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), Some(1));
+    assert!(store.parked("mailer").await.unwrap().is_empty());
+    let parked = eda::ParkedEvent::from_event(&log[0], "smtp: timed out");
+    store.park("mailer", &parked).await.unwrap();
+    assert_eq!(store.parked("mailer").await.unwrap(), [parked]);
+    let stored: String = sql
+        .query_one(
+            "SELECT error FROM eda_parked_events WHERE runner = 'mailer'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, "smtp: timed out");
     drop(store);
     db.drop_schema().await;
 }
@@ -233,7 +286,7 @@ async fn a_newer_schema_is_refused() {
             err,
             StoreError::IncompatibleSchema {
                 found: 7,
-                supported: 5
+                supported: 6
             }
         ),
         "{err:?}"

@@ -637,3 +637,55 @@ async fn connection_parameters_in_the_url_are_kept() {
     assert!(text.contains("read-only transaction"), "{text}");
     db.drop_schema().await;
 }
+
+/// Parked events are in the database: a store connected after the first one
+/// closed finds them, re-parks and removes them as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_events_survive_reconnecting() {
+    let Some(db) = TestDb::new().await else {
+        return;
+    };
+    let events = (0..3)
+        .map(|_| eda_test::new_event("Registered", "{}"))
+        .collect();
+    db.store
+        .append(
+            eda_test::stream("Customer", "c"),
+            0,
+            events,
+            &Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let log = db.store.read_all(0, 10).await.unwrap();
+    let parked: Vec<_> = log
+        .iter()
+        .map(|e| eda::ParkedEvent::from_event(e, format!("failed {}", e.position)))
+        .collect();
+    for event in parked.iter().rev() {
+        db.store.park("mailer", event).await.unwrap();
+    }
+    db.store.park("ledger", &parked[1]).await.unwrap();
+    db.store.close().await.unwrap();
+    assert!(matches!(
+        db.store.parked("mailer").await,
+        Err(StoreError::Closed)
+    ));
+
+    let store = PostgresStore::connect_with(&db.url, PostgresOptions::new().schema(&db.schema))
+        .await
+        .unwrap();
+    assert_eq!(store.parked("mailer").await.unwrap(), parked);
+    assert_eq!(store.parked("ledger").await.unwrap(), [parked[1].clone()]);
+    let mut again = parked[0].clone();
+    again.error = "failed again".into();
+    store.park("mailer", &again).await.unwrap();
+    assert!(store.unpark("mailer", parked[2].position).await.unwrap());
+    assert_eq!(
+        store.parked("mailer").await.unwrap(),
+        [again, parked[1].clone()]
+    );
+    assert_eq!(store.read_all(0, 10).await.unwrap(), log);
+    drop(store);
+    db.drop_schema().await;
+}

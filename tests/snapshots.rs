@@ -244,6 +244,15 @@ macro_rules! forward_to_inner {
         ) -> Result<(), StoreError> {
             self.$($inner)+.write_checkpoint(name, from, to).await
         }
+        async fn park(&self, name: &str, event: &eda::ParkedEvent) -> Result<(), StoreError> {
+            self.$($inner)+.park(name, event).await
+        }
+        async fn parked(&self, name: &str) -> Result<Vec<eda::ParkedEvent>, StoreError> {
+            self.$($inner)+.parked(name).await
+        }
+        async fn unpark(&self, name: &str, position: u64) -> Result<bool, StoreError> {
+            self.$($inner)+.unpark(name, position).await
+        }
     };
 }
 

@@ -354,3 +354,68 @@ fn bump_version(path: &Path, version: u32) {
         )
         .unwrap();
 }
+
+/// A read model kept in the event store's own file parks its events in its own
+/// table (`eda_parked`), apart from those the store keeps for other runners
+/// (`eda_parked_events`): both park, neither lists the other's, and a store from
+/// before parked events migrates beside a read model's table already there.
+#[tokio::test]
+async fn a_read_model_in_the_store_file_parks_apart_from_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let app = App::new(SqliteStore::open(&path).await.unwrap());
+    ledger::create(&path).unwrap();
+    open_account(&app, "a").await; // 1
+    deposit(&app, "a", 13).await; // 2: poison
+    let last = deposit(&app, "a", 1).await; // 3: behind 2
+    let failures = Arc::new(AtomicU32::new(u32::MAX));
+    let flaky = |failures: &Arc<AtomicU32>| Flaky {
+        failures: Arc::clone(failures),
+    };
+    let handle = app
+        .project(flaky(&failures))
+        .database(&path)
+        .start()
+        .await
+        .unwrap();
+    handle.wait_for(last, WAIT).await.unwrap();
+    handle.stop().await;
+    app.close().await.unwrap();
+
+    // The file as a store of schema version 4 left it, with the read model in it.
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    connection
+        .execute_batch("DROP TABLE eda_parked_events; UPDATE eda_schema SET version = 4")
+        .unwrap();
+    drop(connection);
+    let store = SqliteStore::open(&path).await.unwrap();
+    let app = App::new(store.clone());
+    let log = store.read_all(0, 10).await.unwrap();
+    let mailer = eda::ParkedEvent::from_event(&log[1], "smtp: timed out");
+    store.park("mailer", &mailer).await.unwrap();
+
+    let handle = app
+        .project(flaky(&failures))
+        .database(&path)
+        .start()
+        .await
+        .unwrap();
+    let later = deposit(&app, "a", 2).await; // 4: behind 2
+    handle.wait_for(later, WAIT).await.unwrap();
+    let positions: Vec<u64> = handle
+        .parked()
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.position)
+        .collect();
+    assert_eq!(positions, [2, 3, 4]);
+    assert_eq!(store.parked("mailer").await.unwrap(), [mailer]);
+    assert!(store.parked("flaky").await.unwrap().is_empty());
+    failures.store(0, Ordering::SeqCst);
+    let retried = handle.retry_parked().await.unwrap();
+    assert_eq!((retried.applied, retried.parked), (3, 0));
+    assert_eq!(store.parked("mailer").await.unwrap().len(), 1);
+    handle.stop().await;
+    app.close().await.unwrap();
+}

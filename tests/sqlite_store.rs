@@ -242,14 +242,14 @@ async fn a_newer_schema_is_refused_not_downgraded() {
             err,
             StoreError::IncompatibleSchema {
                 found: 99,
-                supported: 4
+                supported: 5
             }
         ),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "the database schema is version 99, newer than version 4 that this code knows"
+        "the database schema is version 99, newer than version 5 that this code knows"
     );
 }
 
@@ -274,7 +274,8 @@ async fn a_version_2_database_gets_the_keys_of_its_events() {
     store.close().await.unwrap();
     sql(
         &path,
-        "DROP TABLE eda_idempotency; DROP TABLE eda_checkpoints; UPDATE eda_schema SET version = 2",
+        "DROP TABLE eda_idempotency; DROP TABLE eda_checkpoints; DROP TABLE eda_parked_events;
+         UPDATE eda_schema SET version = 2",
     );
     let store = SqliteStore::open(&path).await.unwrap();
     let record = store
@@ -312,7 +313,7 @@ async fn a_version_3_database_gets_checkpoints() {
     store.close().await.unwrap();
     sql(
         &path,
-        "DROP TABLE eda_checkpoints; UPDATE eda_schema SET version = 3",
+        "DROP TABLE eda_checkpoints; DROP TABLE eda_parked_events; UPDATE eda_schema SET version = 3",
     );
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(store.read_stream(s, 0).await.unwrap().len(), 1);
@@ -323,9 +324,98 @@ async fn a_version_3_database_gets_checkpoints() {
         .unwrap()
         .query_row("SELECT version FROM eda_schema", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(store.read_checkpoint("mailer").await.unwrap(), Some(1));
+}
+
+/// The schema version of a database.
+fn schema_version(path: &std::path::Path) -> i64 {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .query_row("SELECT version FROM eda_schema", [], |row| row.get(0))
+        .unwrap()
+}
+
+/// A version 4 database (before parked events) is migrated: it gets the parked
+/// events' table, and keeps its events and checkpoints.
+#[tokio::test]
+async fn a_version_4_database_gets_parked_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let s = eda_test::stream("Doc", "d");
+    store
+        .append(
+            s,
+            0,
+            vec![eda_test::new_event("Noted", "{}")],
+            &eda_test::meta(),
+        )
+        .await
+        .unwrap();
+    store.write_checkpoint("mailer", None, 1).await.unwrap();
+    store.close().await.unwrap();
+    sql(
+        &path,
+        "DROP TABLE eda_parked_events; UPDATE eda_schema SET version = 4",
+    );
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(schema_version(&path), 5);
+    let log = store.read_all(0, 10).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), Some(1));
+    assert!(store.parked("mailer").await.unwrap().is_empty());
+    let parked = eda::ParkedEvent::from_event(&log[0], "smtp: timed out");
+    store.park("mailer", &parked).await.unwrap();
+    assert_eq!(store.parked("mailer").await.unwrap(), [parked]);
+}
+
+/// Parked events are in the file: they survive closing and reopening, and are
+/// re-parked and removed after it as before.
+#[tokio::test]
+async fn parked_events_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let events = (0..3)
+        .map(|_| eda_test::new_event("Registered", "{}"))
+        .collect();
+    store
+        .append(
+            eda_test::stream("Customer", "c"),
+            0,
+            events,
+            &eda_test::meta(),
+        )
+        .await
+        .unwrap();
+    let log = store.read_all(0, 10).await.unwrap();
+    let parked: Vec<_> = log
+        .iter()
+        .map(|e| eda::ParkedEvent::from_event(e, format!("failed {}", e.position)))
+        .collect();
+    for event in parked.iter().rev() {
+        store.park("mailer", event).await.unwrap();
+    }
+    store.park("ledger", &parked[1]).await.unwrap();
+    store.close().await.unwrap();
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.parked("mailer").await.unwrap(), parked);
+    assert_eq!(store.parked("ledger").await.unwrap(), [parked[1].clone()]);
+    let mut again = parked[0].clone();
+    again.error = "failed again".into();
+    store.park("mailer", &again).await.unwrap();
+    assert!(store.unpark("mailer", parked[2].position).await.unwrap());
+    // Dropped without `close`: what was acknowledged is committed.
+    drop(store);
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(
+        store.parked("mailer").await.unwrap(),
+        [again, parked[1].clone()]
+    );
+    assert_eq!(store.read_all(0, 10).await.unwrap(), log);
 }
 
 #[tokio::test]

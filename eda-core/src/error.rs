@@ -58,7 +58,7 @@ pub enum StoreError {
     #[error("invalid {what}: {reason}")]
     Invalid {
         /// What was refused: `aggregate id`, `aggregate type`, `event name`,
-        /// `idempotency key`, `checkpoint name`, `schema name`.
+        /// `idempotency key`, `checkpoint name`, `parked error`, `schema name`.
         what: &'static str,
         /// Why.
         reason: String,

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use eda::prelude::*;
-use eda::{Metadata, StreamId};
+use eda::{Metadata, ParkedEvent, RecordedEvent, StreamId};
 
 use crate::{meta, new_event, stream};
 
@@ -35,6 +35,8 @@ macro_rules! conformance_tests {
             checkpoints_move_by_compare_and_set,
             checkpoint_names_are_checked_the_same_way_everywhere,
             one_runner_wins_a_checkpoint_race,
+            events_are_parked_per_runner_in_position_order,
+            parking_names_are_checked_the_same_way_everywhere,
         );
     };
     (@each $with_store:path; $($name:ident,)*) => {$(
@@ -1126,4 +1128,146 @@ pub async fn one_runner_wins_a_checkpoint_race<S: EventStore>(store: S) {
         assert_eq!(store.read_checkpoint("race").await.unwrap(), winner);
         at = winner;
     }
+}
+
+/// `count` events of one customer, appended, as the log has them.
+async fn logged<S: EventStore>(store: &S, count: usize) -> Vec<RecordedEvent> {
+    let events = (0..count).map(|_| new_event("Registered", "{}")).collect();
+    store
+        .append(stream("Customer", "c-1"), 0, events, &meta())
+        .await
+        .unwrap();
+    store.read_all(0, 1_000).await.unwrap()
+}
+
+/// Parked events are listed in position order whatever the order they were parked
+/// in; parking one again replaces its error only; `unpark` removes one, once;
+/// each runner has its own; none of them is an event of the log.
+pub async fn events_are_parked_per_runner_in_position_order<S: EventStore>(store: S) {
+    let log = logged(&store, 4).await;
+    assert!(store.parked("mailer").await.unwrap().is_empty());
+    let parked: Vec<_> = log
+        .iter()
+        .map(|e| ParkedEvent::from_event(e, format!("smtp: timed out at {}", e.position)))
+        .collect();
+    for i in [2, 0, 3] {
+        store.park("mailer", &parked[i]).await.unwrap();
+    }
+    let expected = [parked[0].clone(), parked[2].clone(), parked[3].clone()];
+    assert_eq!(store.parked("mailer").await.unwrap(), expected);
+
+    // Parked again (a retry that failed): the new error, the rest as first parked.
+    let mut again = ParkedEvent::from_event(&log[2], "smtp: refused");
+    again.aggregate_id = "elsewhere".into();
+    again.name = "Renamed".into();
+    store.park("mailer", &again).await.unwrap();
+    let mut retried = parked[2].clone();
+    retried.error = "smtp: refused".into();
+    let expected = [parked[0].clone(), retried.clone(), parked[3].clone()];
+    assert_eq!(store.parked("mailer").await.unwrap(), expected);
+
+    // Removed once; a position with nothing parked removes nothing.
+    assert!(store.unpark("mailer", log[0].position).await.unwrap());
+    assert!(!store.unpark("mailer", log[0].position).await.unwrap());
+    assert!(!store.unpark("mailer", log[1].position).await.unwrap());
+    assert!(!store.unpark("mailer", 1 << 40).await.unwrap());
+    let expected = [retried.clone(), parked[3].clone()];
+    assert_eq!(store.parked("mailer").await.unwrap(), expected);
+    // Parked anew after its removal.
+    store.park("mailer", &parked[0]).await.unwrap();
+    assert_eq!(store.parked("mailer").await.unwrap().len(), 3);
+    assert!(store.unpark("mailer", log[0].position).await.unwrap());
+
+    // Each runner has its own, and case matters.
+    assert!(store.parked("Mailer").await.unwrap().is_empty());
+    assert!(store.parked("mailer ").await.unwrap().is_empty());
+    assert!(!store.unpark("Mailer", log[2].position).await.unwrap());
+    let ledger = ParkedEvent::from_event(&log[2], "ledger: account closed");
+    store.park("ledger", &ledger).await.unwrap();
+    assert_eq!(store.parked("ledger").await.unwrap(), [ledger]);
+    assert_eq!(store.parked("mailer").await.unwrap(), expected);
+    assert!(store.unpark("ledger", log[2].position).await.unwrap());
+    assert!(store.parked("ledger").await.unwrap().is_empty());
+    assert_eq!(store.parked("mailer").await.unwrap(), expected);
+
+    // Parked events are not events, nor checkpoints.
+    assert_eq!(store.read_all(0, 1_000).await.unwrap(), log);
+    let page = store.read_all_of(0, 1_000, &["Registered"]).await.unwrap();
+    assert_eq!(page.events, log);
+    assert_eq!(store.read_checkpoint("mailer").await.unwrap(), None);
+}
+
+/// Runner names are checked as checkpoint names by `park`, `parked` and `unpark`;
+/// a parked event's stream and name as an append's, its error for NUL (and not
+/// for length): others are refused with [`StoreError::Invalid`] by every store,
+/// and nothing is parked.
+pub async fn parking_names_are_checked_the_same_way_everywhere<S: EventStore>(store: S) {
+    let log = logged(&store, 1).await;
+    let event = ParkedEvent::from_event(&log[0], "failed");
+    let longest = "n".repeat(eda::MAX_NAME_BYTES);
+    let wide = "€".repeat(eda::MAX_NAME_BYTES / 3);
+    for name in [longest.as_str(), wide.as_str(), "ok \u{1}\u{7f} é", "'; --"] {
+        store
+            .park(name, &event)
+            .await
+            .unwrap_or_else(|e| panic!("{} bytes: {e}", name.len()));
+        assert_eq!(
+            store.parked(name).await.unwrap(),
+            std::slice::from_ref(&event)
+        );
+        assert!(store.unpark(name, event.position).await.unwrap());
+    }
+    let invalid = |result: Result<(), StoreError>, call: &str, field: &str| match result {
+        Err(StoreError::Invalid { what, .. }) => assert_eq!(what, field, "{call}"),
+        other => panic!("{call}: expected Invalid, got {other:?}"),
+    };
+    let too_long = "n".repeat(eda::MAX_NAME_BYTES + 1);
+    for name in ["", "nul\0name", too_long.as_str()] {
+        let name_of = |call: &str| format!("{call} of {name:?}");
+        let field = "checkpoint name";
+        invalid(store.park(name, &event).await, &name_of("park"), field);
+        invalid(
+            store.parked(name).await.map(drop),
+            &name_of("parked"),
+            field,
+        );
+        invalid(
+            store.unpark(name, 1).await.map(drop),
+            &name_of("unpark"),
+            field,
+        );
+    }
+
+    let changed = |change: fn(&mut ParkedEvent)| {
+        let mut bad = event.clone();
+        change(&mut bad);
+        bad
+    };
+    let refused = [
+        (
+            changed(|e| e.aggregate_id = "nul\0id".into()),
+            "aggregate id",
+        ),
+        (
+            changed(|e| e.aggregate_type = String::new()),
+            "aggregate type",
+        ),
+        (changed(|e| e.name = "Na\0me".into()), "event name"),
+        (
+            changed(|e| e.name = "n".repeat(eda::MAX_NAME_BYTES + 1)),
+            "event name",
+        ),
+        (changed(|e| e.error = "smtp: \0".into()), "parked error"),
+    ];
+    for (bad, field) in refused {
+        invalid(store.park("mailer", &bad).await, field, field);
+    }
+    assert!(store.parked("mailer").await.unwrap().is_empty());
+
+    // An error of any length and text is kept as it was given.
+    let mut long = event.clone();
+    long.error = "smtp: 550 \"mailbox\" ünavailable 📭\n\t'; --".repeat(5_000);
+    long.aggregate_id = String::new();
+    store.park("mailer", &long).await.unwrap();
+    assert_eq!(store.parked("mailer").await.unwrap(), [long]);
 }

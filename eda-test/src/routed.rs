@@ -8,8 +8,8 @@ use std::time::SystemTime;
 
 use eda::{
     Appended, EventRef, EventStore, IdempotencyRecord, ImmediateStore, LoadError, LogPage,
-    MemoryStore, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StoreError, StreamId,
-    Uuid,
+    MemoryStore, Metadata, NewEvent, ParkedEvent, RecordedEvent, ReplayEvent, Snapshot, StoreError,
+    StreamId, Uuid,
 };
 
 /// How a [`Routed`] store lets `App` reach the `MemoryStore` inside.
@@ -168,6 +168,21 @@ impl EventStore for Routed {
     ) -> Result<(), StoreError> {
         self.suspend().await;
         self.inner.write_checkpoint(name, from, to).await
+    }
+
+    async fn park(&self, name: &str, event: &ParkedEvent) -> Result<(), StoreError> {
+        self.suspend().await;
+        self.inner.park(name, event).await
+    }
+
+    async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, StoreError> {
+        self.suspend().await;
+        self.inner.parked(name).await
+    }
+
+    async fn unpark(&self, name: &str, position: u64) -> Result<bool, StoreError> {
+        self.suspend().await;
+        self.inner.unpark(name, position).await
     }
 
     async fn save_snapshot(

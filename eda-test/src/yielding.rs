@@ -4,8 +4,8 @@ use eda::{Metadata, NewEvent, StreamId};
 
 /// A store (a `MemoryStore` by default) whose every call yields to the scheduler
 /// before and after, as a networked store does, so tasks interleave inside
-/// `App::execute`. It forwards the events, idempotency keys and checkpoints; it
-/// keeps no snapshots.
+/// `App::execute`. It forwards the events, idempotency keys, checkpoints and
+/// parked events; it keeps no snapshots.
 #[derive(Clone)]
 pub struct YieldingStore<S = eda::MemoryStore>(pub S);
 
@@ -87,6 +87,27 @@ impl<S: eda::EventStore> eda::EventStore for YieldingStore<S> {
     ) -> Result<(), eda::StoreError> {
         tokio::task::yield_now().await;
         let result = eda::EventStore::write_checkpoint(&self.0, name, from, to).await;
+        tokio::task::yield_now().await;
+        result
+    }
+
+    async fn park(&self, name: &str, event: &eda::ParkedEvent) -> Result<(), eda::StoreError> {
+        tokio::task::yield_now().await;
+        let result = eda::EventStore::park(&self.0, name, event).await;
+        tokio::task::yield_now().await;
+        result
+    }
+
+    async fn parked(&self, name: &str) -> Result<Vec<eda::ParkedEvent>, eda::StoreError> {
+        tokio::task::yield_now().await;
+        let result = eda::EventStore::parked(&self.0, name).await;
+        tokio::task::yield_now().await;
+        result
+    }
+
+    async fn unpark(&self, name: &str, position: u64) -> Result<bool, eda::StoreError> {
+        tokio::task::yield_now().await;
+        let result = eda::EventStore::unpark(&self.0, name, position).await;
         tokio::task::yield_now().await;
         result
     }

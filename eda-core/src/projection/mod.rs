@@ -212,6 +212,22 @@ pub struct ParkedEvent {
     pub parked_at: DateTime<Utc>,
 }
 
+impl ParkedEvent {
+    /// `event`, parked now because of `error`: the time to the microsecond, as
+    /// every store keeps it.
+    pub fn from_event(event: &RecordedEvent, error: impl Into<String>) -> Self {
+        ParkedEvent {
+            position: event.position,
+            event_id: event.event_id,
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            name: event.name.clone(),
+            error: error.into(),
+            parked_at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+        }
+    }
+}
+
 /// What [`ProjectionHandle::retry_parked`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

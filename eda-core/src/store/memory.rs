@@ -1,8 +1,9 @@
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use std::collections::hash_map::Entry;
 
 use foldhash::HashMap;
@@ -12,8 +13,10 @@ use crate::envelope::{
     EventRef, IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
 };
 use crate::error::{LoadError, StoreError};
+use crate::projection::ParkedEvent;
 use crate::store::{
-    check_checkpoint_name, check_names, Appended, EventStore, ImmediateStore, LogPage, SCAN_PAGES,
+    check_checkpoint_name, check_names, check_parked, Appended, EventStore, ImmediateStore,
+    LogPage, SCAN_PAGES,
 };
 
 /// An in-process event store for tests, examples and benchmarks.
@@ -42,6 +45,8 @@ struct Inner {
     keys: HashMap<String, IdempotencyRecord>,
     /// Runners' checkpoints, by name.
     checkpoints: HashMap<String, u64>,
+    /// Runners' parked events, by name, then position.
+    parked: HashMap<String, BTreeMap<u64, ParkedEvent>>,
 }
 
 struct Batch {
@@ -487,6 +492,45 @@ impl EventStore for MemoryStore {
         Ok(())
     }
 
+    async fn park(&self, name: &str, event: &ParkedEvent) -> Result<(), StoreError> {
+        check_parked(name, event)?;
+        let mut inner = self.write();
+        let parked = inner.parked.entry(name.to_owned()).or_default();
+        match parked.get_mut(&event.position) {
+            Some(already) => already.error.clone_from(&event.error),
+            None => {
+                let mut event = event.clone();
+                // As the durable stores keep it.
+                event.parked_at = event.parked_at.trunc_subsecs(6);
+                parked.insert(event.position, event);
+            }
+        }
+        Ok(())
+    }
+
+    async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, StoreError> {
+        check_checkpoint_name(name)?;
+        let inner = self.read();
+        Ok(inner
+            .parked
+            .get(name)
+            .map(|parked| parked.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn unpark(&self, name: &str, position: u64) -> Result<bool, StoreError> {
+        check_checkpoint_name(name)?;
+        let mut inner = self.write();
+        let Some(parked) = inner.parked.get_mut(name) else {
+            return Ok(false);
+        };
+        let removed = parked.remove(&position).is_some();
+        if parked.is_empty() {
+            inner.parked.remove(name);
+        }
+        Ok(removed)
+    }
+
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
         let inner = self.read();
         Ok(inner
@@ -513,6 +557,10 @@ impl fmt::Debug for MemoryStore {
             .field("snapshots", &inner.snapshots.len())
             .field("idempotency_keys", &inner.keys.len())
             .field("checkpoints", &inner.checkpoints.len())
+            .field(
+                "parked",
+                &inner.parked.values().map(BTreeMap::len).sum::<usize>(),
+            )
             .finish()
     }
 }
@@ -545,7 +593,7 @@ mod tests {
         let shown = format!("{store:?}");
         assert_eq!(
             shown,
-            "MemoryStore { events: 1, streams: 1, snapshots: 0, idempotency_keys: 0, checkpoints: 0 }"
+            "MemoryStore { events: 1, streams: 1, snapshots: 0, idempotency_keys: 0, checkpoints: 0, parked: 0 }"
         );
     }
 }

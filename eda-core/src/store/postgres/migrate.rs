@@ -6,7 +6,7 @@ use crate::error::StoreError;
 use crate::store::durable::backend;
 
 /// The schema version this code creates and reads.
-const SCHEMA_VERSION: i32 = 5;
+const SCHEMA_VERSION: i32 = 6;
 
 impl PostgresStore {
     /// Creates or upgrades the schema in one transaction; refuses a newer schema.
@@ -44,6 +44,9 @@ impl PostgresStore {
         }
         if found < 5 {
             tx.batch_execute(sql::MIGRATE_TO_5).await.map_err(backend)?;
+        }
+        if found < 6 {
+            tx.batch_execute(sql::MIGRATE_TO_6).await.map_err(backend)?;
         }
         tx.commit().await.map_err(backend)
     }

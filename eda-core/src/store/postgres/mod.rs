@@ -37,10 +37,11 @@ use crate::envelope::{
     IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
 };
 use crate::error::StoreError;
+use crate::projection::ParkedEvent;
 use crate::store::durable::{backend, to_i64};
 use crate::store::{
-    check_checkpoint_name, check_idempotency_key, check_names, check_stream, Appended, EventStore,
-    LogPage,
+    check_checkpoint_name, check_idempotency_key, check_names, check_parked, check_stream,
+    Appended, EventStore, LogPage,
 };
 
 mod append;
@@ -54,7 +55,7 @@ pub use options::PostgresOptions;
 
 use append::{append, append_alone, Append, MAX_EVENTS_PER_APPEND};
 use batch::Batcher;
-use row::{recorded, replay_event, snapshot_row, SNAPSHOT_IN_REPLAY_ROW, SNAPSHOT_ROW};
+use row::{parked, recorded, replay_event, snapshot_row, SNAPSHOT_IN_REPLAY_ROW, SNAPSHOT_ROW};
 
 /// An [`EventStore`] in PostgreSQL (feature `postgres`).
 ///
@@ -64,7 +65,8 @@ use row::{recorded, replay_event, snapshot_row, SNAPSHOT_IN_REPLAY_ROW, SNAPSHOT
 /// `eda_aggregates` (current version and last event's position per aggregate, the
 /// row an append locks), `eda_snapshots`, `eda_idempotency` (each idempotency key
 /// and what its command stored), `eda_checkpoints` (runners' checkpoints, by
-/// name) and `eda_schema`. An append is one statement, so one round trip: it compare-and-sets
+/// name), `eda_parked_events` (the events runners parked, by name and position)
+/// and `eda_schema`. An append is one statement, so one round trip: it compare-and-sets
 /// the aggregate's version and inserts the events, or does nothing. Concurrent
 /// appends share statements (see [`PostgresOptions::max_batch`]).
 ///
@@ -507,6 +509,39 @@ impl EventStore for PostgresStore {
             expected: from,
             found: self.read_checkpoint(name).await?,
         })
+    }
+
+    async fn park(&self, name: &str, event: &ParkedEvent) -> Result<(), StoreError> {
+        check_parked(name, event)?;
+        let position = to_i64(event.position);
+        self.query(
+            sql::PARK,
+            &[
+                &name,
+                &position,
+                &event.event_id,
+                &event.aggregate_type,
+                &event.aggregate_id,
+                &event.name,
+                &event.error,
+                &event.parked_at,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, StoreError> {
+        check_checkpoint_name(name)?;
+        let rows = self.query(sql::PARKED, &[&name]).await?;
+        rows.iter().map(parked).collect()
+    }
+
+    async fn unpark(&self, name: &str, position: u64) -> Result<bool, StoreError> {
+        check_checkpoint_name(name)?;
+        let position = to_i64(position);
+        let removed = self.query(sql::UNPARK, &[&name, &position]).await?;
+        Ok(!removed.is_empty())
     }
 
     async fn read_event(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {

@@ -4,6 +4,7 @@ use tokio_postgres::Row;
 
 use crate::envelope::{RecordedEvent, ReplayEvent, Snapshot};
 use crate::error::StoreError;
+use crate::projection::ParkedEvent;
 use crate::store::durable::backend;
 
 /// Where a snapshot's version, snapshot version, payload and fingerprint are in a
@@ -90,5 +91,29 @@ pub(super) fn recorded(row: &Row) -> Result<RecordedEvent, StoreError> {
         recorded_at: row
             .try_get(9)
             .map_err(|e| corrupt(format!("recorded_at: {e}")))?,
+    })
+}
+
+/// A [`PARKED`](super::sql::PARKED) row; one that does not have the stored shape
+/// is a [`StoreError::Corrupt`] naming its position.
+pub(super) fn parked(row: &Row) -> Result<ParkedEvent, StoreError> {
+    let position = u64::try_from(row.try_get::<_, i64>(0).map_err(backend)?).unwrap_or_default();
+    let corrupt = |what: String| StoreError::Corrupt { position, what };
+    Ok(ParkedEvent {
+        position,
+        event_id: row
+            .try_get(1)
+            .map_err(|e| corrupt(format!("parked event_id: {e}")))?,
+        aggregate_type: row
+            .try_get(2)
+            .map_err(|e| corrupt(format!("aggregate_type: {e}")))?,
+        aggregate_id: row
+            .try_get(3)
+            .map_err(|e| corrupt(format!("aggregate_id: {e}")))?,
+        name: row.try_get(4).map_err(|e| corrupt(format!("name: {e}")))?,
+        error: row.try_get(5).map_err(|e| corrupt(format!("error: {e}")))?,
+        parked_at: row
+            .try_get(6)
+            .map_err(|e| corrupt(format!("parked_at: {e}")))?,
     })
 }

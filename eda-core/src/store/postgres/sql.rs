@@ -93,6 +93,22 @@ pub(super) const MIGRATE_TO_5: &str = "CREATE TABLE eda_checkpoints (
                  );
                  UPDATE eda_schema SET version = 5;";
 
+/// Version 6: the events runners parked (dead letters), by runner and position.
+/// (`eda_parked_events`, as in SQLite, where a read model kept in the store's
+/// file has its own `eda_parked`.)
+pub(super) const MIGRATE_TO_6: &str = "CREATE TABLE eda_parked_events (
+                     runner text NOT NULL,
+                     position bigint NOT NULL,
+                     event_id uuid NOT NULL,
+                     aggregate_type text NOT NULL,
+                     aggregate_id text NOT NULL,
+                     name text NOT NULL,
+                     error text NOT NULL,
+                     parked_at timestamptz NOT NULL,
+                     PRIMARY KEY (runner, position)
+                 );
+                 UPDATE eda_schema SET version = 6;";
+
 // The appends.
 
 /// Compare-and-set of the aggregate's version, then the events, in one statement;
@@ -279,6 +295,25 @@ pub(super) const MOVE_CHECKPOINT: &str =
 
 /// A checkpoint's position.
 pub(super) const READ_CHECKPOINT: &str = "SELECT position FROM eda_checkpoints WHERE name = $1";
+
+// The parked events.
+
+/// Parks an event for the runner `$1` at its position `$2`; one parked there
+/// already keeps everything but its error.
+pub(super) const PARK: &str =
+    "INSERT INTO eda_parked_events (runner, position, event_id, aggregate_type, aggregate_id, name, error, parked_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (runner, position) DO UPDATE SET error = EXCLUDED.error";
+
+/// The events parked for a runner, in position order, as `row::parked` reads them.
+pub(super) const PARKED: &str =
+    "SELECT position, event_id, aggregate_type, aggregate_id, name, error, parked_at
+     FROM eda_parked_events WHERE runner = $1 ORDER BY position";
+
+/// Removes the event parked for the runner `$1` at the position `$2`: a row if
+/// there was one.
+pub(super) const UNPARK: &str =
+    "DELETE FROM eda_parked_events WHERE runner = $1 AND position = $2 RETURNING position";
 
 // The reads.
 

@@ -10,15 +10,18 @@ use super::{read, sql};
 use crate::envelope::Snapshot;
 use crate::error::StoreError;
 use crate::failpoint;
+use crate::projection::ParkedEvent;
 use crate::store::durable::{backend, to_i64, AppendRequest};
 use crate::store::Appended;
 
-/// What the writer thread writes: appends, and snapshots and checkpoints (which
-/// need the one write connection too).
+/// What the writer thread writes: appends, and snapshots, checkpoints and parked
+/// events (which need the one write connection too).
 pub(super) enum WriteRequest {
     Append(AppendRequest),
     Snapshot(SnapshotRequest),
     Checkpoint(CheckpointRequest),
+    Park(ParkRequest),
+    Unpark(UnparkRequest),
 }
 
 pub(super) struct SnapshotRequest {
@@ -34,6 +37,40 @@ pub(super) struct CheckpointRequest {
     pub(super) from: Option<u64>,
     pub(super) to: u64,
     pub(super) reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// An event to park for a runner (or a new error for the one parked at its position).
+pub(super) struct ParkRequest {
+    pub(super) runner: String,
+    pub(super) event: ParkedEvent,
+    pub(super) reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The removal of the event parked for a runner at a position.
+pub(super) struct UnparkRequest {
+    pub(super) runner: String,
+    pub(super) position: u64,
+    pub(super) reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// What a request did, for its reply.
+pub(super) enum Written {
+    /// An append: where it landed.
+    Appended(Appended),
+    /// A snapshot, a checkpoint or a parked event, written.
+    Done,
+    /// An unpark: whether an event was parked at its position.
+    Unparked(bool),
+}
+
+impl Written {
+    /// An append's answer (another request's, unused, is [`NOTHING`]).
+    fn appended(self) -> Appended {
+        match self {
+            Written::Appended(appended) => appended,
+            Written::Done | Written::Unparked(_) => NOTHING,
+        }
+    }
 }
 
 /// Runs every request of `batch` in one transaction, each in a savepoint, commits,
@@ -55,11 +92,17 @@ pub(super) fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>)
     let mut results = Vec::with_capacity(batch.len());
     for request in &batch {
         let run = || match request {
-            WriteRequest::Append(append) => append_in_savepoint(&tx, append, recorded_at),
-            WriteRequest::Snapshot(snapshot) => save_snapshot(&tx, snapshot).map(|()| NOTHING),
-            WriteRequest::Checkpoint(checkpoint) => {
-                move_checkpoint(&tx, checkpoint, recorded_at).map(|()| NOTHING)
+            WriteRequest::Append(append) => {
+                append_in_savepoint(&tx, append, recorded_at).map(Written::Appended)
             }
+            WriteRequest::Snapshot(snapshot) => {
+                save_snapshot(&tx, snapshot).map(|()| Written::Done)
+            }
+            WriteRequest::Checkpoint(checkpoint) => {
+                move_checkpoint(&tx, checkpoint, recorded_at).map(|()| Written::Done)
+            }
+            WriteRequest::Park(park) => park_event(&tx, park).map(|()| Written::Done),
+            WriteRequest::Unpark(unpark) => unpark_event(&tx, unpark).map(Written::Unparked),
         };
         results.push(if isolate {
             in_savepoint(&tx, run)
@@ -101,7 +144,10 @@ pub(super) fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>)
                 WriteRequest::Append(_) => Err(StoreError::OutcomeUnknown {
                     source: Some(Box::new(backend_ref(&e))),
                 }),
-                WriteRequest::Snapshot(_) | WriteRequest::Checkpoint(_) => Err(backend_ref(&e)),
+                WriteRequest::Snapshot(_)
+                | WriteRequest::Checkpoint(_)
+                | WriteRequest::Park(_)
+                | WriteRequest::Unpark(_) => Err(backend_ref(&e)),
             })
             .collect(),
     };
@@ -109,24 +155,32 @@ pub(super) fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>)
     reply(batch, results);
 }
 
-/// The result of a request that appends nothing (unused).
+/// The place of a request that appends nothing (unused).
 const NOTHING: Appended = Appended {
     version: 0,
     position: 0,
 };
 
-/// Sends each request its result (a snapshot's or checkpoint's `Appended` is unused).
-pub(super) fn reply(batch: Vec<WriteRequest>, results: Vec<Result<Appended, StoreError>>) {
+/// Sends each request its result.
+pub(super) fn reply(batch: Vec<WriteRequest>, results: Vec<Result<Written, StoreError>>) {
     for (request, result) in batch.into_iter().zip(results) {
         match request {
             WriteRequest::Append(append) => {
-                let _ = append.reply.send(result);
+                let _ = append.reply.send(result.map(Written::appended));
             }
             WriteRequest::Snapshot(snapshot) => {
                 let _ = snapshot.reply.send(result.map(|_| ()));
             }
             WriteRequest::Checkpoint(checkpoint) => {
                 let _ = checkpoint.reply.send(result.map(|_| ()));
+            }
+            WriteRequest::Park(park) => {
+                let _ = park.reply.send(result.map(|_| ()));
+            }
+            WriteRequest::Unpark(unpark) => {
+                let _ = unpark
+                    .reply
+                    .send(result.map(|written| matches!(written, Written::Unparked(true))));
             }
         }
     }
@@ -199,6 +253,37 @@ fn move_checkpoint(
         expected: request.from,
         found: read::checkpoint(tx, &request.name)?,
     })
+}
+
+/// Parks the request's event, or gives the one parked at its position the new error.
+fn park_event(tx: &rusqlite::Transaction<'_>, request: &ParkRequest) -> Result<(), StoreError> {
+    let event = &request.event;
+    tx.prepare_cached(sql::PARK)
+        .and_then(|mut s| {
+            s.execute(params![
+                request.runner,
+                to_i64(event.position),
+                event.event_id.as_bytes().as_slice(),
+                event.aggregate_type,
+                event.aggregate_id,
+                event.name,
+                event.error,
+                event.parked_at.timestamp_micros(),
+            ])
+        })
+        .map(|_| ())
+        .map_err(backend)
+}
+
+/// Removes the event parked at the request's position; whether there was one.
+fn unpark_event(
+    tx: &rusqlite::Transaction<'_>,
+    request: &UnparkRequest,
+) -> Result<bool, StoreError> {
+    tx.prepare_cached(sql::UNPARK)
+        .and_then(|mut s| s.execute(params![request.runner, to_i64(request.position)]))
+        .map(|removed| removed > 0)
+        .map_err(backend)
 }
 
 fn append_in_savepoint(

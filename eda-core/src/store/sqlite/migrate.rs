@@ -8,7 +8,7 @@ use crate::error::StoreError;
 use crate::store::durable::backend;
 
 /// The schema version this code creates and reads.
-const SCHEMA_VERSION: u32 = 4;
+const SCHEMA_VERSION: u32 = 5;
 
 /// Creates or upgrades the schema in one transaction; refuses a newer schema.
 pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
@@ -38,6 +38,9 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     }
     if found < 4 {
         tx.execute_batch(sql::MIGRATE_TO_4).map_err(backend)?;
+    }
+    if found < 5 {
+        tx.execute_batch(sql::MIGRATE_TO_5).map_err(backend)?;
     }
     tx.commit().map_err(backend)
 }

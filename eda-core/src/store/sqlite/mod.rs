@@ -21,8 +21,11 @@ use crate::envelope::{
     IdempotencyRecord, Metadata, NewEvent, RecordedEvent, ReplayEvent, Snapshot, StreamId,
 };
 use crate::error::StoreError;
+use crate::projection::ParkedEvent;
 use crate::store::durable::{backend, AppendRequest};
-use crate::store::{check_checkpoint_name, check_names, Appended, EventStore, LogPage};
+use crate::store::{
+    check_checkpoint_name, check_names, check_parked, Appended, EventStore, LogPage,
+};
 
 mod batch;
 mod file;
@@ -36,7 +39,7 @@ mod worker;
 
 pub use options::{SqliteOptions, SqliteSynchronous};
 
-use batch::{CheckpointRequest, SnapshotRequest, WriteRequest};
+use batch::{CheckpointRequest, ParkRequest, SnapshotRequest, UnparkRequest, WriteRequest};
 use pace::{reply_of, InFlight, Pace};
 use worker::{
     open_reader, open_writer, read_loop, spawn_connected, write_loop, ReadJob, ReaderMessage,
@@ -45,13 +48,14 @@ use worker::{
 
 /// An [`EventStore`] in one SQLite file (feature `sqlite`, on by default).
 ///
-/// Six tables, created and migrated when the store opens: `eda_events`
+/// Seven tables, created and migrated when the store opens: `eda_events`
 /// (position, event id, aggregate type and id, version, event name and schema
 /// version, payload and metadata as JSON text, recorded-at in microseconds),
 /// `eda_aggregates` (aggregate type, id, current version), `eda_snapshots` (the
 /// latest snapshot per aggregate), `eda_idempotency` (each idempotency key and
-/// what its command stored), `eda_checkpoints` (runners' checkpoints, by name)
-/// and `eda_schema` (the schema version; a database written by a newer eda is
+/// what its command stored), `eda_checkpoints` (runners' checkpoints, by name),
+/// `eda_parked_events` (the events runners parked, by name and position) and
+/// `eda_schema` (the schema version; a database written by a newer eda is
 /// refused, never downgraded).
 ///
 /// SQLite keeps recent commits in the write-ahead log (`bank.db-wal`) until a
@@ -395,6 +399,45 @@ impl EventStore for SqliteStore {
         self.inner
             .writer
             .send(WriterJob::Write(WriteRequest::Checkpoint(request)))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    async fn park(&self, name: &str, event: &ParkedEvent) -> Result<(), StoreError> {
+        self.check_open()?;
+        check_parked(name, event)?;
+        let (reply, rx) = oneshot::channel();
+        let request = ParkRequest {
+            runner: name.to_owned(),
+            event: event.clone(),
+            reply,
+        };
+        self.inner
+            .writer
+            .send(WriterJob::Write(WriteRequest::Park(request)))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, StoreError> {
+        check_checkpoint_name(name)?;
+        let name = name.to_owned();
+        self.read(false, move |connection| read::parked(connection, &name))
+            .await
+    }
+
+    async fn unpark(&self, name: &str, position: u64) -> Result<bool, StoreError> {
+        self.check_open()?;
+        check_checkpoint_name(name)?;
+        let (reply, rx) = oneshot::channel();
+        let request = UnparkRequest {
+            runner: name.to_owned(),
+            position,
+            reply,
+        };
+        self.inner
+            .writer
+            .send(WriterJob::Write(WriteRequest::Unpark(request)))
             .map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }

@@ -4,10 +4,11 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
-use super::row::{collect, replay_event};
+use super::row::{collect, parked as parked_row, replay_event};
 use super::sql;
 use crate::envelope::{IdempotencyRecord, RecordedEvent, ReplayEvent, Snapshot};
 use crate::error::StoreError;
+use crate::projection::ParkedEvent;
 use crate::store::durable::{backend, to_i64};
 use crate::store::LogPage;
 
@@ -152,6 +153,17 @@ pub(super) fn checkpoint(connection: &Connection, name: &str) -> Result<Option<u
             })
         })
         .transpose()
+}
+
+/// The events parked for the runner `name`, in position order.
+pub(super) fn parked(connection: &Connection, name: &str) -> Result<Vec<ParkedEvent>, StoreError> {
+    let mut statement = connection.prepare_cached(sql::PARKED).map_err(backend)?;
+    let mut rows = statement.query(params![name]).map_err(backend)?;
+    let mut parked = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        parked.push(parked_row(row)?);
+    }
+    Ok(parked)
 }
 
 /// The stream's snapshot; a row out of range counts as none (the aggregate is

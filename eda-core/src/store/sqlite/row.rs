@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::envelope::{Metadata, RecordedEvent, ReplayEvent};
 use crate::error::StoreError;
+use crate::projection::ParkedEvent;
 use crate::store::durable::backend;
 
 /// A row's columns, each read with a [`StoreError::Corrupt`] naming the row's
@@ -87,6 +88,28 @@ fn recorded(row: &rusqlite::Row<'_>) -> Result<RecordedEvent, StoreError> {
         payload: columns.text(7, "payload")?,
         metadata,
         recorded_at: DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or_default(),
+    })
+}
+
+/// A [`PARKED`](super::sql::PARKED) row; one that does not have the stored shape
+/// is a [`StoreError::Corrupt`] naming its position.
+pub(super) fn parked(row: &rusqlite::Row<'_>) -> Result<ParkedEvent, StoreError> {
+    let columns = Columns::of(row)?;
+    let event_id = columns
+        .value(1)?
+        .as_blob()
+        .ok()
+        .and_then(|bytes| Uuid::from_slice(bytes).ok())
+        .ok_or_else(|| columns.corrupt("parked event_id is not a 16-byte id".into()))?;
+    let micros = columns.integer(6, "parked_at")?;
+    Ok(ParkedEvent {
+        position: columns.position,
+        event_id,
+        aggregate_type: columns.text(2, "aggregate_type")?,
+        aggregate_id: columns.text(3, "aggregate_id")?,
+        name: columns.text(4, "name")?,
+        error: columns.text(5, "error")?,
+        parked_at: DateTime::<Utc>::from_timestamp_micros(micros).unwrap_or_default(),
     })
 }
 

@@ -74,6 +74,22 @@ pub(super) const MIGRATE_TO_4: &str = "CREATE TABLE eda_checkpoints (
              ) WITHOUT ROWID;
              UPDATE eda_schema SET version = 4;";
 
+/// Version 5: the events runners parked (dead letters), by runner and position
+/// (`event_id` as its 16 bytes, `parked_at` in microseconds). Not `eda_parked`:
+/// a SQLite read model kept in the store's file has its own table of that name.
+pub(super) const MIGRATE_TO_5: &str = "CREATE TABLE eda_parked_events (
+                 runner TEXT NOT NULL,
+                 position INTEGER NOT NULL,
+                 event_id BLOB NOT NULL,
+                 aggregate_type TEXT NOT NULL,
+                 aggregate_id TEXT NOT NULL,
+                 name TEXT NOT NULL,
+                 error TEXT NOT NULL,
+                 parked_at INTEGER NOT NULL,
+                 PRIMARY KEY (runner, position)
+             );
+             UPDATE eda_schema SET version = 5;";
+
 // Each connection, and the end of the writer's.
 
 /// A new connection's settings, with `synchronous = FULL`.
@@ -146,6 +162,16 @@ pub(super) const INSERT_CHECKPOINT: &str =
 pub(super) const MOVE_CHECKPOINT: &str =
     "UPDATE eda_checkpoints SET position = ?3, updated_at = ?4 WHERE name = ?1 AND position = ?2";
 
+/// Parks an event for the runner `?1` at its position `?2`; one parked there
+/// already keeps everything but its error.
+pub(super) const PARK: &str =
+    "INSERT INTO eda_parked_events (runner, position, event_id, aggregate_type, aggregate_id, name, error, parked_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+     ON CONFLICT (runner, position) DO UPDATE SET error = excluded.error";
+
+/// Removes the event parked for the runner `?1` at the position `?2`, if there is one.
+pub(super) const UNPARK: &str = "DELETE FROM eda_parked_events WHERE runner = ?1 AND position = ?2";
+
 // The reads.
 
 /// A full [`RecordedEvent`](crate::RecordedEvent)'s columns, in the order
@@ -197,6 +223,11 @@ pub(super) const READ_KEY: &str =
 
 /// A checkpoint's position.
 pub(super) const READ_CHECKPOINT: &str = "SELECT position FROM eda_checkpoints WHERE name = ?1";
+
+/// The events parked for a runner, in position order, as `row::parked` reads them.
+pub(super) const PARKED: &str =
+    "SELECT position, event_id, aggregate_type, aggregate_id, name, error, parked_at
+     FROM eda_parked_events WHERE runner = ?1 ORDER BY position";
 
 /// The stream's snapshot.
 pub(super) const LOAD_SNAPSHOT: &str =
