@@ -154,3 +154,97 @@ async fn an_opening_without_the_policy_running_is_caught_up_later() {
     let accounts: Vec<&str> = deposits.iter().map(|e| e.aggregate_id.as_str()).collect();
     assert_eq!(accounts, ["a", "b", "c"]);
 }
+
+#[tokio::test]
+async fn a_rejected_command_parks_its_event_when_the_policy_says_so() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    let fees = app.policy(Fees).park_rejected().start();
+    open_account(&app, "a").await; // 1
+    open_account(&app, "b").await; // 2
+    let deposit = |account: &str, amount| DepositMoney {
+        account: account.into(),
+        amount,
+    };
+    // One at a time: the policy decides on the balance it finds.
+    for (account, amount) in [("a", 20), ("a", 30), ("b", 100)] {
+        // 3: fee rejected, parked; 4: behind 3; 5: fee charged (6).
+        let position = app
+            .execute(deposit(account, amount))
+            .await
+            .unwrap()
+            .position;
+        fees.wait_for(position, WAIT).await.unwrap();
+    }
+    let last = Some(5);
+
+    let parked = fees.parked().await.unwrap();
+    let positions: Vec<u64> = parked.iter().map(|p| p.position).collect();
+    assert_eq!(positions, [3, 4]);
+    assert!(parked[0].error.contains("rejected"), "{}", parked[0].error);
+    assert!(parked[1].error.contains("behind"), "{}", parked[1].error);
+    assert_eq!(fees.status().parked, 2);
+    let b = app
+        .load::<eda_test::bank::Account>(&"b".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(b.balance, 50, "b flowed on");
+
+    // They are kept in the store: a new runner finds them.
+    fees.stop().await;
+    let fees = app.policy(Fees).park_rejected().start();
+    fees.wait_for(last, WAIT).await.unwrap();
+    assert_eq!(fees.status().parked, 2);
+
+    // 50 in the account now: the retry charges the fee of 3, and parks 4 again
+    // (nothing left for its fee), with the new error.
+    let retried = fees.retry_parked().await.unwrap();
+    assert_eq!((retried.applied, retried.parked), (1, 1));
+    assert_eq!(fees.parked().await.unwrap()[0].position, 4);
+
+    // Money arrives (its own fee parked behind 4), then the retry drains the
+    // park in order: the fees of 4 and of the new deposit.
+    let more = app.execute(deposit("a", 200)).await.unwrap().position;
+    fees.wait_for(more, WAIT).await.unwrap();
+    assert_eq!(fees.status().parked, 2);
+    let retried = fees.retry_parked().await.unwrap();
+    assert_eq!((retried.applied, retried.parked), (2, 0));
+    let a = app
+        .load::<eda_test::bank::Account>(&"a".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(a.balance, 20 + 30 + 200 - 3 * 50);
+    assert_eq!(fees.status().parked, 0);
+
+    // An empty park: nothing to retry.
+    let fees_again = fees.retry_parked().await.unwrap();
+    assert_eq!(fees_again.applied, 0);
+}
+
+#[tokio::test]
+async fn an_event_the_policy_cannot_decode_is_parked_and_can_be_skipped() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    open_account(&app, "a").await;
+    let stream = eda::StreamId {
+        aggregate_type: "Account",
+        aggregate_id: "a",
+    };
+    let bad = eda_test::new_event("MoneyDeposited", r#"{"amount":"lots"}"#);
+    store
+        .append(stream, 1, vec![bad], &eda::Metadata::default())
+        .await
+        .unwrap();
+    let fees = app.policy(Fees).start();
+    fees.wait_for(Some(2), WAIT).await.unwrap();
+    let parked = fees.parked().await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert!(
+        parked[0].error.contains("cannot decode"),
+        "{}",
+        parked[0].error
+    );
+    assert!(fees.skip_parked(parked[0].event_id).await.unwrap());
+    assert!(fees.parked().await.unwrap().is_empty());
+    assert_eq!(fees.status().parked, 0);
+}

@@ -555,19 +555,14 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
         to: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    // Unused until the policy runner (then the outbox relay) parks its dead
-    // letters through `App`'s store.
-    #[allow(dead_code)]
     fn park<'a>(
         &'a self,
         name: &'a str,
         event: &'a ParkedEvent,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    #[allow(dead_code)]
     fn parked<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Vec<ParkedEvent>, StoreError>>;
 
-    #[allow(dead_code)]
     fn unpark<'a>(
         &'a self,
         name: &'a str,
