@@ -12,6 +12,7 @@ use eda::{RecordedEvent, RunnerState, Uuid};
 use eda_test::bank::{
     open_account, DepositMoney, MoneyDeposited, OpenAccount, WelcomeBonus, WithdrawMoney, BONUS,
 };
+use eda_test::{Route, Routed};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -247,4 +248,47 @@ async fn an_event_the_policy_cannot_decode_is_parked_and_can_be_skipped() {
     assert!(fees.skip_parked(parked[0].event_id).await.unwrap());
     assert!(fees.parked().await.unwrap().is_empty());
     assert_eq!(fees.status().parked, 0);
+}
+
+#[tokio::test]
+async fn a_command_that_fails_every_attempt_parks_its_event_while_others_flow_on() {
+    let store = Routed::new(Route::Immediate);
+    let app = App::new(store.clone());
+    open_account(&app, "a").await; // 1
+                                   // From now on the store fails every append to a: its bonus cannot be paid.
+    store.fail_appends_to(Some("a"));
+    let policy = app.policy(WelcomeBonus).start();
+    let b = app
+        .execute(OpenAccount {
+            account: "b".into(),
+            owner: "bo".into(),
+        })
+        .await
+        .unwrap()
+        .position; // 2 (and b's bonus)
+    policy.wait_for(b, WAIT).await.unwrap();
+    let parked = policy.parked().await.unwrap();
+    assert_eq!(parked.len(), 1, "a's opening, after 5 attempts");
+    assert!(
+        parked[0].error.contains("appends to `a` fail"),
+        "{}",
+        parked[0].error
+    );
+    let balance = |id: &str| {
+        let app = app.clone();
+        let id = id.to_owned();
+        async move {
+            app.load::<eda_test::bank::Account>(&id)
+                .await
+                .unwrap()
+                .balance
+        }
+    };
+    assert_eq!(balance("b").await, BONUS);
+    assert_eq!(balance("a").await, 0);
+
+    store.fail_appends_to(None);
+    let retried = policy.retry_parked().await.unwrap();
+    assert_eq!((retried.applied, retried.parked), (1, 0));
+    assert_eq!(balance("a").await, BONUS);
 }

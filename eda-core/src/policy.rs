@@ -424,7 +424,13 @@ impl<P: Policy> Shared<P> {
                     "a policy's command was rejected"
                 ),
                 Err(CommandFailed(error)) => {
-                    return Outcome::Failed(format!("command `{name}` failed: {error}"));
+                    let mut message = format!("command `{name}` failed: {error}");
+                    let mut source = error.source();
+                    while let Some(cause) = source {
+                        message = format!("{message}: {cause}");
+                        source = cause.source();
+                    }
+                    return Outcome::Failed(message);
                 }
             }
         }

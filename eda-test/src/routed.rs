@@ -3,7 +3,7 @@
 //! command benchmark prices them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use eda::{
@@ -40,6 +40,8 @@ pub struct Routed {
     inner: MemoryStore,
     route: Route,
     async_appends: Arc<AtomicUsize>,
+    /// Appends to this aggregate id fail (the store is down for it).
+    failing: Arc<Mutex<Option<String>>>,
 }
 
 impl Routed {
@@ -49,6 +51,22 @@ impl Routed {
             inner: MemoryStore::new(),
             route,
             async_appends: Arc::default(),
+            failing: Arc::default(),
+        }
+    }
+
+    /// Makes every append to aggregate id `id` fail with `StoreError::Backend`
+    /// (`None`: none fails), on every route.
+    pub fn fail_appends_to(&self, id: Option<&str>) {
+        *self.failing.lock().unwrap() = id.map(str::to_owned);
+    }
+
+    fn check_failing(&self, stream: StreamId<'_>) -> Result<(), StoreError> {
+        match &*self.failing.lock().unwrap() {
+            Some(id) if id == stream.aggregate_id => Err(StoreError::Backend(
+                format!("appends to `{id}` fail").into(),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -73,6 +91,7 @@ impl ImmediateStore for Routed {
         metadata: &Metadata,
         recorded_at: SystemTime,
     ) -> Result<Appended, StoreError> {
+        self.check_failing(stream)?;
         self.inner
             .append_now(stream, expected_version, events, metadata, recorded_at)
     }
@@ -108,6 +127,7 @@ impl EventStore for Routed {
     ) -> Result<Appended, StoreError> {
         self.async_appends.fetch_add(1, Ordering::Relaxed);
         self.suspend().await;
+        self.check_failing(stream)?;
         self.inner
             .append(stream, expected_version, events, metadata)
             .await
