@@ -49,7 +49,9 @@ impl Ledger {
     }
 }
 
-fn add(tx: &Transaction<'_>, recorded: &RecordedEvent, amount: i64) -> rusqlite::Result<()> {
+/// The rows one event writes: `amount` added to its account's balance, and its
+/// application. Public for the read-side bench's raw loop, which writes the same rows.
+pub fn add(tx: &Transaction<'_>, recorded: &RecordedEvent, amount: i64) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO balances (account, balance) VALUES (?1, ?2)
          ON CONFLICT (account) DO UPDATE SET balance = balance + excluded.balance",

@@ -1,0 +1,390 @@
+//! The read side: projection runners catching up on 100,000 events, against raw
+//! loops in the same process that do the same reads and writes, and the latency
+//! of read-your-writes while they follow the log live. Run with
+//! `cargo bench --bench read_side`.
+//!
+//! 1. Catch-up into an in-memory projection (balances by account in a `HashMap`)
+//!    from a `MemoryStore`, against a loop that reads the same pages with
+//!    `read_all_of` and decodes each event into the same map.
+//! 2. Catch-up into the `Ledger` SQLite read model, a fresh file of its own, from a
+//!    `SqliteStore` file, against a loop that reads the same pages and writes the
+//!    same rows with the runner's pragmas, one transaction per page.
+//! 3. Live: 10,000 sequential deposits, each timed from `execute` returning to
+//!    `wait_for` of its position returning; `Ledger` on a `SqliteStore`, and the
+//!    in-memory projection on a `MemoryStore`.
+//!
+//! The events are the bank's, 10,000 accounts x (1 opening + 9 deposits),
+//! appended straight to the store by `eda_test::ledger::fill`. As in the other
+//! benches, eda and the raw loop take turns: an untimed turn each first, whose
+//! results must be equal, then `EDA_BENCH_ROUNDS` rounds (default 10) of one full
+//! catch-up each, the raw loop first in even rounds. The report gives each side's
+//! median rate over the rounds, the median and range of the rounds' ratios, and
+//! the ratio of the total times. `EDA_BENCH_ONLY=memory`, `=sqlite` or `=live` runs one scenario.
+
+#![allow(missing_docs)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use eda::prelude::*;
+use eda::rusqlite::{Connection, TransactionBehavior};
+use eda::{Event, ProjectionHandle, RecordedEvent, SqliteOptions, SqliteSynchronous};
+use eda_test::bank::{AccountOpened, DepositMoney, MoneyDeposited, MoneyWithdrawn, OpenAccount};
+use eda_test::ledger::{self, Ledger};
+
+const ACCOUNTS: usize = 10_000;
+const DEPOSITS: usize = 9;
+const EVENTS: u64 = (ACCOUNTS * (1 + DEPOSITS)) as u64;
+/// The names the raw loops read, those the projections handle.
+const NAMES: &[&str] = &[
+    AccountOpened::NAME,
+    MoneyDeposited::NAME,
+    MoneyWithdrawn::NAME,
+];
+/// The runners' page size.
+const PAGE: usize = 512;
+const LIVE_COMMANDS: usize = 10_000;
+const LIVE_ACCOUNTS: usize = 4;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Balances by account, in memory.
+#[derive(Debug, Default)]
+struct Balances(HashMap<String, i64>);
+
+#[projection]
+impl Balances {
+    #[on]
+    fn opened(&mut self, _: &AccountOpened, recorded: &RecordedEvent) {
+        self.add(&recorded.aggregate_id, 0);
+    }
+
+    #[on]
+    fn deposited(&mut self, e: &MoneyDeposited, recorded: &RecordedEvent) {
+        self.add(&recorded.aggregate_id, e.amount as i64);
+    }
+
+    #[on]
+    fn withdrawn(&mut self, e: &MoneyWithdrawn, recorded: &RecordedEvent) {
+        self.add(&recorded.aggregate_id, -(e.amount as i64));
+    }
+}
+
+impl Balances {
+    fn add(&mut self, account: &str, amount: i64) {
+        match self.0.get_mut(account) {
+            Some(balance) => *balance += amount,
+            None => {
+                self.0.insert(account.to_owned(), amount);
+            }
+        }
+    }
+}
+
+/// What `event` adds to its account's balance: the raw loops' decoding.
+fn amount(event: &RecordedEvent) -> i64 {
+    let (version, payload) = (event.event_version, event.payload.as_str());
+    match event.name.as_str() {
+        AccountOpened::NAME => AccountOpened::decode(version, payload).map(|_| 0),
+        MoneyDeposited::NAME => MoneyDeposited::decode(version, payload).map(|e| e.amount as i64),
+        MoneyWithdrawn::NAME => {
+            MoneyWithdrawn::decode(version, payload).map(|e| -(e.amount as i64))
+        }
+        other => panic!("event `{other}` was not asked for"),
+    }
+    .expect("decode")
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rounds: usize = std::env::var("EDA_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r| r > 0)
+        .unwrap_or(10);
+    let only = std::env::var("EDA_BENCH_ONLY").unwrap_or_default();
+    let dir = tempfile::tempdir().expect("temp dir");
+    println!(
+        "eda read-side benchmark: catch-up on {EVENTS} events in {rounds} rounds, eda and the raw \
+         loop taking turns (medians of the rounds); live latency over {LIVE_COMMANDS} commands"
+    );
+    rt.block_on(async {
+        if only.is_empty() || only == "memory" {
+            watch_steal(memory_catch_up(rounds)).await;
+        }
+        if only.is_empty() || only == "sqlite" {
+            watch_steal(sqlite_catch_up(dir.path(), rounds)).await;
+        }
+        if only.is_empty() || only == "live" {
+            watch_steal(live_sqlite(dir.path())).await;
+            watch_steal(live_memory()).await;
+        }
+    });
+}
+
+async fn memory_catch_up(rounds: usize) {
+    let store = MemoryStore::new();
+    assert_eq!(ledger::fill(&store, ACCOUNTS, DEPOSITS).await, EVENTS);
+    let app = App::new(store.clone());
+    let (eda, raw) = (eda_memory(&app).await.1, raw_memory(&store).await.1 .0);
+    assert!(eda == raw, "the projection and the raw loop disagree");
+    let (eda, raw) = take_turns(
+        rounds,
+        async |_| eda_memory(&app).await.0,
+        async |_| raw_memory(&store).await.0,
+    )
+    .await;
+    report(
+        "1. catch-up, in-memory projection (MemoryStore)",
+        &eda,
+        &raw,
+        "ratio >= 0.5",
+    );
+}
+
+/// A catch-up from 0 by a new runner of `Balances`: its time and its state.
+async fn eda_memory(app: &App) -> (Duration, HashMap<String, i64>) {
+    let start = Instant::now();
+    let balances = app.project(Balances::default()).start();
+    balances
+        .wait_for(Some(EVENTS), WAIT)
+        .await
+        .expect("catch-up");
+    let time = start.elapsed();
+    balances.stop().await;
+    (time, balances.read(|b| b.0.clone()))
+}
+
+/// The same pages read and decoded into the same map by hand.
+async fn raw_memory(store: &MemoryStore) -> (Duration, Balances) {
+    let start = Instant::now();
+    let mut balances = Balances::default();
+    let mut after = 0;
+    while after < EVENTS {
+        let page = store.read_all_of(after, PAGE, NAMES).await.expect("read");
+        for event in &page.events {
+            balances.add(&event.aggregate_id, amount(event));
+        }
+        after = page.read_to;
+    }
+    (start.elapsed(), balances)
+}
+
+async fn sqlite_catch_up(dir: &Path, rounds: usize) {
+    // NORMAL only to fill the log faster: reading it is the same either way.
+    let options = SqliteOptions::new().synchronous(SqliteSynchronous::Normal);
+    let store = SqliteStore::open_with(dir.join("events.db"), options)
+        .await
+        .expect("open");
+    assert_eq!(ledger::fill(&store, ACCOUNTS, DEPOSITS).await, EVENTS);
+    let app = App::new(store.clone());
+    let (eda, raw) = (read_model(dir, "eda-check"), read_model(dir, "raw-check"));
+    eda_sqlite(&app, &eda).await;
+    raw_sqlite(&store, &raw).await;
+    let rows = ledger::read(&eda).expect("read");
+    assert!(rows.applications.len() as u64 == EVENTS && rows.applied_twice() == 0);
+    assert!(
+        rows == ledger::read(&raw).expect("read"),
+        "the read models differ"
+    );
+    let (eda, raw) = take_turns(
+        rounds,
+        async |round| eda_sqlite(&app, &read_model(dir, &format!("eda-{round}"))).await,
+        async |round| raw_sqlite(&store, &read_model(dir, &format!("raw-{round}"))).await,
+    )
+    .await;
+    report(
+        "2. catch-up, SQLite read model (Ledger, own file)",
+        &eda,
+        &raw,
+        ">= 50,000/s",
+    );
+}
+
+/// A fresh read database for the ledger, named `name` in `dir`.
+fn read_model(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.db"));
+    ledger::create(&path).expect("create");
+    path
+}
+
+/// A catch-up from 0 by a new runner of `Ledger` into `path`: start, until
+/// `wait_for` returns.
+async fn eda_sqlite(app: &App, path: &Path) -> Duration {
+    let start = Instant::now();
+    let ledger = app
+        .project(Ledger)
+        .database(path)
+        .start()
+        .await
+        .expect("start");
+    ledger.wait_for(Some(EVENTS), WAIT).await.expect("catch-up");
+    let time = start.elapsed();
+    ledger.stop().await;
+    time
+}
+
+/// The same pages read, decoded and written as `Ledger`'s rows by hand: the
+/// runner's pragmas, a transaction per page (but no checkpoint).
+async fn raw_sqlite(store: &SqliteStore, path: &Path) -> Duration {
+    let start = Instant::now();
+    let mut connection = Connection::open(path).expect("open");
+    connection
+        .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+        .expect("pragmas");
+    let mut after = 0;
+    while after < EVENTS {
+        let page = store.read_all_of(after, PAGE, NAMES).await.expect("read");
+        let tx = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .expect("begin");
+        for event in &page.events {
+            ledger::add(&tx, event, amount(event)).expect("insert");
+        }
+        tx.commit().expect("commit");
+        after = page.read_to;
+    }
+    start.elapsed()
+}
+
+async fn live_sqlite(dir: &Path) {
+    let store = SqliteStore::open(dir.join("live.db")).await.expect("open");
+    let app = App::new(store);
+    let path = read_model(dir, "live-ledger");
+    let ledger = app
+        .project(Ledger)
+        .database(&path)
+        .start()
+        .await
+        .expect("start");
+    let latencies = live(&app, &ledger).await;
+    report_latency("3. live, Ledger on SqliteStore (FULL)", latencies);
+}
+
+async fn live_memory() {
+    let app = App::new(MemoryStore::new());
+    let balances = app.project(Balances::default()).start();
+    let latencies = live(&app, &balances).await;
+    report_latency("3. live, in-memory projection on MemoryStore", latencies);
+}
+
+/// Opens a few accounts, then deposits on them in turn, one command at a time:
+/// the time from each `execute` returning to `projection` having applied it.
+async fn live<P>(app: &App, projection: &ProjectionHandle<P>) -> Vec<Duration> {
+    let accounts: Vec<String> = (0..LIVE_ACCOUNTS).map(|i| format!("live-{i}")).collect();
+    for account in &accounts {
+        let open = OpenAccount {
+            account: account.clone(),
+            owner: "owner".into(),
+        };
+        let opened = app.execute(open).await.expect("open");
+        projection
+            .wait_for(opened.position, WAIT)
+            .await
+            .expect("wait");
+    }
+    let mut latencies = Vec::with_capacity(LIVE_COMMANDS);
+    for account in accounts.iter().cycle().take(LIVE_COMMANDS) {
+        let deposit = DepositMoney {
+            account: account.clone(),
+            amount: 1,
+        };
+        let committed = app.execute(deposit).await.expect("deposit");
+        let start = Instant::now();
+        projection
+            .wait_for(committed.position, WAIT)
+            .await
+            .expect("wait");
+        latencies.push(start.elapsed());
+    }
+    latencies
+}
+
+/// Runs `eda` and `raw` once per round, the raw loop first in even rounds; their
+/// times.
+async fn take_turns(
+    rounds: usize,
+    mut eda: impl AsyncFnMut(usize) -> Duration,
+    mut raw: impl AsyncFnMut(usize) -> Duration,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut eda_times, mut raw_times) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            raw_times.push(raw(round).await);
+            eda_times.push(eda(round).await);
+        } else {
+            eda_times.push(eda(round).await);
+            raw_times.push(raw(round).await);
+        }
+    }
+    (eda_times, raw_times)
+}
+
+fn report(name: &str, eda: &[Duration], raw: &[Duration], target: &str) {
+    // Rounds of a fraction of a second: one descheduling moves a total, so the
+    // medians of the rounds lead and the ratio of the totals follows.
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let rate = |time: &Duration| EVENTS as f64 / time.as_secs_f64();
+    let total = |times: &[Duration]| times.iter().sum::<Duration>().as_secs_f64();
+    // The same events on both sides: a round's ratio of rates is raw / eda time.
+    let mut ratios: Vec<f64> = eda
+        .iter()
+        .zip(raw)
+        .map(|(eda, raw)| raw.as_secs_f64() / eda.as_secs_f64())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "{name:<52} {:>9.0} events/s  raw loop {:>9.0}/s  ratio {:.2} ({:.2}-{:.2}; \
+         of the totals {:.2})  target {target}",
+        median(eda.iter().map(rate).collect()),
+        median(raw.iter().map(rate).collect()),
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1],
+        total(raw) / total(eda),
+    );
+}
+
+fn report_latency(name: &str, mut latencies: Vec<Duration>) {
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "{name:<52} median {:>7.0} µs  p99 {:>7.0} µs  max {:>7.0} µs  \
+         target median <= 2 ms, p99 <= 20 ms",
+        micros(at(0.5)),
+        micros(at(0.99)),
+        micros(at(1.0)),
+    );
+}
+
+/// CPU time the hypervisor gave to other machines (`steal` in /proc/stat), in
+/// clock ticks over all CPUs; `None` where there is no /proc/stat.
+fn stolen_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()
+}
+
+/// Runs `scenario`, then prints the share of the CPUs stolen meanwhile: a run
+/// with much steal is noise, not a measurement.
+async fn watch_steal(scenario: impl Future<Output = ()>) {
+    let (before, start) = (stolen_ticks(), Instant::now());
+    scenario.await;
+    if let (Some(before), Some(after)) = (before, stolen_ticks()) {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        // USER_HZ: 100 ticks per second.
+        let stolen = (after - before) as f64 / 100.0 / cpus / start.elapsed().as_secs_f64();
+        println!(
+            "{:>52} (CPU stolen by the host: {:.0}%)",
+            "",
+            stolen * 100.0
+        );
+    }
+}
