@@ -25,6 +25,8 @@ use runner::Control;
 pub use runner::{RunnerState, RunnerStatus, WaitError};
 
 mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod page;
 pub mod read_model;
 pub(crate) mod runner;
 #[cfg(feature = "sqlite")]
