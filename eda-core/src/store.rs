@@ -11,7 +11,7 @@ use crate::error::StoreError;
 pub use immediate::ImmediateStore;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod durable;
+pub(crate) mod durable;
 mod immediate;
 pub mod memory;
 #[cfg(feature = "postgres")]
@@ -453,6 +453,7 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
         names: &'a [&'a str],
     ) -> BoxFuture<'a, Result<LogPage, StoreError>>;
 
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     fn read_event(
         &self,
         event_id: Uuid,

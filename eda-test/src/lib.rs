@@ -10,14 +10,15 @@ pub mod bank;
 pub mod bank_load;
 pub mod conformance;
 mod events;
+pub mod ledger;
 mod routed;
 pub mod tally;
 mod yielding;
 
 #[cfg(feature = "sqlite")]
 pub mod appends;
-#[cfg(feature = "sqlite")]
-pub mod ledger;
+#[cfg(feature = "postgres")]
+pub mod ledger_pg;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
