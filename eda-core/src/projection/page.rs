@@ -10,6 +10,7 @@
 //! driver blocks; it runs them on a blocking thread with `pollster`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use super::runner::{Failure, Then};
 use super::{ApplyError, ParkedEvent, Retried};
@@ -18,6 +19,14 @@ use crate::envelope::RecordedEvent;
 use crate::error::{DecodeError, StoreError};
 use crate::failpoint;
 use crate::store::LogPage;
+
+/// How often a page without events moves the stored checkpoint at most.
+/// PostgreSQL's read position moves with every transaction on the server, so a
+/// runner following an idle log would otherwise commit at every poll (and each
+/// of its commits would move the position again). After a restart the runner
+/// reads again at most this long a stretch of the log, in which it has nothing
+/// to apply.
+const IDLE_MOVES: Duration = Duration::from_secs(1);
 
 /// An aggregate: its type and id.
 pub(super) type Stream = (String, String);
@@ -85,8 +94,11 @@ pub(super) trait Database<P> {
 pub(super) struct ReadDb<C> {
     pub(super) connection: C,
     pub(super) name: &'static str,
+    /// The checkpoint as stored (the runner may be past it: see [`IDLE_MOVES`]).
     pub(super) checkpoint: u64,
     pub(super) parked: HashMap<Stream, u64>,
+    /// When the stored checkpoint last moved.
+    moved_at: Instant,
 }
 
 impl<C> ReadDb<C> {
@@ -105,6 +117,7 @@ impl<C> ReadDb<C> {
             name,
             checkpoint,
             parked,
+            moved_at: Instant::now(),
         })
     }
 
@@ -149,7 +162,7 @@ pub(super) fn checkpoint_of(name: &str, position: i64) -> Result<u64, StoreError
 }
 
 /// Applies `page` in one transaction with the checkpoint's move to its
-/// `read_to`. An event that cannot be decoded is parked at once, one whose
+/// `read_to` (for a page without events, at most every [`IDLE_MOVES`]). An event that cannot be decoded is parked at once, one whose
 /// `#[on]` method fails is parked on the `last_attempt` (each with its
 /// aggregate's later events); otherwise the transaction is rolled back, and the
 /// events before the failed one are applied again in a transaction of their own,
@@ -161,8 +174,8 @@ pub(super) async fn apply_page<P, C: Database<P>>(
     last_attempt: bool,
 ) -> Result<(), Failure> {
     let from = db.checkpoint;
-    if page.read_to == from {
-        // Nothing new: no transaction (a live runner polls).
+    if page.events.is_empty() && (page.read_to == from || db.moved_at.elapsed() < IDLE_MOVES) {
+        // Nothing to apply: no transaction (a live runner polls).
         return Ok(());
     }
     let mut park = BTreeMap::new();
@@ -282,6 +295,7 @@ async fn apply_events<P, C: Database<P>>(
     C::commit(tx).await.map_err(database)?;
     failpoint::hit("projection.after_commit");
     db.checkpoint = to;
+    db.moved_at = Instant::now();
     for (stream, count) in parked_now {
         *db.parked.entry(stream).or_default() += count;
     }
