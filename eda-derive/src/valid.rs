@@ -933,7 +933,17 @@ fn projection_on(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
     let (event, envelope) =
         on_arguments(cx, sig, usize::from(transaction.is_some()), usage, &mut ok);
     let output = match (&transaction, asyncness) {
-        (None, _) => {
+        // Whatever it returns, the mistake is the `async` or the missing
+        // transaction.
+        (None, Some(asyncness)) => {
+            cx.error_spanned_by(
+                asyncness,
+                "an async #[on] method writes to a PostgreSQL read model, so it takes the runner's transaction last: `async fn name(&mut self, event: &Event, recorded: &RecordedEvent, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error>`; in memory, #[on] methods are not async",
+            );
+            ok = false;
+            None
+        }
+        (None, None) => {
             ok &= returns_nothing(
                 cx,
                 sig,
@@ -954,13 +964,6 @@ fn projection_on(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
             &mut ok,
         ),
     };
-    if let (Some(asyncness), None) = (asyncness, &transaction) {
-        cx.error_spanned_by(
-            asyncness,
-            "an async #[on] method writes to a PostgreSQL read model, so it takes the runner's transaction last: `async fn name(&mut self, event: &Event, recorded: &RecordedEvent, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error>`; in memory, #[on] methods are not async",
-        );
-        ok = false;
-    }
     ok &= method_is_not_generic(cx, sig, "an #[on] method cannot be generic");
     Some(On {
         method: sig.ident.clone(),

@@ -201,6 +201,8 @@ pub trait PostgresTransaction<'t> {
     fn of<'a>(tx: &'a Transaction<'t>) -> &'a Self;
 }
 
+// Not offered as the fix: the message says what to take.
+#[diagnostic::do_not_recommend]
 impl<'t> PostgresTransaction<'t> for Transaction<'t> {
     fn of<'a>(tx: &'a Transaction<'t>) -> &'a Self {
         tx
