@@ -13,12 +13,13 @@
 #![cfg(unix)]
 #![allow(missing_docs)]
 
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
 use eda::prelude::*;
 use eda::tokio_postgres::Client;
 use eda::{PostgresOptions, PostgresStore};
+use eda_test::crash::{self, crash_at};
 use eda_test::ledger::{self, LedgerRows};
 use eda_test::ledger_pg::{self, LedgerPg};
 use eda_test::postgres::TestDb;
@@ -106,20 +107,12 @@ impl Log {
 
     /// Starts a child projecting into `read`, with `env`.
     fn spawn_child(&self, read: &str, env: &[(&str, String)]) -> Child {
-        let mut command = Command::new(std::env::current_exe().unwrap());
+        let mut command = crash::child(env.iter().cloned());
         command
-            .args(["--ignored", "--exact", "child", "--test-threads=1"])
             .env("EDA_CRASH_URL", &self.db.url)
             .env("EDA_CRASH_EVENTS", &self.db.schema)
             .env("EDA_CRASH_READ", read)
-            .env("EDA_CRASH_HEAD", self.positions.last().unwrap().to_string())
-            .env_remove("EDA_FAILPOINT")
-            .env_remove("EDA_BROKEN")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (key, value) in env {
-            command.env(key, value);
-        }
+            .env("EDA_CRASH_HEAD", self.positions.last().unwrap().to_string());
         command.spawn().unwrap()
     }
 
@@ -144,24 +137,12 @@ impl Log {
     }
 
     fn assert_rebuilt(&self, name: &str, rows: &LedgerRows) {
-        assert_eq!(rows.applied_twice(), 0, "{name}: events applied twice");
-        assert!(
-            rows == &self.rebuilt,
-            "{name}: the read model differs from a clean rebuild"
-        );
+        rows.assert_rebuilt(name, &self.rebuilt);
     }
 }
 
 /// At most 8 of the 40 batches per crash, so five crashes never finish the log.
-fn crash_at(point: &'static str) -> impl Fn() -> Vec<(&'static str, String)> {
-    move || {
-        let after = rand::random::<u32>() % 8 + 1;
-        vec![
-            ("EDA_FAILPOINT", point.to_owned()),
-            ("EDA_FAILPOINT_AFTER", after.to_string()),
-        ]
-    }
-}
+const CRASH_WITHIN: u32 = 8;
 
 #[tokio::test]
 async fn crashes_at_named_points_apply_every_event_once() {
@@ -170,7 +151,9 @@ async fn crashes_at_named_points_apply_every_event_once() {
     };
     for point in ["projection.before_commit", "projection.after_commit"] {
         let name = point.replace('.', "_");
-        let rows = log.crash_five_times(&name, crash_at(point)).await;
+        let rows = log
+            .crash_five_times(&name, crash_at(point, CRASH_WITHIN))
+            .await;
         log.assert_rebuilt(point, &rows);
     }
     log.db.drop_schema().await;
@@ -214,7 +197,7 @@ async fn control_a_checkpoint_apart_from_the_writes_applies_events_twice() {
     let Some(log) = Log::new().await else {
         return;
     };
-    let crash = crash_at("projection.between_commits");
+    let crash = crash_at("projection.between_commits", CRASH_WITHIN);
     let rows = log
         .crash_five_times("control", || {
             let mut env = crash();

@@ -29,6 +29,16 @@ impl LedgerRows {
     pub fn applied_twice(&self) -> usize {
         self.applications.values().filter(|n| **n > 1).count()
     }
+
+    /// Panics unless these rows, of the read model `name`, have every event
+    /// applied once and equal `rebuilt`, a clean rebuild's.
+    pub fn assert_rebuilt(&self, name: &str, rebuilt: &LedgerRows) {
+        assert_eq!(self.applied_twice(), 0, "{name}: events applied twice");
+        assert!(
+            self == rebuilt,
+            "{name}: the read model differs from a clean rebuild"
+        );
+    }
 }
 
 /// Appends `accounts` accounts with `deposits` deposits each straight to the

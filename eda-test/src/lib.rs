@@ -9,6 +9,7 @@
 pub mod bank;
 pub mod bank_load;
 pub mod conformance;
+pub mod crash;
 mod events;
 pub mod ledger;
 mod routed;
