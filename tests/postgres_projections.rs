@@ -1,10 +1,10 @@
 //! PostgreSQL read models (`#[projection]` with async methods taking a
-//! transaction, `.postgres(url)`): the handlers' writes and the checkpoint
-//! commit together, a restart goes on from the checkpoint, failing events are
-//! retried and parked as in SQLite, one runner at a time applies a read model
-//! (the other stands by and takes over), the checkpoint's compare-and-set
-//! refuses a runner that lost its turn, and a live read model under concurrent
-//! writers (late commits, rollbacks) equals a clean rebuild.
+//! transaction, `.postgres(url)`): the read-model suite (`eda_test::read_models`:
+//! catch-up and live, restarts, retries, dead letters), and what is
+//! PostgreSQL's own: one runner at a time applies a read model (the other stands
+//! by and takes over), the checkpoint's compare-and-set refuses a runner that
+//! lost its turn, and a live read model under concurrent writers (late commits,
+//! rollbacks) equals a clean rebuild.
 //! Needs `EDA_TEST_POSTGRES_URL`; each test uses schemas of its own, dropped at
 //! the end (`eda_test::postgres::TestDb`).
 
@@ -18,145 +18,14 @@ use std::time::{Duration, Instant};
 
 use eda::prelude::*;
 use eda::tokio_postgres::{Client, Transaction};
-use eda::{Metadata, PostgresProjection, ProjectionHandle, RecordedEvent, RunnerState, StreamId};
-use eda_test::bank::{DepositMoney, MoneyDeposited, OpenAccount};
+use eda::{
+    Metadata, NewEvent, PostgresProjection, ProjectionHandle, RecordedEvent, RunnerState, StreamId,
+};
+use eda_test::bank::{DepositMoney, MoneyDeposited};
 use eda_test::ledger::LedgerRows;
 use eda_test::ledger_pg::{self, LedgerPg};
 use eda_test::postgres::TestDb;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-/// A test's store, its `App`, a plain connection and the read model's schema
-/// (with the ledger's tables).
-struct Test {
-    db: TestDb,
-    app: App,
-    client: Client,
-    read: String,
-}
-
-impl Test {
-    async fn new() -> Option<Test> {
-        let db = TestDb::new().await?;
-        let app = App::new(db.store.clone());
-        let client = db.connect().await;
-        let read = db.other_schema("read");
-        ledger_pg::create(&client, &read).await.unwrap();
-        Some(Test {
-            db,
-            app,
-            client,
-            read,
-        })
-    }
-
-    async fn start<P: PostgresProjection>(
-        &self,
-        projection: P,
-        schema: &str,
-    ) -> ProjectionHandle<P> {
-        let builder = self.app.project(projection).postgres(&self.db.url);
-        builder.schema(schema).start().await.unwrap()
-    }
-
-    async fn ledger(&self) -> ProjectionHandle<LedgerPg> {
-        self.start(LedgerPg, &self.read).await
-    }
-
-    async fn rows(&self) -> LedgerRows {
-        ledger_pg::read(&self.client, &self.read).await.unwrap()
-    }
-
-    async fn applied_positions(&self) -> Vec<u64> {
-        let positions = ledger_pg::applied_positions(&self.client, &self.read);
-        positions.await.unwrap()
-    }
-
-    async fn end(self) {
-        drop(self.app);
-        self.db.drop_schema().await;
-    }
-}
-
-async fn open(app: &App, account: &str) -> u64 {
-    let command = OpenAccount {
-        account: account.into(),
-        owner: "ada".into(),
-    };
-    app.execute(command).await.expect("open").position.unwrap()
-}
-
-async fn deposit(app: &App, account: &str, amount: u64) -> u64 {
-    let command = DepositMoney {
-        account: account.into(),
-        amount,
-    };
-    app.execute(command)
-        .await
-        .expect("deposit")
-        .position
-        .unwrap()
-}
-
-/// Waits until `ready` holds, at most `WAIT`.
-async fn until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !ready() {
-        assert!(Instant::now() < deadline, "still not {what} after {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn is_standby(state: &RunnerState) -> bool {
-    matches!(state, RunnerState::Standby { .. })
-}
-
-#[tokio::test]
-async fn it_catches_up_then_follows() {
-    let Some(t) = Test::new().await else {
-        return;
-    };
-    open(&t.app, "a").await;
-    deposit(&t.app, "a", 5).await;
-    let ledger = t.ledger().await;
-    let position = deposit(&t.app, "a", 7).await;
-    ledger.wait_for(Some(position), WAIT).await.unwrap();
-    let rows = t.rows().await;
-    assert_eq!(rows.balances["a"], 12);
-    assert_eq!(rows.applications.len(), 3);
-    assert_eq!(rows.applied_twice(), 0);
-    let status = ledger.status();
-    assert_eq!((status.name, status.applied), ("ledger", 3));
-    assert!(status.checkpoint >= position);
-    assert_eq!(status.state, RunnerState::Live);
-    ledger.stop().await;
-    t.end().await;
-}
-
-#[tokio::test]
-async fn a_restart_goes_on_from_the_stored_checkpoint() {
-    let Some(t) = Test::new().await else {
-        return;
-    };
-    open(&t.app, "a").await;
-    let first = t.ledger().await;
-    let position = deposit(&t.app, "a", 1).await;
-    first.wait_for(Some(position), WAIT).await.unwrap();
-    first.stop().await;
-    deposit(&t.app, "a", 2).await;
-    let position = deposit(&t.app, "a", 3).await;
-
-    let second = t.ledger().await;
-    second.wait_for(Some(position), WAIT).await.unwrap();
-    let rows = t.rows().await;
-    assert_eq!(rows.balances["a"], 6);
-    assert_eq!(rows.applications.len(), 4);
-    assert_eq!(rows.applied_twice(), 0);
-    // Only the two deposits made while it was stopped were applied again.
-    assert_eq!(second.status().applied, 2);
-    second.stop().await;
-    t.end().await;
-}
+use eda_test::read_models::{deposit, open, Harness, WAIT};
 
 /// Fails on the deposit of `amount == 13` until `failures` runs out.
 #[derive(Debug)]
@@ -186,183 +55,106 @@ impl Flaky {
     }
 }
 
-impl Flaky {
-    fn failing(failures: &Arc<AtomicU32>) -> Flaky {
-        Flaky {
-            failures: Arc::clone(failures),
+/// A test's `App` on its store, a plain connection, and the read model's
+/// schema (with the ledger's tables).
+struct Pg {
+    app: App,
+    store: PostgresStore,
+    client: Client,
+    url: String,
+    read: String,
+}
+
+impl Pg {
+    async fn new(db: &TestDb) -> Pg {
+        let client = db.connect().await;
+        let read = db.other_schema("read");
+        ledger_pg::create(&client, &read).await.unwrap();
+        Pg {
+            app: App::new(db.store.clone()),
+            store: db.store.clone(),
+            client,
+            url: db.url.clone(),
+            read,
         }
     }
-}
 
-/// Account `a` with deposits of 1, 2, 13, 4 and 5 (their positions), and a
-/// flaky read model started after them that fails `failures` times.
-async fn flaky_run(t: &Test, failures: u32) -> (ProjectionHandle<Flaky>, Vec<u64>) {
-    open(&t.app, "a").await;
-    let mut deposits = Vec::new();
-    for amount in [1, 2, 13, 4, 5] {
-        deposits.push(deposit(&t.app, "a", amount).await);
+    async fn start<P: PostgresProjection>(
+        &self,
+        projection: P,
+        schema: &str,
+    ) -> ProjectionHandle<P> {
+        let builder = self.app.project(projection).postgres(&self.url);
+        builder.schema(schema).start().await.unwrap()
     }
-    let failures = Arc::new(AtomicU32::new(failures));
-    let flaky = t.start(Flaky::failing(&failures), &t.read).await;
-    (flaky, deposits)
 }
 
-#[tokio::test]
-async fn a_failing_event_is_retried_and_the_events_before_it_are_kept() {
-    let Some(t) = Test::new().await else {
-        return;
-    };
-    let (flaky, deposits) = flaky_run(&t, 2).await;
-    flaky
-        .wait_for(deposits.last().copied(), WAIT)
-        .await
-        .unwrap();
-    assert_eq!(t.applied_positions().await, deposits, "every deposit, once");
-    assert!(flaky.parked().await.unwrap().is_empty());
-    flaky.stop().await;
-    t.end().await;
+impl Harness for Pg {
+    type Ledger = LedgerPg;
+    type Flaky = Flaky;
+
+    fn app(&self) -> &App {
+        &self.app
+    }
+
+    async fn start_ledger(&self) -> ProjectionHandle<LedgerPg> {
+        self.start(LedgerPg, &self.read).await
+    }
+
+    async fn start_flaky(&self, failures: &Arc<AtomicU32>) -> ProjectionHandle<Flaky> {
+        let flaky = Flaky {
+            failures: Arc::clone(failures),
+        };
+        self.start(flaky, &self.read).await
+    }
+
+    async fn rows(&self) -> LedgerRows {
+        ledger_pg::read(&self.client, &self.read).await.unwrap()
+    }
+
+    async fn applied_positions(&self) -> Vec<u64> {
+        let positions = ledger_pg::applied_positions(&self.client, &self.read);
+        positions.await.unwrap()
+    }
+
+    async fn append(&self, stream: StreamId<'_>, expected_version: u64, event: NewEvent) -> u64 {
+        let metadata = Metadata::default();
+        let appended = self
+            .store
+            .append(stream, expected_version, vec![event], &metadata);
+        appended.await.unwrap().position
+    }
 }
 
-#[tokio::test]
-async fn a_poison_event_parks_its_aggregates_later_events_while_others_flow_on() {
-    let Some(t) = Test::new().await else {
+async fn with_harness<F: std::future::Future<Output = ()>>(check: impl FnOnce(Pg) -> F) {
+    let Some(db) = TestDb::new().await else {
         return;
     };
-    open(&t.app, "a").await;
-    open(&t.app, "b").await;
-    let a1 = deposit(&t.app, "a", 1).await;
-    let poison = deposit(&t.app, "a", 13).await;
-    let b2 = deposit(&t.app, "b", 2).await;
-    let behind = deposit(&t.app, "a", 3).await;
-    let b4 = deposit(&t.app, "b", 4).await;
-    let failures = Arc::new(AtomicU32::new(u32::MAX));
-    let handle = t.start(Flaky::failing(&failures), &t.read).await;
-    handle.wait_for(Some(b4), WAIT).await.unwrap();
-
-    assert_eq!(
-        t.applied_positions().await,
-        [a1, b2, b4],
-        "b flows on; a stops"
-    );
-    let parked = handle.parked().await.unwrap();
-    let parked_positions: Vec<u64> = parked.iter().map(|p| p.position).collect();
-    assert_eq!(parked_positions, [poison, behind]);
-    assert!(
-        parked[0].error.contains("#[on] method failed"),
-        "{}",
-        parked[0].error
-    );
-    assert!(parked[1].error.contains("behind"), "{}", parked[1].error);
-    assert_eq!(
-        (parked[0].aggregate_id.as_str(), parked[0].name.as_str()),
-        ("a", "MoneyDeposited")
-    );
-    assert_eq!(handle.status().parked, 2);
-    assert_eq!(handle.status().state, RunnerState::Live);
-
-    // A later event of the parked aggregate is parked too, live.
-    let later = deposit(&t.app, "a", 5).await;
-    handle.wait_for(Some(later), WAIT).await.unwrap();
-    assert_eq!(handle.status().parked, 3);
-
-    // Parked events survive a restart.
-    handle.stop().await;
-    let handle = t.start(Flaky::failing(&failures), &t.read).await;
-    assert_eq!(handle.status().parked, 3);
-    let still: Vec<u64> = handle
-        .parked()
-        .await
-        .unwrap()
-        .iter()
-        .map(|p| p.position)
-        .collect();
-    assert_eq!(still, [poison, behind, later]);
-
-    // A retry that fails again keeps them, with the new error.
-    let retried = handle.retry_parked().await.unwrap();
-    assert_eq!((retried.applied, retried.parked), (0, 3));
-
-    // After the fix, a retry drains the park in order.
-    failures.store(0, Ordering::SeqCst);
-    let retried = handle.retry_parked().await.unwrap();
-    assert_eq!((retried.applied, retried.parked), (3, 0));
-    assert_eq!(
-        t.applied_positions().await,
-        [a1, b2, b4, poison, behind, later]
-    );
-    assert_eq!(handle.status().parked, 0);
-    assert!(handle.parked().await.unwrap().is_empty());
-
-    // And the aggregate flows again.
-    let next = deposit(&t.app, "a", 6).await;
-    handle.wait_for(Some(next), WAIT).await.unwrap();
-    assert_eq!(t.applied_positions().await.last(), Some(&next));
-    handle.stop().await;
-    t.end().await;
+    check(Pg::new(&db).await).await;
+    db.drop_schema().await;
 }
 
-#[tokio::test]
-async fn a_skipped_parked_event_is_never_applied() {
-    let Some(t) = Test::new().await else {
-        return;
-    };
-    let (flaky, deposits) = flaky_run(&t, u32::MAX).await;
-    flaky
-        .wait_for(deposits.last().copied(), WAIT)
-        .await
-        .unwrap();
-    // Every later deposit of the one account is behind the poison one.
-    let parked = flaky.parked().await.unwrap();
-    assert_eq!(parked.len(), 3);
-    assert!(flaky.skip_parked(parked[0].event_id).await.unwrap());
-    assert!(
-        !flaky.skip_parked(parked[0].event_id).await.unwrap(),
-        "skipped once"
-    );
-    assert_eq!(flaky.status().parked, 2);
-    let retried = flaky.retry_parked().await.unwrap();
-    assert_eq!((retried.applied, retried.parked), (2, 0));
-    let expected = [deposits[0], deposits[1], deposits[3], deposits[4]];
-    assert_eq!(t.applied_positions().await, expected);
-    flaky.stop().await;
-    t.end().await;
+eda_test::read_model_tests!(with_harness);
+
+/// Waits until `ready` holds, at most `WAIT`.
+async fn until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !ready() {
+        assert!(Instant::now() < deadline, "still not {what} after {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
-#[tokio::test]
-async fn an_event_it_cannot_decode_is_parked_at_once() {
-    let Some(t) = Test::new().await else {
-        return;
-    };
-    open(&t.app, "a").await;
-    // A deposit whose amount is text (written by hand, or by a broken producer).
-    let stream = StreamId {
-        aggregate_type: "Account",
-        aggregate_id: "a",
-    };
-    let bad = eda_test::new_event("MoneyDeposited", r#"{"amount":"ten"}"#);
-    let metadata = Metadata::default();
-    let appended = t.db.store.append(stream, 1, vec![bad], &metadata);
-    let position = appended.await.unwrap().position;
-    let failures = Arc::new(AtomicU32::new(0));
-    let handle = t.start(Flaky::failing(&failures), &t.read).await;
-    handle.wait_for(Some(position), WAIT).await.unwrap();
-    let parked = handle.parked().await.unwrap();
-    assert_eq!(parked.len(), 1);
-    assert_eq!(parked[0].position, position);
-    assert!(
-        parked[0].error.contains("cannot decode"),
-        "{}",
-        parked[0].error
-    );
-    handle.stop().await;
-    t.end().await;
+fn is_standby(state: &RunnerState) -> bool {
+    matches!(state, RunnerState::Standby { .. })
 }
 
 #[tokio::test]
 async fn a_schema_built_by_another_version_is_refused() {
-    let Some(t) = Test::new().await else {
+    let Some(db) = TestDb::new().await else {
         return;
     };
+    let t = Pg::new(&db).await;
     t.client
         .batch_execute(&format!(
             "CREATE TABLE {read}.eda_projections (name text PRIMARY KEY, version bigint NOT NULL, position bigint NOT NULL);
@@ -371,7 +163,7 @@ async fn a_schema_built_by_another_version_is_refused() {
         ))
         .await
         .unwrap();
-    let builder = t.app.project(LedgerPg).postgres(&t.db.url);
+    let builder = t.app.project(LedgerPg).postgres(&t.url);
     let error = builder.schema(&t.read).start().await.unwrap_err();
     assert!(
         matches!(
@@ -383,15 +175,16 @@ async fn a_schema_built_by_another_version_is_refused() {
         ),
         "{error}"
     );
-    t.end().await;
+    db.drop_schema().await;
 }
 
 #[tokio::test]
 async fn a_bad_schema_name_is_refused() {
-    let Some(t) = Test::new().await else {
+    let Some(db) = TestDb::new().await else {
         return;
     };
-    let builder = t.app.project(LedgerPg).postgres(&t.db.url);
+    let t = Pg::new(&db).await;
+    let builder = t.app.project(LedgerPg).postgres(&t.url);
     let error = builder.schema("read; DROP").start().await.unwrap_err();
     assert!(
         matches!(
@@ -403,7 +196,7 @@ async fn a_bad_schema_name_is_refused() {
         ),
         "{error}"
     );
-    t.end().await;
+    db.drop_schema().await;
 }
 
 /// The runner of the two that applies, once one has: (active, standby).
@@ -425,11 +218,12 @@ async fn one_active(
 
 #[tokio::test]
 async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops() {
-    let Some(t) = Test::new().await else {
+    let Some(db) = TestDb::new().await else {
         return;
     };
-    let one = t.ledger().await;
-    let two = t.ledger().await;
+    let t = Pg::new(&db).await;
+    let one = t.start_ledger().await;
+    let two = t.start_ledger().await;
     open(&t.app, "a").await;
     let position = deposit(&t.app, "a", 1).await;
     let (active, standby) = one_active(one, two, position).await;
@@ -461,7 +255,7 @@ async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops() {
     assert_eq!((rows.applications.len(), rows.applied_twice()), (4, 0));
     assert_eq!(rows.balances["a"], 6);
     standby.stop().await;
-    t.end().await;
+    db.drop_schema().await;
 }
 
 /// The backend that holds the advisory lock of projection `name` in `schema`.
@@ -481,11 +275,12 @@ async fn lock_holder(client: &Client, schema: &str, name: &str) -> Option<i32> {
 
 #[tokio::test]
 async fn when_the_holders_connection_dies_the_turn_passes_within_seconds() {
-    let Some(t) = Test::new().await else {
+    let Some(db) = TestDb::new().await else {
         return;
     };
-    let one = t.ledger().await;
-    let two = t.ledger().await;
+    let t = Pg::new(&db).await;
+    let one = t.start_ledger().await;
+    let two = t.start_ledger().await;
     open(&t.app, "a").await;
     let position = deposit(&t.app, "a", 1).await;
     let (active, standby) = one_active(one, two, position).await;
@@ -522,22 +317,23 @@ async fn when_the_holders_connection_dies_the_turn_passes_within_seconds() {
     eprintln!("the turn passed {took:?} after the holder's connection died");
     applies.stop().await;
     stands_by.stop().await;
-    t.end().await;
+    db.drop_schema().await;
 }
 
 #[tokio::test]
 async fn the_checkpoints_compare_and_set_refuses_a_runner_that_lost_its_turn() {
-    let Some(t) = Test::new().await else {
+    let Some(db) = TestDb::new().await else {
         return;
     };
-    let ledger = t.ledger().await;
+    let t = Pg::new(&db).await;
+    let ledger = t.start_ledger().await;
     let opened = open(&t.app, "a").await;
     ledger.wait_for(Some(opened), WAIT).await.unwrap();
 
     // Behind the runner's back, the checkpoint moves past the next deposit, in
     // a transaction that is open while that deposit commits: the runner cannot
     // read the deposit before its checkpoint moved.
-    let mut other = t.db.connect().await;
+    let mut other = db.connect().await;
     let tx = other.transaction().await.unwrap();
     let moved = format!(
         "UPDATE {}.eda_projections SET position = $1 WHERE name = 'ledger'",
@@ -559,7 +355,7 @@ async fn the_checkpoints_compare_and_set_refuses_a_runner_that_lost_its_turn() {
     let rows = t.rows().await;
     assert_eq!(rows.balances["a"], 2);
     ledger.stop().await;
-    t.end().await;
+    db.drop_schema().await;
 }
 
 /// 8 writers, each 40 times: a deposit through the `App`, or an append in a
@@ -568,14 +364,14 @@ async fn the_checkpoints_compare_and_set_refuses_a_runner_that_lost_its_turn() {
 /// two accounts, so appends conflict too. Meanwhile a naive reader tails the
 /// log with `position > last`. Returns the ids of the events committed, and
 /// those the naive reader saw.
-async fn write_concurrently(t: &Test) -> (HashSet<eda::Uuid>, HashSet<eda::Uuid>) {
+async fn write_concurrently(db: &TestDb, t: &Pg) -> (HashSet<eda::Uuid>, HashSet<eda::Uuid>) {
     for account in ["shared0", "shared1"] {
         open(&t.app, account).await;
     }
     let mut writers = Vec::new();
     for writer in 0..8 {
-        let (app, store) = (t.app.clone(), t.db.store.clone());
-        let mut client = t.db.connect().await;
+        let (app, store) = (t.app.clone(), t.store.clone());
+        let mut client = db.connect().await;
         writers.push(tokio::spawn(async move {
             let mut committed = HashSet::new();
             let own = format!("w{writer}");
@@ -633,7 +429,7 @@ async fn write_concurrently(t: &Test) -> (HashSet<eda::Uuid>, HashSet<eda::Uuid>
     }
     let writing = Arc::new(AtomicU32::new(8));
     let naive = {
-        let (client, writing) = (t.db.connect().await, Arc::clone(&writing));
+        let (client, writing) = (db.connect().await, Arc::clone(&writing));
         tokio::spawn(async move {
             let (mut seen, mut after) = (HashSet::new(), 0i64);
             loop {
@@ -668,15 +464,16 @@ async fn write_concurrently(t: &Test) -> (HashSet<eda::Uuid>, HashSet<eda::Uuid>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_live_read_model_under_concurrent_writers_equals_a_clean_rebuild() {
-    let Some(t) = Test::new().await else {
+    let Some(db) = TestDb::new().await else {
         return;
     };
-    let live = t.ledger().await;
-    let (committed, naive) = write_concurrently(&t).await;
-    while t.db.store.held_back().await.unwrap() > 0 {
+    let t = Pg::new(&db).await;
+    let live = t.start_ledger().await;
+    let (committed, naive) = write_concurrently(&db, &t).await;
+    while t.store.held_back().await.unwrap() > 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let log = t.db.store.read_all(0, 100_000).await.unwrap();
+    let log = t.store.read_all(0, 100_000).await.unwrap();
     let head = log.last().unwrap().position;
     let deposits: BTreeSet<String> = log
         .iter()
@@ -691,7 +488,7 @@ async fn a_live_read_model_under_concurrent_writers_equals_a_clean_rebuild() {
         .unwrap();
     let rows = t.rows().await;
 
-    let rebuilt_in = t.db.other_schema("rebuilt");
+    let rebuilt_in = db.other_schema("rebuilt");
     ledger_pg::create(&t.client, &rebuilt_in).await.unwrap();
     let rebuild = t.start(LedgerPg, &rebuilt_in).await;
     rebuild
@@ -725,5 +522,5 @@ async fn a_live_read_model_under_concurrent_writers_equals_a_clean_rebuild() {
     );
     live.stop().await;
     rebuild.stop().await;
-    t.end().await;
+    db.drop_schema().await;
 }
