@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use eda::prelude::*;
 use eda::tokio_postgres::{Client, Transaction};
-use eda::{
-    Metadata, NewEvent, PostgresProjection, ProjectionHandle, RecordedEvent, RunnerState, StreamId,
-};
+use eda::{Metadata, PostgresProjection, ProjectionHandle, RecordedEvent, RunnerState, StreamId};
 use eda_test::bank::{DepositMoney, MoneyDeposited};
 use eda_test::ledger::LedgerRows;
 use eda_test::ledger_pg::{self, LedgerPg};
@@ -92,9 +90,14 @@ impl Pg {
 impl Harness for Pg {
     type Ledger = LedgerPg;
     type Flaky = Flaky;
+    type Store = PostgresStore;
 
     fn app(&self) -> &App {
         &self.app
+    }
+
+    fn store(&self) -> &PostgresStore {
+        &self.store
     }
 
     async fn start_ledger(&self) -> ProjectionHandle<LedgerPg> {
@@ -115,14 +118,6 @@ impl Harness for Pg {
     async fn applied_positions(&self) -> Vec<u64> {
         let positions = ledger_pg::applied_positions(&self.client, &self.read);
         positions.await.unwrap()
-    }
-
-    async fn append(&self, stream: StreamId<'_>, expected_version: u64, event: NewEvent) -> u64 {
-        let metadata = Metadata::default();
-        let appended = self
-            .store
-            .append(stream, expected_version, vec![event], &metadata);
-        appended.await.unwrap().position
     }
 }
 
@@ -216,17 +211,23 @@ async fn one_active(
     }
 }
 
+/// Two ledger runners, once one of them has applied the opening of account
+/// `a` and a deposit of 1: (the one that applies, the other).
+async fn two_runners(t: &Pg) -> (ProjectionHandle<LedgerPg>, ProjectionHandle<LedgerPg>) {
+    let one = t.start_ledger().await;
+    let two = t.start_ledger().await;
+    open(&t.app, "a").await;
+    let position = deposit(&t.app, "a", 1).await;
+    one_active(one, two, position).await
+}
+
 #[tokio::test]
 async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops() {
     let Some(db) = TestDb::new().await else {
         return;
     };
     let t = Pg::new(&db).await;
-    let one = t.start_ledger().await;
-    let two = t.start_ledger().await;
-    open(&t.app, "a").await;
-    let position = deposit(&t.app, "a", 1).await;
-    let (active, standby) = one_active(one, two, position).await;
+    let (active, standby) = two_runners(&t).await;
     let status = standby.status();
     assert!(is_standby(&status.state), "{status:?}");
     assert_eq!(status.applied, 0);
@@ -279,11 +280,7 @@ async fn when_the_holders_connection_dies_the_turn_passes_within_seconds() {
         return;
     };
     let t = Pg::new(&db).await;
-    let one = t.start_ledger().await;
-    let two = t.start_ledger().await;
-    open(&t.app, "a").await;
-    let position = deposit(&t.app, "a", 1).await;
-    let (active, standby) = one_active(one, two, position).await;
+    let (active, standby) = two_runners(&t).await;
 
     let holder = lock_holder(&t.client, &t.read, "ledger").await.unwrap();
     t.client

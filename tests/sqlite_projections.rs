@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use eda::prelude::*;
 use eda::rusqlite::{self, Transaction};
-use eda::{Metadata, NewEvent, ProjectionHandle, RecordedEvent, RunnerState, StreamId};
+use eda::{ProjectionHandle, RecordedEvent, RunnerState};
 use eda_test::bank::MoneyDeposited;
 use eda_test::ledger::{self, Ledger, LedgerRows};
 use eda_test::read_models::{deposit, open, Harness, WAIT};
@@ -72,9 +72,14 @@ impl Sqlite {
 impl Harness for Sqlite {
     type Ledger = Ledger;
     type Flaky = Flaky;
+    type Store = SqliteStore;
 
     fn app(&self) -> &App {
         &self.app
+    }
+
+    fn store(&self) -> &SqliteStore {
+        &self.store
     }
 
     async fn start_ledger(&self) -> ProjectionHandle<Ledger> {
@@ -96,14 +101,6 @@ impl Harness for Sqlite {
 
     async fn applied_positions(&self) -> Vec<u64> {
         applied_positions(&self.read)
-    }
-
-    async fn append(&self, stream: StreamId<'_>, expected_version: u64, event: NewEvent) -> u64 {
-        let metadata = Metadata::default();
-        let appended = self
-            .store
-            .append(stream, expected_version, vec![event], &metadata);
-        appended.await.unwrap().position
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eda::prelude::*;
-use eda::{NewEvent, Projection, ProjectionHandle, RunnerState, StreamId};
+use eda::{Metadata, NewEvent, Projection, ProjectionHandle, RunnerState, StreamId};
 
 use crate::bank::{DepositMoney, OpenAccount};
 use crate::ledger::LedgerRows;
@@ -29,8 +29,14 @@ pub trait Harness {
     /// deposit's position in the ledger's `applications` table.
     type Flaky: Projection;
 
+    /// The test's store.
+    type Store: EventStore;
+
     /// The `App` on the test's store.
     fn app(&self) -> &App;
+
+    /// The test's store itself.
+    fn store(&self) -> &Self::Store;
 
     /// Starts the ledger on the test's read database.
     fn start_ledger(&self) -> impl Future<Output = ProjectionHandle<Self::Ledger>>;
@@ -53,7 +59,15 @@ pub trait Harness {
         stream: StreamId<'_>,
         expected_version: u64,
         event: NewEvent,
-    ) -> impl Future<Output = u64>;
+    ) -> impl Future<Output = u64> {
+        async move {
+            let metadata = Metadata::default();
+            let appended = self
+                .store()
+                .append(stream, expected_version, vec![event], &metadata);
+            appended.await.unwrap().position
+        }
+    }
 }
 
 /// Declares one test per check, each run through `$with_harness`: an async
