@@ -89,9 +89,8 @@ pub trait SqliteProjection: Projection<Kind = read_model::Sqlite> {
 ///
 /// ```no_run
 /// use eda::prelude::*;
+/// use eda::tokio_postgres::{self, Transaction};
 /// use eda::RecordedEvent;
-/// # use eda::__private::tokio_postgres; // eda::tokio_postgres, with eda's feature
-/// use tokio_postgres::Transaction; // eda::tokio_postgres
 /// # #[event] #[derive(Debug)] pub struct Opened { pub owner: String }
 ///
 /// #[derive(Debug, Default)]
