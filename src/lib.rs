@@ -13,7 +13,7 @@ pub use eda_core::{
     MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
 };
 #[cfg(feature = "postgres")]
-pub use eda_core::{PostgresOptions, PostgresStore};
+pub use eda_core::{PostgresOptions, PostgresProjection, PostgresProjectionBuilder, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use eda_core::{
     SqliteOptions, SqliteProjection, SqliteProjectionBuilder, SqliteStore, SqliteSynchronous,
@@ -23,6 +23,11 @@ pub use eda_core::{
 /// methods take is `eda::rusqlite::Transaction` (re-exported so the versions match).
 #[cfg(feature = "sqlite")]
 pub use eda_core::__private::rusqlite;
+/// tokio-postgres, the PostgreSQL driver: the transaction a PostgreSQL read
+/// model's `#[on]` methods take is `eda::tokio_postgres::Transaction`
+/// (re-exported so the versions match).
+#[cfg(feature = "postgres")]
+pub use eda_core::__private::tokio_postgres;
 pub use eda_derive::{aggregate, command, event, policy, projection};
 
 #[doc(hidden)]

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use eda::prelude::*;
@@ -37,17 +36,8 @@ async fn child() {
 }
 
 fn run_child(events: &Path, env: &[(&str, &str)]) -> bool {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args(["--ignored", "--exact", "child", "--test-threads=1"])
-        .env("EDA_CRASH_EVENTS", events)
-        .env_remove("EDA_FAILPOINT")
-        .env_remove("EDA_BROKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (key, value) in env {
-        command.env(key, value);
-    }
+    let mut command = eda_test::crash::child(env.iter().copied());
+    command.env("EDA_CRASH_EVENTS", events);
     command.status().unwrap().success()
 }
 

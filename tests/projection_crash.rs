@@ -12,10 +12,11 @@
 #![allow(missing_docs)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::Duration;
 
 use eda::prelude::*;
+use eda_test::crash::{self, crash_at};
 use eda_test::ledger::{self, Ledger, LedgerRows};
 
 const ACCOUNTS: usize = 200;
@@ -47,19 +48,9 @@ async fn child() {
 
 /// Starts a child with `env`.
 fn spawn_child(events: &Path, read: &Path, env: &[(&str, String)]) -> Child {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args(["--ignored", "--exact", "child", "--test-threads=1"])
-        .env("EDA_CRASH_EVENTS", events)
-        .env("EDA_CRASH_READ", read)
-        .env_remove("EDA_FAILPOINT")
-        .env_remove("EDA_BROKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.spawn().unwrap()
+    let mut command = crash::child(env.iter().cloned());
+    command.env("EDA_CRASH_EVENTS", events);
+    command.env("EDA_CRASH_READ", read).spawn().unwrap()
 }
 
 /// Runs a child with `env` to its end.
@@ -128,30 +119,18 @@ impl Log {
     }
 
     fn assert_rebuilt(&self, name: &str, rows: &LedgerRows) {
-        assert_eq!(rows.applied_twice(), 0, "{name}: events applied twice");
-        assert!(
-            rows == &self.rebuilt,
-            "{name}: the read model differs from a clean rebuild"
-        );
+        rows.assert_rebuilt(name, &self.rebuilt);
     }
 }
 
 /// At most 8 of the 40 batches per crash, so five crashes never finish the log.
-fn crash_at(point: &'static str) -> impl Fn() -> Vec<(&'static str, String)> {
-    move || {
-        let after = rand::random::<u32>() % 8 + 1;
-        vec![
-            ("EDA_FAILPOINT", point.to_owned()),
-            ("EDA_FAILPOINT_AFTER", after.to_string()),
-        ]
-    }
-}
+const CRASH_WITHIN: u32 = 8;
 
 #[tokio::test]
 async fn crashes_at_named_points_apply_every_event_once() {
     let log = Log::new().await;
     for point in ["projection.before_commit", "projection.after_commit"] {
-        let rows = log.crash_five_times(point, crash_at(point));
+        let rows = log.crash_five_times(point, crash_at(point, CRASH_WITHIN));
         log.assert_rebuilt(point, &rows);
     }
 }
@@ -189,7 +168,7 @@ async fn sigkill_at_random_moments_applies_every_event_once() {
 async fn control_a_checkpoint_apart_from_the_writes_applies_events_twice() {
     let log = Log::new().await;
     let point = "projection.between_commits";
-    let crash = crash_at(point);
+    let crash = crash_at(point, CRASH_WITHIN);
     let rows = log.crash_five_times("control", || {
         let mut env = crash();
         env.push(("EDA_BROKEN", "projection.checkpoint_apart".to_owned()));

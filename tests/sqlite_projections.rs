@@ -1,91 +1,20 @@
 //! SQLite read models (`#[projection]` with a transaction, `.database(path)`): the
-//! handlers' writes and the checkpoint commit together, a restart goes on from
-//! the checkpoint, a failing event is retried while the events before it are
-//! kept, and a second runner of the same projection cannot move its checkpoint.
+//! read-model suite (`eda_test::read_models`: catch-up and live, restarts,
+//! retries, dead letters), and what is SQLite's own: a second runner of the same
+//! projection cannot move its checkpoint, another version's file is refused.
 
 #![allow(missing_docs)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use eda::prelude::*;
 use eda::rusqlite::{self, Transaction};
-use eda::{RecordedEvent, RunnerState};
-use eda_test::bank::{open_account, DepositMoney, MoneyDeposited};
-use eda_test::ledger::{self, Ledger};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn deposit(app: &App, account: &str, amount: u64) -> Option<u64> {
-    let command = DepositMoney {
-        account: account.into(),
-        amount,
-    };
-    app.execute(command).await.expect("deposit").position
-}
-
-fn read_db(dir: &tempfile::TempDir) -> std::path::PathBuf {
-    let path = dir.path().join("read.db");
-    ledger::create(&path).expect("create the ledger's tables");
-    path
-}
-
-#[tokio::test]
-async fn it_catches_up_then_follows_in_its_own_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new(
-        SqliteStore::open(dir.path().join("events.db"))
-            .await
-            .unwrap(),
-    );
-    open_account(&app, "a").await;
-    deposit(&app, "a", 5).await;
-    let path = read_db(&dir);
-    let projection = app.project(Ledger).database(&path).start().await.unwrap();
-    let position = deposit(&app, "a", 7).await;
-    projection.wait_for(position, WAIT).await.unwrap();
-    let rows = ledger::read(&path).unwrap();
-    assert_eq!(rows.balances["a"], 12);
-    assert_eq!(rows.applications.len(), 3);
-    assert_eq!(rows.applied_twice(), 0);
-    let status = projection.status();
-    assert_eq!(
-        (status.name, status.checkpoint, status.applied),
-        ("ledger", 3, 3)
-    );
-    assert_eq!(status.state, RunnerState::Live);
-}
-
-#[tokio::test]
-async fn a_restart_goes_on_from_the_stored_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new(
-        SqliteStore::open(dir.path().join("events.db"))
-            .await
-            .unwrap(),
-    );
-    open_account(&app, "a").await;
-    let path = read_db(&dir);
-    let first = app.project(Ledger).database(&path).start().await.unwrap();
-    first
-        .wait_for(deposit(&app, "a", 1).await, WAIT)
-        .await
-        .unwrap();
-    first.stop().await;
-    deposit(&app, "a", 2).await;
-    let position = deposit(&app, "a", 3).await;
-
-    let second = app.project(Ledger).database(&path).start().await.unwrap();
-    second.wait_for(position, WAIT).await.unwrap();
-    let rows = ledger::read(&path).unwrap();
-    assert_eq!(rows.balances["a"], 6);
-    assert_eq!(rows.applications.len(), 4);
-    assert_eq!(rows.applied_twice(), 0);
-    // Only the two deposits made while it was stopped were applied again.
-    assert_eq!(second.status().applied, 2);
-}
+use eda::{ProjectionHandle, RecordedEvent, RunnerState};
+use eda_test::bank::MoneyDeposited;
+use eda_test::ledger::{self, Ledger, LedgerRows};
+use eda_test::read_models::{deposit, open, Harness, WAIT};
 
 /// Fails on the deposit of `amount == 13` until `failures` runs out.
 #[derive(Debug)]
@@ -114,41 +43,72 @@ impl Flaky {
     }
 }
 
-async fn flaky_run(
-    failures: u32,
-) -> (
-    eda::ProjectionHandle<Flaky>,
-    std::path::PathBuf,
-    tempfile::TempDir,
-    Option<u64>,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new(
-        SqliteStore::open(dir.path().join("events.db"))
-            .await
-            .unwrap(),
-    );
-    open_account(&app, "a").await;
-    for amount in [1, 2, 13, 4] {
-        deposit(&app, "a", amount).await;
-    }
-    let last = deposit(&app, "a", 5).await;
-    let path = read_db(&dir);
-    let flaky = Flaky {
-        failures: Arc::new(AtomicU32::new(failures)),
-    };
-    let handle = app.project(flaky).database(&path).start().await.unwrap();
-    (handle, path, dir, last)
+/// A store and a read database (with the ledger's tables) in a directory of
+/// their own.
+struct Sqlite {
+    _dir: tempfile::TempDir,
+    store: SqliteStore,
+    app: App,
+    read: PathBuf,
 }
 
-#[tokio::test]
-async fn a_failing_event_is_retried_and_the_events_before_it_are_kept() {
-    let (flaky, path, _dir, last) = flaky_run(2).await;
-    flaky.wait_for(last, WAIT).await.unwrap();
-    let rows = ledger::read(&path).unwrap();
-    assert_eq!(rows.applications.len(), 5, "every deposit, once");
-    assert_eq!(rows.applied_twice(), 0);
+impl Sqlite {
+    async fn new() -> Sqlite {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("events.db"))
+            .await
+            .unwrap();
+        let read = dir.path().join("read.db");
+        ledger::create(&read).expect("create the ledger's tables");
+        Sqlite {
+            _dir: dir,
+            app: App::new(store.clone()),
+            store,
+            read,
+        }
+    }
 }
+
+impl Harness for Sqlite {
+    type Ledger = Ledger;
+    type Flaky = Flaky;
+    type Store = SqliteStore;
+
+    fn app(&self) -> &App {
+        &self.app
+    }
+
+    fn store(&self) -> &SqliteStore {
+        &self.store
+    }
+
+    async fn start_ledger(&self) -> ProjectionHandle<Ledger> {
+        let builder = self.app.project(Ledger).database(&self.read);
+        builder.start().await.unwrap()
+    }
+
+    async fn start_flaky(&self, failures: &Arc<AtomicU32>) -> ProjectionHandle<Flaky> {
+        let flaky = Flaky {
+            failures: Arc::clone(failures),
+        };
+        let builder = self.app.project(flaky).database(&self.read);
+        builder.start().await.unwrap()
+    }
+
+    async fn rows(&self) -> LedgerRows {
+        ledger::read(&self.read).unwrap()
+    }
+
+    async fn applied_positions(&self) -> Vec<u64> {
+        applied_positions(&self.read)
+    }
+}
+
+async fn with_harness<F: std::future::Future<Output = ()>>(check: impl FnOnce(Sqlite) -> F) {
+    check(Sqlite::new().await).await;
+}
+
+eda_test::read_model_tests!(with_harness);
 
 /// The positions in `applications`, in the order they were applied.
 fn applied_positions(path: &Path) -> Vec<u64> {
@@ -161,150 +121,12 @@ fn applied_positions(path: &Path) -> Vec<u64> {
 }
 
 #[tokio::test]
-async fn a_poison_event_parks_its_aggregates_later_events_while_others_flow_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.db");
-    let app = App::new(SqliteStore::open(&events).await.unwrap());
-    let path = read_db(&dir);
-    open_account(&app, "a").await; // 1
-    open_account(&app, "b").await; // 2
-    deposit(&app, "a", 1).await; // 3
-    deposit(&app, "a", 13).await; // 4: poison
-    deposit(&app, "b", 2).await; // 5
-    deposit(&app, "a", 3).await; // 6: behind 4
-    let last = deposit(&app, "b", 4).await; // 7
-    let failures = Arc::new(AtomicU32::new(u32::MAX));
-    let flaky = Flaky {
-        failures: Arc::clone(&failures),
-    };
-    let handle = app.project(flaky).database(&path).start().await.unwrap();
-    handle.wait_for(last, WAIT).await.unwrap();
-
-    assert_eq!(
-        applied_positions(&path),
-        [3, 5, 7],
-        "b flows on; a stops at 4"
-    );
-    let parked = handle.parked().await.unwrap();
-    let parked_positions: Vec<u64> = parked.iter().map(|p| p.position).collect();
-    assert_eq!(parked_positions, [4, 6]);
-    assert!(
-        parked[0].error.contains("#[on] method failed"),
-        "{}",
-        parked[0].error
-    );
-    assert!(parked[1].error.contains("behind"), "{}", parked[1].error);
-    assert_eq!(
-        (parked[0].aggregate_id.as_str(), parked[0].name.as_str()),
-        ("a", "MoneyDeposited")
-    );
-    assert_eq!(handle.status().parked, 2);
-    assert_eq!(handle.status().state, RunnerState::Live);
-
-    // A later event of the parked aggregate is parked too, live.
-    let later = deposit(&app, "a", 5).await; // 8
-    handle.wait_for(later, WAIT).await.unwrap();
-    assert_eq!(handle.status().parked, 3);
-
-    // Parked events survive a restart.
-    handle.stop().await;
-    let flaky = Flaky {
-        failures: Arc::clone(&failures),
-    };
-    let handle = app.project(flaky).database(&path).start().await.unwrap();
-    assert_eq!(handle.status().parked, 3);
-    let still: Vec<u64> = handle
-        .parked()
-        .await
-        .unwrap()
-        .iter()
-        .map(|p| p.position)
-        .collect();
-    assert_eq!(still, [4, 6, 8]);
-
-    // A retry that fails again keeps them, with the new error.
-    let retried = handle.retry_parked().await.unwrap();
-    assert_eq!((retried.applied, retried.parked), (0, 3));
-
-    // After the fix, a retry drains the park in order.
-    failures.store(0, Ordering::SeqCst);
-    let retried = handle.retry_parked().await.unwrap();
-    assert_eq!((retried.applied, retried.parked), (3, 0));
-    assert_eq!(applied_positions(&path), [3, 5, 7, 4, 6, 8]);
-    assert_eq!(handle.status().parked, 0);
-    assert!(handle.parked().await.unwrap().is_empty());
-
-    // And the aggregate flows again.
-    let next = deposit(&app, "a", 6).await; // 9
-    handle.wait_for(next, WAIT).await.unwrap();
-    assert_eq!(applied_positions(&path).last(), Some(&9));
-}
-
-#[tokio::test]
-async fn a_skipped_parked_event_is_never_applied() {
-    let (flaky, path, _dir, last) = flaky_run(u32::MAX).await;
-    flaky.wait_for(last, WAIT).await.unwrap();
-    // Every later deposit of the one account is behind the poison one.
-    let parked = flaky.parked().await.unwrap();
-    assert_eq!(parked.len(), 3);
-    assert!(flaky.skip_parked(parked[0].event_id).await.unwrap());
-    assert!(
-        !flaky.skip_parked(parked[0].event_id).await.unwrap(),
-        "skipped once"
-    );
-    assert_eq!(flaky.status().parked, 2);
-    let retried = flaky.retry_parked().await.unwrap();
-    assert_eq!((retried.applied, retried.parked), (2, 0));
-    assert_eq!(applied_positions(&path), [2, 3, 5, 6]);
-}
-
-#[tokio::test]
-async fn an_event_it_cannot_decode_is_parked_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("events.db"))
-        .await
-        .unwrap();
-    let app = App::new(store.clone());
-    open_account(&app, "a").await;
-    // A deposit whose amount is text (written by hand, or by a broken producer).
-    let stream = eda::StreamId {
-        aggregate_type: "Account",
-        aggregate_id: "a",
-    };
-    let bad = eda_test::new_event("MoneyDeposited", r#"{"amount":"ten"}"#);
-    store
-        .append(stream, 1, vec![bad], &eda::Metadata::default())
-        .await
-        .unwrap();
-    let path = read_db(&dir);
-    let flaky = Flaky {
-        failures: Arc::new(AtomicU32::new(0)),
-    };
-    let handle = app.project(flaky).database(&path).start().await.unwrap();
-    handle.wait_for(Some(2), WAIT).await.unwrap();
-    let parked = handle.parked().await.unwrap();
-    assert_eq!(parked.len(), 1);
-    assert_eq!(parked[0].position, 2);
-    assert!(
-        parked[0].error.contains("cannot decode"),
-        "{}",
-        parked[0].error
-    );
-}
-
-#[tokio::test]
 async fn a_second_runner_of_one_projection_cannot_move_its_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new(
-        SqliteStore::open(dir.path().join("events.db"))
-            .await
-            .unwrap(),
-    );
-    let path = read_db(&dir);
-    let one = app.project(Ledger).database(&path).start().await.unwrap();
-    let two = app.project(Ledger).database(&path).start().await.unwrap();
-    open_account(&app, "a").await;
-    let position = deposit(&app, "a", 1).await;
+    let h = Sqlite::new().await;
+    let one = h.start_ledger().await;
+    let two = h.start_ledger().await;
+    open(&h.app, "a").await;
+    let position = Some(deposit(&h.app, "a", 1).await);
     let (first, second) = tokio::join!(one.wait_for(position, WAIT), two.wait_for(position, WAIT));
     assert!(first.is_ok() != second.is_ok(), "{first:?} {second:?}");
     let stopped = if first.is_err() { one } else { two };
@@ -312,22 +134,16 @@ async fn a_second_runner_of_one_projection_cannot_move_its_checkpoint() {
         panic!("{:?}", stopped.status());
     };
     assert!(error.contains("another runner"), "{error}");
-    let rows = ledger::read(&path).unwrap();
+    let rows = h.rows().await;
     assert_eq!((rows.applications.len(), rows.applied_twice()), (2, 0));
 }
 
 #[tokio::test]
 async fn a_database_built_by_another_version_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = App::new(MemoryStore::new());
-    let path = read_db(&dir);
-    bump_version(&path, 7);
-    let error = app
-        .project(Ledger)
-        .database(&path)
-        .start()
-        .await
-        .unwrap_err();
+    let h = Sqlite::new().await;
+    bump_version(&h.read, 7);
+    let builder = h.app.project(Ledger).database(&h.read);
+    let error = builder.start().await.unwrap_err();
     assert!(
         matches!(
             error,
@@ -365,7 +181,7 @@ async fn a_read_model_in_the_store_file_parks_apart_from_the_store() {
     let path = dir.path().join("events.db");
     let app = App::new(SqliteStore::open(&path).await.unwrap());
     ledger::create(&path).unwrap();
-    open_account(&app, "a").await; // 1
+    open(&app, "a").await; // 1
     deposit(&app, "a", 13).await; // 2: poison
     let last = deposit(&app, "a", 1).await; // 3: behind 2
     let failures = Arc::new(AtomicU32::new(u32::MAX));
@@ -378,7 +194,7 @@ async fn a_read_model_in_the_store_file_parks_apart_from_the_store() {
         .start()
         .await
         .unwrap();
-    handle.wait_for(last, WAIT).await.unwrap();
+    handle.wait_for(Some(last), WAIT).await.unwrap();
     handle.stop().await;
     app.close().await.unwrap();
 
@@ -401,7 +217,7 @@ async fn a_read_model_in_the_store_file_parks_apart_from_the_store() {
         .await
         .unwrap();
     let later = deposit(&app, "a", 2).await; // 4: behind 2
-    handle.wait_for(later, WAIT).await.unwrap();
+    handle.wait_for(Some(later), WAIT).await.unwrap();
     let positions: Vec<u64> = handle
         .parked()
         .await

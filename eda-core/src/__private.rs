@@ -8,6 +8,8 @@ pub use inventory;
 pub use rusqlite;
 pub use serde;
 pub use serde_json;
+#[cfg(feature = "postgres")]
+pub use tokio_postgres;
 pub use uuid::Uuid;
 
 pub use crate::aggregate::{
@@ -26,4 +28,6 @@ pub use crate::policy::{IntoReactions, Policy, Reactions};
 #[cfg(feature = "sqlite")]
 pub use crate::projection::SqliteProjection;
 pub use crate::projection::{read_model, ApplyError, MemoryProjection, Projection};
+#[cfg(feature = "postgres")]
+pub use crate::projection::{PostgresProjection, PostgresTransaction};
 pub use crate::registry::{decode_boxed, EventRegistration};

@@ -42,6 +42,8 @@ pub use projection::{
     read_model, ApplyError, MemoryProjection, ParkedEvent, Projection, ProjectionBuilder,
     ProjectionHandle, Retried, RunnerState, RunnerStatus, WaitError,
 };
+#[cfg(feature = "postgres")]
+pub use projection::{PostgresProjection, PostgresProjectionBuilder};
 #[cfg(feature = "sqlite")]
 pub use projection::{SqliteProjection, SqliteProjectionBuilder};
 pub use registry::{registry, DecodeFn, EventRegistration, Registry};

@@ -12,7 +12,7 @@ use crate::projection::ParkedEvent;
 pub use immediate::ImmediateStore;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod durable;
+pub(crate) mod durable;
 mod immediate;
 pub mod memory;
 #[cfg(feature = "postgres")]
@@ -538,6 +538,7 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
         names: &'a [&'a str],
     ) -> BoxFuture<'a, Result<LogPage, StoreError>>;
 
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     fn read_event(
         &self,
         event_id: Uuid,

@@ -75,9 +75,14 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 /// - in SQLite, written in the runner's transaction, which comes last:
 ///   `fn name(&mut self, event: &E [, recorded: &RecordedEvent], tx: &eda::rusqlite::Transaction<'_>) -> Result<(), Err>`,
 ///   where `Err` converts into `Box<dyn Error + Send + Sync>` (`rusqlite::Result<()>`
-///   does); an error is the runner's `ApplyError::Handler`.
+///   does); an error is the runner's `ApplyError::Handler`;
+/// - in PostgreSQL, the same with an `async fn` and the runner's
+///   `tx: &eda::tokio_postgres::Transaction<'_>` last, returning `Result<(), Err>`
+///   (`Result<(), tokio_postgres::Error>`, say). Both drivers call their
+///   transaction `Transaction`, so `async` tells the kinds apart: async with a
+///   transaction is PostgreSQL, without one async is an error.
 ///
-/// The methods of one projection are all of one kind; none is async. Arguments:
+/// The methods of one projection are all of one kind. Arguments:
 /// `name = "..."` (the type's name by default), `version = N` (1 by default),
 /// `crate = path`. Start one with `App::project(value).start()`.
 #[proc_macro_attribute]

@@ -652,10 +652,13 @@ pub(crate) struct On {
     pub(crate) event: Type,
     /// The type of its argument `&RecordedEvent`, when it takes one.
     pub(crate) envelope: Option<Type>,
-    /// The `T` of a last argument `&T` that is a transaction: a SQLite read model's.
+    /// The `T` of a last argument `&T` that is a transaction: a SQLite or
+    /// PostgreSQL read model's.
     pub(crate) transaction: Option<Type>,
-    /// Its return type, when it must have one: a SQLite read model's `Result`, a
-    /// policy's commands.
+    /// `async fn`: a PostgreSQL read model's (with a transaction).
+    pub(crate) asyncness: Option<Token![async]>,
+    /// Its return type, when it must have one: a SQLite or PostgreSQL read
+    /// model's `Result`, a policy's commands.
     pub(crate) output: Option<Type>,
 }
 
@@ -664,13 +667,32 @@ pub(crate) struct On {
 pub(crate) enum ReadModel {
     Memory,
     Sqlite,
+    Postgres,
 }
 
 impl ReadModel {
+    /// A transaction says the read model is in a database; which one cannot be
+    /// told from the transaction's name (both drivers call it `Transaction`),
+    /// so the driver's way of waiting does: SQLite's blocks, PostgreSQL's is
+    /// awaited.
     fn of(on: &On) -> Self {
-        match on.transaction {
-            Some(_) => ReadModel::Sqlite,
-            None => ReadModel::Memory,
+        match (&on.transaction, &on.asyncness) {
+            (None, _) => ReadModel::Memory,
+            (Some(_), None) => ReadModel::Sqlite,
+            (Some(_), Some(_)) => ReadModel::Postgres,
+        }
+    }
+
+    /// What an `#[on]` method of this kind does, for messages.
+    fn what(self) -> &'static str {
+        match self {
+            ReadModel::Memory => "keeps the projection in memory (it takes no transaction)",
+            ReadModel::Sqlite => {
+                "writes to a SQLite read model (it takes a transaction and is not async)"
+            }
+            ReadModel::Postgres => {
+                "writes to a PostgreSQL read model (it is async and takes a transaction)"
+            }
         }
     }
 }
@@ -794,28 +816,40 @@ fn read_side<A>(
     Some(CheckedReadSide { name, handlers })
 }
 
-/// A projection's runner keeps one read model, in memory or in SQLite: the first
-/// `#[on]` method's kind is the projection's, and methods of the other kind are
-/// reported and left out.
+/// A projection's runner keeps one read model, in memory, in SQLite or in
+/// PostgreSQL: the first `#[on]` method's kind is the projection's, and
+/// methods of another kind are reported and left out.
 fn one_read_model(cx: &mut Ctxt, handlers: &mut Vec<On>) -> ReadModel {
     let Some(first) = handlers.first() else {
         return ReadModel::Memory;
     };
     let (kind, first) = (ReadModel::of(first), first.method.clone());
     handlers.retain(|on| {
-        if ReadModel::of(on) == kind {
+        let this = ReadModel::of(on);
+        if this == kind {
             return true;
         }
         let method = &on.method;
-        match &on.transaction {
-            Some(tx) => cx.error_spanned_by(
-                tx,
-                format_args!("`{method}` writes to a SQLite read model (it takes a transaction), but `{first}` keeps the projection in memory (it takes none): the #[on] methods of a projection all keep one kind of read model"),
-            ),
-            None => cx.error_spanned_by(
-                method,
-                format_args!("`{method}` keeps the projection in memory (it takes no transaction), but `{first}` writes to a SQLite read model: the #[on] methods of a projection all keep one kind of read model; add `tx: &Transaction<'_>` as the last argument and return `rusqlite::Result<()>`"),
-            ),
+        let how = match (kind, this) {
+            (ReadModel::Sqlite, ReadModel::Memory) => "; add `tx: &Transaction<'_>` as the last argument and return `rusqlite::Result<()>`",
+            (ReadModel::Postgres, ReadModel::Memory) => "; make it `async`, add `tx: &Transaction<'_>` as the last argument and return `Result<(), tokio_postgres::Error>`",
+            (ReadModel::Postgres, ReadModel::Sqlite) => "; make it `async` and take `tx: &eda::tokio_postgres::Transaction<'_>`",
+            (ReadModel::Sqlite, ReadModel::Postgres) => "; remove `async` and take `tx: &eda::rusqlite::Transaction<'_>`",
+            _ => "",
+        };
+        let message = format!(
+            "`{method}` {}, but `{first}` {}: the #[on] methods of a projection all keep one kind of read model{how}",
+            this.what(),
+            kind.what(),
+        );
+        // At what makes it another kind: its transaction, its `async`, or
+        // (for what it lacks) its name.
+        match (this, &on.transaction, &on.asyncness) {
+            (ReadModel::Postgres, _, Some(asyncness)) if kind == ReadModel::Sqlite => {
+                cx.error_spanned_by(asyncness, message)
+            }
+            (_, Some(tx), _) if kind == ReadModel::Memory => cx.error_spanned_by(tx, message),
+            _ => cx.error_spanned_by(method, message),
         }
         false
     });
@@ -849,18 +883,22 @@ const MEMORY_ON: &str = "an #[on] method takes `&mut self`, a reference to the e
 
 const SQLITE_ON: &str = "an #[on] method of a SQLite read model takes `&mut self`, a reference to the event, the recorded event if it needs it, and the transaction last: `fn name(&mut self, event: &Event, recorded: &RecordedEvent, tx: &Transaction<'_>) -> rusqlite::Result<()>`";
 
+const POSTGRES_ON: &str = "an #[on] method of a PostgreSQL read model takes `&mut self`, a reference to the event, the recorded event if it needs it, and the transaction last: `async fn name(&mut self, event: &Event, recorded: &RecordedEvent, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error>`";
+
 const POLICY_ON: &str = "an #[on] method of a #[policy] takes `&self`, a reference to the event and, if it needs it, the recorded event: `fn name(&self, event: &Event, recorded: &RecordedEvent) -> Option<Command>`";
 
 /// A projection's `#[on]` method takes `&mut self`, the event by reference and, if
-/// it wants it, the recorded event; in memory it returns nothing, while a SQLite
-/// read model's also takes the runner's transaction, last, and returns whether its
-/// writes succeeded. The runner calls it with exactly these.
+/// it wants it, the recorded event; in memory it returns nothing, while a
+/// database read model's also takes the runner's transaction, last, and returns
+/// whether its writes succeeded: SQLite's blocks, PostgreSQL's is `async`. The
+/// runner calls it with exactly these.
 fn projection_on(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
     let transaction = sig.inputs.last().and_then(transaction);
-    let usage = if transaction.is_some() {
-        SQLITE_ON
-    } else {
-        MEMORY_ON
+    let asyncness = sig.asyncness;
+    let usage = match (transaction.is_some(), asyncness.is_some()) {
+        (true, true) => POSTGRES_ON,
+        (true, false) => SQLITE_ON,
+        (false, _) => MEMORY_ON,
     };
     let mut ok = takes_self(cx, sig, true, usage, usage);
     let before_last = sig.inputs.iter().rev().skip(1);
@@ -868,9 +906,13 @@ fn projection_on(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
         .filter(|arg| self::transaction(arg).is_some())
         .last()
     {
+        let example = match asyncness {
+            Some(_) => "async fn name(&mut self, event: &Event, recorded: &RecordedEvent, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error>",
+            None => "fn name(&mut self, event: &Event, recorded: &RecordedEvent, tx: &Transaction<'_>) -> rusqlite::Result<()>",
+        };
         cx.error_spanned_by(
             misplaced,
-            "the transaction goes last: `fn name(&mut self, event: &Event, recorded: &RecordedEvent, tx: &Transaction<'_>) -> rusqlite::Result<()>`",
+            format_args!("the transaction goes last: `{example}`"),
         );
         return None;
     }
@@ -890,8 +932,18 @@ fn projection_on(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
     let transaction = transaction.map(|r| (*r.elem).clone());
     let (event, envelope) =
         on_arguments(cx, sig, usize::from(transaction.is_some()), usage, &mut ok);
-    let output = match transaction {
-        None => {
+    let output = match (&transaction, asyncness) {
+        // Whatever it returns, the mistake is the `async` or the missing
+        // transaction.
+        (None, Some(asyncness)) => {
+            cx.error_spanned_by(
+                asyncness,
+                "an async #[on] method writes to a PostgreSQL read model, so it takes the runner's transaction last: `async fn name(&mut self, event: &Event, recorded: &RecordedEvent, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error>`; in memory, #[on] methods are not async",
+            );
+            ok = false;
+            None
+        }
+        (None, None) => {
             ok &= returns_nothing(
                 cx,
                 sig,
@@ -899,24 +951,26 @@ fn projection_on(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
             );
             None
         }
-        Some(_) => declared_output(
+        (Some(_), None) => declared_output(
             cx,
             sig,
             "an #[on] method of a SQLite read model returns `Result<(), E>`, like `rusqlite::Result<()>`: its runner commits the event's writes only if it succeeded",
             &mut ok,
         ),
+        (Some(_), Some(_)) => declared_output(
+            cx,
+            sig,
+            "an #[on] method of a PostgreSQL read model returns `Result<(), E>`, like `Result<(), tokio_postgres::Error>`: its runner commits the event's writes only if it succeeded",
+            &mut ok,
+        ),
     };
-    ok &= not_async_nor_generic(
-        cx,
-        sig,
-        "an #[on] method of a #[projection] is not async: it writes in memory or in the runner's SQLite transaction (PostgreSQL read models are not supported yet)",
-        "an #[on] method cannot be generic",
-    );
+    ok &= method_is_not_generic(cx, sig, "an #[on] method cannot be generic");
     Some(On {
         method: sig.ident.clone(),
         event: event?,
         envelope,
         transaction,
+        asyncness,
         output,
     })
     .filter(|_| ok)
@@ -950,6 +1004,7 @@ fn policy_on(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
         event: event?,
         envelope,
         transaction: None,
+        asyncness: None,
         output,
     })
     .filter(|_| ok)

@@ -9,15 +9,18 @@
 pub mod bank;
 pub mod bank_load;
 pub mod conformance;
+pub mod crash;
 mod events;
+pub mod ledger;
+pub mod read_models;
 mod routed;
 pub mod tally;
 mod yielding;
 
 #[cfg(feature = "sqlite")]
 pub mod appends;
-#[cfg(feature = "sqlite")]
-pub mod ledger;
+#[cfg(feature = "postgres")]
+pub mod ledger_pg;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 

@@ -84,12 +84,28 @@ impl TestDb {
         .unwrap()
     }
 
-    /// Drops the test's schema, and with it everything the test stored.
+    /// Another schema of this test, `<schema>_<suffix>` (for read models), which
+    /// [`drop_schema`](Self::drop_schema) drops too.
+    pub fn other_schema(&self, suffix: &str) -> String {
+        format!("{}_{suffix}", self.schema)
+    }
+
+    /// Drops the test's schema and its [other schemas](Self::other_schema), and
+    /// with them everything the test stored.
     pub async fn drop_schema(self) {
         let client = self.connect().await;
         drop(self.store);
+        let others = client
+            .query(
+                "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)",
+                &[&format!("{}_", self.schema)],
+            )
+            .await
+            .unwrap();
+        let mut schemas = vec![self.schema.clone()];
+        schemas.extend(others.iter().map(|row| row.get::<_, String>(0)));
         client
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", schemas.join(", ")))
             .await
             .unwrap();
     }

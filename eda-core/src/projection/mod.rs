@@ -25,16 +25,23 @@ use runner::Control;
 pub use runner::{RunnerState, RunnerStatus, WaitError};
 
 mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod page;
+#[cfg(feature = "postgres")]
+mod postgres;
 pub mod read_model;
 pub(crate) mod runner;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresProjectionBuilder, PostgresTransaction};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteProjectionBuilder;
 
 /// A read model that `#[projection]` generated the plumbing of: its name, the
 /// events it handles and where it keeps its state. How one event is applied
-/// depends on that kind: [`MemoryProjection`] or [`SqliteProjection`].
+/// depends on that kind: [`MemoryProjection`], [`SqliteProjection`] or
+/// [`PostgresProjection`].
 pub trait Projection: Send + 'static {
     /// The projection's name (`#[projection(name = "...")]`, the type's name by
     /// default): its checkpoint and its parked events are stored under it.
@@ -44,7 +51,7 @@ pub trait Projection: Send + 'static {
     /// The stored names of the events its `#[on]` methods take.
     const EVENTS: &'static [&'static str];
     /// Where the read model lives, chosen by the `#[on]` methods' signatures:
-    /// [`read_model::Memory`] or [`read_model::Sqlite`].
+    /// [`read_model::Memory`], [`read_model::Sqlite`] or [`read_model::Postgres`].
     type Kind: read_model::Kind;
 }
 
@@ -70,6 +77,57 @@ pub trait SqliteProjection: Projection<Kind = read_model::Sqlite> {
         event: &RecordedEvent,
         tx: &rusqlite::Transaction<'_>,
     ) -> Result<(), ApplyError>;
+}
+
+/// A read model in a PostgreSQL database: `#[on]` methods are `async`, take the
+/// runner's open transaction, `&tokio_postgres::Transaction<'_>`, last, and
+/// return a `Result<(), E>` whose error converts into
+/// `Box<dyn Error + Send + Sync>` (`tokio_postgres::Error` does). The runner
+/// commits their writes and the checkpoint in one transaction, one runner at a
+/// time across processes ([`RunnerState::Standby`]); start one with
+/// [`ProjectionBuilder::postgres`].
+///
+/// ```no_run
+/// use eda::prelude::*;
+/// use eda::tokio_postgres::{self, Transaction};
+/// use eda::RecordedEvent;
+/// # #[event] #[derive(Debug)] pub struct Opened { pub owner: String }
+///
+/// #[derive(Debug, Default)]
+/// pub struct OwnerTable;
+///
+/// #[projection(name = "owner_table")]
+/// impl OwnerTable {
+///     #[on]
+///     async fn opened(
+///         &mut self,
+///         e: &Opened,
+///         recorded: &RecordedEvent,
+///         tx: &Transaction<'_>,
+///     ) -> Result<(), tokio_postgres::Error> {
+///         tx.execute(
+///             "INSERT INTO owners (account, owner) VALUES ($1, $2)",
+///             &[&recorded.aggregate_id, &e.owner],
+///         )
+///         .await?;
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn demo(app: App) -> Result<(), StoreError> {
+/// let url = "postgres://postgres@127.0.0.1:5432/test";
+/// let owners = app.project(OwnerTable).postgres(url).schema("read").start().await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "postgres")]
+pub trait PostgresProjection: Projection<Kind = read_model::Postgres> {
+    /// Decodes `event` (one of [`EVENTS`](Projection::EVENTS)) and runs its `#[on]`
+    /// method in `tx`. An event of another name is ignored.
+    fn apply<'a>(
+        &'a mut self,
+        event: &'a RecordedEvent,
+        tx: &'a tokio_postgres::Transaction<'_>,
+    ) -> impl std::future::Future<Output = Result<(), ApplyError>> + Send + 'a;
 }
 
 /// Why an event could not be applied to a read model.
@@ -261,7 +319,9 @@ pub(crate) fn lock<P>(state: &Mutex<P>) -> MutexGuard<'_, P> {
 
 impl<P> ProjectionHandle<P> {
     /// `f` of the projection value as it is now: the read model itself for an
-    /// in-memory projection (the runner waits meanwhile: keep `f` short).
+    /// in-memory projection (the runner waits meanwhile: keep `f` short). While
+    /// the runner applies a page to a SQLite or PostgreSQL read model, this
+    /// waits for the page (which makes progress on a thread of its own).
     pub fn read<R>(&self, f: impl FnOnce(&P) -> R) -> R {
         f(&lock(&self.state))
     }

@@ -6,7 +6,7 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// A kind of read model: [`Memory`] or [`Sqlite`].
+/// A kind of read model: [`Memory`], [`Sqlite`] or [`Postgres`].
 pub trait Kind: sealed::Sealed + Send + 'static {}
 
 /// The state is the projection value, in memory: [`MemoryProjection`](super::MemoryProjection).
@@ -18,7 +18,14 @@ pub enum Memory {}
 #[derive(Debug, Clone, Copy)]
 pub enum Sqlite {}
 
+/// The state is in a PostgreSQL database, written in the runner's transaction
+/// by async `#[on]` methods: `PostgresProjection` (feature `postgres`).
+#[derive(Debug, Clone, Copy)]
+pub enum Postgres {}
+
 impl sealed::Sealed for Memory {}
 impl Kind for Memory {}
 impl sealed::Sealed for Sqlite {}
 impl Kind for Sqlite {}
+impl sealed::Sealed for Postgres {}
+impl Kind for Postgres {}

@@ -24,6 +24,9 @@ const POLL: Duration = Duration::from_millis(20);
 /// How many times an event that failed is tried before its runner stops.
 pub(crate) const MAX_ATTEMPTS: u32 = 5;
 
+/// How long a runner on standby waits before it tries to take over again.
+const STANDBY: Duration = Duration::from_secs(1);
+
 /// Where a runner's events go: a read model, or a policy's commands.
 pub(crate) trait Sink: Send + 'static {
     /// The runner's name, for its status and its traces.
@@ -32,7 +35,8 @@ pub(crate) trait Sink: Send + 'static {
     /// The stored names of the events it handles.
     fn events(&self) -> &'static [&'static str];
 
-    /// The checkpoint to start after.
+    /// The checkpoint to start after. A sink whose read model has one runner at
+    /// a time fails with [`Then::Standby`] while another runner has it.
     fn start(&mut self) -> impl Future<Output = Result<u64, Failure>> + Send;
 
     /// Applies `page.events` in order and moves the checkpoint to `page.read_to`.
@@ -61,30 +65,48 @@ pub(crate) struct Failure {
     pub(crate) applied: u64,
     /// What failed, displayed.
     pub(crate) error: String,
-    /// Whether the same page may succeed later (a handler or database error),
-    /// or never will (an event that cannot be decoded, a lost turn).
-    pub(crate) retry: bool,
+    /// What the runner does next.
+    pub(crate) then: Then,
+}
+
+/// What a runner does after a [`Failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    /// Tries the same page again after a pause: it may succeed later (a handler
+    /// or database error).
+    Retry,
+    /// Stops: it never will (an event that cannot be decoded, a lost turn).
+    Stop,
+    /// Stands by: another runner of the read model has its turn (or this one
+    /// lost it). After [`STANDBY`] the runner starts over from [`Sink::start`],
+    /// which takes the turn and reads the checkpoint again, or fails the same way.
+    Standby,
 }
 
 impl Failure {
-    /// A failure that trying again may cure.
-    pub(crate) fn retry(error: impl ToString, reached: Option<u64>) -> Self {
+    fn new(error: impl ToString, reached: Option<u64>, then: Then) -> Self {
         Failure {
             reached,
             applied: 0,
             error: error.to_string(),
-            retry: true,
+            then,
         }
+    }
+
+    /// A failure that trying again may cure.
+    pub(crate) fn retry(error: impl ToString, reached: Option<u64>) -> Self {
+        Failure::new(error, reached, Then::Retry)
     }
 
     /// A failure that stops the runner.
     pub(crate) fn stop(error: impl ToString, reached: Option<u64>) -> Self {
-        Failure {
-            reached,
-            applied: 0,
-            error: error.to_string(),
-            retry: false,
-        }
+        Failure::new(error, reached, Then::Stop)
+    }
+
+    /// Another runner has the turn: this one stands by.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn standby(error: impl ToString) -> Self {
+        Failure::new(error, None, Then::Standby)
     }
 }
 
@@ -96,6 +118,15 @@ pub enum RunnerState {
     CatchingUp,
     /// At the end of the log, waiting for new events.
     Live,
+    /// Another runner of the same read model has its turn: a PostgreSQL read
+    /// model is applied by one runner at a time, across processes (the holder
+    /// of a lock on its connection). This one tries to take over every second,
+    /// so it does within seconds of the holder stopping or its connection
+    /// dying; it then goes on from the checkpoint the holder left.
+    Standby {
+        /// Why it stands by, displayed.
+        reason: String,
+    },
     /// Reading the log or applying an event failed; it is tried again after a
     /// pause.
     Retrying {
@@ -263,6 +294,18 @@ impl Control {
         self.set(|p| p.state = RunnerState::Stopped { error });
     }
 
+    /// Waits [`STANDBY`] (give or take a tenth) before trying to take over
+    /// again. Returns `false` if the runner was stopped meanwhile.
+    async fn stand_by(&self, reason: String) -> bool {
+        tracing::debug!(runner = self.name, %reason, "runner on standby");
+        self.set(|p| p.state = RunnerState::Standby { reason });
+        let pause = STANDBY.mul_f64(0.9 + rand::random::<f64>() / 5.0);
+        tokio::select! {
+            () = tokio::time::sleep(pause) => true,
+            () = self.stop.notified() => false,
+        }
+    }
+
     /// Waits before the next attempt: a doubling pause from 10 ms, at most 5 s,
     /// with up to half of it random (so runners that failed together do not
     /// retry together). Returns `false` if the runner was stopped meanwhile.
@@ -303,28 +346,83 @@ pub(crate) fn spawn(app: App, sink: impl Sink) -> Arc<Control> {
 }
 
 /// The runner: start, catch up, then follow; until stopped or a failure that
-/// trying again cannot cure.
+/// trying again cannot cure. A sink that stands by starts over.
 async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
     let _ends_stopped = EndsStopped(&control);
     let mut commits = app.watch_commits();
-    let mut failures = 0u32;
-    let mut checkpoint = loop {
-        let started = tokio::select! {
-            started = sink.start() => started,
-            () = control.stop.notified() => return control.stopped(None),
+    loop {
+        let Some(checkpoint) = start(&mut sink, &control).await else {
+            return;
         };
-        match started {
-            Ok(checkpoint) => break checkpoint,
-            Err(failure) if failure.retry => {
-                failures += 1;
-                if !control.pause(failure.error, failures).await {
+        match follow(&app, &mut sink, &control, &mut commits, checkpoint).await {
+            Next::StandBy(reason) => {
+                if !control.stand_by(reason).await {
                     return control.stopped(None);
                 }
             }
-            Err(failure) => return control.stopped(Some(failure.error)),
+            Next::Stop(error) => return control.stopped(error),
         }
-    };
-    control.set(|p| p.checkpoint = checkpoint);
+    }
+}
+
+/// The checkpoint `sink` starts after, once it has its turn; `None` once the
+/// runner stopped.
+async fn start(sink: &mut impl Sink, control: &Control) -> Option<u64> {
+    let mut failures = 0u32;
+    loop {
+        let started = tokio::select! {
+            started = sink.start() => started,
+            () = control.stop.notified() => {
+                control.stopped(None);
+                return None;
+            }
+        };
+        let go_on = match started {
+            Ok(checkpoint) => {
+                control.set(|p| {
+                    p.checkpoint = checkpoint;
+                    p.state = RunnerState::CatchingUp;
+                });
+                return Some(checkpoint);
+            }
+            Err(failure) => match failure.then {
+                Then::Retry => {
+                    failures += 1;
+                    control.pause(failure.error, failures).await
+                }
+                Then::Standby => {
+                    failures = 0;
+                    control.stand_by(failure.error).await
+                }
+                Then::Stop => {
+                    control.stopped(Some(failure.error));
+                    return None;
+                }
+            },
+        };
+        if !go_on {
+            control.stopped(None);
+            return None;
+        }
+    }
+}
+
+/// Why [`follow`] returned.
+enum Next {
+    /// The sink lost its turn: stand by, then start over.
+    StandBy(String),
+    /// Stop, with the error if it was not asked for.
+    Stop(Option<String>),
+}
+
+/// Catches up from `checkpoint`, then follows the log.
+async fn follow(
+    app: &App,
+    sink: &mut impl Sink,
+    control: &Control,
+    commits: &mut watch::Receiver<u64>,
+    mut checkpoint: u64,
+) -> Next {
     let (mut failures, mut read_failures) = (0, 0);
     // The position of the event that failed last, to count its attempts.
     let mut failed_at = None;
@@ -332,7 +430,7 @@ async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
         let read = app.store().read_all_of(checkpoint, BATCH, sink.events());
         let page = tokio::select! {
             page = read => page,
-            () = control.stop.notified() => return control.stopped(None),
+            () = control.stop.notified() => return Next::Stop(None),
         };
         let page = match page {
             Ok(page) => page,
@@ -340,7 +438,7 @@ async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
                 // The store is down: try again for as long as it takes.
                 read_failures += 1;
                 if !control.pause(error.to_string(), read_failures).await {
-                    return control.stopped(None);
+                    return Next::Stop(None);
                 }
                 continue;
             }
@@ -384,7 +482,7 @@ async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
                     tokio::select! {
                         _ = commits.changed() => {}
                         () = tokio::time::sleep(POLL) => {}
-                        () = control.stop.notified() => return control.stopped(None),
+                        () = control.stop.notified() => return Next::Stop(None),
                     }
                 }
             }
@@ -397,8 +495,10 @@ async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
                         p.applied += applied;
                     });
                 }
-                if !failure.retry {
-                    return control.stopped(Some(failure.error));
+                match failure.then {
+                    Then::Retry => {}
+                    Then::Stop => return Next::Stop(Some(failure.error)),
+                    Then::Standby => return Next::StandBy(failure.error),
                 }
                 let at = checkpoint;
                 if failed_at == Some(at) {
@@ -411,10 +511,10 @@ async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
                         "the event after position {at} failed {failures} times: {}",
                         failure.error
                     );
-                    return control.stopped(Some(error));
+                    return Next::Stop(Some(error));
                 }
                 if !control.pause(failure.error, failures).await {
-                    return control.stopped(None);
+                    return Next::Stop(None);
                 }
             }
         }

@@ -1,11 +1,11 @@
 //! The SQLite kind: the read model is in a SQLite database of its own (or the
 //! event store's file), and each page of events is applied in one transaction
 //! that also moves the projection's checkpoint, kept in that database's
-//! `eda_projections` table. A crash before the commit loses the page's writes and
-//! its checkpoint together; after it, keeps both: each event's writes happen
-//! exactly once in effect.
+//! `eda_projections` table (the algorithm is `page`'s). A crash before the
+//! commit loses the page's writes and its checkpoint together; after it, keeps
+//! both: each event's writes happen exactly once in effect.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,18 +13,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use uuid::Uuid;
 
-use super::runner::{self, Control, Failure, Sink};
+use super::page::{self, to_i64, Database, ReadDb, Stream};
+use super::runner::{self, Control, Failure, Sink, Then};
 use super::{
     lock, read_model, ApplyError, ParkedEvent, Parking, ProjectionBuilder, ProjectionHandle,
     Retried, SqliteProjection,
 };
 use crate::app::App;
 use crate::envelope::RecordedEvent;
-use crate::error::{DecodeError, StoreError};
-use crate::failpoint;
+use crate::error::StoreError;
 use crate::store::{BoxFuture, LogPage};
 
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS eda_projections (
@@ -110,7 +110,7 @@ impl<P: SqliteProjection> SqliteProjectionBuilder<P> {
     /// Outside a tokio runtime, as `tokio::spawn` does.
     pub async fn start(self) -> Result<ProjectionHandle<P>, StoreError> {
         let path = self.path;
-        let db = blocking(move || ReadDb::open(&path, P::NAME, P::VERSION)).await?;
+        let db = blocking(move || open::<P>(&path, P::NAME, P::VERSION)).await?;
         let parked = Arc::new(AtomicU64::new(db.parked_total()));
         let db = Arc::new(Mutex::new(db));
         let state = Arc::new(Mutex::new(self.projection));
@@ -148,81 +148,44 @@ async fn blocking<T: Send + 'static>(
         .map_err(|join| StoreError::Backend(join.into()))?
 }
 
-type Stream = (String, String);
-
-/// The read database as a runner sees it: its connection, its checkpoint, and
-/// the aggregates with parked events (whose later events are parked too).
-struct ReadDb {
-    connection: Connection,
+/// Opens the read database and reads (or creates) the projection's checkpoint
+/// and its parked aggregates.
+fn open<P: SqliteProjection>(
+    path: &Path,
     name: &'static str,
-    checkpoint: u64,
-    parked: HashMap<Stream, u64>,
-}
-
-impl ReadDb {
-    /// Opens the read database and reads (or creates) the projection's
-    /// checkpoint and its parked aggregates.
-    fn open(path: &Path, name: &'static str, version: u32) -> Result<ReadDb, StoreError> {
-        let connection = Connection::open(path).map_err(backend)?;
-        connection.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
-        // WAL: readers of the read model do not block the runner, nor it them.
-        // NORMAL: a commit survives the process crashing (not the machine).
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(backend)?;
-        connection
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(backend)?;
-        connection.execute_batch(CREATE).map_err(backend)?;
-        connection
-            .execute(INSERT, (name, version))
-            .map_err(backend)?;
-        let (stored, position): (u32, i64) = connection
-            .query_row(SELECT, [name], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()
-            .map_err(backend)?
-            .ok_or_else(|| StoreError::Backend("the checkpoint row vanished".into()))?;
-        if stored != version {
-            return Err(StoreError::Invalid {
-                what: "projection version",
-                reason: format!(
-                    "`{name}` in {} was built by version {stored}, this code is version {version}; \
-                     rebuilding a SQLite read model in place is not supported yet: start it on a new database file",
-                    path.display()
-                ),
-            });
-        }
-        let checkpoint = u64::try_from(position).map_err(|_| StoreError::Corrupt {
-            position: 0,
-            what: format!("checkpoint of `{name}` is {position}"),
-        })?;
-        let mut db = ReadDb {
-            connection,
-            name,
-            checkpoint,
-            parked: HashMap::new(),
-        };
-        db.count_parked().map_err(backend)?;
-        Ok(db)
+    version: u32,
+) -> Result<ReadDb<Connection>, StoreError> {
+    let connection = Connection::open(path).map_err(backend)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(backend)?;
+    // WAL: readers of the read model do not block the runner, nor it them.
+    // NORMAL: a commit survives the process crashing (not the machine).
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .map_err(backend)?;
+    connection
+        .pragma_update(None, "synchronous", "NORMAL")
+        .map_err(backend)?;
+    connection.execute_batch(CREATE).map_err(backend)?;
+    connection
+        .execute(INSERT, (name, version))
+        .map_err(backend)?;
+    let (stored, position): (i64, i64) = connection
+        .query_row(SELECT, [name], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()
+        .map_err(backend)?
+        .ok_or_else(|| StoreError::Backend("the checkpoint row vanished".into()))?;
+    if stored != i64::from(version) {
+        let place = path.display().to_string();
+        let fresh = "on a new database file";
+        return Err(page::other_version(name, &place, stored, version, fresh));
     }
-
-    fn count_parked(&mut self) -> rusqlite::Result<()> {
-        let mut statement = self.connection.prepare_cached(PARKED_STREAMS)?;
-        let rows = statement.query_map([self.name], |row| {
-            Ok(((row.get(0)?, row.get(1)?), row.get::<_, i64>(2)? as u64))
-        })?;
-        self.parked = rows.collect::<rusqlite::Result<_>>()?;
-        Ok(())
-    }
-
-    fn parked_total(&self) -> u64 {
-        self.parked.values().sum()
-    }
+    let checkpoint = page::checkpoint_of(name, position)?;
+    pollster::block_on(ReadDb::new::<P>(connection, name, checkpoint))
 }
 
 /// Applies pages in transactions of the read database.
 struct SqliteSink<P> {
-    db: Arc<Mutex<ReadDb>>,
+    db: Arc<Mutex<ReadDb<Connection>>>,
     state: Arc<Mutex<P>>,
     parked: Arc<AtomicU64>,
 }
@@ -245,7 +208,10 @@ impl<P: SqliteProjection> Sink for SqliteSink<P> {
         let parked = Arc::clone(&self.parked);
         let applied = tokio::task::spawn_blocking(move || {
             let mut db = lock(&db);
-            let result = apply_page(&mut db, &mut *lock(&state), &page, last_attempt);
+            let mut state = lock(&state);
+            let applying = page::apply_page(&mut db, &mut *state, &page, last_attempt);
+            // Ready at once: rusqlite blocks, on this thread.
+            let result = pollster::block_on(applying);
             parked.store(db.parked_total(), Ordering::Relaxed);
             result
         })
@@ -259,178 +225,105 @@ impl<P: SqliteProjection> Sink for SqliteSink<P> {
     }
 }
 
-/// Applies `page` in one transaction with the checkpoint's move to its
-/// `read_to`. An event that cannot be decoded is parked at once, one whose
-/// `#[on]` method fails is parked on the `last_attempt` (each with its
-/// aggregate's later events); otherwise the transaction is rolled back, and the
-/// events before the failed one are applied again in a transaction of their own,
-/// so that the runner moves past them while it retries the failed one.
-fn apply_page<P: SqliteProjection>(
-    db: &mut ReadDb,
-    projection: &mut P,
-    page: &LogPage,
-    last_attempt: bool,
-) -> Result<(), Failure> {
-    let from = db.checkpoint;
-    if page.read_to == from {
-        // Nothing new: no transaction (a live runner polls).
-        return Ok(());
+/// The read database's side of the page algorithm; every future is ready at
+/// once.
+impl<P: SqliteProjection> Database<P> for Connection {
+    const LOST_TURN: Then = Then::Stop;
+
+    type Tx<'c> = Transaction<'c>;
+
+    async fn begin(&mut self) -> Result<Transaction<'_>, StoreError> {
+        self.transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)
     }
-    let mut park = BTreeMap::new();
-    loop {
-        let failed = match apply_events(db, projection, &page.events, &park, page.read_to) {
-            Ok(()) => return Ok(()),
-            Err(Applying::Event(failed)) => failed,
-            Err(Applying::Database(failure)) => return Err(failure),
-        };
-        let (done, mut failure) = failed;
-        if !failure.retry || last_attempt {
-            park.insert(done, failure.error);
-            continue;
-        }
-        let event = &page.events[done];
-        let reached = event.position - 1;
-        if reached > from {
-            match apply_events(db, projection, &page.events[..done], &park, reached) {
-                Ok(()) => {
-                    failure.reached = Some(reached);
-                    failure.applied = done as u64;
-                }
-                Err(Applying::Event((_, failure)) | Applying::Database(failure)) => {
-                    return Err(failure)
-                }
-            }
-        }
-        failure.error = format!("{}: {}", describe(event), failure.error);
-        return Err(failure);
+
+    async fn commit(tx: Self::Tx<'_>) -> Result<(), StoreError> {
+        tx.commit().map_err(backend)
     }
-}
 
-fn describe(event: &RecordedEvent) -> String {
-    format!(
-        "event `{}` at position {} ({} `{}` version {})",
-        event.name, event.position, event.aggregate_type, event.aggregate_id, event.version
-    )
-}
-
-/// Why [`apply_events`] rolled back.
-enum Applying {
-    /// The event at this index failed: retry it, or park it if the failure says
-    /// trying again is of no use.
-    Event((usize, Failure)),
-    /// The database failed (or another runner moved the checkpoint).
-    Database(Failure),
-}
-
-fn database(error: rusqlite::Error) -> Applying {
-    Applying::Database(Failure::retry(StoreError::Backend(error.into()), None))
-}
-
-/// Applies `events` in one transaction, parking those at the indexes in `park`
-/// (with the error to keep) and those of aggregates with parked events, and
-/// moves the checkpoint to `to`; or changes nothing.
-fn apply_events<P: SqliteProjection>(
-    db: &mut ReadDb,
-    projection: &mut P,
-    events: &[RecordedEvent],
-    park: &BTreeMap<usize, String>,
-    to: u64,
-) -> Result<(), Applying> {
-    let name = db.name;
-    let from = db.checkpoint;
-    let tx = db
-        .connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(database)?;
-    let mut parked_now: HashMap<Stream, u64> = HashMap::new();
-    for (done, event) in events.iter().enumerate() {
-        let stream = (event.aggregate_type.clone(), event.aggregate_id.clone());
-        let behind = db.parked.contains_key(&stream) || parked_now.contains_key(&stream);
-        let error = match park.get(&done) {
-            Some(error) => Some(error.clone()),
-            None if behind => {
-                Some("parked behind an earlier parked event of its aggregate".to_owned())
-            }
-            None => None,
-        };
-        if let Some(error) = error {
-            park_event(&tx, name, event, &error).map_err(database)?;
-            *parked_now.entry(stream).or_default() += 1;
-            continue;
-        }
-        if let Err(error) = projection.apply(event, &tx) {
-            let failure = match error {
-                ApplyError::Decode(kind) => {
-                    Failure::stop(DecodeError::at(&event.as_event_ref(), kind), None)
-                }
-                error @ ApplyError::Handler(_) => Failure::retry(error, None),
-            };
-            return Err(Applying::Event((done, failure)));
-        }
+    async fn apply(
+        tx: &Self::Tx<'_>,
+        projection: &mut P,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError> {
+        projection.apply(event, tx)
     }
-    failpoint::hit("projection.before_commit");
-    let tx = if failpoint::broken("projection.checkpoint_apart") {
-        // The control of the crash tests: the writes and the checkpoint in
-        // separate transactions, which a crash between them applies twice.
-        tx.commit().map_err(database)?;
-        failpoint::hit("projection.between_commits");
-        db.connection.transaction().map_err(database)?
-    } else {
-        tx
-    };
-    let moved = tx
-        .prepare_cached(MOVE)
-        .and_then(|mut statement| statement.execute((name, to_i64(from), to_i64(to))))
-        .map_err(database)?;
-    if moved != 1 {
-        let error =
-            format!("another runner of `{name}` moved its checkpoint from {from}: this one stops");
-        return Err(Applying::Database(Failure::stop(error, None)));
-    }
-    tx.commit().map_err(database)?;
-    failpoint::hit("projection.after_commit");
-    db.checkpoint = to;
-    for (stream, count) in parked_now {
-        *db.parked.entry(stream).or_default() += count;
-    }
-    Ok(())
-}
 
-fn park_event(
-    tx: &Connection,
-    name: &str,
-    event: &RecordedEvent,
-    error: &str,
-) -> rusqlite::Result<()> {
-    tracing::warn!(projection = name, position = event.position, %error, "event parked");
-    tx.prepare_cached(PARK)?.execute((
-        name,
-        to_i64(event.position),
-        event.event_id.to_string(),
-        &event.aggregate_type,
-        &event.aggregate_id,
-        &event.name,
-        error,
-        Utc::now().to_rfc3339(),
-    ))?;
-    Ok(())
-}
+    async fn park(
+        tx: &Self::Tx<'_>,
+        name: &str,
+        event: &RecordedEvent,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let mut statement = tx.prepare_cached(PARK).map_err(backend)?;
+        statement
+            .execute((
+                name,
+                to_i64(event.position),
+                event.event_id.to_string(),
+                &event.aggregate_type,
+                &event.aggregate_id,
+                &event.name,
+                error,
+                Utc::now().to_rfc3339(),
+            ))
+            .map_err(backend)?;
+        Ok(())
+    }
 
-fn to_i64(position: u64) -> i64 {
-    i64::try_from(position).unwrap_or(i64::MAX)
+    async fn move_checkpoint(
+        tx: &Self::Tx<'_>,
+        name: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<bool, StoreError> {
+        let mut statement = tx.prepare_cached(MOVE).map_err(backend)?;
+        let moved = statement
+            .execute((name, to_i64(from), to_i64(to)))
+            .map_err(backend)?;
+        Ok(moved == 1)
+    }
+
+    async fn unpark(tx: &Self::Tx<'_>, name: &str, position: u64) -> Result<bool, StoreError> {
+        let deleted = tx
+            .execute(UNPARK, (name, to_i64(position)))
+            .map_err(backend)?;
+        Ok(deleted == 1)
+    }
+
+    async fn still_fails(
+        &mut self,
+        name: &str,
+        position: u64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.execute(STILL_FAILS, (name, to_i64(position), error))
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn parked_streams(&mut self, name: &str) -> Result<HashMap<Stream, u64>, StoreError> {
+        let mut statement = self.prepare_cached(PARKED_STREAMS).map_err(backend)?;
+        let rows = statement
+            .query_map([name], |row| {
+                Ok(((row.get(0)?, row.get(1)?), row.get::<_, i64>(2)? as u64))
+            })
+            .map_err(backend)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(backend)
+    }
 }
 
 /// The dead-letter operations of a SQLite projection's handle.
 struct SqliteParking<P> {
     app: App,
-    db: Arc<Mutex<ReadDb>>,
+    db: Arc<Mutex<ReadDb<Connection>>>,
     state: Arc<Mutex<P>>,
     parked: Arc<AtomicU64>,
     control: Arc<Control>,
 }
 
 impl<P: SqliteProjection> SqliteParking<P> {
-    fn counted(&self, db: &ReadDb) {
+    fn counted(&self, db: &ReadDb<Connection>) {
         let total = db.parked_total();
         self.parked.store(total, Ordering::Relaxed);
         self.control.set_parked(total);
@@ -445,19 +338,11 @@ impl<P: SqliteProjection> Parking for SqliteParking<P> {
 
     fn retry(&self) -> BoxFuture<'_, Result<Retried, StoreError>> {
         Box::pin(async move {
-            let rows = self.list().await?;
-            let mut events = Vec::with_capacity(rows.len());
-            for row in rows {
-                let event = self.app.store().read_event(row.event_id).await?;
-                let event = event.ok_or_else(|| StoreError::Corrupt {
-                    position: row.position,
-                    what: format!("parked event {} is not in the event store", row.event_id),
-                })?;
-                events.push(event);
-            }
+            let events = page::parked_events(&self.app, self.list().await?).await?;
             let (db, state) = (Arc::clone(&self.db), Arc::clone(&self.state));
             let retried = blocking(move || {
-                retry_parked(&mut lock(&db), &mut *lock(&state), &events).map_err(backend)
+                let (mut db, mut state) = (lock(&db), lock(&state));
+                pollster::block_on(page::retry_parked(&mut db, &mut *state, &events))
             })
             .await?;
             self.counted(&lock(&self.db));
@@ -472,7 +357,7 @@ impl<P: SqliteProjection> Parking for SqliteParking<P> {
                 let mut db = lock(&db);
                 let id = event_id.to_string();
                 let deleted = db.connection.execute(UNPARK_ID, (db.name, id));
-                db.count_parked().map_err(backend)?;
+                pollster::block_on(db.count_parked::<P>())?;
                 Ok(deleted.map_err(backend)? > 0)
             })
             .await?;
@@ -482,7 +367,7 @@ impl<P: SqliteProjection> Parking for SqliteParking<P> {
     }
 }
 
-fn list_parked(db: &ReadDb) -> rusqlite::Result<Vec<ParkedEvent>> {
+fn list_parked(db: &ReadDb<Connection>) -> rusqlite::Result<Vec<ParkedEvent>> {
     let mut statement = db.connection.prepare_cached(PARKED)?;
     let rows = statement.query_map([db.name], |row| {
         let position: i64 = row.get(0)?;
@@ -501,46 +386,4 @@ fn list_parked(db: &ReadDb) -> rusqlite::Result<Vec<ParkedEvent>> {
         })
     })?;
     rows.collect()
-}
-
-/// Applies the parked `events` (in position order) aggregate by aggregate, each
-/// in a transaction of its own that also removes it from the park; an
-/// aggregate's first event that fails again stays parked with its new error,
-/// and so do its later ones.
-fn retry_parked<P: SqliteProjection>(
-    db: &mut ReadDb,
-    projection: &mut P,
-    events: &[RecordedEvent],
-) -> rusqlite::Result<Retried> {
-    let name = db.name;
-    let mut failed: Vec<Stream> = Vec::new();
-    let mut applied = 0;
-    for event in events {
-        let stream = (event.aggregate_type.clone(), event.aggregate_id.clone());
-        if failed.contains(&stream) {
-            continue;
-        }
-        let tx = db
-            .connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        match projection.apply(event, &tx) {
-            Ok(()) => {
-                tx.execute(UNPARK, (name, to_i64(event.position)))?;
-                tx.commit()?;
-                applied += 1;
-            }
-            Err(error) => {
-                drop(tx);
-                let error = error.to_string();
-                db.connection
-                    .execute(STILL_FAILS, (name, to_i64(event.position), error))?;
-                failed.push(stream);
-            }
-        }
-    }
-    db.count_parked()?;
-    Ok(Retried {
-        applied,
-        parked: db.parked_total(),
-    })
 }

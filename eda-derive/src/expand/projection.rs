@@ -1,6 +1,7 @@
 //! `#[projection]`: the block without its markers, the `Projection` impl that
-//! names its events and kind, and the impl of that kind (`MemoryProjection` or
-//! `SqliteProjection`) that routes each stored event to its `#[on]` method.
+//! names its events and kind, and the impl of that kind (`MemoryProjection`,
+//! `SqliteProjection` or `PostgresProjection`) that routes each stored event to
+//! its `#[on]` method.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
@@ -28,10 +29,12 @@ pub(crate) fn expand(
     let apply = match kind {
         ReadModel::Memory => memory(&private, self_ty, &checked.handlers),
         ReadModel::Sqlite => sqlite(&private, self_ty, &checked.handlers),
+        ReadModel::Postgres => postgres(&private, self_ty, &checked.handlers),
     };
     let kind = match kind {
         ReadModel::Memory => quote!(Memory),
         ReadModel::Sqlite => quote!(Sqlite),
+        ReadModel::Postgres => quote!(Postgres),
     };
     quote! {
         #item
@@ -77,27 +80,14 @@ fn memory(private: &TokenStream, self_ty: &syn::Type, handlers: &[On]) -> TokenS
 /// their errors become `ApplyError::Handler`.
 fn sqlite(private: &TokenStream, self_ty: &syn::Type, handlers: &[On]) -> TokenStream {
     let arms = super::dispatch(private, handlers, |on, args| {
-        let method = &on.method;
-        // Typed as the method declares them, so a mismatch is reported there.
+        // Typed as the method declares it, so a mismatch is reported there.
         let tx = on.transaction.as_ref().map(|tx| {
             quote_spanned!(tx.span()=> {
                 let __eda_tx: &#tx = __eda_tx;
                 __eda_tx
             })
         });
-        // A checked SQLite handler declares its return type; the checks of what
-        // it returns are spanned there.
-        let span = on
-            .output
-            .as_ref()
-            .map_or_else(|| method.span(), Spanned::span);
-        let output = on.output.as_ref().map(|output| quote!(: #output));
-        let private = super::respan(private.clone(), span);
-        quote_spanned! {span=>
-            let __eda_result #output = self.#method(#args, #tx);
-            let __eda_result: ::core::result::Result<(), _> = __eda_result;
-            ::core::result::Result::map_err(__eda_result, #private::ApplyError::handler)?;
-        }
+        in_transaction(private, on, args, tx, None)
     });
     quote! {
         #[automatically_derived]
@@ -111,5 +101,66 @@ fn sqlite(private: &TokenStream, self_ty: &syn::Type, handlers: &[On]) -> TokenS
                 ::core::result::Result::Ok(())
             }
         }
+    }
+}
+
+/// `PostgresProjection`: the `#[on]` methods are awaited in turn, writing in
+/// the runner's transaction; their errors become `ApplyError::Handler`.
+fn postgres(private: &TokenStream, self_ty: &syn::Type, handlers: &[On]) -> TokenStream {
+    let arms = super::dispatch(private, handlers, |on, args| {
+        // Typed as the method declares it, through a trait whose message says
+        // which transaction an async method takes (a SQLite one is no
+        // PostgreSQL transaction).
+        let tx = on.transaction.as_ref().map(|tx| {
+            let private = super::respan(private.clone(), tx.span());
+            quote_spanned!(tx.span()=> {
+                let __eda_tx: &#tx = <#tx as #private::PostgresTransaction<'_>>::of(__eda_tx);
+                __eda_tx
+            })
+        });
+        in_transaction(private, on, args, tx, Some(quote!(.await)))
+    });
+    quote! {
+        #[automatically_derived]
+        impl #private::PostgresProjection for #self_ty {
+            fn apply<'__eda>(
+                &'__eda mut self,
+                __eda_event: &'__eda #private::RecordedEvent,
+                __eda_tx: &'__eda #private::tokio_postgres::Transaction<'_>,
+            ) -> impl ::core::future::Future<
+                Output = ::core::result::Result<(), #private::ApplyError>,
+            > + ::core::marker::Send + '__eda {
+                async move {
+                    #arms
+                    ::core::result::Result::Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// The call of a database read model's `#[on]` method with `args` and the
+/// transaction `tx`, `awaited` if it is async: its error returned as
+/// `ApplyError::Handler`.
+fn in_transaction(
+    private: &TokenStream,
+    on: &On,
+    args: TokenStream,
+    tx: Option<TokenStream>,
+    awaited: Option<TokenStream>,
+) -> TokenStream {
+    let method = &on.method;
+    // A checked handler in a transaction declares its return type; the checks
+    // of what it returns are spanned there.
+    let span = on
+        .output
+        .as_ref()
+        .map_or_else(|| method.span(), Spanned::span);
+    let output = on.output.as_ref().map(|output| quote!(: #output));
+    let private = super::respan(private.clone(), span);
+    quote_spanned! {span=>
+        let __eda_result #output = self.#method(#args, #tx) #awaited;
+        let __eda_result: ::core::result::Result<(), _> = __eda_result;
+        ::core::result::Result::map_err(__eda_result, #private::ApplyError::handler)?;
     }
 }

@@ -91,6 +91,27 @@ impl PingTable {
     }
 }
 
+/// Pings in a PostgreSQL table (without the recorded event).
+#[cfg(feature = "postgres")]
+#[derive(Debug, Default)]
+pub struct PingRows;
+
+#[cfg(feature = "postgres")]
+#[projection(crate = framework, name = "ping_rows")]
+impl PingRows {
+    #[on]
+    async fn pinged(
+        &mut self,
+        e: &Pinged,
+        tx: &framework::tokio_postgres::Transaction<'_>,
+    ) -> Result<(), framework::tokio_postgres::Error> {
+        let times = i64::from(e.times);
+        tx.execute("INSERT INTO pings (times) VALUES ($1)", &[&times])
+            .await?;
+        Ok(())
+    }
+}
+
 /// Pings back.
 #[derive(Debug, Default)]
 pub struct Echoes;
@@ -124,6 +145,8 @@ mod tests {
         assert_eq!(<Pinged as framework::Event>::NAME, "Pinged");
         assert!(framework::registry().get("Pinged", 1).is_some());
         assert_eq!(<PingTable as framework::Projection>::NAME, "ping_table");
+        #[cfg(feature = "postgres")]
+        assert_eq!(<PingRows as framework::Projection>::EVENTS, ["Pinged"]);
         assert_eq!(<Echoes as framework::Policy>::EVENTS, ["Pinged"]);
     }
 }

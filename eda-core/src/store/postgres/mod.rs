@@ -106,34 +106,15 @@ impl PostgresStore {
         options: PostgresOptions,
     ) -> Result<PostgresStore, StoreError> {
         let schema = options.schema;
-        let valid = schema
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-            && schema
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if !valid {
-            return Err(StoreError::Invalid {
-                what: "schema name",
-                reason: format!(
-                    "`{schema}` is not a lowercase letter or `_` followed by lowercase letters, digits and `_`"
-                ),
-            });
-        }
-        let mut config: tokio_postgres::Config = url.parse().map_err(backend)?;
-        // The URL's own `options` (a statement_timeout, say) stay; eda's follow.
-        let given = config.get_options().unwrap_or_default().trim().to_owned();
-        let with_given = |ours: String| match given.as_str() {
-            "" => ours,
-            given => format!("{given} {ours}"),
-        };
-        config.options(with_given(format!("-c search_path={schema}")));
-        let mut batch_config = config.clone();
-        batch_config.options(with_given(format!(
-            "-c search_path={schema} -c lock_timeout={}ms",
-            options.batch_lock_timeout.as_millis()
-        )));
+        let config = config(url, &schema)?;
+        let batch_config = config_with(
+            url,
+            &schema,
+            &format!(
+                "-c lock_timeout={}ms",
+                options.batch_lock_timeout.as_millis()
+            ),
+        )?;
         let max_committers = (options.pool_size / 8).max(1);
         let pool = pool_of(config, options.pool_size)?;
         let batch_pool = pool_of(batch_config, max_committers)?;
@@ -236,6 +217,42 @@ impl PostgresStore {
         let statement = client.prepare_cached(sql).await.map_err(backend)?;
         client.query(&statement, params).await.map_err(backend)
     }
+}
+
+/// The settings of a connection to `url` whose `search_path` is `schema`
+/// (checked: it is written into statements).
+pub(crate) fn config(url: &str, schema: &str) -> Result<tokio_postgres::Config, StoreError> {
+    config_with(url, schema, "")
+}
+
+/// [`config`], with `more` server settings (`-c name=value ...`) after the
+/// URL's own `options` and the search path.
+fn config_with(url: &str, schema: &str, more: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let valid = schema
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        return Err(StoreError::Invalid {
+            what: "schema name",
+            reason: format!(
+                "`{schema}` is not a lowercase letter or `_` followed by lowercase letters, digits and `_`"
+            ),
+        });
+    }
+    let mut config: tokio_postgres::Config = url.parse().map_err(backend)?;
+    // The URL's own `options` (a statement_timeout, say) stay; eda's follow.
+    let options = [
+        config.get_options().unwrap_or_default().trim(),
+        &format!("-c search_path={schema}"),
+        more,
+    ];
+    let options: Vec<&str> = options.into_iter().filter(|o| !o.is_empty()).collect();
+    config.options(options.join(" "));
+    Ok(config)
 }
 
 /// A pool of up to `size` connections made with `config`; the most recently used

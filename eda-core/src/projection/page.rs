@@ -1,0 +1,369 @@
+//! What the read models kept in a database share (SQLite, PostgreSQL): each
+//! page of events is applied in one transaction that also moves the
+//! projection's checkpoint by compare-and-set, so that a crash before the commit
+//! loses the page's writes and its checkpoint together, and after it keeps
+//! both; failed events are parked (dead letters) with their aggregate's later
+//! events, and parked events are retried or skipped from the handle.
+//!
+//! The algorithm is written once, async, against [`Database`]: the PostgreSQL
+//! kind awaits its driver, the SQLite kind's futures are ready at once (its
+//! driver blocks; it runs them on a blocking thread with `pollster`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use super::runner::{Failure, Then};
+use super::{ApplyError, ParkedEvent, Retried};
+use crate::app::App;
+use crate::envelope::RecordedEvent;
+use crate::error::{DecodeError, StoreError};
+use crate::failpoint;
+use crate::store::LogPage;
+
+/// How often a page without events moves the stored checkpoint at most.
+/// PostgreSQL's read position moves with every transaction on the server, so a
+/// runner following an idle log would otherwise commit at every poll (and each
+/// of its commits would move the position again). After a restart the runner
+/// reads again at most this long a stretch of the log, in which it has nothing
+/// to apply.
+const IDLE_MOVES: Duration = Duration::from_secs(1);
+
+/// An aggregate: its type and id.
+pub(super) type Stream = (String, String);
+
+/// A read model's database, as the page algorithm uses it: transactions in
+/// which `P` applies events, and the `eda_projections` and `eda_parked` tables.
+pub(super) trait Database<P> {
+    /// What the runner does when the checkpoint moved under it (another
+    /// runner took its turn): SQLite has no lock to wait for, so it stops; a
+    /// PostgreSQL runner stands by and reads the checkpoint again once it has
+    /// the lock.
+    const LOST_TURN: Then;
+
+    /// An open transaction, rolled back when dropped uncommitted.
+    type Tx<'c>
+    where
+        Self: 'c;
+
+    async fn begin(&mut self) -> Result<Self::Tx<'_>, StoreError>;
+
+    async fn commit(tx: Self::Tx<'_>) -> Result<(), StoreError>;
+
+    /// Runs `projection`'s `#[on]` method for `event` in `tx`.
+    async fn apply(
+        tx: &Self::Tx<'_>,
+        projection: &mut P,
+        event: &RecordedEvent,
+    ) -> Result<(), ApplyError>;
+
+    /// Records `event` as parked by projection `name`, with `error`.
+    async fn park(
+        tx: &Self::Tx<'_>,
+        name: &str,
+        event: &RecordedEvent,
+        error: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Moves `name`'s checkpoint from `from` to `to`; `false` (and no change) if
+    /// it is not at `from`.
+    async fn move_checkpoint(
+        tx: &Self::Tx<'_>,
+        name: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes the event at `position` from `name`'s park; `false` if it was
+    /// not there (another process retried or skipped it first).
+    async fn unpark(tx: &Self::Tx<'_>, name: &str, position: u64) -> Result<bool, StoreError>;
+
+    /// Keeps the event at `position` parked, with a new `error`.
+    async fn still_fails(
+        &mut self,
+        name: &str,
+        position: u64,
+        error: &str,
+    ) -> Result<(), StoreError>;
+
+    /// How many events `name` has parked, by aggregate.
+    async fn parked_streams(&mut self, name: &str) -> Result<HashMap<Stream, u64>, StoreError>;
+}
+
+/// The read database as a runner sees it: its connection, its checkpoint, and
+/// the aggregates with parked events (whose later events are parked too).
+pub(super) struct ReadDb<C> {
+    pub(super) connection: C,
+    pub(super) name: &'static str,
+    /// The checkpoint as stored (the runner may be past it: see [`IDLE_MOVES`]).
+    pub(super) checkpoint: u64,
+    pub(super) parked: HashMap<Stream, u64>,
+    /// When the stored checkpoint last moved.
+    moved_at: Instant,
+}
+
+impl<C> ReadDb<C> {
+    /// A read database at `checkpoint`, with its parked aggregates counted.
+    pub(super) async fn new<P>(
+        mut connection: C,
+        name: &'static str,
+        checkpoint: u64,
+    ) -> Result<ReadDb<C>, StoreError>
+    where
+        C: Database<P>,
+    {
+        let parked = connection.parked_streams(name).await?;
+        Ok(ReadDb {
+            connection,
+            name,
+            checkpoint,
+            parked,
+            moved_at: Instant::now(),
+        })
+    }
+
+    /// Counts the parked aggregates again (after a retry or a skip).
+    pub(super) async fn count_parked<P>(&mut self) -> Result<(), StoreError>
+    where
+        C: Database<P>,
+    {
+        self.parked = self.connection.parked_streams(self.name).await?;
+        Ok(())
+    }
+
+    pub(super) fn parked_total(&self) -> u64 {
+        self.parked.values().sum()
+    }
+}
+
+/// The error of a read model in `place` built by another version of its
+/// projection; `fresh` says where to start it instead.
+pub(super) fn other_version(
+    name: &str,
+    place: &str,
+    stored: i64,
+    version: u32,
+    fresh: &str,
+) -> StoreError {
+    StoreError::Invalid {
+        what: "projection version",
+        reason: format!(
+            "`{name}` in {place} was built by version {stored}, this code is version {version}; \
+             rebuilding a read model in place is not supported yet: start it {fresh}"
+        ),
+    }
+}
+
+/// A stored checkpoint as a position.
+pub(super) fn checkpoint_of(name: &str, position: i64) -> Result<u64, StoreError> {
+    u64::try_from(position).map_err(|_| StoreError::Corrupt {
+        position: 0,
+        what: format!("checkpoint of `{name}` is {position}"),
+    })
+}
+
+/// Applies `page` in one transaction with the checkpoint's move to its
+/// `read_to` (for a page without events, at most every [`IDLE_MOVES`]). An event that cannot be decoded is parked at once, one whose
+/// `#[on]` method fails is parked on the `last_attempt` (each with its
+/// aggregate's later events); otherwise the transaction is rolled back, and the
+/// events before the failed one are applied again in a transaction of their own,
+/// so that the runner moves past them while it retries the failed one.
+pub(super) async fn apply_page<P, C: Database<P>>(
+    db: &mut ReadDb<C>,
+    projection: &mut P,
+    page: &LogPage,
+    last_attempt: bool,
+) -> Result<(), Failure> {
+    let from = db.checkpoint;
+    if page.events.is_empty() && (page.read_to == from || db.moved_at.elapsed() < IDLE_MOVES) {
+        // Nothing to apply: no transaction (a live runner polls).
+        return Ok(());
+    }
+    let mut park = BTreeMap::new();
+    loop {
+        let failed = match apply_events(db, projection, &page.events, &park, page.read_to).await {
+            Ok(()) => return Ok(()),
+            Err(Applying::Event(failed)) => failed,
+            Err(Applying::Database(failure)) => return Err(failure),
+        };
+        let (done, mut failure) = failed;
+        if failure.then != Then::Retry || last_attempt {
+            park.insert(done, failure.error);
+            continue;
+        }
+        let event = &page.events[done];
+        let reached = event.position - 1;
+        if reached > from {
+            match apply_events(db, projection, &page.events[..done], &park, reached).await {
+                Ok(()) => {
+                    failure.reached = Some(reached);
+                    failure.applied = done as u64;
+                }
+                Err(Applying::Event((_, failure)) | Applying::Database(failure)) => {
+                    return Err(failure)
+                }
+            }
+        }
+        failure.error = format!("{}: {}", describe(event), failure.error);
+        return Err(failure);
+    }
+}
+
+fn describe(event: &RecordedEvent) -> String {
+    format!(
+        "event `{}` at position {} ({} `{}` version {})",
+        event.name, event.position, event.aggregate_type, event.aggregate_id, event.version
+    )
+}
+
+/// Why [`apply_events`] rolled back.
+enum Applying {
+    /// The event at this index failed: retry it, or park it if the failure says
+    /// trying again is of no use.
+    Event((usize, Failure)),
+    /// The database failed (or another runner moved the checkpoint).
+    Database(Failure),
+}
+
+fn database(error: StoreError) -> Applying {
+    Applying::Database(Failure::retry(error, None))
+}
+
+/// Applies `events` in one transaction, parking those at the indexes in `park`
+/// (with the error to keep) and those of aggregates with parked events, and
+/// moves the checkpoint to `to`; or changes nothing.
+async fn apply_events<P, C: Database<P>>(
+    db: &mut ReadDb<C>,
+    projection: &mut P,
+    events: &[RecordedEvent],
+    park: &BTreeMap<usize, String>,
+    to: u64,
+) -> Result<(), Applying> {
+    let name = db.name;
+    let from = db.checkpoint;
+    let tx = db.connection.begin().await.map_err(database)?;
+    let mut parked_now: HashMap<Stream, u64> = HashMap::new();
+    for (done, event) in events.iter().enumerate() {
+        let stream = (event.aggregate_type.clone(), event.aggregate_id.clone());
+        let behind = db.parked.contains_key(&stream) || parked_now.contains_key(&stream);
+        let error = match park.get(&done) {
+            Some(error) => Some(error.clone()),
+            None if behind => {
+                Some("parked behind an earlier parked event of its aggregate".to_owned())
+            }
+            None => None,
+        };
+        if let Some(error) = error {
+            tracing::warn!(projection = name, position = event.position, %error, "event parked");
+            C::park(&tx, name, event, &error).await.map_err(database)?;
+            *parked_now.entry(stream).or_default() += 1;
+            continue;
+        }
+        if let Err(error) = C::apply(&tx, projection, event).await {
+            let failure = match error {
+                ApplyError::Decode(kind) => {
+                    Failure::stop(DecodeError::at(&event.as_event_ref(), kind), None)
+                }
+                error @ ApplyError::Handler(_) => Failure::retry(error, None),
+            };
+            return Err(Applying::Event((done, failure)));
+        }
+    }
+    failpoint::hit("projection.before_commit");
+    let tx = if failpoint::broken("projection.checkpoint_apart") {
+        // The control of the crash tests: the writes and the checkpoint in
+        // separate transactions, which a crash between them applies twice.
+        C::commit(tx).await.map_err(database)?;
+        failpoint::hit("projection.between_commits");
+        db.connection.begin().await.map_err(database)?
+    } else {
+        tx
+    };
+    let moved = C::move_checkpoint(&tx, name, from, to)
+        .await
+        .map_err(database)?;
+    if !moved {
+        let then = match C::LOST_TURN {
+            Then::Standby => "stands by",
+            _ => "stops",
+        };
+        let error =
+            format!("another runner of `{name}` moved its checkpoint from {from}: this one {then}");
+        let mut failure = Failure::stop(error, None);
+        failure.then = C::LOST_TURN;
+        return Err(Applying::Database(failure));
+    }
+    C::commit(tx).await.map_err(database)?;
+    failpoint::hit("projection.after_commit");
+    db.checkpoint = to;
+    db.moved_at = Instant::now();
+    for (stream, count) in parked_now {
+        *db.parked.entry(stream).or_default() += count;
+    }
+    Ok(())
+}
+
+/// Applies the parked `events` (in position order) aggregate by aggregate, each
+/// in a transaction of its own that also removes it from the park; an
+/// aggregate's first event that fails again stays parked with its new error,
+/// and so do its later ones. An event that another process took from the park
+/// meanwhile is rolled back, not applied twice.
+pub(super) async fn retry_parked<P, C: Database<P>>(
+    db: &mut ReadDb<C>,
+    projection: &mut P,
+    events: &[RecordedEvent],
+) -> Result<Retried, StoreError> {
+    let name = db.name;
+    let mut failed: Vec<Stream> = Vec::new();
+    let mut applied = 0;
+    for event in events {
+        let stream = (event.aggregate_type.clone(), event.aggregate_id.clone());
+        if failed.contains(&stream) {
+            continue;
+        }
+        let tx = db.connection.begin().await?;
+        match C::apply(&tx, projection, event).await {
+            Ok(()) => {
+                if C::unpark(&tx, name, event.position).await? {
+                    C::commit(tx).await?;
+                    applied += 1;
+                }
+            }
+            Err(error) => {
+                drop(tx);
+                let error = error.to_string();
+                db.connection
+                    .still_fails(name, event.position, &error)
+                    .await?;
+                failed.push(stream);
+            }
+        }
+    }
+    db.count_parked().await?;
+    Ok(Retried {
+        applied,
+        parked: db.parked_total(),
+    })
+}
+
+/// The parked events of `rows`, read from `app`'s store (the park keeps only
+/// where they are), to retry them.
+pub(super) async fn parked_events(
+    app: &App,
+    rows: Vec<ParkedEvent>,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let event = app.store().read_event(row.event_id).await?;
+        let event = event.ok_or_else(|| StoreError::Corrupt {
+            position: row.position,
+            what: format!("parked event {} is not in the event store", row.event_id),
+        })?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// A position as the databases store it.
+pub(super) fn to_i64(position: u64) -> i64 {
+    i64::try_from(position).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,111 @@
+//! The ledger in PostgreSQL: the same read model as the SQLite one, with async
+//! `#[on]` methods writing through the runner's transaction, in the schema
+//! the runner was given.
+
+use eda::prelude::*;
+use eda::tokio_postgres::types::Type;
+use eda::tokio_postgres::{self, Client, Transaction};
+use eda::RecordedEvent;
+
+use crate::bank::{AccountOpened, MoneyDeposited, MoneyWithdrawn};
+use crate::ledger::LedgerRows;
+
+/// The bank's balances in a PostgreSQL schema: `balances (account, balance)`
+/// and `applications (event_id, position, seq)`, `seq` in the order of the
+/// applications.
+#[derive(Debug, Default)]
+pub struct LedgerPg;
+
+#[projection(name = "ledger")]
+impl LedgerPg {
+    #[on]
+    async fn opened(
+        &mut self,
+        _: &AccountOpened,
+        recorded: &RecordedEvent,
+        tx: &Transaction<'_>,
+    ) -> Result<(), tokio_postgres::Error> {
+        add(tx, recorded, 0).await
+    }
+
+    #[on]
+    async fn deposited(
+        &mut self,
+        e: &MoneyDeposited,
+        recorded: &RecordedEvent,
+        tx: &Transaction<'_>,
+    ) -> Result<(), tokio_postgres::Error> {
+        add(tx, recorded, e.amount as i64).await
+    }
+
+    #[on]
+    async fn withdrawn(
+        &mut self,
+        e: &MoneyWithdrawn,
+        recorded: &RecordedEvent,
+        tx: &Transaction<'_>,
+    ) -> Result<(), tokio_postgres::Error> {
+        add(tx, recorded, -(e.amount as i64)).await
+    }
+}
+
+/// One statement, in one round trip (`execute_typed` prepares nothing apart).
+async fn add(
+    tx: &Transaction<'_>,
+    recorded: &RecordedEvent,
+    amount: i64,
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute_typed(
+        "WITH balance AS (
+             INSERT INTO balances (account, balance) VALUES ($1, $2)
+             ON CONFLICT (account) DO UPDATE SET balance = balances.balance + excluded.balance
+         )
+         INSERT INTO applications (event_id, position) VALUES ($3, $4)",
+        &[
+            (&recorded.aggregate_id, Type::TEXT),
+            (&amount, Type::INT8),
+            (&recorded.event_id, Type::UUID),
+            (&(recorded.position as i64), Type::INT8),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates `schema` and the ledger's tables in it (if they are missing).
+pub async fn create(client: &Client, schema: &str) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.balances (account text PRIMARY KEY, balance bigint NOT NULL);
+             CREATE TABLE IF NOT EXISTS {schema}.applications (event_id uuid NOT NULL, position bigint NOT NULL, seq bigserial);"
+        ))
+        .await
+}
+
+/// Reads the ledger in `schema`.
+pub async fn read(client: &Client, schema: &str) -> Result<LedgerRows, tokio_postgres::Error> {
+    let mut rows = LedgerRows::default();
+    let balances = format!("SELECT account, balance FROM {schema}.balances");
+    for row in client.query(&balances, &[]).await? {
+        rows.balances.insert(row.get(0), row.get(1));
+    }
+    let applications = format!(
+        "SELECT event_id::text, count(*)::int FROM {schema}.applications GROUP BY event_id"
+    );
+    for row in client.query(&applications, &[]).await? {
+        rows.applications
+            .insert(row.get(0), u32::try_from(row.get::<_, i32>(1)).unwrap());
+    }
+    Ok(rows)
+}
+
+/// The positions in `schema`'s `applications`, in the order they were applied.
+pub async fn applied_positions(
+    client: &Client,
+    schema: &str,
+) -> Result<Vec<u64>, tokio_postgres::Error> {
+    let query = format!("SELECT position FROM {schema}.applications ORDER BY seq");
+    let rows = client.query(&query, &[]).await?;
+    Ok(rows.iter().map(|row| row.get::<_, i64>(0) as u64).collect())
+}
