@@ -292,3 +292,37 @@ async fn a_command_that_fails_every_attempt_parks_its_event_while_others_flow_on
     assert_eq!((retried.applied, retried.parked), (1, 0));
     assert_eq!(balance("a").await, BONUS);
 }
+
+#[tokio::test]
+async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    let one = app.policy(WelcomeBonus).start();
+    let opened = app
+        .execute(OpenAccount {
+            account: "a".into(),
+            owner: "ada".into(),
+        })
+        .await
+        .unwrap()
+        .position;
+    one.wait_for(opened, WAIT).await.unwrap();
+    let two = app.policy(WelcomeBonus).start();
+    eda_test::read_models::until("the second on standby", || {
+        eda_test::read_models::is_standby(&two.status().state)
+    })
+    .await;
+
+    one.stop().await;
+    let opened = app
+        .execute(OpenAccount {
+            account: "b".into(),
+            owner: "bo".into(),
+        })
+        .await
+        .unwrap()
+        .position;
+    two.wait_for(opened, WAIT).await.unwrap();
+    assert_eq!(two.status().applied, 1, "from where the first left off");
+    assert_eq!(deposits(&store).await.len(), 2, "one bonus each");
+}

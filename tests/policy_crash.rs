@@ -28,7 +28,11 @@ async fn child() {
         return;
     };
     let app = App::new(SqliteStore::open(&events).await.expect("open the events"));
-    let policy = app.policy(WelcomeBonus).start();
+    // A crashed child's lease expires soon: the next one takes over quickly.
+    let policy = app
+        .policy(WelcomeBonus)
+        .lease(Duration::from_millis(300))
+        .start();
     policy
         .wait_for(Some(ACCOUNTS), Duration::from_secs(300))
         .await

@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use eda::prelude::*;
 use eda::tokio_postgres::{Client, Transaction};
-use eda::{Metadata, PostgresProjection, ProjectionHandle, RecordedEvent, RunnerState, StreamId};
+use eda::{Metadata, PostgresProjection, ProjectionHandle, RecordedEvent, StreamId};
 use eda_test::bank::{DepositMoney, MoneyDeposited};
 use eda_test::ledger::LedgerRows;
 use eda_test::ledger_pg::{self, LedgerPg};
 use eda_test::postgres::TestDb;
-use eda_test::read_models::{deposit, open, Harness, WAIT};
+use eda_test::read_models::{deposit, is_standby, open, until, Harness, WAIT};
 
 /// Fails on the deposit of `amount == 13` until `failures` runs out.
 #[derive(Debug)]
@@ -131,19 +131,6 @@ async fn with_harness<F: std::future::Future<Output = ()>>(check: impl FnOnce(Pg
 
 eda_test::read_model_tests!(with_harness);
 
-/// Waits until `ready` holds, at most `WAIT`.
-async fn until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !ready() {
-        assert!(Instant::now() < deadline, "still not {what} after {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn is_standby(state: &RunnerState) -> bool {
-    matches!(state, RunnerState::Standby { .. })
-}
-
 #[tokio::test]
 async fn a_schema_built_by_another_version_is_refused() {
     let Some(db) = TestDb::new().await else {
@@ -219,44 +206,6 @@ async fn two_runners(t: &Pg) -> (ProjectionHandle<LedgerPg>, ProjectionHandle<Le
     open(&t.app, "a").await;
     let position = deposit(&t.app, "a", 1).await;
     one_active(one, two, position).await
-}
-
-#[tokio::test]
-async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops() {
-    let Some(db) = TestDb::new().await else {
-        return;
-    };
-    let t = Pg::new(&db).await;
-    let (active, standby) = two_runners(&t).await;
-    let status = standby.status();
-    assert!(is_standby(&status.state), "{status:?}");
-    assert_eq!(status.applied, 0);
-    let RunnerState::Standby { reason } = &status.state else {
-        unreachable!()
-    };
-    assert!(reason.contains("has its turn"), "{reason}");
-
-    // It stays on standby while the other applies.
-    let position = deposit(&t.app, "a", 2).await;
-    active.wait_for(Some(position), WAIT).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(is_standby(&standby.status().state));
-    assert_eq!(standby.status().applied, 0);
-
-    // The first stops: the second takes over within seconds, from where the
-    // first left off.
-    active.stop().await;
-    let stopped = Instant::now();
-    let position = deposit(&t.app, "a", 3).await;
-    standby.wait_for(Some(position), WAIT).await.unwrap();
-    let took = stopped.elapsed();
-    assert!(took < Duration::from_secs(5), "took over after {took:?}");
-    assert_eq!(standby.status().applied, 1, "only the new deposit");
-    let rows = t.rows().await;
-    assert_eq!((rows.applications.len(), rows.applied_twice()), (4, 0));
-    assert_eq!(rows.balances["a"], 6);
-    standby.stop().await;
-    db.drop_schema().await;
 }
 
 /// The backend that holds the advisory lock of projection `name` in `schema`.

@@ -22,6 +22,8 @@ use eda_test::ledger::{self, Ledger, LedgerRows};
 const ACCOUNTS: usize = 200;
 const DEPOSITS: usize = 99;
 const EVENTS: u64 = (ACCOUNTS * (DEPOSITS + 1)) as u64;
+/// The lease of every runner here.
+const LEASE: Duration = Duration::from_millis(300);
 
 /// The child: projects the whole log into the read database, then exits.
 #[tokio::test]
@@ -34,9 +36,11 @@ async fn child() {
         return;
     };
     let app = App::new(SqliteStore::open(&events).await.expect("open the events"));
+    // A crashed child's lease expires soon: the next one takes over quickly.
     let projection = app
         .project(Ledger)
         .database(&read)
+        .lease(LEASE)
         .start()
         .await
         .expect("start");
@@ -178,4 +182,43 @@ async fn control_a_checkpoint_apart_from_the_writes_applies_events_twice() {
         rows.applied_twice() > 0,
         "the control applied nothing twice"
     );
+}
+
+/// Two instances: a child holds the read model and is killed mid-catch-up while
+/// this process runs the same projection on standby; this one takes over once
+/// the child's lease expires, goes on from the child's last commit, and the read
+/// model equals a clean rebuild, every event applied once.
+#[tokio::test]
+async fn a_standby_instance_takes_over_from_a_killed_holder() {
+    let log = Log::new().await;
+    let read = log.read_db("two");
+    let mut holder = spawn_child(&log.events, &read, &[]);
+    while checkpoint(&read) < 512 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let app = App::new(SqliteStore::open(&log.events).await.unwrap());
+    let standby = app.project(Ledger).database(&read).lease(LEASE);
+    let standby = standby.start().await.unwrap();
+    eda_test::read_models::until("the second instance on standby", || {
+        eda_test::read_models::is_standby(&standby.status().state)
+    })
+    .await;
+    let target = EVENTS / 2;
+    while checkpoint(&read) < target {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    holder.kill().unwrap(); // SIGKILL
+    assert!(!holder.wait().unwrap().success(), "killed after the end");
+    assert_eq!(
+        standby.status().applied,
+        0,
+        "it stood by while the holder ran"
+    );
+    let left_off = checkpoint(&read);
+    standby
+        .wait_for(Some(EVENTS), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(standby.status().applied, EVENTS - left_off);
+    log.assert_rebuilt("two instances", &ledger::read(&read).unwrap());
 }

@@ -82,6 +82,7 @@ macro_rules! read_model_tests {
             a_poison_event_parks_its_aggregates_later_events_while_others_flow_on,
             a_skipped_parked_event_is_never_applied,
             an_event_it_cannot_decode_is_parked_at_once,
+            a_second_runner_stands_by_and_takes_over_when_the_first_stops,
         );
     };
     (@each $with_harness:path; $($name:ident,)*) => {$(
@@ -295,4 +296,61 @@ pub async fn an_event_it_cannot_decode_is_parked_at_once<H: Harness>(h: H) {
         parked[0].error
     );
     handle.stop().await;
+}
+
+/// Waits (at most [`WAIT`]) until `done` holds.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < WAIT, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Whether a runner is on standby.
+pub fn is_standby(state: &RunnerState) -> bool {
+    matches!(state, RunnerState::Standby { .. })
+}
+
+/// Two runners of one read model: one applies, the other stands by (and applies
+/// nothing) until the first stops; then it takes over within seconds, from
+/// where the first left off, and nothing is applied twice.
+pub async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops<H: Harness>(h: H) {
+    let one = h.start_ledger().await;
+    let two = h.start_ledger().await;
+    open(h.app(), "a").await;
+    let position = deposit(h.app(), "a", 1).await;
+    until("applied by one of the runners", || {
+        one.status().checkpoint >= position || two.status().checkpoint >= position
+    })
+    .await;
+    let (active, standby) = if one.status().checkpoint >= position {
+        (one, two)
+    } else {
+        (two, one)
+    };
+    let status = standby.status();
+    assert!(is_standby(&status.state), "{status:?}");
+    assert_eq!(status.applied, 0);
+
+    // It stays on standby while the other applies.
+    let position = deposit(h.app(), "a", 2).await;
+    active.wait_for(Some(position), WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(is_standby(&standby.status().state));
+    assert_eq!(standby.status().applied, 0);
+
+    // The first stops: the second takes over within seconds, from where the
+    // first left off.
+    active.stop().await;
+    let stopped = std::time::Instant::now();
+    let position = deposit(h.app(), "a", 3).await;
+    standby.wait_for(Some(position), WAIT).await.unwrap();
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(5), "took over after {took:?}");
+    assert_eq!(standby.status().applied, 1, "only the new deposit");
+    let rows = h.rows().await;
+    assert_eq!((rows.applications.len(), rows.applied_twice()), (4, 0));
+    assert_eq!(rows.balances["a"], 6);
+    standby.stop().await;
 }

@@ -263,7 +263,7 @@ async fn apply_events<P, C: Database<P>>(
                 ApplyError::Decode(kind) => {
                     Failure::stop(DecodeError::at(&event.as_event_ref(), kind), None)
                 }
-                error @ ApplyError::Handler(_) => Failure::retry(error, None),
+                error @ ApplyError::Handler(_) => Failure::retry_event(error),
             };
             return Err(Applying::Event((done, failure)));
         }

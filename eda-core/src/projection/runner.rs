@@ -50,6 +50,12 @@ pub(crate) trait Sink: Send + 'static {
         last_attempt: bool,
     ) -> impl Future<Output = Result<(), Failure>> + Send;
 
+    /// Gives up the turn the sink took in [`start`](Self::start) (a lease),
+    /// when its runner stops: another runner need not wait for it to expire.
+    fn release(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// How many events are parked, for a sink that parks them.
     fn parked(&self) -> Option<u64> {
         None
@@ -67,6 +73,10 @@ pub(crate) struct Failure {
     pub(crate) error: String,
     /// What the runner does next.
     pub(crate) then: Then,
+    /// Whether an event failed (its `#[on]` method, its command), rather than
+    /// the database or the store: only an event's failures count towards
+    /// [`MAX_ATTEMPTS`], after which it is parked or the runner stops.
+    pub(crate) event: bool,
 }
 
 /// What a runner does after a [`Failure`].
@@ -90,12 +100,22 @@ impl Failure {
             applied: 0,
             error: error.to_string(),
             then,
+            event: false,
         }
     }
 
     /// A failure that trying again may cure.
     pub(crate) fn retry(error: impl ToString, reached: Option<u64>) -> Self {
         Failure::new(error, reached, Then::Retry)
+    }
+
+    /// An event that failed, which trying again may cure: tried up to
+    /// [`MAX_ATTEMPTS`] times.
+    pub(crate) fn retry_event(error: impl ToString) -> Self {
+        Failure {
+            event: true,
+            ..Failure::new(error, None, Then::Retry)
+        }
     }
 
     /// A failure that stops the runner.
@@ -360,7 +380,10 @@ async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
                     return control.stopped(None);
                 }
             }
-            Next::Stop(error) => return control.stopped(error),
+            Next::Stop(error) => {
+                sink.release().await;
+                return control.stopped(error);
+            }
         }
     }
 }
@@ -443,7 +466,6 @@ async fn follow(
                 continue;
             }
         };
-        read_failures = 0;
         let (read_to, events) = (page.read_to, page.events.len());
         let span = tracing::debug_span!(
             "eda.runner",
@@ -459,7 +481,7 @@ async fn follow(
         }
         match applied {
             Ok(()) => {
-                failures = 0;
+                (failures, read_failures) = (0, 0);
                 failed_at = None;
                 let before = std::mem::replace(&mut checkpoint, read_to);
                 let head = (*commits.borrow_and_update()).max(read_to);
@@ -499,6 +521,15 @@ async fn follow(
                     Then::Retry => {}
                     Then::Stop => return Next::Stop(Some(failure.error)),
                     Then::Standby => return Next::StandBy(failure.error),
+                }
+                if !failure.event {
+                    // The database or the store failed, not an event: try
+                    // again for as long as it takes, as when reading.
+                    read_failures += 1;
+                    if !control.pause(failure.error, read_failures).await {
+                        return Next::Stop(None);
+                    }
+                    continue;
                 }
                 let at = checkpoint;
                 if failed_at == Some(at) {

@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
@@ -31,6 +31,11 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS eda_projections (
     name TEXT PRIMARY KEY NOT NULL,
     version INTEGER NOT NULL,
     position INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS eda_leases (
+    name TEXT PRIMARY KEY NOT NULL,
+    holder TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
 ) STRICT;
 CREATE TABLE IF NOT EXISTS eda_parked (
     projection TEXT NOT NULL,
@@ -62,6 +67,20 @@ const UNPARK_ID: &str = "DELETE FROM eda_parked WHERE projection = ?1 AND event_
 const STILL_FAILS: &str =
     "UPDATE eda_parked SET error = ?3 WHERE projection = ?1 AND position = ?2";
 
+/// Takes the lease of a projection for a runner: when no runner holds it, its
+/// holder renews it, or it expired (the holder stopped renewing: it died).
+const ACQUIRE: &str = "INSERT INTO eda_leases (name, holder, expires_at) VALUES (?1, ?2, ?3)
+    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+    WHERE eda_leases.holder = excluded.holder OR eda_leases.expires_at < ?4";
+const RENEW: &str = "UPDATE eda_leases SET expires_at = ?3 WHERE name = ?1 AND holder = ?2";
+const RELEASE: &str = "DELETE FROM eda_leases WHERE name = ?1 AND holder = ?2";
+const CHECKPOINT: &str = "SELECT position FROM eda_projections WHERE name = ?1";
+
+/// How long a lease lasts without being renewed, by default: a runner whose
+/// process died is taken over after this (one that stops releases its lease at
+/// once). It is renewed every fifth of it (before a page, and while idle).
+const LEASE: Duration = Duration::from_secs(5);
+
 /// How long a runner waits for the read database's write lock (held by its
 /// readers' writes, or another process) before the batch fails and is retried.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,6 +92,7 @@ pub struct SqliteProjectionBuilder<P> {
     app: App,
     projection: P,
     path: PathBuf,
+    lease: Duration,
 }
 
 impl<P: fmt::Debug> fmt::Debug for SqliteProjectionBuilder<P> {
@@ -80,6 +100,7 @@ impl<P: fmt::Debug> fmt::Debug for SqliteProjectionBuilder<P> {
         f.debug_struct("SqliteProjectionBuilder")
             .field("projection", &self.projection)
             .field("path", &self.path)
+            .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
 }
@@ -93,11 +114,22 @@ impl<P: SqliteProjection> ProjectionBuilder<P, read_model::Sqlite> {
             app: self.app,
             projection: self.projection,
             path: path.as_ref().to_owned(),
+            lease: LEASE,
         }
     }
 }
 
 impl<P: SqliteProjection> SqliteProjectionBuilder<P> {
+    /// How long the runner's lease on the read model lasts without being
+    /// renewed (5 s by default; renewed every fifth of it): one runner applies
+    /// the read model at a time, across processes, and when its process dies
+    /// another takes over after this. A runner that stops gives up its lease at
+    /// once.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
     /// Opens the database, finds the projection's checkpoint there (creating
     /// the `eda_projections` table on first use), and starts the runner on a
     /// task of its own after it.
@@ -118,6 +150,9 @@ impl<P: SqliteProjection> SqliteProjectionBuilder<P> {
             db: Arc::clone(&db),
             state: Arc::clone(&state),
             parked: Arc::clone(&parked),
+            holder: crate::event_id::new_event_id().to_string(),
+            lease: self.lease,
+            renewed_at: None,
         };
         let control = runner::spawn(self.app.clone(), sink);
         let parking = SqliteParking {
@@ -183,11 +218,59 @@ fn open<P: SqliteProjection>(
     pollster::block_on(ReadDb::new::<P>(connection, name, checkpoint))
 }
 
-/// Applies pages in transactions of the read database.
+/// Applies pages in transactions of the read database, one runner at a time:
+/// the holder of the projection's lease in `eda_leases`.
 struct SqliteSink<P> {
     db: Arc<Mutex<ReadDb<Connection>>>,
     state: Arc<Mutex<P>>,
     parked: Arc<AtomicU64>,
+    /// This runner's name in `eda_leases`.
+    holder: String,
+    lease: Duration,
+    /// When it last took or renewed its lease.
+    renewed_at: Option<Instant>,
+}
+
+/// Milliseconds since the Unix epoch `after` from now: a lease's expiry, which
+/// every process on the machine reads alike.
+fn epoch_millis(after: Duration) -> i64 {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+    let now = now.unwrap_or_default() + after;
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Takes (or keeps) the lease of `db`'s projection for `holder`, and reads the
+/// checkpoint the last holder left; `None` while another runner holds it.
+fn acquire<P: SqliteProjection>(
+    db: &mut ReadDb<Connection>,
+    holder: &str,
+    lease: Duration,
+) -> Result<Option<u64>, StoreError> {
+    let tx = db
+        .connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)?;
+    let taken = tx
+        .execute(
+            ACQUIRE,
+            (
+                db.name,
+                holder,
+                epoch_millis(lease),
+                epoch_millis(Duration::ZERO),
+            ),
+        )
+        .map_err(backend)?;
+    if taken == 0 {
+        return Ok(None);
+    }
+    let position: i64 = tx
+        .query_row(CHECKPOINT, [db.name], |row| row.get(0))
+        .map_err(backend)?;
+    tx.commit().map_err(backend)?;
+    db.checkpoint = page::checkpoint_of(db.name, position)?;
+    pollster::block_on(db.count_parked::<P>())?;
+    Ok(Some(db.checkpoint))
 }
 
 impl<P: SqliteProjection> Sink for SqliteSink<P> {
@@ -199,15 +282,52 @@ impl<P: SqliteProjection> Sink for SqliteSink<P> {
         P::EVENTS
     }
 
+    /// Takes the lease (or stands by while another runner holds it), and goes
+    /// on from the checkpoint the last holder left.
     async fn start(&mut self) -> Result<u64, Failure> {
-        Ok(lock(&self.db).checkpoint)
+        let (db, holder, lease) = (Arc::clone(&self.db), self.holder.clone(), self.lease);
+        let taken = blocking(move || acquire::<P>(&mut lock(&db), &holder, lease)).await;
+        match taken {
+            Ok(Some(checkpoint)) => {
+                self.renewed_at = Some(Instant::now());
+                self.parked
+                    .store(lock(&self.db).parked_total(), Ordering::Relaxed);
+                Ok(checkpoint)
+            }
+            Ok(None) => Err(Failure::standby(format!(
+                "another runner holds the lease of `{}`",
+                P::NAME
+            ))),
+            Err(error) => Err(Failure::retry(error, None)),
+        }
     }
 
     async fn apply(&mut self, page: LogPage, last_attempt: bool) -> Result<(), Failure> {
         let (db, state) = (Arc::clone(&self.db), Arc::clone(&self.state));
         let parked = Arc::clone(&self.parked);
+        let lease = self.lease;
+        let renew = self
+            .renewed_at
+            .is_none_or(|at| at.elapsed() >= lease / 5)
+            .then(|| self.holder.clone());
+        if renew.is_some() {
+            self.renewed_at = Some(Instant::now());
+        }
         let applied = tokio::task::spawn_blocking(move || {
             let mut db = lock(&db);
+            if let Some(holder) = renew {
+                let renewed = db
+                    .connection
+                    .execute(RENEW, (db.name, &holder, epoch_millis(lease)));
+                match renewed {
+                    Ok(1) => {}
+                    Ok(_) => {
+                        let error = format!("the runner lost the lease of `{}`", db.name);
+                        return Err(Failure::standby(error));
+                    }
+                    Err(error) => return Err(Failure::retry(backend(error), None)),
+                }
+            }
             let mut state = lock(&state);
             let applying = page::apply_page(&mut db, &mut *state, &page, last_attempt);
             // Ready at once: rusqlite blocks, on this thread.
@@ -223,12 +343,24 @@ impl<P: SqliteProjection> Sink for SqliteSink<P> {
     fn parked(&self) -> Option<u64> {
         Some(self.parked.load(Ordering::Relaxed))
     }
+
+    async fn release(&mut self) {
+        let (db, holder) = (Arc::clone(&self.db), self.holder.clone());
+        let released = blocking(move || {
+            let db = lock(&db);
+            let released = db.connection.execute(RELEASE, (db.name, &holder));
+            released.map(drop).map_err(backend)
+        });
+        if let Err(error) = released.await {
+            tracing::warn!(projection = P::NAME, %error, "the lease could not be released: it expires");
+        }
+    }
 }
 
 /// The read database's side of the page algorithm; every future is ready at
 /// once.
 impl<P: SqliteProjection> Database<P> for Connection {
-    const LOST_TURN: Then = Then::Stop;
+    const LOST_TURN: Then = Then::Standby;
 
     type Tx<'c> = Transaction<'c>;
 

@@ -24,6 +24,9 @@ use crate::failpoint;
 use crate::projection::runner::{self, Control, Failure, Sink};
 use crate::projection::{ParkedEvent, Parking, Retried, RunnerStatus, WaitError};
 use crate::store::{BoxFuture, LogPage};
+use lease::Lease;
+
+mod lease;
 
 /// Events in, commands out: implemented by `#[policy]` on an impl block whose
 /// `#[on]` methods take `&self`, the event by reference (and optionally
@@ -250,6 +253,7 @@ impl App {
             app: self.clone(),
             policy,
             park_rejected: false,
+            lease: lease::DEFAULT,
         }
     }
 }
@@ -260,6 +264,7 @@ pub struct PolicyBuilder<P> {
     app: App,
     policy: P,
     park_rejected: bool,
+    lease: Duration,
 }
 
 impl<P: fmt::Debug> fmt::Debug for PolicyBuilder<P> {
@@ -267,6 +272,7 @@ impl<P: fmt::Debug> fmt::Debug for PolicyBuilder<P> {
         f.debug_struct("PolicyBuilder")
             .field("policy", &self.policy)
             .field("park_rejected", &self.park_rejected)
+            .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
 }
@@ -278,6 +284,15 @@ impl<P: Policy> PolicyBuilder<P> {
     /// retried after a look (`PolicyHandle::retry_parked`).
     pub fn park_rejected(mut self) -> Self {
         self.park_rejected = true;
+        self
+    }
+
+    /// How long the runner's lease on the policy lasts without being renewed
+    /// (5 s by default; renewed every fifth of it): one runner executes the
+    /// policy at a time, across processes, and when its process dies another
+    /// takes over after this. A runner that stops gives up its lease at once.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(10));
         self
     }
 
@@ -297,6 +312,7 @@ impl<P: Policy> PolicyBuilder<P> {
         let sink = PolicySink {
             shared: Arc::clone(&shared),
             stored: None,
+            lease: Lease::new(P::NAME, self.lease),
         };
         let control = runner::spawn(self.app, sink);
         let parking = PolicyParking {
@@ -474,6 +490,8 @@ struct PolicySink<P> {
     shared: Arc<Shared<P>>,
     /// The checkpoint as stored, for the next compare-and-set.
     stored: Option<u64>,
+    /// One runner of the policy at a time, across processes.
+    lease: Lease,
 }
 
 impl<P: Policy> PolicySink<P> {
@@ -493,7 +511,8 @@ impl<P: Policy> PolicySink<P> {
                 self.stored = Some(to);
                 Ok(())
             }
-            Err(error @ StoreError::CheckpointMoved { .. }) => Err(Failure::stop(error, None)),
+            // Another runner of this policy had its turn meanwhile.
+            Err(error @ StoreError::CheckpointMoved { .. }) => Err(Failure::standby(error)),
             Err(error) => Err(Failure::retry(error, None)),
         }
     }
@@ -508,7 +527,10 @@ impl<P: Policy> Sink for PolicySink<P> {
         P::EVENTS
     }
 
+    /// Takes the lease (or stands by while another runner holds it), and goes
+    /// on from the checkpoint the last holder left.
     async fn start(&mut self) -> Result<u64, Failure> {
+        self.lease.acquire(self.shared.app.store()).await?;
         let shared = &self.shared;
         let mut parked = shared.parked.lock().await;
         let stored = shared.app.store().read_checkpoint(P::NAME).await;
@@ -524,6 +546,7 @@ impl<P: Policy> Sink for PolicySink<P> {
     /// same keys: the store answers with the first execution's events. An event
     /// of an aggregate with parked events is parked behind them.
     async fn apply(&mut self, page: LogPage, last_attempt: bool) -> Result<(), Failure> {
+        self.lease.renew(self.shared.app.store()).await?;
         let shared = Arc::clone(&self.shared);
         let mut parked = shared.parked.lock().await;
         for (done, event) in page.events.iter().enumerate() {
@@ -539,7 +562,7 @@ impl<P: Policy> Sink for PolicySink<P> {
                             "event `{}` at position {}: {error}",
                             event.name, event.position
                         );
-                        let mut failure = Failure::retry(error, None);
+                        let mut failure = Failure::retry_event(error);
                         // Past the events that were reacted to, so a retry starts here.
                         let reached = event.position - 1;
                         if done > 0 && self.checkpoint(reached).await.is_ok() {
@@ -563,6 +586,10 @@ impl<P: Policy> Sink for PolicySink<P> {
 
     fn parked(&self) -> Option<u64> {
         Some(self.shared.count.load(Ordering::Relaxed))
+    }
+
+    async fn release(&mut self) {
+        self.lease.release(self.shared.app.store()).await;
     }
 }
 
