@@ -374,3 +374,62 @@ fn the_fixture_panics_on_an_event_its_projection_cannot_decode() {
     };
     let _ = ProjectionFixture::new(Balances::default()).given_recorded(recorded);
 }
+
+/// Blocks its runner in every `#[on]` call until the test lets it go.
+#[derive(Debug)]
+pub struct Stuck {
+    gate: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    seen: usize,
+}
+
+#[projection]
+impl Stuck {
+    #[on]
+    fn opened(&mut self, _: &AccountOpened) {
+        let (open, changed) = &*self.gate;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = changed.wait(open).unwrap();
+        }
+        self.seen += 1;
+    }
+}
+
+/// A projection stuck in an `#[on]` method delays neither another projection's
+/// `wait_for` nor the commands, even on a single-threaded runtime.
+#[tokio::test]
+async fn a_stuck_projection_delays_no_other_runner_nor_the_commands() {
+    let app = App::new(MemoryStore::new());
+    let gate = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let stuck = app
+        .project(Stuck {
+            gate: std::sync::Arc::clone(&gate),
+            seen: 0,
+        })
+        .start();
+    let openings = app.project(Openings::default()).start();
+    for id in ["a", "b", "c"] {
+        open_account(&app, id).await;
+    }
+    let deposit = DepositMoney {
+        account: "a".into(),
+        amount: 5,
+    };
+    let last = app.execute(deposit).await.unwrap().position;
+    openings
+        .wait_for(last, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(openings.read(|o| o.count), 3);
+    assert_eq!(
+        stuck.status().checkpoint,
+        0,
+        "still stuck in its first page"
+    );
+
+    let (open, changed) = &*gate;
+    *open.lock().unwrap() = true;
+    changed.notify_all();
+    stuck.wait_for(last, WAIT).await.unwrap();
+    assert_eq!(stuck.read(|s| s.seen), 3);
+}

@@ -248,3 +248,35 @@ async fn a_read_model_in_the_store_file_parks_apart_from_the_store() {
     handle.stop().await;
     app.close().await.unwrap();
 }
+
+/// The fixture applies events as the runner would, in an in-memory database.
+#[test]
+fn the_fixture_applies_events_in_an_in_memory_database() {
+    let flaky = Flaky {
+        failures: Arc::new(AtomicU32::new(0)),
+    };
+    let fixture = eda::testing::SqliteProjectionFixture::new(flaky)
+        .schema("CREATE TABLE applications (event_id TEXT NOT NULL, position INTEGER NOT NULL)")
+        .given("Account", "a", MoneyDeposited { amount: 13 })
+        .given("Account", "b", MoneyDeposited { amount: 1 });
+    let positions: Vec<i64> = fixture
+        .connection()
+        .prepare("SELECT position FROM applications ORDER BY position")
+        .unwrap()
+        .query_map((), |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(positions, [1, 2]);
+}
+
+#[test]
+#[should_panic(expected = "projection `flaky` could not apply `MoneyDeposited` at position 1")]
+fn the_fixture_panics_when_an_on_method_fails() {
+    let flaky = Flaky {
+        failures: Arc::new(AtomicU32::new(1)),
+    };
+    let _ = eda::testing::SqliteProjectionFixture::new(flaky)
+        .schema("CREATE TABLE applications (event_id TEXT NOT NULL, position INTEGER NOT NULL)")
+        .given("Account", "a", MoneyDeposited { amount: 13 });
+}

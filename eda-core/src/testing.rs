@@ -77,6 +77,8 @@ use std::fmt::{self, Write as _};
 mod projection;
 
 pub use projection::ProjectionFixture;
+#[cfg(feature = "sqlite")]
+pub use projection::SqliteProjectionFixture;
 
 use serde_json::Value;
 

@@ -32,18 +32,29 @@ impl<P: MemoryProjection> Sink for MemorySink<P> {
         Ok(0)
     }
 
-    /// Applies the events in order under one lock; the first that cannot be
-    /// decoded stops the runner there (the events before it stay applied).
+    /// Applies the events in order under one lock, on a thread that may block
+    /// (so that a slow `#[on]` method delays no other task of the runtime); the
+    /// first that cannot be decoded stops the runner there (the events before
+    /// it stay applied).
     async fn apply(&mut self, page: LogPage, _: bool) -> Result<(), Failure> {
-        let mut state = lock(&self.state);
-        for (done, event) in page.events.iter().enumerate() {
-            if let Err(kind) = state.apply(event) {
-                let error = DecodeError::at(&event.as_event_ref(), kind);
-                let mut failure = Failure::stop(error, Some(event.position - 1));
-                failure.applied = done as u64;
-                return Err(failure);
-            }
+        if page.events.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let state = Arc::clone(&self.state);
+        let applied = tokio::task::spawn_blocking(move || {
+            let mut state = lock(&state);
+            for (done, event) in page.events.iter().enumerate() {
+                if let Err(kind) = state.apply(event) {
+                    let error = DecodeError::at(&event.as_event_ref(), kind);
+                    let mut failure = Failure::stop(error, Some(event.position - 1));
+                    failure.applied = done as u64;
+                    return Err(failure);
+                }
+            }
+            Ok(())
+        })
+        .await;
+        // A panicking #[on] method: the state is as far as it got.
+        applied.unwrap_or_else(|join| Err(Failure::stop(join, None)))
     }
 }
