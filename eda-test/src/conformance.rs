@@ -909,11 +909,21 @@ pub async fn names_are_checked_the_same_way_everywhere<S: EventStore>(store: S) 
             other => panic!("{field}: expected Invalid, got {other:?}"),
         }
     }
-    assert_eq!(
-        store.read_all(0, 100).await.unwrap().len(),
-        4,
-        "nothing else stored"
-    );
+    assert_eq!(visible(&store, 4).await, 4, "nothing else stored");
+}
+
+/// How many events `read_all` returns once it returns at least `expected` (at
+/// most 10 s later): PostgreSQL's reads stop below the oldest transaction still
+/// running in the database, which another test's may be for a moment.
+async fn visible<S: EventStore>(store: &S, expected: usize) -> usize {
+    let started = std::time::Instant::now();
+    loop {
+        let found = store.read_all(0, 10_000).await.unwrap().len();
+        if found >= expected || started.elapsed() > std::time::Duration::from_secs(10) {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 static META: std::sync::LazyLock<Metadata> = std::sync::LazyLock::new(Metadata::default);
