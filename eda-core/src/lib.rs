@@ -53,7 +53,7 @@ pub use store::postgres::{PostgresOptions, PostgresStore};
 pub use store::sqlite::{SqliteOptions, SqliteStore, SqliteSynchronous};
 pub use store::{
     check_checkpoint_name, check_idempotency_key, check_names, check_stream, memory::MemoryStore,
-    Appended, EventStore, ImmediateStore, LogPage, MAX_AGGREGATE_ID_BYTES,
+    Appended, EventStore, ImmediateStore, LogCount, LogPage, MAX_AGGREGATE_ID_BYTES,
     MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
 };
 /// Event, correlation and causation ids are UUIDs (re-exported so users need no `uuid` dependency).
