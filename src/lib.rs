@@ -7,7 +7,7 @@ pub use eda_core::{
     EncodeError, Event, EventRef, EventRegistration, EventStore, Execute, ExecuteFuture, Handle,
     HandledCommand, IdempotencyRecord, ImmediateStore, IntoEvents, IntoReactions, LoadError,
     LogCount, LogPage, MemoryProjection, MemoryStore, Metadata, NewEvent, OwnedStreamId,
-    ParkedEvent, Policy, PolicyBuilder, PolicyHandle, Projection, ProjectionBuilder,
+    ParkedEvent, Policy, PolicyBuilder, PolicyHandle, Progress, Projection, ProjectionBuilder,
     ProjectionHandle, Reactions, RecordedEvent, Registry, RegistryError, ReplayEvent, Retried,
     RunnerState, RunnerStatus, Snapshot, StoreError, StreamId, Uuid, WaitError,
     MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,

@@ -39,7 +39,7 @@ pub use event::Event;
 pub use event_id::new_event_id;
 pub use policy::{IntoReactions, Policy, PolicyBuilder, PolicyHandle, Reactions};
 pub use projection::{
-    read_model, ApplyError, MemoryProjection, ParkedEvent, Projection, ProjectionBuilder,
+    read_model, ApplyError, MemoryProjection, ParkedEvent, Progress, Projection, ProjectionBuilder,
     ProjectionHandle, Retried, RunnerState, RunnerStatus, WaitError,
 };
 #[cfg(feature = "postgres")]

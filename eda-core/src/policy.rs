@@ -21,7 +21,7 @@ use crate::command::HandledCommand;
 use crate::envelope::RecordedEvent;
 use crate::error::{CommandError, DecodeError, DecodeErrorKind, StoreError};
 use crate::failpoint;
-use crate::projection::runner::{self, Control, Failure, Sink};
+use crate::projection::runner::{self, Control, Failure, Sink, Started};
 use crate::projection::{ParkedEvent, Parking, Retried, RunnerStatus, WaitError};
 use crate::store::{BoxFuture, LogPage};
 
@@ -508,7 +508,7 @@ impl<P: Policy> Sink for PolicySink<P> {
         P::EVENTS
     }
 
-    async fn start(&mut self) -> Result<u64, Failure> {
+    async fn start(&mut self) -> Result<Started, Failure> {
         let shared = &self.shared;
         let mut parked = shared.parked.lock().await;
         let stored = shared.app.store().read_checkpoint(P::NAME).await;
@@ -516,7 +516,7 @@ impl<P: Policy> Sink for PolicySink<P> {
         let counted = shared.count_parked(&mut parked).await;
         counted.map_err(|error| Failure::retry(error, None))?;
         self.stored = stored;
-        Ok(stored.unwrap_or(0))
+        Ok(Started::at(stored.unwrap_or(0)))
     }
 
     /// Reacts to each event, then moves the checkpoint past the page. A crash

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use uuid::Uuid;
 
 use super::page::{self, to_i64, Database, ReadDb, Stream};
-use super::runner::{self, Control, Failure, Sink, Then};
+use super::runner::{self, Control, Failure, Sink, Started, Then};
 use super::{
     lock, read_model, ApplyError, ParkedEvent, Parking, ProjectionBuilder, ProjectionHandle,
     Retried, SqliteProjection,
@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS eda_parked (
 const INSERT: &str = "INSERT INTO eda_projections (name, version, position) VALUES (?1, ?2, 0)
     ON CONFLICT (name) DO NOTHING";
 const SELECT: &str = "SELECT version, position FROM eda_projections WHERE name = ?1";
+/// A rebuild's start: the new version, the checkpoint back to 0.
+const RESTART: &str = "UPDATE eda_projections SET version = ?2, position = 0 WHERE name = ?1";
+const UNPARK_ALL: &str = "DELETE FROM eda_parked WHERE projection = ?1";
+/// Where to start a projection instead of a database built by another version.
+const FRESH: &str = "on a new database file";
 /// The compare-and-set that moves a checkpoint: no row changes if another
 /// runner of the same projection moved it first.
 const MOVE: &str = "UPDATE eda_projections SET position = ?3 WHERE name = ?1 AND position = ?2";
@@ -102,9 +107,16 @@ impl<P: SqliteProjection> SqliteProjectionBuilder<P> {
     /// the `eda_projections` table on first use), and starts the runner on a
     /// task of its own after it.
     ///
+    /// A read model built by an older [`VERSION`](crate::Projection::VERSION)
+    /// of a projection with a `#[reset]` method is rebuilt: the runner first
+    /// empties it, its parked events and its checkpoint in one transaction,
+    /// then replays the log into it ([`RunnerState::Rebuilding`](crate::RunnerState::Rebuilding)).
+    ///
     /// # Errors
-    /// The database cannot be opened or read, or it holds the read model of
-    /// another version of the projection ([`StoreError::Invalid`]).
+    /// The database cannot be opened or read, or it holds the read model of a
+    /// newer version of the projection, or of an older one and the projection
+    /// has no `#[reset]` method ([`StoreError::Invalid`], `what: "projection
+    /// version"`).
     ///
     /// # Panics
     /// Outside a tokio runtime, as `tokio::spawn` does.
@@ -174,13 +186,11 @@ fn open<P: SqliteProjection>(
         .optional()
         .map_err(backend)?
         .ok_or_else(|| StoreError::Backend("the checkpoint row vanished".into()))?;
-    if stored != i64::from(version) {
-        let place = path.display().to_string();
-        let fresh = "on a new database file";
-        return Err(page::other_version(name, &place, stored, version, fresh));
-    }
+    let place = path.display().to_string();
+    // Refused at once; rebuilt when the runner starts.
+    page::to_rebuild(name, &place, stored, version, P::RESETS, FRESH)?;
     let checkpoint = page::checkpoint_of(name, position)?;
-    pollster::block_on(ReadDb::new::<P>(connection, name, checkpoint))
+    pollster::block_on(ReadDb::new::<P>(connection, name, place, checkpoint))
 }
 
 /// Applies pages in transactions of the read database.
@@ -199,8 +209,35 @@ impl<P: SqliteProjection> Sink for SqliteSink<P> {
         P::EVENTS
     }
 
-    async fn start(&mut self) -> Result<u64, Failure> {
-        Ok(lock(&self.db).checkpoint)
+    /// After the stored checkpoint; from the start of the log after emptying a
+    /// read model that an older version built.
+    async fn start(&mut self) -> Result<Started, Failure> {
+        let (db, state) = (Arc::clone(&self.db), Arc::clone(&self.state));
+        let parked = Arc::clone(&self.parked);
+        let started = blocking(move || {
+            let (mut db, mut state) = (lock(&db), lock(&state));
+            let started = page::start(&mut db, &mut *state, P::VERSION, FRESH);
+            let started = pollster::block_on(started);
+            parked.store(db.parked_total(), Ordering::Relaxed);
+            started
+        })
+        .await;
+        started.map_err(|error| match error {
+            error @ StoreError::Invalid { .. } => Failure::stop(error, None),
+            error => Failure::retry(error, None),
+        })
+    }
+
+    async fn rebuild(&mut self) -> Result<(), StoreError> {
+        let (db, state) = (Arc::clone(&self.db), Arc::clone(&self.state));
+        let parked = Arc::clone(&self.parked);
+        blocking(move || {
+            let (mut db, mut state) = (lock(&db), lock(&state));
+            let rebuilt = pollster::block_on(page::rebuild(&mut db, &mut *state, P::VERSION));
+            parked.store(db.parked_total(), Ordering::Relaxed);
+            rebuilt
+        })
+        .await
     }
 
     async fn apply(&mut self, page: LogPage, last_attempt: bool) -> Result<(), Failure> {
@@ -229,6 +266,7 @@ impl<P: SqliteProjection> Sink for SqliteSink<P> {
 /// once.
 impl<P: SqliteProjection> Database<P> for Connection {
     const LOST_TURN: Then = Then::Stop;
+    const RESETS: bool = P::RESETS;
 
     type Tx<'c> = Transaction<'c>;
 
@@ -247,6 +285,25 @@ impl<P: SqliteProjection> Database<P> for Connection {
         event: &RecordedEvent,
     ) -> Result<(), ApplyError> {
         projection.apply(event, tx)
+    }
+
+    /// The transaction is `IMMEDIATE`: no other writer until it ends.
+    async fn stored(tx: &Self::Tx<'_>, name: &str) -> Result<(i64, i64), StoreError> {
+        tx.query_row(SELECT, [name], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(backend)
+    }
+
+    async fn reset(
+        tx: &Self::Tx<'_>,
+        projection: &mut P,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        projection.reset(tx)
+    }
+
+    async fn restart(tx: &Self::Tx<'_>, name: &str, version: u32) -> Result<(), StoreError> {
+        tx.execute(UNPARK_ALL, [name]).map_err(backend)?;
+        tx.execute(RESTART, (name, version)).map_err(backend)?;
+        Ok(())
     }
 
     async fn park(
