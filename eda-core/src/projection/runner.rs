@@ -706,6 +706,9 @@ async fn run(app: App, mut sink: impl Sink, control: Arc<Control>, rebuilds: Reb
         let Some(started) = start(&mut sink, &mut runner).await else {
             return;
         };
+        if let Some(parked) = sink.parked() {
+            control.set_parked(parked);
+        }
         let names = sink.events();
         let (checkpoint, rebuild) = (started.checkpoint, started.rebuild);
         let counted = &mut runner.counted;
