@@ -187,8 +187,8 @@ fn on_methods_write_in_the_transaction_they_are_given() {
 
 #[test]
 fn the_reset_method_empties_the_read_model_in_the_transaction() {
-    assert!(<BalanceTable as SqliteProjection>::RESETS);
-    assert!(!<DepositLog as SqliteProjection>::RESETS);
+    const { assert!(<BalanceTable as SqliteProjection>::RESETS) };
+    const { assert!(!<DepositLog as SqliteProjection>::RESETS) };
     let mut conn = database();
     let mut table = BalanceTable::default();
     let tx = conn.transaction().unwrap();
