@@ -508,3 +508,37 @@ pub(super) async fn parked_events(
 pub(super) fn to_i64(position: u64) -> i64 {
     i64::try_from(position).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::to_rebuild;
+    use crate::error::StoreError;
+
+    fn refused(result: Result<bool, StoreError>) -> String {
+        match result {
+            Err(StoreError::Invalid {
+                what: "projection version",
+                reason,
+            }) => reason,
+            other => panic!("not refused as a projection version: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_older_version_is_rebuilt_with_a_reset_and_a_newer_one_never() {
+        let check = |stored, resets| to_rebuild("ledger", "read.db", stored, 2, resets, "anew");
+        assert!(!check(2, false).unwrap());
+        assert!(!check(2, true).unwrap());
+        assert!(check(1, true).unwrap());
+        let reason = refused(check(1, false));
+        assert!(reason.contains("built by version 1"), "{reason}");
+        assert!(reason.contains("#[reset]"), "{reason}");
+        for resets in [false, true] {
+            let reason = refused(check(3, resets));
+            assert!(
+                reason.contains("newer than this code's version 2"),
+                "{reason}"
+            );
+        }
+    }
+}

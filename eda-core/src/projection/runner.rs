@@ -984,3 +984,30 @@ impl Drop for EndsStopped<'_> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Progress;
+
+    #[test]
+    fn the_time_left_follows_the_rate_so_far() {
+        let progress = Progress::new(250, Some(1_000), Duration::from_secs(10));
+        assert_eq!(progress.remaining, Some(Duration::from_secs(30)));
+        assert_eq!(progress.rate(), 25.0);
+        // Nothing read yet: no rate, no time left.
+        let start = Progress::new(0, Some(1_000), Duration::ZERO);
+        assert_eq!((start.remaining, start.rate()), (None, 0.0));
+        // Events not counted yet: the total is never below what was read.
+        let ahead = Progress::new(1_200, Some(1_000), Duration::from_secs(12));
+        assert_eq!(
+            (ahead.total, ahead.remaining),
+            (Some(1_200), Some(Duration::ZERO))
+        );
+        // A store that cannot count: a rate, no total, no time left.
+        let uncounted = Progress::new(100, None, Duration::from_secs(1));
+        assert_eq!((uncounted.total, uncounted.remaining), (None, None));
+        assert_eq!(uncounted.rate(), 100.0);
+    }
+}
