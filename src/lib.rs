@@ -6,11 +6,11 @@ pub use eda_core::{
     Appended, ApplyError, Command, CommandError, Committed, DecodeError, DecodeErrorKind, DecodeFn,
     EncodeError, Event, EventRef, EventRegistration, EventStore, Execute, ExecuteFuture, Handle,
     HandledCommand, IdempotencyRecord, ImmediateStore, IntoEvents, IntoReactions, LoadError,
-    LogPage, MemoryProjection, MemoryStore, Metadata, NewEvent, OwnedStreamId, ParkedEvent, Policy,
-    PolicyBuilder, PolicyHandle, Projection, ProjectionBuilder, ProjectionHandle, Reactions,
-    RecordedEvent, Registry, RegistryError, ReplayEvent, Retried, RunnerState, RunnerStatus,
-    Snapshot, StoreError, StreamId, Uuid, WaitError, MAX_AGGREGATE_ID_BYTES,
-    MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
+    LogCount, LogPage, MemoryProjection, MemoryStore, Metadata, NewEvent, OwnedStreamId,
+    ParkedEvent, Policy, PolicyBuilder, PolicyHandle, Progress, Projection, ProjectionBuilder,
+    ProjectionHandle, Reactions, RecordedEvent, Registry, RegistryError, ReplayEvent, Retried,
+    RunnerState, RunnerStatus, Snapshot, StoreError, StreamId, Uuid, WaitError,
+    MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
 };
 #[cfg(feature = "postgres")]
 pub use eda_core::{PostgresOptions, PostgresProjection, PostgresProjectionBuilder, PostgresStore};

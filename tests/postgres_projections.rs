@@ -21,7 +21,7 @@ use eda::tokio_postgres::{Client, Transaction};
 use eda::{Metadata, PostgresProjection, ProjectionHandle, RecordedEvent, StreamId};
 use eda_test::bank::{DepositMoney, MoneyDeposited};
 use eda_test::ledger::LedgerRows;
-use eda_test::ledger_pg::{self, LedgerPg};
+use eda_test::ledger_pg::{self, LedgerPg, LedgerPgV2};
 use eda_test::postgres::TestDb;
 use eda_test::read_models::{deposit, is_standby, open, until, Harness, WAIT};
 
@@ -31,7 +31,7 @@ pub struct Flaky {
     failures: Arc<AtomicU32>,
 }
 
-#[projection(name = "flaky")]
+#[projection(name = "flaky", version = 2)]
 impl Flaky {
     #[on]
     async fn deposited(
@@ -82,13 +82,22 @@ impl Pg {
         projection: P,
         schema: &str,
     ) -> ProjectionHandle<P> {
+        self.try_start(projection, schema).await.unwrap()
+    }
+
+    async fn try_start<P: PostgresProjection>(
+        &self,
+        projection: P,
+        schema: &str,
+    ) -> Result<ProjectionHandle<P>, StoreError> {
         let builder = self.app.project(projection).postgres(&self.url);
-        builder.schema(schema).start().await.unwrap()
+        builder.schema(schema).start().await
     }
 }
 
 impl Harness for Pg {
     type Ledger = LedgerPg;
+    type LedgerV2 = LedgerPgV2;
     type Flaky = Flaky;
     type Store = PostgresStore;
 
@@ -100,15 +109,32 @@ impl Harness for Pg {
         &self.store
     }
 
-    async fn start_ledger(&self) -> ProjectionHandle<LedgerPg> {
-        self.start(LedgerPg, &self.read).await
+    async fn try_start_ledger(&self) -> Result<ProjectionHandle<LedgerPg>, StoreError> {
+        self.try_start(LedgerPg, &self.read).await
     }
 
-    async fn start_flaky(&self, failures: &Arc<AtomicU32>) -> ProjectionHandle<Flaky> {
+    async fn try_start_ledger_v2(&self) -> Result<ProjectionHandle<LedgerPgV2>, StoreError> {
+        self.try_start(LedgerPgV2, &self.read).await
+    }
+
+    async fn try_start_flaky(
+        &self,
+        failures: &Arc<AtomicU32>,
+    ) -> Result<ProjectionHandle<Flaky>, StoreError> {
         let flaky = Flaky {
             failures: Arc::clone(failures),
         };
-        self.start(flaky, &self.read).await
+        self.try_start(flaky, &self.read).await
+    }
+
+    async fn set_version(&self, name: &str, version: u32) {
+        let sql = format!(
+            "UPDATE {}.eda_projections SET version = $2 WHERE name = $1",
+            self.read
+        );
+        let version = i64::from(version);
+        let updated = self.client.execute(&sql, &[&name, &version]).await;
+        assert_eq!(updated.unwrap(), 1);
     }
 
     async fn rows(&self) -> LedgerRows {

@@ -1,7 +1,8 @@
 //! In-memory projections (`#[projection]`, `App::project`): catch-up from the start
 //! of the log, live following (this `App`'s commits and other writers'), only the
-//! handled events read and decoded, read-your-writes, stopping, and an event that
-//! cannot be decoded stopping the runner with the state before it.
+//! handled events read and decoded, read-your-writes, stopping, an event that
+//! cannot be decoded stopping the runner with the state before it, and every
+//! start a rebuild, with its progress.
 
 #![allow(missing_docs)]
 
@@ -125,6 +126,45 @@ async fn it_catches_up_then_follows_live() {
     balances.wait_for(done.position, WAIT).await.unwrap();
     assert_eq!(balances.read(|b| b.by_account["b"]), 1200);
     assert_eq!(balances.status().state, RunnerState::Live);
+}
+
+/// Every start of an in-memory projection is a rebuild: the status says so,
+/// with the events to apply counted, until the runner is live.
+#[tokio::test]
+async fn every_start_is_a_rebuild_with_its_progress() {
+    // Every read suspends, so the test sees the runner between its pages.
+    let app = App::new(eda_test::YieldingStore::default());
+    for account in ["a", "b", "c"] {
+        open_account(&app, account).await;
+        for amount in 1..=400 {
+            app.execute(deposit(account, amount)).await.unwrap();
+        }
+    }
+    let last = app.execute(deposit("a", 1)).await.unwrap().position;
+    let balances = app.project(Balances::default()).start();
+    let mut rebuilding = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while balances.status().state != RunnerState::Live {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            balances.status()
+        );
+        tokio::task::yield_now().await;
+        let status = balances.status();
+        if status.state == RunnerState::Rebuilding {
+            rebuilding.push(status.progress.expect("the progress of a rebuild"));
+        }
+    }
+    assert!(!rebuilding.is_empty(), "never seen rebuilding");
+    for (progress, next) in rebuilding.iter().zip(rebuilding.iter().skip(1)) {
+        assert_eq!(progress.total, Some(1204), "{progress:?}");
+        assert!(progress.done <= next.done && next.done <= 1204, "{next:?}");
+    }
+    balances.wait_for(last, WAIT).await.unwrap();
+    let status = balances.status();
+    assert_eq!((status.applied, status.progress), (1204, None));
+    assert_eq!(balances.read(|b| b.positions.len()), 1204);
 }
 
 /// Another `App` (another process, in effect) writes: the runner finds its events

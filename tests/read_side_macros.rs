@@ -1,7 +1,8 @@
 //! What `#[projection]` generates for a SQLite read model and what `#[policy]`
 //! generates, called directly as their runners call them: rows written through a
 //! real transaction, a handler's error and an undecodable payload told apart,
-//! commands of every return shape collected, and other events ignored.
+//! the `#[reset]` method (and its absence), commands of every return shape
+//! collected, and other events ignored.
 
 #![allow(missing_docs)]
 
@@ -54,6 +55,17 @@ pub struct BalanceTable {
 
 #[projection(name = "balance_table", version = 3)]
 impl BalanceTable {
+    /// Empties the table; refuses to while `calls` is 99.
+    #[reset]
+    fn clear(&mut self, tx: &eda::rusqlite::Transaction<'_>) -> Result<(), NoAccount> {
+        if self.calls == 99 {
+            return Err(NoAccount("99".into()));
+        }
+        self.calls = 0;
+        tx.execute("DELETE FROM balances", []).unwrap();
+        Ok(())
+    }
+
     #[on]
     fn opened(
         &mut self,
@@ -171,6 +183,31 @@ fn on_methods_write_in_the_transaction_they_are_given() {
         .unwrap();
     assert_eq!(deposits, 42);
     assert_eq!(table.calls, 2);
+}
+
+#[test]
+fn the_reset_method_empties_the_read_model_in_the_transaction() {
+    const { assert!(<BalanceTable as SqliteProjection>::RESETS) };
+    const { assert!(!<DepositLog as SqliteProjection>::RESETS) };
+    let mut conn = database();
+    let mut table = BalanceTable::default();
+    let tx = conn.transaction().unwrap();
+    let opened = AccountOpened {
+        owner: "ada".into(),
+    };
+    table.apply(&recorded("a", 1, &opened), &tx).unwrap();
+    table.reset(&tx).unwrap();
+    assert_eq!(table.calls, 0);
+    tx.commit().unwrap();
+    assert!(balances(&conn).is_empty());
+
+    // Its error, boxed as it was returned; and none without a #[reset] method.
+    let tx = conn.transaction().unwrap();
+    table.calls = 99;
+    let error = table.reset(&tx).unwrap_err();
+    assert!(error.downcast_ref::<NoAccount>().is_some(), "{error}");
+    let error = DepositLog.reset(&tx).unwrap_err();
+    assert_eq!(error.to_string(), "`DepositLog` has no #[reset] method");
 }
 
 #[test]

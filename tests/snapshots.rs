@@ -221,6 +221,13 @@ macro_rules! forward_to_inner {
         async fn read_all(&self, p: u64, l: usize) -> Result<Vec<eda::RecordedEvent>, StoreError> {
             self.$($inner)+.read_all(p, l).await
         }
+        async fn count_all_of(
+            &self,
+            p: u64,
+            names: &[&str],
+        ) -> Result<Option<eda::LogCount>, StoreError> {
+            self.$($inner)+.count_all_of(p, names).await
+        }
         async fn read_event(
             &self,
             id: eda::Uuid,

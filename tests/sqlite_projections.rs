@@ -13,7 +13,7 @@ use eda::prelude::*;
 use eda::rusqlite::{self, Transaction};
 use eda::{ProjectionHandle, RecordedEvent};
 use eda_test::bank::MoneyDeposited;
-use eda_test::ledger::{self, Ledger, LedgerRows};
+use eda_test::ledger::{self, Ledger, LedgerRows, LedgerV2};
 use eda_test::read_models::{deposit, open, Harness, WAIT};
 
 /// Fails on the deposit of `amount == 13` until `failures` runs out.
@@ -22,7 +22,7 @@ pub struct Flaky {
     failures: Arc<AtomicU32>,
 }
 
-#[projection(name = "flaky")]
+#[projection(name = "flaky", version = 2)]
 impl Flaky {
     #[on]
     fn deposited(
@@ -71,6 +71,7 @@ impl Sqlite {
 
 impl Harness for Sqlite {
     type Ledger = Ledger;
+    type LedgerV2 = LedgerV2;
     type Flaky = Flaky;
     type Store = SqliteStore;
 
@@ -82,17 +83,32 @@ impl Harness for Sqlite {
         &self.store
     }
 
-    async fn start_ledger(&self) -> ProjectionHandle<Ledger> {
-        let builder = self.app.project(Ledger).database(&self.read);
-        builder.start().await.unwrap()
+    async fn try_start_ledger(&self) -> Result<ProjectionHandle<Ledger>, StoreError> {
+        self.app.project(Ledger).database(&self.read).start().await
     }
 
-    async fn start_flaky(&self, failures: &Arc<AtomicU32>) -> ProjectionHandle<Flaky> {
+    async fn try_start_ledger_v2(&self) -> Result<ProjectionHandle<LedgerV2>, StoreError> {
+        self.app
+            .project(LedgerV2)
+            .database(&self.read)
+            .start()
+            .await
+    }
+
+    async fn try_start_flaky(
+        &self,
+        failures: &Arc<AtomicU32>,
+    ) -> Result<ProjectionHandle<Flaky>, StoreError> {
         let flaky = Flaky {
             failures: Arc::clone(failures),
         };
-        let builder = self.app.project(flaky).database(&self.read);
-        builder.start().await.unwrap()
+        self.app.project(flaky).database(&self.read).start().await
+    }
+
+    async fn set_version(&self, name: &str, version: u32) {
+        let connection = rusqlite::Connection::open(&self.read).unwrap();
+        let sql = "UPDATE eda_projections SET version = ?2 WHERE name = ?1";
+        assert_eq!(connection.execute(sql, (name, version)).unwrap(), 1);
     }
 
     async fn rows(&self) -> LedgerRows {

@@ -54,11 +54,14 @@ pub enum StoreError {
     },
     /// A name or id that not every store can keep, refused the same way by every
     /// store before anything is stored (see the README's limits); also a store
-    /// option that names something invalid (a PostgreSQL schema name).
+    /// option that names something invalid (a PostgreSQL schema name), and a
+    /// read model that cannot be started or rebuilt as asked.
     #[error("invalid {what}: {reason}")]
     Invalid {
         /// What was refused: `aggregate id`, `aggregate type`, `event name`,
-        /// `idempotency key`, `checkpoint name`, `parked error`, `schema name`.
+        /// `idempotency key`, `checkpoint name`, `parked error`, `schema name`;
+        /// for a read model, `projection version` (built by a newer version, or
+        /// by an older one without a `#[reset]` method) and `rebuild`.
         what: &'static str,
         /// Why.
         reason: String,

@@ -39,7 +39,7 @@ pub use event::Event;
 pub use event_id::new_event_id;
 pub use policy::{IntoReactions, Policy, PolicyBuilder, PolicyHandle, Reactions};
 pub use projection::{
-    read_model, ApplyError, MemoryProjection, ParkedEvent, Projection, ProjectionBuilder,
+    read_model, ApplyError, MemoryProjection, ParkedEvent, Progress, Projection, ProjectionBuilder,
     ProjectionHandle, Retried, RunnerState, RunnerStatus, WaitError,
 };
 #[cfg(feature = "postgres")]
@@ -53,7 +53,7 @@ pub use store::postgres::{PostgresOptions, PostgresStore};
 pub use store::sqlite::{SqliteOptions, SqliteStore, SqliteSynchronous};
 pub use store::{
     check_checkpoint_name, check_idempotency_key, check_names, check_stream, memory::MemoryStore,
-    Appended, EventStore, ImmediateStore, LogPage, MAX_AGGREGATE_ID_BYTES,
+    Appended, EventStore, ImmediateStore, LogCount, LogPage, MAX_AGGREGATE_ID_BYTES,
     MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
 };
 /// Event, correlation and causation ids are UUIDs (re-exported so users need no `uuid` dependency).

@@ -152,6 +152,9 @@ pub(crate) struct ReadSide<A> {
     pub(crate) ident: Option<Ident>,
     /// The methods marked `#[on]`, with their markers, in order.
     pub(crate) methods: Vec<Method>,
+    /// The methods marked `#[reset]`, with their markers, in order (a
+    /// projection may have one).
+    pub(crate) resets: Vec<Method>,
 }
 
 /// `#[projection]`'s input.
@@ -188,17 +191,22 @@ impl<A> ReadSide<A> {
         )?;
         let ident = self_ident(&item);
         let methods = marked_methods(&item, is_on_marker);
+        let resets = marked_methods(&item, is_reset_marker);
         Ok(ReadSide {
             args,
             item,
             ident,
             methods,
+            resets,
         })
     }
 
-    /// The block without its `#[on]` markers, as the compiler is to see it.
+    /// The block without its `#[on]` and `#[reset]` markers, as the compiler is
+    /// to see it.
     pub(crate) fn item_without_markers(&self) -> ItemImpl {
-        without_markers(&self.item, is_on_marker)
+        without_markers(&self.item, |attr| {
+            is_on_marker(attr) || is_reset_marker(attr)
+        })
     }
 }
 
@@ -213,6 +221,10 @@ fn self_ident(item: &ItemImpl) -> Option<Ident> {
 
 fn is_on_marker(attr: &Attribute) -> bool {
     attr.path().is_ident("on")
+}
+
+fn is_reset_marker(attr: &Attribute) -> bool {
+    attr.path().is_ident("reset")
 }
 
 /// The methods of `item` that carry a marker, with their markers.

@@ -82,9 +82,14 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
 ///   transaction `Transaction`, so `async` tells the kinds apart: async with a
 ///   transaction is PostgreSQL, without one async is an error.
 ///
-/// The methods of one projection are all of one kind. Arguments:
-/// `name = "..."` (the type's name by default), `version = N` (1 by default),
-/// `crate = path`. Start one with `App::project(value).start()`.
+/// The methods of one projection are all of one kind. A read model in a
+/// database may have one `#[reset]` method that empties its tables in the
+/// runner's transaction, `fn reset(&mut self, tx: &Transaction<'_>) -> Result<(), Err>`
+/// (`async` for PostgreSQL): with it, a read model built by an older `version`
+/// is rebuilt from the log, and `ProjectionHandle::rebuild` rebuilds one on
+/// demand. Arguments: `name = "..."` (the type's name by default), `version = N`
+/// (1 by default; stored with the checkpoint), `crate = path`. Start one with
+/// `App::project(value).start()`.
 #[proc_macro_attribute]
 pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut cx = Ctxt::new();

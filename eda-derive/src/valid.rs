@@ -704,6 +704,17 @@ pub(crate) struct CheckedReadSide {
     /// The `#[on]` methods that fit, one per event type (and, in a projection, all
     /// of one kind).
     pub(crate) handlers: Vec<On>,
+    /// A projection's `#[reset]` method, if it has one that fits its kind.
+    pub(crate) reset: Option<Reset>,
+}
+
+/// A `#[reset]` method whose signature fits its projection's kind.
+pub(crate) struct Reset {
+    pub(crate) method: Ident,
+    /// The `T` of its argument `tx: &T`.
+    pub(crate) transaction: Type,
+    /// Its return type.
+    pub(crate) output: Type,
 }
 
 /// What `#[projection]` and `#[policy]` tell apart in the rules they share.
@@ -737,13 +748,148 @@ pub(crate) fn projection(
     let name = projection.args.name.as_ref();
     let mut checked = read_side(cx, projection, name, &PROJECTION, projection_on)?;
     let kind = one_read_model(cx, &mut checked.handlers);
+    // Without a fitting #[on] method the kind is unknown: the #[reset] method
+    // is checked once there is one.
+    if !checked.handlers.is_empty() {
+        checked.reset = one_reset(cx, projection, kind);
+    }
     Some((checked, kind))
 }
 
 /// Checks a `#[policy]` block, or returns `None` if it cannot be expanded (then it
 /// is emitted without its markers).
 pub(crate) fn policy(cx: &mut Ctxt, policy: &Policy) -> Option<CheckedReadSide> {
+    policy_has_no_reset(cx, policy);
     read_side(cx, policy, policy.args.name.as_ref(), &POLICY, policy_on)
+}
+
+/// A policy keeps no read model to empty: its runner only executes commands.
+fn policy_has_no_reset(cx: &mut Ctxt, policy: &Policy) {
+    for reset in &policy.resets {
+        for marker in &reset.markers {
+            cx.error_spanned_by(
+                marker,
+                "#[reset] goes in a #[projection] kept in a database: a #[policy] keeps no read model to empty",
+            );
+        }
+    }
+}
+
+const SQLITE_RESET: &str = "a #[reset] method of a SQLite read model takes `&mut self` and the runner's transaction, and empties the read model's tables: `fn reset(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()>`";
+
+const POSTGRES_RESET: &str = "a #[reset] method of a PostgreSQL read model takes `&mut self` and the runner's transaction, and empties the read model's tables: `async fn reset(&mut self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error>`";
+
+/// A read model in a database is rebuilt by emptying it, in the runner's
+/// transaction, with its one `#[reset]` method; an in-memory projection is
+/// rebuilt at every start without one. Methods after the first are reported
+/// and left out.
+fn one_reset(cx: &mut Ctxt, projection: &Projection, kind: ReadModel) -> Option<Reset> {
+    let mut found: Option<(Ident, Option<Reset>)> = None;
+    for method in &projection.resets {
+        let marker = &method.markers[0];
+        for extra in &method.markers {
+            if !matches!(extra.meta, syn::Meta::Path(_)) {
+                cx.error_spanned_by(extra, "#[reset] takes no arguments");
+            }
+        }
+        if projection
+            .methods
+            .iter()
+            .any(|on| on.sig.ident == method.sig.ident)
+        {
+            cx.error_spanned_by(marker, "a method is either #[on] or #[reset], not both");
+            continue;
+        }
+        if let Some((first, _)) = &found {
+            cx.error_spanned_by(
+                marker,
+                format_args!("only one #[reset] method: `{first}` already empties the read model"),
+            );
+            continue;
+        }
+        if kind == ReadModel::Memory {
+            cx.error_spanned_by(
+                marker,
+                "an in-memory projection has no #[reset] method: its runner rebuilds it from the log at every start; #[reset] empties the tables of a SQLite or PostgreSQL read model",
+            );
+            found = Some((method.sig.ident.clone(), None));
+            continue;
+        }
+        let reset = reset_method(cx, &method.sig, kind);
+        found = Some((method.sig.ident.clone(), reset));
+    }
+    found.and_then(|(_, reset)| reset)
+}
+
+/// The runner calls the `#[reset]` method with the transaction it commits, and
+/// awaits it as it awaits the `#[on]` methods of the same kind.
+fn reset_method(cx: &mut Ctxt, sig: &Signature, kind: ReadModel) -> Option<Reset> {
+    let usage = match kind {
+        ReadModel::Postgres => POSTGRES_RESET,
+        _ => SQLITE_RESET,
+    };
+    let mut ok = takes_self(cx, sig, true, usage, usage);
+    let transaction = match (sig.inputs.iter().nth(1), sig.inputs.len()) {
+        (Some(arg), 2) => match self::transaction(arg) {
+            Some(TypeReference {
+                and_token,
+                mutability: Some(mutability),
+                ..
+            }) => {
+                cx.error_spanned_by(
+                    quote!(#and_token #mutability),
+                    "a #[reset] method takes the transaction by shared reference, `tx: &Transaction<'_>`: its runner commits it",
+                );
+                None
+            }
+            Some(r) => Some((*r.elem).clone()),
+            None => {
+                cx.error_spanned_by(arg, usage);
+                None
+            }
+        },
+        (_, 0 | 1) => {
+            if ok {
+                cx.error_spanned_by(&sig.ident, usage);
+            }
+            None
+        }
+        _ => {
+            let rest = sig.inputs.iter().skip(1);
+            cx.error_spanned_by(quote!(#(#rest),*), usage);
+            None
+        }
+    };
+    match (kind, &sig.asyncness) {
+        (ReadModel::Sqlite, Some(asyncness)) => {
+            cx.error_spanned_by(
+                asyncness,
+                "the #[reset] method of a SQLite read model is not async, as its #[on] methods: `fn reset(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()>`",
+            );
+            ok = false;
+        }
+        (ReadModel::Postgres, None) => {
+            cx.error_spanned_by(
+                &sig.ident,
+                "the #[reset] method of a PostgreSQL read model is async, as its #[on] methods: `async fn reset(&mut self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error>`",
+            );
+            ok = false;
+        }
+        _ => {}
+    }
+    let output = declared_output(
+        cx,
+        sig,
+        "a #[reset] method returns `Result<(), E>`, like `rusqlite::Result<()>` or `Result<(), tokio_postgres::Error>`: its runner commits the emptied read model only if it succeeded",
+        &mut ok,
+    );
+    ok &= method_is_not_generic(cx, sig, "a #[reset] method cannot be generic");
+    Some(Reset {
+        method: sig.ident.clone(),
+        transaction: transaction?,
+        output: output?,
+    })
+    .filter(|_| ok)
 }
 
 /// The rules `#[projection]` and `#[policy]` share: a runner of their own keeps a
@@ -813,7 +959,11 @@ fn read_side<A>(
         cx.error_spanned_by(name, format_args!("a {attr}'s `name` cannot be empty"));
     }
     let name = name.map_or_else(|| ident.unraw().to_string(), LitStr::value);
-    Some(CheckedReadSide { name, handlers })
+    Some(CheckedReadSide {
+        name,
+        handlers,
+        reset: None,
+    })
 }
 
 /// A projection's runner keeps one read model, in memory, in SQLite or in

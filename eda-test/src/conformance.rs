@@ -32,6 +32,7 @@ macro_rules! conformance_tests {
             keyed_no_ops_are_remembered,
             names_are_checked_the_same_way_everywhere,
             the_log_is_read_by_event_name,
+            the_log_is_counted_by_event_name,
             checkpoints_move_by_compare_and_set,
             checkpoint_names_are_checked_the_same_way_everywhere,
             one_runner_wins_a_checkpoint_race,
@@ -1000,6 +1001,69 @@ pub async fn the_log_is_read_by_event_name<S: EventStore>(store: S) {
         .collect();
     assert_eq!(found, [("d", "Closed")]);
     assert!(next.read_to > whole.read_to);
+}
+
+/// `count_all_of`: as many events as `read_all_of` finds, from any position;
+/// counting on from `read_to` counts only the events appended since. (A store
+/// may not count: `None` passes.)
+pub async fn the_log_is_counted_by_event_name<S: EventStore>(store: S) {
+    let wanted = ["Deposited", "Closed"];
+    let Some(empty) = store.count_all_of(0, &wanted).await.unwrap() else {
+        return;
+    };
+    assert_eq!((empty.events, empty.read_to), (0, 0));
+    let names = ["Opened", "Deposited", "Withdrawn", "Closed"];
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let batch: Vec<_> = (0..7)
+            .map(|n| new_event(names[(n + i) % names.len()], "{}"))
+            .collect();
+        store
+            .append(stream("Account", id), 0, batch, &meta())
+            .await
+            .unwrap();
+    }
+    let all = store.read_all(0, 1_000).await.unwrap();
+    let head = all.last().unwrap().position;
+    let wanted_after = |after: u64| {
+        all.iter()
+            .filter(|e| e.position > after && wanted.contains(&e.name.as_str()))
+            .count() as u64
+    };
+    let whole = store.count_all_of(0, &wanted).await.unwrap().unwrap();
+    assert_eq!(whole.events, wanted_after(0));
+    assert!(whole.read_to >= head, "{} < {head}", whole.read_to);
+    let middle = all[all.len() / 2].position;
+    let tail = store.count_all_of(middle, &wanted).await.unwrap().unwrap();
+    assert_eq!(tail.events, wanted_after(middle));
+    assert_eq!(
+        store
+            .count_all_of(0, &["Nope"])
+            .await
+            .unwrap()
+            .unwrap()
+            .events,
+        0
+    );
+
+    // Counting on from `read_to` counts what came since, once.
+    let later = vec![new_event("Closed", "{}"), new_event("Opened", "{}")];
+    store
+        .append(stream("Account", "d"), 0, later, &meta())
+        .await
+        .unwrap();
+    let next = store
+        .count_all_of(whole.read_to, &wanted)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.events, 1);
+    assert!(next.read_to > whole.read_to);
+    let again = store
+        .count_all_of(next.read_to, &wanted)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.events, again.read_to), (0, next.read_to));
 }
 
 /// The checkpoint found by a write that was refused, or a panic naming `what`.

@@ -13,7 +13,7 @@ use eda::{Metadata, NewEvent};
 mod sqlite;
 
 #[cfg(feature = "sqlite")]
-pub use sqlite::{add, create, read, Ledger};
+pub use sqlite::{add, create, read, Ledger, LedgerV2};
 
 /// What a ledger holds.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -10,44 +10,68 @@ use eda::RecordedEvent;
 use crate::bank::{AccountOpened, MoneyDeposited, MoneyWithdrawn};
 use crate::ledger::LedgerRows;
 
-/// The bank's balances in a PostgreSQL schema: `balances (account, balance)`
-/// and `applications (event_id, position, seq)`, `seq` in the order of the
-/// applications.
-#[derive(Debug, Default)]
-pub struct LedgerPg;
+/// A ledger projection named `ledger`: `$ty`, at `$version`.
+macro_rules! ledger {
+    ($(#[$doc:meta])* $ty:ident, $version:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Default)]
+        pub struct $ty;
 
-#[projection(name = "ledger")]
-impl LedgerPg {
-    #[on]
-    async fn opened(
-        &mut self,
-        _: &AccountOpened,
-        recorded: &RecordedEvent,
-        tx: &Transaction<'_>,
-    ) -> Result<(), tokio_postgres::Error> {
-        add(tx, recorded, 0).await
-    }
+        #[projection(name = "ledger", version = $version)]
+        impl $ty {
+            #[reset]
+            async fn reset(&mut self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+                tx.batch_execute("DELETE FROM balances; DELETE FROM applications;")
+                    .await
+            }
 
-    #[on]
-    async fn deposited(
-        &mut self,
-        e: &MoneyDeposited,
-        recorded: &RecordedEvent,
-        tx: &Transaction<'_>,
-    ) -> Result<(), tokio_postgres::Error> {
-        add(tx, recorded, e.amount as i64).await
-    }
+            #[on]
+            async fn opened(
+                &mut self,
+                _: &AccountOpened,
+                recorded: &RecordedEvent,
+                tx: &Transaction<'_>,
+            ) -> Result<(), tokio_postgres::Error> {
+                add(tx, recorded, 0).await
+            }
 
-    #[on]
-    async fn withdrawn(
-        &mut self,
-        e: &MoneyWithdrawn,
-        recorded: &RecordedEvent,
-        tx: &Transaction<'_>,
-    ) -> Result<(), tokio_postgres::Error> {
-        add(tx, recorded, -(e.amount as i64)).await
-    }
+            #[on]
+            async fn deposited(
+                &mut self,
+                e: &MoneyDeposited,
+                recorded: &RecordedEvent,
+                tx: &Transaction<'_>,
+            ) -> Result<(), tokio_postgres::Error> {
+                add(tx, recorded, e.amount as i64).await
+            }
+
+            #[on]
+            async fn withdrawn(
+                &mut self,
+                e: &MoneyWithdrawn,
+                recorded: &RecordedEvent,
+                tx: &Transaction<'_>,
+            ) -> Result<(), tokio_postgres::Error> {
+                add(tx, recorded, -(e.amount as i64)).await
+            }
+        }
+    };
 }
+
+ledger!(
+    /// The bank's balances in a PostgreSQL schema: `balances (account, balance)`
+    /// and `applications (event_id, position, seq)`, `seq` in the order of the
+    /// applications; its `#[reset]` method empties both.
+    LedgerPg,
+    1
+);
+
+ledger!(
+    /// The same ledger at version 2: what a new version of [`LedgerPg`]
+    /// rebuilds.
+    LedgerPgV2,
+    2
+);
 
 /// One statement, in one round trip (`execute_typed` prepares nothing apart).
 async fn add(

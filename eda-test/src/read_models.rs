@@ -2,9 +2,10 @@
 //! PostgreSQL), as [`conformance`](crate::conformance) is for stores: catch-up
 //! then live, a restart from the stored checkpoint, failing events retried,
 //! parked with their aggregate's later events while others flow on, retried and
-//! skipped from the handle, undecodable events parked at once. Each kind's test
-//! file implements [`Harness`] and runs every check through
-//! [`read_model_tests!`](crate::read_model_tests).
+//! skipped from the handle, undecodable events parked at once; rebuilds, by a
+//! new version or on demand, equal to the read model built live, with their
+//! progress; versions refused. Each kind's test file implements [`Harness`] and
+//! runs every check through [`read_model_tests!`](crate::read_model_tests).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eda::prelude::*;
+use eda::read_model::InDatabase;
 use eda::{Metadata, NewEvent, Projection, ProjectionHandle, RunnerState, StreamId};
 
 use crate::bank::{DepositMoney, OpenAccount};
@@ -22,12 +24,16 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A kind of read model under test, on a fresh store and read database.
 pub trait Harness {
-    /// The ledger ([`crate::ledger`]) in this kind, named `ledger`.
-    type Ledger: Projection;
-    /// A read model named `flaky` that fails on the deposit of 13 while its
-    /// failure count is above zero (counting down), and otherwise records each
-    /// deposit's position in the ledger's `applications` table.
-    type Flaky: Projection;
+    /// The ledger ([`crate::ledger`]) in this kind, named `ledger`, at version
+    /// 1, with a `#[reset]` method.
+    type Ledger: Projection<Kind: InDatabase>;
+    /// The same ledger at version 2.
+    type LedgerV2: Projection<Kind: InDatabase>;
+    /// A read model named `flaky`, at version 2 and without a `#[reset]`
+    /// method, that fails on the deposit of 13 while its failure count is above
+    /// zero (counting down), and otherwise records each deposit's position in
+    /// the ledger's `applications` table.
+    type Flaky: Projection<Kind: InDatabase>;
 
     /// The test's store.
     type Store: EventStore;
@@ -39,13 +45,36 @@ pub trait Harness {
     fn store(&self) -> &Self::Store;
 
     /// Starts the ledger on the test's read database.
-    fn start_ledger(&self) -> impl Future<Output = ProjectionHandle<Self::Ledger>>;
+    fn try_start_ledger(
+        &self,
+    ) -> impl Future<Output = Result<ProjectionHandle<Self::Ledger>, StoreError>>;
+
+    /// Starts the ledger's version 2 on the test's read database.
+    fn try_start_ledger_v2(
+        &self,
+    ) -> impl Future<Output = Result<ProjectionHandle<Self::LedgerV2>, StoreError>>;
+
+    /// Starts the flaky read model, failing `failures` more times.
+    fn try_start_flaky(
+        &self,
+        failures: &Arc<AtomicU32>,
+    ) -> impl Future<Output = Result<ProjectionHandle<Self::Flaky>, StoreError>>;
+
+    /// Stores `version` as the version that built the read model `name`.
+    fn set_version(&self, name: &str, version: u32) -> impl Future<Output = ()>;
+
+    /// Starts the ledger on the test's read database.
+    fn start_ledger(&self) -> impl Future<Output = ProjectionHandle<Self::Ledger>> {
+        async { self.try_start_ledger().await.expect("start the ledger") }
+    }
 
     /// Starts the flaky read model, failing `failures` more times.
     fn start_flaky(
         &self,
         failures: &Arc<AtomicU32>,
-    ) -> impl Future<Output = ProjectionHandle<Self::Flaky>>;
+    ) -> impl Future<Output = ProjectionHandle<Self::Flaky>> {
+        async { self.try_start_flaky(failures).await.expect("start flaky") }
+    }
 
     /// The ledger's rows.
     fn rows(&self) -> impl Future<Output = LedgerRows>;
@@ -83,6 +112,11 @@ macro_rules! read_model_tests {
             a_skipped_parked_event_is_never_applied,
             an_event_it_cannot_decode_is_parked_at_once,
             a_second_runner_stands_by_and_takes_over_when_the_first_stops,
+            a_new_version_rebuilds_the_read_model_once,
+            a_rebuild_on_demand_equals_the_read_model_before_it,
+            a_rebuild_reports_its_progress,
+            an_older_version_without_reset_is_refused,
+            a_newer_version_is_refused,
         );
     };
     (@each $with_harness:path; $($name:ident,)*) => {$(
@@ -353,4 +387,198 @@ pub async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops<H: Ha
     assert_eq!((rows.applications.len(), rows.applied_twice()), (4, 0));
     assert_eq!(rows.balances["a"], 6);
     standby.stop().await;
+}
+
+/// The positions and ids of the events `handle` parked.
+async fn parked_ids<P>(handle: &ProjectionHandle<P>) -> Vec<(u64, eda::Uuid)> {
+    let parked = handle.parked().await.unwrap();
+    parked.iter().map(|p| (p.position, p.event_id)).collect()
+}
+
+/// The status of `handle` once it is live.
+async fn until_live<P>(handle: &ProjectionHandle<P>) -> eda::RunnerStatus {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = handle.status();
+        if status.state == RunnerState::Live {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Accounts `a` and `b` with deposits, and an undecodable deposit to `z`: the
+/// position of the last event.
+async fn accounts_and_a_bad_event<H: Harness>(h: &H) -> u64 {
+    open(h.app(), "a").await;
+    open(h.app(), "b").await;
+    for (account, amount) in [("a", 1), ("b", 2), ("a", 3)] {
+        deposit(h.app(), account, amount).await;
+    }
+    let stream = StreamId {
+        aggregate_type: "Account",
+        aggregate_id: "z",
+    };
+    let bad = crate::new_event("MoneyDeposited", r#"{"amount":"ten"}"#);
+    h.append(stream, 0, bad).await;
+    deposit(h.app(), "b", 4).await
+}
+
+/// The read model a new version of the ledger finds (built by version 1) is
+/// emptied and rebuilt from the log, with its parked events, and equals the one
+/// version 1 built live; started again, version 2 goes on from its checkpoint.
+pub async fn a_new_version_rebuilds_the_read_model_once<H: Harness>(h: H) {
+    let last = accounts_and_a_bad_event(&h).await;
+    let v1 = h.start_ledger().await;
+    v1.wait_for(Some(last), WAIT).await.unwrap();
+    let live = h.rows().await;
+    let parked = parked_ids(&v1).await;
+    assert_eq!(parked.len(), 1);
+    v1.stop().await;
+
+    let v2 = h.try_start_ledger_v2().await.unwrap();
+    v2.wait_for(Some(last), WAIT).await.unwrap();
+    let rebuilt = h.rows().await;
+    live.assert_rebuilt("the ledger", &rebuilt);
+    assert_eq!(rebuilt.applications.len(), 6);
+    assert_eq!(
+        v2.status().applied,
+        7,
+        "every event again, the bad one parked"
+    );
+    assert_eq!(parked_ids(&v2).await, parked, "parked again, once");
+    let later = deposit(h.app(), "a", 5).await;
+    v2.wait_for(Some(later), WAIT).await.unwrap();
+    assert_eq!(v2.status().state, RunnerState::Live);
+    v2.stop().await;
+
+    // Version 2 built it: a second start does not rebuild it.
+    let again = h.try_start_ledger_v2().await.unwrap();
+    let next = deposit(h.app(), "b", 6).await;
+    again.wait_for(Some(next), WAIT).await.unwrap();
+    assert_eq!(again.status().applied, 1, "only the new deposit");
+    let rows = h.rows().await;
+    assert_eq!(rows.applied_twice(), 0);
+    assert_eq!((rows.balances["a"], rows.balances["b"]), (9, 12));
+    assert_eq!(again.parked().await.unwrap().len(), 1);
+    again.stop().await;
+}
+
+/// `rebuild()` on a running read model empties it and its parked events, and
+/// replays the log into it: it equals the read model before.
+pub async fn a_rebuild_on_demand_equals_the_read_model_before_it<H: Harness>(h: H) {
+    let last = accounts_and_a_bad_event(&h).await;
+    let ledger = h.start_ledger().await;
+    ledger.wait_for(Some(last), WAIT).await.unwrap();
+    let before = h.rows().await;
+    let parked = parked_ids(&ledger).await;
+    assert_eq!(ledger.status().applied, 7);
+
+    ledger.rebuild().await.unwrap();
+    let later = deposit(h.app(), "a", 5).await;
+    ledger.wait_for(Some(later), WAIT).await.unwrap();
+    let mut rows = h.rows().await;
+    assert_eq!(rows.applied_twice(), 0);
+    // Without the deposit made after the rebuild, as before it.
+    *rows.balances.get_mut("a").unwrap() -= 5;
+    rows.applications
+        .retain(|id, _| before.applications.contains_key(id));
+    before.assert_rebuilt("the ledger", &rows);
+    assert_eq!(ledger.status().applied, 7 + 7 + 1);
+    assert_eq!(parked_ids(&ledger).await, parked, "parked again, once");
+    assert_eq!(ledger.status().parked, 1);
+    assert_eq!(ledger.status().state, RunnerState::Live);
+    ledger.stop().await;
+
+    // A projection without a #[reset] method cannot be rebuilt; nor can a
+    // stopped one.
+    let flaky = h.start_flaky(&Arc::new(AtomicU32::new(0))).await;
+    let refused = flaky.rebuild().await.unwrap_err();
+    assert!(refused.to_string().contains("#[reset]"), "{refused}");
+    flaky.stop().await;
+    let stopped = ledger.rebuild().await.unwrap_err();
+    assert!(stopped.to_string().contains("stopped"), "{stopped}");
+}
+
+/// While it rebuilds a few thousand events, the status says so and counts
+/// them: every event read of the total, never more.
+pub async fn a_rebuild_reports_its_progress<H: Harness>(h: H) {
+    let events = crate::ledger::fill(h.store(), 20, 249).await;
+    let last = deposit(h.app(), "acc-0", 1).await;
+    let total = events + 1;
+    let ledger = h.start_ledger().await;
+    ledger.wait_for(Some(last), WAIT).await.unwrap();
+    let status = until_live(&ledger).await;
+    assert_eq!((status.applied, status.progress), (total, None));
+    let before = h.rows().await;
+
+    ledger.rebuild().await.unwrap();
+    let (mut seen, mut done) = (0, 0);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let status = ledger.status();
+        match status.state {
+            RunnerState::Rebuilding => {
+                let progress = status.progress.clone().expect("the progress of a rebuild");
+                assert_eq!(progress.total, Some(total), "{progress:?}");
+                assert!(progress.done >= done, "{progress:?} after {done}");
+                assert!(progress.done <= total, "{progress:?}");
+                if progress.done > 0 {
+                    assert!(progress.remaining.is_some(), "{progress:?}");
+                }
+                assert!(status.checkpoint <= last);
+                done = progress.done;
+                seen += 1;
+            }
+            RunnerState::Live => break,
+            ref other => panic!("{other:?} while rebuilding"),
+        }
+        assert!(std::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(seen > 0, "the status never showed the rebuild");
+    let status = ledger.status();
+    assert_eq!((status.applied, status.progress), (2 * total, None));
+    h.rows().await.assert_rebuilt("the ledger", &before);
+    ledger.stop().await;
+}
+
+/// A read model built by an older version of a projection without a
+/// `#[reset]` method is refused, saying how to rebuild it.
+pub async fn an_older_version_without_reset_is_refused<H: Harness>(h: H) {
+    let flaky = h.start_flaky(&Arc::new(AtomicU32::new(0))).await;
+    flaky.stop().await;
+    h.set_version("flaky", 1).await;
+    let Err(error) = h.try_start_flaky(&Arc::new(AtomicU32::new(0))).await else {
+        panic!("started on a read model of version 1");
+    };
+    let StoreError::Invalid { what, reason } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(*what, "projection version");
+    assert!(reason.contains("built by version 1"), "{reason}");
+    assert!(reason.contains("#[reset]"), "{reason}");
+}
+
+/// Older code never overwrites a read model built by a newer version.
+pub async fn a_newer_version_is_refused<H: Harness>(h: H) {
+    let position = open(h.app(), "a").await;
+    let v2 = h.try_start_ledger_v2().await.unwrap();
+    v2.wait_for(Some(position), WAIT).await.unwrap();
+    v2.stop().await;
+    let Err(error) = h.try_start_ledger().await else {
+        panic!("version 1 started on a read model of version 2");
+    };
+    let StoreError::Invalid { what, reason } = &error else {
+        panic!("{error:?}");
+    };
+    assert_eq!(*what, "projection version");
+    assert!(reason.contains("newer"), "{reason}");
+    // Version 2 still goes on.
+    let v2 = h.try_start_ledger_v2().await.unwrap();
+    let next = deposit(h.app(), "a", 1).await;
+    v2.wait_for(Some(next), WAIT).await.unwrap();
+    assert_eq!(v2.status().applied, 1);
+    v2.stop().await;
 }

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use eda::{
-    Appended, EventRef, EventStore, IdempotencyRecord, ImmediateStore, LoadError, LogPage,
-    MemoryStore, Metadata, NewEvent, ParkedEvent, RecordedEvent, ReplayEvent, Snapshot, StoreError,
-    StreamId, Uuid,
+    Appended, EventRef, EventStore, IdempotencyRecord, ImmediateStore, LoadError, LogCount,
+    LogPage, MemoryStore, Metadata, NewEvent, ParkedEvent, RecordedEvent, ReplayEvent, Snapshot,
+    StoreError, StreamId, Uuid,
 };
 
 /// How a [`Routed`] store lets `App` reach the `MemoryStore` inside.
@@ -161,6 +161,14 @@ impl EventStore for Routed {
             page.read_to = after_position;
         }
         Ok(page)
+    }
+
+    async fn count_all_of(
+        &self,
+        after_position: u64,
+        names: &[&str],
+    ) -> Result<Option<LogCount>, StoreError> {
+        self.inner.count_all_of(after_position, names).await
     }
 
     async fn read_event(&self, id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {

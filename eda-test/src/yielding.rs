@@ -4,7 +4,7 @@ use eda::{Metadata, NewEvent, StreamId};
 
 /// A store (a `MemoryStore` by default) whose every call yields to the scheduler
 /// before and after, as a networked store does, so tasks interleave inside
-/// `App::execute`. It forwards the events, idempotency keys, checkpoints and
+/// `App::execute`. It forwards the events (and their counts), idempotency keys, checkpoints and
 /// parked events; it keeps no snapshots.
 #[derive(Clone)]
 pub struct YieldingStore<S = eda::MemoryStore>(pub S);
@@ -50,6 +50,15 @@ impl<S: eda::EventStore> eda::EventStore for YieldingStore<S> {
     ) -> Result<Vec<eda::RecordedEvent>, eda::StoreError> {
         tokio::task::yield_now().await;
         eda::EventStore::read_all(&self.0, after_position, limit).await
+    }
+
+    async fn count_all_of(
+        &self,
+        after_position: u64,
+        names: &[&str],
+    ) -> Result<Option<eda::LogCount>, eda::StoreError> {
+        tokio::task::yield_now().await;
+        eda::EventStore::count_all_of(&self.0, after_position, names).await
     }
 
     async fn read_event(

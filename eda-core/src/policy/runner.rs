@@ -17,7 +17,7 @@ use crate::app::App;
 use crate::envelope::RecordedEvent;
 use crate::error::{DecodeError, StoreError};
 use crate::failpoint;
-use crate::projection::runner::{self, Control, Failure, Sink};
+use crate::projection::runner::{self, Control, Failure, Sink, Started};
 use crate::projection::{ParkedEvent, Parking, Retried, RunnerStatus, WaitError};
 use crate::store::{BoxFuture, LogPage};
 
@@ -354,7 +354,7 @@ impl<P: Policy> Sink for PolicySink<P> {
 
     /// Takes the lease (or stands by while another runner holds it), and goes
     /// on from the checkpoint the last holder left.
-    async fn start(&mut self) -> Result<u64, Failure> {
+    async fn start(&mut self) -> Result<Started, Failure> {
         self.lease.acquire(self.shared.app.store()).await?;
         let shared = &self.shared;
         let mut parked = shared.parked.lock().await;
@@ -363,7 +363,7 @@ impl<P: Policy> Sink for PolicySink<P> {
         let counted = shared.count_parked(&mut parked).await;
         counted.map_err(|error| Failure::retry(error, None))?;
         self.stored = stored;
-        Ok(stored.unwrap_or(0))
+        Ok(Started::at(stored.unwrap_or(0)))
     }
 
     /// Reacts to each event, then moves the checkpoint past the page. A crash

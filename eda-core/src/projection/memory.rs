@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::runner::{Failure, Sink};
+use super::runner::{Failure, Rebuild, Sink, Started};
 use super::{lock, MemoryProjection};
 use crate::error::DecodeError;
 use crate::store::LogPage;
@@ -28,8 +28,13 @@ impl<P: MemoryProjection> Sink for MemorySink<P> {
         P::EVENTS
     }
 
-    async fn start(&mut self) -> Result<u64, Failure> {
-        Ok(0)
+    /// Every start is a rebuild: the value the runner was given, fed from the
+    /// start of the log.
+    async fn start(&mut self) -> Result<Started, Failure> {
+        Ok(Started {
+            checkpoint: 0,
+            rebuild: Some(Rebuild::Start),
+        })
     }
 
     /// Applies the events in order under one lock, on a thread that may block

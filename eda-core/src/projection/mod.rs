@@ -7,7 +7,10 @@
 //! so a slow one delays no other runner and no command.
 //!
 //! This is the in-memory kind: the state is the projection value, rebuilt from the
-//! start of the log whenever the runner starts.
+//! start of the log whenever the runner starts (its state is
+//! [`RunnerState::Rebuilding`] until it is live). The SQLite and PostgreSQL kinds
+//! keep a checkpoint, and are rebuilt by their `#[reset]` method when an older
+//! version built them or [`ProjectionHandle::rebuild`] is called.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -22,7 +25,7 @@ use crate::envelope::RecordedEvent;
 use crate::error::{DecodeErrorKind, StoreError};
 use crate::store::BoxFuture;
 use runner::Control;
-pub use runner::{RunnerState, RunnerStatus, WaitError};
+pub use runner::{Progress, RunnerState, RunnerStatus, WaitError};
 
 mod memory;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -58,6 +61,12 @@ pub trait Projection: Send + 'static {
 /// A read model held in memory: the projection value is the state, rebuilt from
 /// the log when its runner starts. `#[on]` methods take `&mut self` and the event
 /// (`fn(&mut self, &E)`, optionally `&RecordedEvent` after it) and return nothing.
+///
+/// Every start is a rebuild: the runner applies the whole log to the value it
+/// was given ([`RunnerState::Rebuilding`] until it is live), so a new
+/// `version` needs nothing more, and there is no `#[reset]` method nor
+/// [`ProjectionHandle::rebuild`]: to rebuild, stop the handle and start a new
+/// value.
 pub trait MemoryProjection: Projection<Kind = read_model::Memory> {
     /// Decodes `event` (one of [`EVENTS`](Projection::EVENTS)) and runs its `#[on]`
     /// method. An event of another name is ignored.
@@ -68,8 +77,17 @@ pub trait MemoryProjection: Projection<Kind = read_model::Memory> {
 /// transaction, `&rusqlite::Transaction<'_>`, last, and return a `Result<(), E>`
 /// whose error converts into `Box<dyn Error + Send + Sync>` (`rusqlite::Result<()>`
 /// does). The runner commits their writes and the checkpoint in one transaction.
+///
+/// An optional `#[reset]` method, `fn reset(&mut self, tx: &Transaction<'_>) ->
+/// Result<(), E>`, empties the read model's own tables (and whatever the value
+/// keeps): with it, a read model built by an older
+/// [`VERSION`](Projection::VERSION) is rebuilt from the log when the runner
+/// starts, and [`ProjectionHandle::rebuild`] rebuilds it on demand.
 #[cfg(feature = "sqlite")]
 pub trait SqliteProjection: Projection<Kind = read_model::Sqlite> {
+    /// Whether the projection has a `#[reset]` method (and so can be rebuilt).
+    const RESETS: bool = false;
+
     /// Decodes `event` (one of [`EVENTS`](Projection::EVENTS)) and runs its `#[on]`
     /// method in `tx`. An event of another name is ignored.
     fn apply(
@@ -77,6 +95,25 @@ pub trait SqliteProjection: Projection<Kind = read_model::Sqlite> {
         event: &RecordedEvent,
         tx: &rusqlite::Transaction<'_>,
     ) -> Result<(), ApplyError>;
+
+    /// Runs the `#[reset]` method in `tx`, the transaction that also clears the
+    /// projection's parked events and moves its checkpoint back to 0: after
+    /// it, the read model is as before its first event. Without a `#[reset]`
+    /// method ([`RESETS`](Self::RESETS) is false), an error.
+    fn reset(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let _ = tx;
+        Err(no_reset(Self::NAME))
+    }
+}
+
+/// The error of [`SqliteProjection::reset`] and [`PostgresProjection::reset`]
+/// without a `#[reset]` method.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn no_reset(name: &str) -> Box<dyn std::error::Error + Send + Sync> {
+    format!("`{name}` has no #[reset] method").into()
 }
 
 /// A read model in a PostgreSQL database: `#[on]` methods are `async`, take the
@@ -87,6 +124,12 @@ pub trait SqliteProjection: Projection<Kind = read_model::Sqlite> {
 /// time across processes ([`RunnerState::Standby`]); start one with
 /// [`ProjectionBuilder::postgres`].
 ///
+/// An optional `#[reset]` method, `async fn reset(&mut self, tx:
+/// &Transaction<'_>) -> Result<(), E>`, empties the read model's own tables:
+/// with it, a read model built by an older [`VERSION`](Projection::VERSION) is
+/// rebuilt from the log when a runner takes its turn, and
+/// [`ProjectionHandle::rebuild`] rebuilds it on demand.
+///
 /// ```no_run
 /// use eda::prelude::*;
 /// use eda::tokio_postgres::{self, Transaction};
@@ -96,8 +139,14 @@ pub trait SqliteProjection: Projection<Kind = read_model::Sqlite> {
 /// #[derive(Debug, Default)]
 /// pub struct OwnerTable;
 ///
-/// #[projection(name = "owner_table")]
+/// #[projection(name = "owner_table", version = 2)]
 /// impl OwnerTable {
+///     #[reset]
+///     async fn reset(&mut self, tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+///         tx.execute("DELETE FROM owners", &[]).await?;
+///         Ok(())
+///     }
+///
 ///     #[on]
 ///     async fn opened(
 ///         &mut self,
@@ -121,6 +170,9 @@ pub trait SqliteProjection: Projection<Kind = read_model::Sqlite> {
 /// ```
 #[cfg(feature = "postgres")]
 pub trait PostgresProjection: Projection<Kind = read_model::Postgres> {
+    /// Whether the projection has a `#[reset]` method (and so can be rebuilt).
+    const RESETS: bool = false;
+
     /// Decodes `event` (one of [`EVENTS`](Projection::EVENTS)) and runs its `#[on]`
     /// method in `tx`. An event of another name is ignored.
     fn apply<'a>(
@@ -128,6 +180,20 @@ pub trait PostgresProjection: Projection<Kind = read_model::Postgres> {
         event: &'a RecordedEvent,
         tx: &'a tokio_postgres::Transaction<'_>,
     ) -> impl std::future::Future<Output = Result<(), ApplyError>> + Send + 'a;
+
+    /// Runs the `#[reset]` method in `tx`, the transaction that also clears the
+    /// projection's parked events and moves its checkpoint back to 0: after
+    /// it, the read model is as before its first event. Without a `#[reset]`
+    /// method ([`RESETS`](Self::RESETS) is false), an error.
+    fn reset<'a>(
+        &'a mut self,
+        tx: &'a tokio_postgres::Transaction<'_>,
+    ) -> impl std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>
+           + Send
+           + 'a {
+        let _ = tx;
+        std::future::ready(Err(no_reset(Self::NAME)))
+    }
 }
 
 /// Why an event could not be applied to a read model.
@@ -294,6 +360,33 @@ pub struct Retried {
     pub applied: u64,
     /// Events still parked.
     pub parked: u64,
+}
+
+impl<P> ProjectionHandle<P>
+where
+    P: Projection,
+    P::Kind: read_model::InDatabase,
+{
+    /// Rebuilds the read model from the log, as a new `version` does: between
+    /// two pages, the runner empties it with the projection's `#[reset]`
+    /// method, clears its parked events and moves its checkpoint back to 0, in
+    /// one transaction; then it replays the log into it
+    /// ([`RunnerState::Rebuilding`], with [`RunnerStatus::progress`], until it
+    /// is live). Returns once the read model is emptied: wait for a position
+    /// with [`wait_for`](Self::wait_for), as for any write.
+    ///
+    /// Meanwhile readers see the read model as of an earlier point in the log,
+    /// from empty on: each page is committed with its checkpoint.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] (`what: "rebuild"`): the projection has no
+    /// `#[reset]` method, the runner is stopped, or it does not have the read
+    /// model's turn (a PostgreSQL runner on standby: rebuild on the runner that
+    /// has it). Otherwise the error of the transaction or of the `#[reset]`
+    /// method, which changed nothing; the runner goes on where it was.
+    pub async fn rebuild(&self) -> Result<(), StoreError> {
+        self.control.rebuild().await
+    }
 }
 
 /// The dead-letter operations behind a handle, for a kind that parks events.

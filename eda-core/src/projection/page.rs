@@ -5,6 +5,11 @@
 //! both; failed events are parked (dead letters) with their aggregate's later
 //! events, and parked events are retried or skipped from the handle.
 //!
+//! A read model built by an older version of its projection is emptied by the
+//! projection's `#[reset]` method, with its parked events and its checkpoint,
+//! in one transaction, and rebuilt from the log; so is one whose handle is
+//! asked to `rebuild()`.
+//!
 //! The algorithm is written once, async, against [`Database`]: the PostgreSQL
 //! kind awaits its driver, the SQLite kind's futures are ready at once (its
 //! driver blocks; it runs them on a blocking thread with `pollster`).
@@ -12,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use super::runner::{Failure, Then};
+use super::runner::{Failure, Rebuild, Started, Then};
 use super::{ApplyError, ParkedEvent, Retried};
 use crate::app::App;
 use crate::envelope::RecordedEvent;
@@ -40,6 +45,9 @@ pub(super) trait Database<P> {
     /// the lock.
     const LOST_TURN: Then;
 
+    /// Whether `P` has a `#[reset]` method.
+    const RESETS: bool;
+
     /// An open transaction, rolled back when dropped uncommitted.
     type Tx<'c>
     where
@@ -55,6 +63,20 @@ pub(super) trait Database<P> {
         projection: &mut P,
         event: &RecordedEvent,
     ) -> Result<(), ApplyError>;
+
+    /// `name`'s stored version and checkpoint, read in `tx` and kept from
+    /// other writers until it ends.
+    async fn stored(tx: &Self::Tx<'_>, name: &str) -> Result<(i64, i64), StoreError>;
+
+    /// Runs `projection`'s `#[reset]` method in `tx`.
+    async fn reset(
+        tx: &Self::Tx<'_>,
+        projection: &mut P,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    /// In `tx`, removes `name`'s parked events, and sets its version to
+    /// `version` and its checkpoint to 0.
+    async fn restart(tx: &Self::Tx<'_>, name: &str, version: u32) -> Result<(), StoreError>;
 
     /// Records `event` as parked by projection `name`, with `error`.
     async fn park(
@@ -94,6 +116,8 @@ pub(super) trait Database<P> {
 pub(super) struct ReadDb<C> {
     pub(super) connection: C,
     pub(super) name: &'static str,
+    /// Where it is, for messages: its file, or its schema.
+    pub(super) place: String,
     /// The checkpoint as stored (the runner may be past it: see [`IDLE_MOVES`]).
     pub(super) checkpoint: u64,
     pub(super) parked: HashMap<Stream, u64>,
@@ -106,6 +130,7 @@ impl<C> ReadDb<C> {
     pub(super) async fn new<P>(
         mut connection: C,
         name: &'static str,
+        place: String,
         checkpoint: u64,
     ) -> Result<ReadDb<C>, StoreError>
     where
@@ -115,6 +140,7 @@ impl<C> ReadDb<C> {
         Ok(ReadDb {
             connection,
             name,
+            place,
             checkpoint,
             parked,
             moved_at: Instant::now(),
@@ -135,22 +161,137 @@ impl<C> ReadDb<C> {
     }
 }
 
-/// The error of a read model in `place` built by another version of its
-/// projection; `fresh` says where to start it instead.
-pub(super) fn other_version(
+/// Whether a read model of projection `name` in `place`, built by version
+/// `stored` of it, is to be rebuilt by this code, version `version` (with a
+/// `#[reset]` method if `resets`): not if it is this version's; yes if it is
+/// an older one's and the projection can empty it; otherwise it is refused.
+/// Older code never overwrites a newer read model. `fresh` says where to start
+/// the projection instead.
+pub(super) fn to_rebuild(
     name: &str,
     place: &str,
     stored: i64,
     version: u32,
+    resets: bool,
     fresh: &str,
-) -> StoreError {
-    StoreError::Invalid {
+) -> Result<bool, StoreError> {
+    let refused = |reason: String| StoreError::Invalid {
         what: "projection version",
-        reason: format!(
-            "`{name}` in {place} was built by version {stored}, this code is version {version}; \
-             rebuilding a read model in place is not supported yet: start it {fresh}"
-        ),
+        reason: format!("`{name}` in {place} was built by version {stored}, {reason}"),
+    };
+    match stored.cmp(&i64::from(version)) {
+        std::cmp::Ordering::Equal => Ok(false),
+        std::cmp::Ordering::Less if resets => Ok(true),
+        std::cmp::Ordering::Less => Err(refused(format!(
+            "this code is version {version}: give the projection a #[reset] method that \
+             empties its tables, and its runner rebuilds it from the log; or start it {fresh}"
+        ))),
+        std::cmp::Ordering::Greater => Err(refused(format!(
+            "newer than this code's version {version}: older code does not overwrite a newer \
+             read model; run the newer code, or start this one {fresh}"
+        ))),
     }
+}
+
+/// Where a runner starts: after the stored checkpoint; or, if the read model
+/// was built by an older `version` of a projection with a `#[reset]` method,
+/// from the start of the log, after emptying the read model, its parked events
+/// and its checkpoint in one transaction that also stores the new version (so
+/// that of runners starting together, one rebuilds and the others find it
+/// rebuilt). Also counts the parked aggregates again.
+pub(super) async fn start<P, C: Database<P>>(
+    db: &mut ReadDb<C>,
+    projection: &mut P,
+    version: u32,
+    fresh: &str,
+) -> Result<Started, StoreError> {
+    let (name, place) = (db.name, db.place.clone());
+    let tx = db.connection.begin().await?;
+    let (stored, position) = C::stored(&tx, name).await?;
+    let started = if to_rebuild(name, &place, stored, version, C::RESETS, fresh)? {
+        tracing::info!(
+            projection = name,
+            place,
+            stored,
+            version,
+            "the read model was built by an older version: emptying it to rebuild it"
+        );
+        empty::<P, C>(tx, name, projection, version).await?;
+        Started {
+            checkpoint: 0,
+            rebuild: Some(Rebuild::Reset),
+        }
+    } else {
+        drop(tx);
+        Started::at(checkpoint_of(name, position)?)
+    };
+    db.checkpoint = started.checkpoint;
+    db.moved_at = Instant::now();
+    db.count_parked().await?;
+    Ok(started)
+}
+
+/// Empties the read model of this `version` (its `#[reset]` method), its
+/// parked events and its checkpoint, in one transaction, for the runner to
+/// rebuild it: [`ProjectionHandle::rebuild`](super::ProjectionHandle::rebuild).
+/// Refused if another runner moved the checkpoint, or stored another version.
+pub(super) async fn rebuild<P, C: Database<P>>(
+    db: &mut ReadDb<C>,
+    projection: &mut P,
+    version: u32,
+) -> Result<(), StoreError> {
+    let name = db.name;
+    if !C::RESETS {
+        return Err(StoreError::Invalid {
+            what: "rebuild",
+            reason: format!("`{name}` has no #[reset] method to empty its read model: give it one"),
+        });
+    }
+    let from = db.checkpoint;
+    let tx = db.connection.begin().await?;
+    let (stored, position) = C::stored(&tx, name).await?;
+    if stored != i64::from(version) || position != to_i64(from) {
+        return Err(StoreError::Invalid {
+            what: "rebuild",
+            reason: format!(
+                "another runner of `{name}` moved its checkpoint from {from} to {position} \
+                 (version {stored}): this one does not have its turn"
+            ),
+        });
+    }
+    tracing::info!(
+        projection = name,
+        version,
+        "emptying the read model to rebuild it"
+    );
+    empty::<P, C>(tx, name, projection, version).await?;
+    db.checkpoint = 0;
+    db.moved_at = Instant::now();
+    db.count_parked().await
+}
+
+/// In `tx`, then commits it: `projection`'s `#[reset]` method, then its
+/// parked events and checkpoint cleared, and `version` stored.
+async fn empty<P, C: Database<P>>(
+    tx: C::Tx<'_>,
+    name: &'static str,
+    projection: &mut P,
+    version: u32,
+) -> Result<(), StoreError> {
+    C::reset(&tx, projection)
+        .await
+        .map_err(|source| StoreError::Backend(Box::new(ResetFailed { name, source })))?;
+    C::restart(&tx, name, version).await?;
+    C::commit(tx).await
+}
+
+/// A `#[reset]` method's error.
+#[derive(Debug, thiserror::Error)]
+#[error("the #[reset] method of `{name}` failed: {source}")]
+struct ResetFailed {
+    name: &'static str,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 /// A stored checkpoint as a position.
@@ -366,4 +507,38 @@ pub(super) async fn parked_events(
 /// A position as the databases store it.
 pub(super) fn to_i64(position: u64) -> i64 {
     i64::try_from(position).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_rebuild;
+    use crate::error::StoreError;
+
+    fn refused(result: Result<bool, StoreError>) -> String {
+        match result {
+            Err(StoreError::Invalid {
+                what: "projection version",
+                reason,
+            }) => reason,
+            other => panic!("not refused as a projection version: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_older_version_is_rebuilt_with_a_reset_and_a_newer_one_never() {
+        let check = |stored, resets| to_rebuild("ledger", "read.db", stored, 2, resets, "anew");
+        assert!(!check(2, false).unwrap());
+        assert!(!check(2, true).unwrap());
+        assert!(check(1, true).unwrap());
+        let reason = refused(check(1, false));
+        assert!(reason.contains("built by version 1"), "{reason}");
+        assert!(reason.contains("#[reset]"), "{reason}");
+        for resets in [false, true] {
+            let reason = refused(check(3, resets));
+            assert!(
+                reason.contains("newer than this code's version 2"),
+                "{reason}"
+            );
+        }
+    }
 }

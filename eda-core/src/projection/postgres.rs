@@ -30,7 +30,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::page::{self, to_i64, Database, ReadDb, Stream};
-use super::runner::{self, Control, Failure, Sink, Then};
+use super::runner::{self, Control, Failure, Sink, Started, Then};
 use super::{
     lock, read_model, ApplyError, ParkedEvent, Parking, PostgresProjection, ProjectionBuilder,
     ProjectionHandle, Retried,
@@ -71,6 +71,14 @@ const CREATE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('eda.projection
 const INSERT: &str = "INSERT INTO eda_projections (name, version, position) VALUES ($1, $2, 0)
     ON CONFLICT (name) DO NOTHING";
 const SELECT: &str = "SELECT version, position FROM eda_projections WHERE name = $1";
+/// The same, locked until the transaction ends.
+const SELECT_FOR_UPDATE: &str =
+    "SELECT version, position FROM eda_projections WHERE name = $1 FOR UPDATE";
+/// A rebuild's start: the new version, the checkpoint back to 0.
+const RESTART: &str = "UPDATE eda_projections SET version = $2, position = 0 WHERE name = $1";
+const UNPARK_ALL: &str = "DELETE FROM eda_parked WHERE projection = $1";
+/// Where to start a projection instead of a schema built by another version.
+const FRESH: &str = "in a new schema";
 /// The compare-and-set that moves a checkpoint: no row changes if another
 /// runner of the same projection moved it first.
 const MOVE: &str = "UPDATE eda_projections SET position = $3 WHERE name = $1 AND position = $2";
@@ -147,10 +155,17 @@ impl<P: PostgresProjection> PostgresProjectionBuilder<P> {
     /// events once it has its turn; until then its state is
     /// [`RunnerState::Standby`](crate::RunnerState::Standby).
     ///
+    /// A read model built by an older [`VERSION`](crate::Projection::VERSION)
+    /// of a projection with a `#[reset]` method is rebuilt: the runner that
+    /// takes the turn first empties it, its parked events and its checkpoint
+    /// in one transaction, then replays the log into it
+    /// ([`RunnerState::Rebuilding`](crate::RunnerState::Rebuilding)).
+    ///
     /// # Errors
     /// The URL or the schema name is not valid, the database cannot be reached,
-    /// or it holds the read model of another version of the projection
-    /// ([`StoreError::Invalid`]).
+    /// or it holds the read model of a newer version of the projection, or of
+    /// an older one and the projection has no `#[reset]` method
+    /// ([`StoreError::Invalid`], `what: "projection version"`).
     ///
     /// # Panics
     /// Outside a tokio runtime, as `tokio::spawn` does.
@@ -211,7 +226,8 @@ impl<'t> PostgresTransaction<'t> for Transaction<'t> {
 
 /// What the runner and the handle ask of the worker thread.
 enum Request {
-    Start(oneshot::Sender<Result<u64, Failure>>),
+    Start(oneshot::Sender<Result<Started, Failure>>),
+    Rebuild(oneshot::Sender<Result<(), StoreError>>),
     Apply {
         page: LogPage,
         last_attempt: bool,
@@ -296,6 +312,7 @@ impl<P: PostgresProjection> Worker<P> {
         while let Some(request) = requests.recv().await {
             match request {
                 Request::Start(reply) => drop(reply.send(self.start().await)),
+                Request::Rebuild(reply) => drop(reply.send(self.rebuild().await)),
                 Request::Apply {
                     page,
                     last_attempt,
@@ -360,46 +377,40 @@ impl<P: PostgresProjection> Worker<P> {
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         let checkpoint = Self::checkpoint(&self.schema, &client).await?;
+        let place = format!("schema `{}`", self.schema);
         let statements = Statements {
             park: client.prepare(PARK).await.map_err(backend)?,
             move_checkpoint: client.prepare(MOVE).await.map_err(backend)?,
             unpark: client.prepare(UNPARK).await.map_err(backend)?,
         };
         let connection = PgConnection { client, statements };
-        ReadDb::new::<P>(connection, P::NAME, checkpoint).await
+        ReadDb::new::<P>(connection, P::NAME, place, checkpoint).await
     }
 
-    /// The stored checkpoint, if the stored version is this code's.
+    /// The stored checkpoint, unless the stored version is refused (a read
+    /// model that is to be rebuilt is, once the runner has its turn).
     async fn checkpoint(schema: &str, client: &Client) -> Result<u64, StoreError> {
         let row = client.query_opt(SELECT, &[&P::NAME]).await;
         let row = row
             .map_err(backend)?
             .ok_or_else(|| StoreError::Backend("the checkpoint row vanished".into()))?;
         let (stored, position): (i64, i64) = (row.get(0), row.get(1));
-        if stored != i64::from(P::VERSION) {
-            let place = format!("schema `{schema}`");
-            let fresh = "in a new schema";
-            return Err(page::other_version(
-                P::NAME,
-                &place,
-                stored,
-                P::VERSION,
-                fresh,
-            ));
-        }
+        let place = format!("schema `{schema}`");
+        page::to_rebuild(P::NAME, &place, stored, P::VERSION, P::RESETS, FRESH)?;
         page::checkpoint_of(P::NAME, position)
     }
 
     /// Takes the turn, or says to stand by; then reads the checkpoint and the
-    /// park again (the runner before may have moved them).
-    async fn start(&mut self) -> Result<u64, Failure> {
-        let checkpoint = self.take_turn().await.map_err(|error| match error {
+    /// park again (the runner before may have moved them), and empties a read
+    /// model that an older version built.
+    async fn start(&mut self) -> Result<Started, Failure> {
+        let started = self.take_turn().await.map_err(|error| match error {
             error @ StoreError::Invalid { .. } => Failure::stop(error, None),
             error => Failure::retry(error, None),
         })?;
         self.count();
-        match checkpoint {
-            Some(checkpoint) => Ok(checkpoint),
+        match started {
+            Some(started) => Ok(started),
             None => Err(Failure::standby(format!(
                 "another runner of `{}` has its turn (it holds its lock)",
                 P::NAME
@@ -407,7 +418,9 @@ impl<P: PostgresProjection> Worker<P> {
         }
     }
 
-    async fn take_turn(&mut self) -> Result<Option<u64>, StoreError> {
+    // See `apply`.
+    #[allow(clippy::await_holding_lock)]
+    async fn take_turn(&mut self) -> Result<Option<Started>, StoreError> {
         let locked = self.locked;
         let key = self.lock_key.clone();
         let db = self.connected().await?;
@@ -419,9 +432,28 @@ impl<P: PostgresProjection> Worker<P> {
         }
         self.locked = true;
         let db = self.db.as_mut().expect("connected");
-        db.checkpoint = Self::checkpoint(&self.schema, &db.connection.client).await?;
-        db.count_parked::<P>().await?;
-        Ok(Some(db.checkpoint))
+        let mut state = lock(&self.state);
+        let started = page::start(db, &mut *state, P::VERSION, FRESH).await?;
+        Ok(Some(started))
+    }
+
+    /// Empties the read model for the runner to rebuild it, if this runner
+    /// has the turn.
+    // See `apply`.
+    #[allow(clippy::await_holding_lock)]
+    async fn rebuild(&mut self) -> Result<(), StoreError> {
+        let Some(db) = self.db.as_mut().filter(|_| self.locked) else {
+            return Err(StoreError::Invalid {
+                what: "rebuild",
+                reason: format!("this runner of `{}` does not have its turn", P::NAME),
+            });
+        };
+        let rebuilt = {
+            let mut state = lock(&self.state);
+            page::rebuild(db, &mut *state, P::VERSION).await
+        };
+        self.count();
+        rebuilt
     }
 
     // The projection value is locked across the page's awaits on purpose: this
@@ -512,6 +544,7 @@ struct PgTx<'c> {
 /// The read model's side of the page algorithm.
 impl<P: PostgresProjection> Database<P> for PgConnection {
     const LOST_TURN: Then = Then::Standby;
+    const RESETS: bool = P::RESETS;
 
     type Tx<'c> = PgTx<'c>;
 
@@ -531,6 +564,28 @@ impl<P: PostgresProjection> Database<P> for PgConnection {
         event: &RecordedEvent,
     ) -> Result<(), ApplyError> {
         projection.apply(event, &tx.tx).await
+    }
+
+    async fn stored(tx: &Self::Tx<'_>, name: &str) -> Result<(i64, i64), StoreError> {
+        let row = tx.tx.query_opt(SELECT_FOR_UPDATE, &[&name]).await;
+        let row = row
+            .map_err(backend)?
+            .ok_or_else(|| StoreError::Backend("the checkpoint row vanished".into()))?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    async fn reset(
+        tx: &Self::Tx<'_>,
+        projection: &mut P,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        projection.reset(&tx.tx).await
+    }
+
+    async fn restart(tx: &Self::Tx<'_>, name: &str, version: u32) -> Result<(), StoreError> {
+        tx.tx.execute(UNPARK_ALL, &[&name]).await.map_err(backend)?;
+        let version = i64::from(version);
+        let restarted = tx.tx.execute(RESTART, &[&name, &version]).await;
+        restarted.map(drop).map_err(backend)
     }
 
     async fn park(
@@ -613,10 +668,16 @@ impl<P: PostgresProjection> Sink for PostgresSink<P> {
         P::EVENTS
     }
 
-    async fn start(&mut self) -> Result<u64, Failure> {
+    async fn start(&mut self) -> Result<Started, Failure> {
         ask(&self.requests, Request::Start)
             .await
             .unwrap_or_else(|| Err(Failure::stop(ENDED, None)))
+    }
+
+    async fn rebuild(&mut self) -> Result<(), StoreError> {
+        ask(&self.requests, Request::Rebuild)
+            .await
+            .unwrap_or_else(|| Err(StoreError::Backend(ENDED.into())))
     }
 
     async fn apply(&mut self, page: LogPage, last_attempt: bool) -> Result<(), Failure> {

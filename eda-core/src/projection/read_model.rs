@@ -23,9 +23,17 @@ pub enum Sqlite {}
 #[derive(Debug, Clone, Copy)]
 pub enum Postgres {}
 
+/// A kind of read model kept in a database, [`Sqlite`] or [`Postgres`]: its
+/// projection's `#[reset]` method empties it, to be rebuilt from the log
+/// ([`ProjectionHandle::rebuild`](super::ProjectionHandle::rebuild)). An
+/// in-memory projection is rebuilt by every start instead.
+pub trait InDatabase: Kind {}
+
 impl sealed::Sealed for Memory {}
 impl Kind for Memory {}
 impl sealed::Sealed for Sqlite {}
 impl Kind for Sqlite {}
+impl InDatabase for Sqlite {}
 impl sealed::Sealed for Postgres {}
 impl Kind for Postgres {}
+impl InDatabase for Postgres {}

@@ -8,10 +8,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::Instrument;
 
 use crate::app::App;
+use crate::error::StoreError;
 use crate::store::LogPage;
 
 /// How many events a runner reads and applies at a time.
@@ -27,6 +28,10 @@ pub(crate) const MAX_ATTEMPTS: u32 = 5;
 /// How long a runner on standby waits before it tries to take over again.
 const STANDBY: Duration = Duration::from_secs(1);
 
+/// How often a runner that is behind counts the events that came since it
+/// last counted, and logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// Where a runner's events go: a read model, or a policy's commands.
 pub(crate) trait Sink: Send + 'static {
     /// The runner's name, for its status and its traces.
@@ -35,9 +40,10 @@ pub(crate) trait Sink: Send + 'static {
     /// The stored names of the events it handles.
     fn events(&self) -> &'static [&'static str];
 
-    /// The checkpoint to start after. A sink whose read model has one runner at
-    /// a time fails with [`Then::Standby`] while another runner has it.
-    fn start(&mut self) -> impl Future<Output = Result<u64, Failure>> + Send;
+    /// The checkpoint to start after, and whether the read model is empty
+    /// (and so rebuilt from there). A sink whose read model has one runner at a
+    /// time fails with [`Then::Standby`] while another runner has it.
+    fn start(&mut self) -> impl Future<Output = Result<Started, Failure>> + Send;
 
     /// Applies `page.events` in order and moves the checkpoint to `page.read_to`.
     /// On failure the events before [`Failure::reached`] stay applied, with the
@@ -60,7 +66,50 @@ pub(crate) trait Sink: Send + 'static {
     fn parked(&self) -> Option<u64> {
         None
     }
+
+    /// Empties the read model, its parked events and its checkpoint, in one
+    /// transaction, between two pages: the runner then rebuilds it from the
+    /// start of the log. A sink that cannot fails (the default).
+    fn rebuild(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let reason = format!("`{}` cannot be rebuilt", self.name());
+        std::future::ready(Err(StoreError::Invalid {
+            what: "rebuild",
+            reason,
+        }))
+    }
 }
+
+/// Where a [`Sink`] starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Started {
+    /// The checkpoint to start after.
+    pub(crate) checkpoint: u64,
+    /// Why the read model is empty, if it is: the runner rebuilds it.
+    pub(crate) rebuild: Option<Rebuild>,
+}
+
+impl Started {
+    /// A start after the stored `checkpoint`.
+    pub(crate) fn at(checkpoint: u64) -> Self {
+        Started {
+            checkpoint,
+            rebuild: None,
+        }
+    }
+}
+
+/// Why a runner rebuilds its read model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rebuild {
+    /// Every start: the read model is in memory.
+    Start,
+    /// It was emptied by its `#[reset]` method: the stored read model was
+    /// built by an older version, or `rebuild()` was called.
+    Reset,
+}
+
+/// What a handle's `rebuild()` waits for.
+pub(crate) type RebuildReply = oneshot::Sender<Result<(), StoreError>>;
 
 /// Why a [`Sink`] could not apply a page.
 #[derive(Debug)]
@@ -136,6 +185,14 @@ impl Failure {
 pub enum RunnerState {
     /// Reading the log towards its end.
     CatchingUp,
+    /// Rebuilding the read model from the start of the log, into a read model
+    /// emptied by its `#[reset]` method (the stored one was built by an older
+    /// version of the projection, or
+    /// [`rebuild`](crate::ProjectionHandle::rebuild) was called), or, in
+    /// memory, at every start. Until it is live, readers see the read model as
+    /// of an earlier point in the log: [`RunnerStatus::checkpoint`], with
+    /// [`RunnerStatus::progress`] telling how far the rebuild is.
+    Rebuilding,
     /// At the end of the log, waiting for new events.
     Live,
     /// Another runner of the same read model has its turn: a PostgreSQL read
@@ -187,6 +244,58 @@ pub struct RunnerStatus {
     pub parked: u64,
     /// What the runner is doing.
     pub state: RunnerState,
+    /// How far a rebuild or a catch-up is, while the runner is behind:
+    /// from its start, or a rebuild, until it is live; after it fell behind
+    /// again, from then on (with a total once it has been behind for a few
+    /// seconds). `None` while it is live.
+    pub progress: Option<Progress>,
+}
+
+/// How far a runner's rebuild or catch-up is: [`RunnerStatus::progress`].
+/// Events are those the runner handles (of its projection's or policy's
+/// `EVENTS`), read since the catch-up began, whether applied or parked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Events read since the catch-up began.
+    pub done: u64,
+    /// `done` plus the events left to read, as the store counted them
+    /// ([`EventStore::count_all_of`](crate::EventStore::count_all_of)) when
+    /// the catch-up began and every few seconds since; `None` until then, or
+    /// if the store cannot count. Never less than `done`.
+    pub total: Option<u64>,
+    /// How long the catch-up has been going on.
+    pub elapsed: Duration,
+    /// The time left at the rate so far; `None` until there is a rate and a
+    /// total.
+    pub remaining: Option<Duration>,
+}
+
+impl Progress {
+    fn new(done: u64, total: Option<u64>, elapsed: Duration) -> Self {
+        let total = total.map(|total| total.max(done));
+        let remaining = match total {
+            Some(total) if done > 0 => {
+                let left = (total - done) as f64 / done as f64;
+                Some(elapsed.mul_f64(left))
+            }
+            _ => None,
+        };
+        Progress {
+            done,
+            total,
+            elapsed,
+            remaining,
+        }
+    }
+
+    /// Events read per second since the catch-up began.
+    pub fn rate(&self) -> f64 {
+        match self.elapsed.as_secs_f64() {
+            0.0 => 0.0,
+            secs => self.done as f64 / secs,
+        }
+    }
 }
 
 /// Why `wait_for` returned without the position.
@@ -218,7 +327,7 @@ pub enum WaitError {
 }
 
 #[derive(Debug, Clone)]
-struct Progress {
+struct Shared {
     checkpoint: u64,
     /// The end of the log as far as the runner knows: its reads, and its
     /// `App`'s commits.
@@ -228,17 +337,32 @@ struct Progress {
     state: RunnerState,
     /// When the runner was last at the end of the log (or started).
     caught_up_at: Instant,
+    /// The catch-up under way, while the runner is behind.
+    catch_up: Option<CatchUp>,
 }
 
-/// What a runner and its handles share: its progress and its stop signal.
+/// A catch-up (or a rebuild) under way.
+#[derive(Debug, Clone, Copy)]
+struct CatchUp {
+    began: Instant,
+    /// Events read since.
+    done: u64,
+    /// `done` plus the events left, as last counted.
+    total: Option<u64>,
+    rebuild: Option<Rebuild>,
+}
+
+/// What a runner and its handles share: its progress, its stop signal, and the
+/// rebuilds asked of it.
 pub(crate) struct Control {
     name: &'static str,
-    progress: watch::Sender<Progress>,
+    progress: watch::Sender<Shared>,
     stop: Notify,
+    rebuilds: mpsc::UnboundedSender<RebuildReply>,
 }
 
 impl Control {
-    fn set(&self, change: impl FnOnce(&mut Progress)) {
+    fn set(&self, change: impl FnOnce(&mut Shared)) {
         self.progress.send_modify(change);
     }
 
@@ -249,6 +373,7 @@ impl Control {
             RunnerState::Live => Duration::ZERO,
             _ => progress.caught_up_at.elapsed(),
         };
+        let catch_up = progress.catch_up;
         RunnerStatus {
             name: self.name,
             checkpoint: progress.checkpoint,
@@ -258,7 +383,20 @@ impl Control {
             applied: progress.applied,
             parked: progress.parked,
             state: progress.state,
+            progress: catch_up.map(|c| Progress::new(c.done, c.total, c.began.elapsed())),
         }
+    }
+
+    /// Asks the runner to rebuild its read model between two pages, and waits
+    /// until it has emptied it (the rebuild itself goes on in the runner).
+    pub(crate) async fn rebuild(&self) -> Result<(), StoreError> {
+        let stopped = || StoreError::Invalid {
+            what: "rebuild",
+            reason: format!("the runner of `{}` is stopped", self.name),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.rebuilds.send(reply).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     pub(crate) async fn wait_for(
@@ -315,21 +453,37 @@ impl Control {
     }
 
     /// Waits [`STANDBY`] (give or take a tenth) before trying to take over
-    /// again. Returns `false` if the runner was stopped meanwhile.
-    async fn stand_by(&self, reason: String) -> bool {
+    /// again, refusing the rebuilds asked meanwhile (another runner has the
+    /// read model). Returns `false` if the runner was stopped meanwhile.
+    async fn stand_by(&self, reason: String, rebuilds: &mut Rebuilds) -> bool {
         tracing::debug!(runner = self.name, %reason, "runner on standby");
-        self.set(|p| p.state = RunnerState::Standby { reason });
+        self.set(|p| {
+            p.state = RunnerState::Standby {
+                reason: reason.clone(),
+            }
+        });
         let pause = STANDBY.mul_f64(0.9 + rand::random::<f64>() / 5.0);
-        tokio::select! {
-            () = tokio::time::sleep(pause) => true,
-            () = self.stop.notified() => false,
+        let sleep = tokio::time::sleep(pause);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                () = self.stop.notified() => return false,
+                reply = rebuilds.next() => {
+                    let _ = reply.send(Err(StoreError::Invalid {
+                        what: "rebuild",
+                        reason: format!("this runner of `{}` is on standby: {reason}", self.name),
+                    }));
+                }
+            }
         }
     }
 
     /// Waits before the next attempt: a doubling pause from 10 ms, at most 5 s,
     /// with up to half of it random (so runners that failed together do not
-    /// retry together). Returns `false` if the runner was stopped meanwhile.
-    async fn pause(&self, error: String, failures: u32) -> bool {
+    /// retry together); a rebuild asked meanwhile ends it. Returns `false` if
+    /// the runner was stopped meanwhile.
+    async fn pause(&self, error: String, failures: u32, rebuilds: &mut Rebuilds) -> bool {
         tracing::warn!(runner = self.name, %error, failures, "runner failed; retrying");
         self.set(|p| p.state = RunnerState::Retrying { error, failures });
         let pause = Duration::from_millis(10)
@@ -339,6 +493,183 @@ impl Control {
         tokio::select! {
             () = tokio::time::sleep(pause) => true,
             () = self.stop.notified() => false,
+            reply = rebuilds.next() => {
+                rebuilds.pending = Some(reply);
+                true
+            }
+        }
+    }
+
+    /// A catch-up (or a `rebuild`) begins after `checkpoint`; the events left
+    /// are counted at once if `count_now`, or at the first report.
+    async fn catch_up(
+        &self,
+        app: &App,
+        names: &[&str],
+        checkpoint: u64,
+        rebuild: Option<Rebuild>,
+        count_now: bool,
+        counted: &mut Counted,
+    ) {
+        *counted = Counted::default();
+        let total = match count_now {
+            true => counted.count(app, names, checkpoint).await,
+            false => None,
+        };
+        let state = match rebuild {
+            Some(_) => RunnerState::Rebuilding,
+            None => RunnerState::CatchingUp,
+        };
+        if rebuild == Some(Rebuild::Reset) {
+            tracing::info!(
+                runner = self.name,
+                events = total,
+                "rebuilding the read model"
+            );
+        }
+        self.set(|p| {
+            p.checkpoint = checkpoint;
+            p.state = state;
+            p.catch_up = Some(CatchUp {
+                began: Instant::now(),
+                done: 0,
+                total,
+                rebuild,
+            });
+        });
+    }
+
+    /// Every [`PROGRESS_EVERY`] while behind: counts the events that came
+    /// since the last count (all those after `checkpoint`, the first time), and
+    /// logs the progress.
+    async fn report(&self, app: &App, names: &[&str], checkpoint: u64, counted: &mut Counted) {
+        let Some(catch_up) = self.progress.borrow().catch_up else {
+            return;
+        };
+        if counted.reported_at.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        counted.reported_at = Instant::now();
+        counted.logged = true;
+        let total = match counted.to {
+            Some(after) => {
+                let more = counted.count(app, names, after).await;
+                catch_up.total.zip(more).map(|(total, more)| total + more)
+            }
+            None => {
+                let left = counted.count(app, names, checkpoint).await;
+                left.map(|left| left + catch_up.done)
+            }
+        };
+        self.set(|p| {
+            if let Some(c) = &mut p.catch_up {
+                c.total = total.or(c.total);
+            }
+        });
+        let Some(c) = self.progress.borrow().catch_up else {
+            return;
+        };
+        let progress = Progress::new(c.done, c.total, c.began.elapsed());
+        tracing::info!(
+            runner = self.name,
+            rebuilding = c.rebuild.is_some(),
+            done = progress.done,
+            total = progress.total,
+            rate = progress.rate().round(),
+            remaining = ?progress.remaining,
+            "runner behind the log"
+        );
+    }
+
+    /// Counts `events` more read in the catch-up under way.
+    fn read(&self, events: u64) {
+        self.set(|p| {
+            if let Some(c) = &mut p.catch_up {
+                c.done += events;
+            }
+        });
+    }
+
+    /// Logs the end of the catch-up under way, if any: the runner is live.
+    fn caught_up(&self, counted: &Counted) {
+        let Some(c) = self.progress.borrow().catch_up else {
+            return;
+        };
+        let elapsed = c.began.elapsed();
+        if c.rebuild == Some(Rebuild::Reset) || counted.logged {
+            tracing::info!(
+                runner = self.name,
+                events = c.done,
+                ?elapsed,
+                "runner caught up"
+            );
+        } else {
+            tracing::debug!(
+                runner = self.name,
+                events = c.done,
+                ?elapsed,
+                "runner caught up"
+            );
+        }
+    }
+}
+
+/// The engine's side of a catch-up's progress: how far it counted the log.
+#[derive(Debug)]
+struct Counted {
+    /// Where to count on from; `None` before the first count, or if the store
+    /// cannot count.
+    to: Option<u64>,
+    reported_at: Instant,
+    /// Whether its progress was logged (then its end is too).
+    logged: bool,
+}
+
+impl Default for Counted {
+    fn default() -> Self {
+        Counted {
+            to: None,
+            reported_at: Instant::now(),
+            logged: false,
+        }
+    }
+}
+
+impl Counted {
+    /// The events of `names` after `after`; `None` if the store cannot count
+    /// (or failed to: the count is only for progress).
+    async fn count(&mut self, app: &App, names: &[&str], after: u64) -> Option<u64> {
+        match app.store().count_all_of(after, names).await {
+            Ok(Some(count)) => {
+                self.to = Some(count.read_to);
+                Some(count.events)
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::debug!(%error, "counting the events behind failed");
+                None
+            }
+        }
+    }
+}
+
+/// The rebuilds asked of a runner by its handles.
+pub(crate) struct Rebuilds {
+    receiver: mpsc::UnboundedReceiver<RebuildReply>,
+    /// One that ended a pause, to answer next.
+    pending: Option<RebuildReply>,
+}
+
+impl Rebuilds {
+    /// The next rebuild asked.
+    async fn next(&mut self) -> RebuildReply {
+        if let Some(reply) = self.pending.take() {
+            return reply;
+        }
+        match self.receiver.recv().await {
+            Some(reply) => reply,
+            // Control keeps a sender for as long as the runner runs.
+            None => std::future::pending().await,
         }
     }
 }
@@ -348,35 +679,65 @@ impl Control {
 /// # Panics
 /// Outside a tokio runtime, as `tokio::spawn` does.
 pub(crate) fn spawn(app: App, sink: impl Sink) -> Arc<Control> {
-    let (progress, _) = watch::channel(Progress {
+    let (progress, _) = watch::channel(Shared {
         checkpoint: 0,
         head: 0,
         applied: 0,
         parked: sink.parked().unwrap_or(0),
         state: RunnerState::CatchingUp,
         caught_up_at: Instant::now(),
+        catch_up: None,
     });
+    let (rebuilds, receiver) = mpsc::unbounded_channel();
     let control = Arc::new(Control {
         name: sink.name(),
         progress,
         stop: Notify::new(),
+        rebuilds,
     });
-    tokio::spawn(run(app, sink, Arc::clone(&control)));
+    let rebuilds = Rebuilds {
+        receiver,
+        pending: None,
+    };
+    tokio::spawn(run(app, sink, Arc::clone(&control), rebuilds));
     control
+}
+
+/// What a runner works with besides its sink.
+struct Runner<'a> {
+    app: &'a App,
+    control: &'a Control,
+    rebuilds: Rebuilds,
+    counted: Counted,
 }
 
 /// The runner: start, catch up, then follow; until stopped or a failure that
 /// trying again cannot cure. A sink that stands by starts over.
-async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
+async fn run(app: App, mut sink: impl Sink, control: Arc<Control>, rebuilds: Rebuilds) {
     let _ends_stopped = EndsStopped(&control);
     let mut commits = app.watch_commits();
+    let mut runner = Runner {
+        app: &app,
+        control: &control,
+        rebuilds,
+        counted: Counted::default(),
+    };
     loop {
-        let Some(checkpoint) = start(&mut sink, &control).await else {
+        let Some(started) = start(&mut sink, &mut runner).await else {
             return;
         };
-        match follow(&app, &mut sink, &control, &mut commits, checkpoint).await {
+        if let Some(parked) = sink.parked() {
+            control.set_parked(parked);
+        }
+        let names = sink.events();
+        let (checkpoint, rebuild) = (started.checkpoint, started.rebuild);
+        let counted = &mut runner.counted;
+        control
+            .catch_up(&app, names, checkpoint, rebuild, true, counted)
+            .await;
+        match follow(&mut sink, &mut runner, &mut commits, checkpoint).await {
             Next::StandBy(reason) => {
-                if !control.stand_by(reason).await {
+                if !control.stand_by(reason, &mut runner.rebuilds).await {
                     return control.stopped(None);
                 }
             }
@@ -388,9 +749,9 @@ async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
     }
 }
 
-/// The checkpoint `sink` starts after, once it has its turn; `None` once the
-/// runner stopped.
-async fn start(sink: &mut impl Sink, control: &Control) -> Option<u64> {
+/// Where `sink` starts, once it has its turn; `None` once the runner stopped.
+async fn start(sink: &mut impl Sink, runner: &mut Runner<'_>) -> Option<Started> {
+    let control = runner.control;
     let mut failures = 0u32;
     loop {
         let started = tokio::select! {
@@ -401,21 +762,17 @@ async fn start(sink: &mut impl Sink, control: &Control) -> Option<u64> {
             }
         };
         let go_on = match started {
-            Ok(checkpoint) => {
-                control.set(|p| {
-                    p.checkpoint = checkpoint;
-                    p.state = RunnerState::CatchingUp;
-                });
-                return Some(checkpoint);
-            }
+            Ok(started) => return Some(started),
             Err(failure) => match failure.then {
                 Then::Retry => {
                     failures += 1;
-                    control.pause(failure.error, failures).await
+                    control
+                        .pause(failure.error, failures, &mut runner.rebuilds)
+                        .await
                 }
                 Then::Standby => {
                     failures = 0;
-                    control.stand_by(failure.error).await
+                    control.stand_by(failure.error, &mut runner.rebuilds).await
                 }
                 Then::Stop => {
                     control.stopped(Some(failure.error));
@@ -438,29 +795,89 @@ enum Next {
     Stop(Option<String>),
 }
 
-/// Catches up from `checkpoint`, then follows the log.
-async fn follow(
-    app: &App,
+/// What woke a runner up while it read a page or waited for new events.
+enum Woken<T> {
+    /// What it waited for.
+    Done(T),
+    /// A rebuild was asked.
+    Rebuild(RebuildReply),
+    /// It was stopped.
+    Stop,
+}
+
+/// `future`, unless the runner is stopped or asked to rebuild first.
+async fn unless_woken<T>(runner: &mut Runner<'_>, future: impl Future<Output = T>) -> Woken<T> {
+    tokio::select! {
+        biased;
+        () = runner.control.stop.notified() => Woken::Stop,
+        reply = runner.rebuilds.next() => Woken::Rebuild(reply),
+        done = future => Woken::Done(done),
+    }
+}
+
+/// Empties `sink`'s read model and answers `reply`; the new checkpoint (0), or
+/// `None` if it could not (then nothing changed).
+async fn rebuild(
     sink: &mut impl Sink,
-    control: &Control,
+    runner: &mut Runner<'_>,
+    reply: RebuildReply,
+) -> Option<u64> {
+    let control = runner.control;
+    let rebuilt = sink.rebuild().await;
+    if let Some(parked) = sink.parked() {
+        control.set_parked(parked);
+    }
+    if let Err(error) = rebuilt {
+        tracing::warn!(runner = control.name, %error, "the read model could not be rebuilt");
+        let _ = reply.send(Err(error));
+        return None;
+    }
+    let (app, names) = (runner.app, sink.events());
+    let counted = &mut runner.counted;
+    control
+        .catch_up(app, names, 0, Some(Rebuild::Reset), true, counted)
+        .await;
+    let _ = reply.send(Ok(()));
+    Some(0)
+}
+
+/// Catches up from `checkpoint`, then follows the log; rebuilds between pages
+/// when asked.
+async fn follow(
+    sink: &mut impl Sink,
+    runner: &mut Runner<'_>,
     commits: &mut watch::Receiver<u64>,
     mut checkpoint: u64,
 ) -> Next {
+    let (app, control) = (runner.app, runner.control);
     let (mut failures, mut read_failures) = (0, 0);
     // The position of the event that failed last, to count its attempts.
     let mut failed_at = None;
     loop {
+        control
+            .report(app, sink.events(), checkpoint, &mut runner.counted)
+            .await;
         let read = app.store().read_all_of(checkpoint, BATCH, sink.events());
-        let page = tokio::select! {
-            page = read => page,
-            () = control.stop.notified() => return Next::Stop(None),
+        let page = match unless_woken(runner, read).await {
+            Woken::Done(page) => page,
+            Woken::Stop => return Next::Stop(None),
+            Woken::Rebuild(reply) => {
+                if let Some(rebuilt) = rebuild(sink, runner, reply).await {
+                    (checkpoint, failures, read_failures, failed_at) = (rebuilt, 0, 0, None);
+                }
+                continue;
+            }
         };
         let page = match page {
             Ok(page) => page,
             Err(error) => {
                 // The store is down: try again for as long as it takes.
                 read_failures += 1;
-                if !control.pause(error.to_string(), read_failures).await {
+                let error = error.to_string();
+                if !control
+                    .pause(error, read_failures, &mut runner.rebuilds)
+                    .await
+                {
                     return Next::Stop(None);
                 }
                 continue;
@@ -488,6 +905,18 @@ async fn follow(
                 // A short page from a store that scans a bounded window may end
                 // before the log does: the end is where a read moves no further.
                 let live = events < BATCH && (read_to == before || read_to >= head);
+                control.read(events as u64);
+                if live {
+                    control.caught_up(&runner.counted);
+                }
+                let behind_again = !live && control.progress.borrow().catch_up.is_none();
+                if behind_again {
+                    let counted = &mut runner.counted;
+                    control
+                        .catch_up(app, sink.events(), before, None, false, counted)
+                        .await;
+                    control.read(events as u64);
+                }
                 control.set(|p| {
                     p.checkpoint = checkpoint;
                     p.head = p.head.max(head);
@@ -495,16 +924,30 @@ async fn follow(
                     if live {
                         p.state = RunnerState::Live;
                         p.caught_up_at = Instant::now();
-                    } else {
-                        p.state = RunnerState::CatchingUp;
+                        p.catch_up = None;
+                    } else if let Some(c) = &p.catch_up {
+                        p.state = match c.rebuild {
+                            Some(_) => RunnerState::Rebuilding,
+                            None => RunnerState::CatchingUp,
+                        };
                     }
                 });
                 if live {
                     // Woken by this App's next commit, or after a while for other writers.
-                    tokio::select! {
-                        _ = commits.changed() => {}
-                        () = tokio::time::sleep(POLL) => {}
-                        () = control.stop.notified() => return Next::Stop(None),
+                    let next = async {
+                        tokio::select! {
+                            _ = commits.changed() => {}
+                            () = tokio::time::sleep(POLL) => {}
+                        }
+                    };
+                    match unless_woken(runner, next).await {
+                        Woken::Done(()) => {}
+                        Woken::Stop => return Next::Stop(None),
+                        Woken::Rebuild(reply) => {
+                            if let Some(rebuilt) = rebuild(sink, runner, reply).await {
+                                checkpoint = rebuilt;
+                            }
+                        }
                     }
                 }
             }
@@ -512,6 +955,7 @@ async fn follow(
                 if let Some(reached) = failure.reached {
                     let applied = failure.applied;
                     checkpoint = checkpoint.max(reached);
+                    control.read(applied);
                     control.set(|p| {
                         p.checkpoint = checkpoint;
                         p.applied += applied;
@@ -526,7 +970,10 @@ async fn follow(
                     // The database or the store failed, not an event: try
                     // again for as long as it takes, as when reading.
                     read_failures += 1;
-                    if !control.pause(failure.error, read_failures).await {
+                    if !control
+                        .pause(failure.error, read_failures, &mut runner.rebuilds)
+                        .await
+                    {
                         return Next::Stop(None);
                     }
                     continue;
@@ -544,7 +991,10 @@ async fn follow(
                     );
                     return Next::Stop(Some(error));
                 }
-                if !control.pause(failure.error, failures).await {
+                if !control
+                    .pause(failure.error, failures, &mut runner.rebuilds)
+                    .await
+                {
                     return Next::Stop(None);
                 }
             }
@@ -566,5 +1016,32 @@ impl Drop for EndsStopped<'_> {
                 true
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Progress;
+
+    #[test]
+    fn the_time_left_follows_the_rate_so_far() {
+        let progress = Progress::new(250, Some(1_000), Duration::from_secs(10));
+        assert_eq!(progress.remaining, Some(Duration::from_secs(30)));
+        assert_eq!(progress.rate(), 25.0);
+        // Nothing read yet: no rate, no time left.
+        let start = Progress::new(0, Some(1_000), Duration::ZERO);
+        assert_eq!((start.remaining, start.rate()), (None, 0.0));
+        // Events not counted yet: the total is never below what was read.
+        let ahead = Progress::new(1_200, Some(1_000), Duration::from_secs(12));
+        assert_eq!(
+            (ahead.total, ahead.remaining),
+            (Some(1_200), Some(Duration::ZERO))
+        );
+        // A store that cannot count: a rate, no total, no time left.
+        let uncounted = Progress::new(100, None, Duration::from_secs(1));
+        assert_eq!((uncounted.total, uncounted.remaining), (None, None));
+        assert_eq!(uncounted.rate(), 100.0);
     }
 }

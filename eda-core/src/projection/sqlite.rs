@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use uuid::Uuid;
 
 use super::page::{self, to_i64, Database, ReadDb, Stream};
-use super::runner::{self, Control, Failure, Sink, Then};
+use super::runner::{self, Control, Failure, Sink, Started, Then};
 use super::{
     lock, read_model, ApplyError, ParkedEvent, Parking, ProjectionBuilder, ProjectionHandle,
     Retried, SqliteProjection,
@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS eda_parked (
 const INSERT: &str = "INSERT INTO eda_projections (name, version, position) VALUES (?1, ?2, 0)
     ON CONFLICT (name) DO NOTHING";
 const SELECT: &str = "SELECT version, position FROM eda_projections WHERE name = ?1";
+/// A rebuild's start: the new version, the checkpoint back to 0.
+const RESTART: &str = "UPDATE eda_projections SET version = ?2, position = 0 WHERE name = ?1";
+const UNPARK_ALL: &str = "DELETE FROM eda_parked WHERE projection = ?1";
+/// Where to start a projection instead of a database built by another version.
+const FRESH: &str = "on a new database file";
 /// The compare-and-set that moves a checkpoint: no row changes if another
 /// runner of the same projection moved it first.
 const MOVE: &str = "UPDATE eda_projections SET position = ?3 WHERE name = ?1 AND position = ?2";
@@ -74,7 +79,6 @@ const ACQUIRE: &str = "INSERT INTO eda_leases (name, holder, expires_at) VALUES 
     WHERE eda_leases.holder = excluded.holder OR eda_leases.expires_at < ?4";
 const RENEW: &str = "UPDATE eda_leases SET expires_at = ?3 WHERE name = ?1 AND holder = ?2";
 const RELEASE: &str = "DELETE FROM eda_leases WHERE name = ?1 AND holder = ?2";
-const CHECKPOINT: &str = "SELECT position FROM eda_projections WHERE name = ?1";
 
 /// How long a lease lasts without being renewed, by default: a runner whose
 /// process died is taken over after this (one that stops releases its lease at
@@ -134,9 +138,16 @@ impl<P: SqliteProjection> SqliteProjectionBuilder<P> {
     /// the `eda_projections` table on first use), and starts the runner on a
     /// task of its own after it.
     ///
+    /// A read model built by an older [`VERSION`](crate::Projection::VERSION)
+    /// of a projection with a `#[reset]` method is rebuilt: the runner first
+    /// empties it, its parked events and its checkpoint in one transaction,
+    /// then replays the log into it ([`RunnerState::Rebuilding`](crate::RunnerState::Rebuilding)).
+    ///
     /// # Errors
-    /// The database cannot be opened or read, or it holds the read model of
-    /// another version of the projection ([`StoreError::Invalid`]).
+    /// The database cannot be opened or read, or it holds the read model of a
+    /// newer version of the projection, or of an older one and the projection
+    /// has no `#[reset]` method ([`StoreError::Invalid`], `what: "projection
+    /// version"`).
     ///
     /// # Panics
     /// Outside a tokio runtime, as `tokio::spawn` does.
@@ -209,13 +220,11 @@ fn open<P: SqliteProjection>(
         .optional()
         .map_err(backend)?
         .ok_or_else(|| StoreError::Backend("the checkpoint row vanished".into()))?;
-    if stored != i64::from(version) {
-        let place = path.display().to_string();
-        let fresh = "on a new database file";
-        return Err(page::other_version(name, &place, stored, version, fresh));
-    }
+    let place = path.display().to_string();
+    // Refused at once; rebuilt when the runner starts.
+    page::to_rebuild(name, &place, stored, version, P::RESETS, FRESH)?;
     let checkpoint = page::checkpoint_of(name, position)?;
-    pollster::block_on(ReadDb::new::<P>(connection, name, checkpoint))
+    pollster::block_on(ReadDb::new::<P>(connection, name, place, checkpoint))
 }
 
 /// Applies pages in transactions of the read database, one runner at a time:
@@ -239,38 +248,19 @@ fn epoch_millis(after: Duration) -> i64 {
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Takes (or keeps) the lease of `db`'s projection for `holder`, and reads the
-/// checkpoint the last holder left; `None` while another runner holds it.
-fn acquire<P: SqliteProjection>(
+/// Takes (or keeps) the lease of `db`'s projection for `holder`: `false` while
+/// another runner holds it.
+fn take_lease(
     db: &mut ReadDb<Connection>,
     holder: &str,
     lease: Duration,
-) -> Result<Option<u64>, StoreError> {
-    let tx = db
+) -> Result<bool, StoreError> {
+    let now = epoch_millis(Duration::ZERO);
+    let taken = db
         .connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .execute(ACQUIRE, (db.name, holder, epoch_millis(lease), now))
         .map_err(backend)?;
-    let taken = tx
-        .execute(
-            ACQUIRE,
-            (
-                db.name,
-                holder,
-                epoch_millis(lease),
-                epoch_millis(Duration::ZERO),
-            ),
-        )
-        .map_err(backend)?;
-    if taken == 0 {
-        return Ok(None);
-    }
-    let position: i64 = tx
-        .query_row(CHECKPOINT, [db.name], |row| row.get(0))
-        .map_err(backend)?;
-    tx.commit().map_err(backend)?;
-    db.checkpoint = page::checkpoint_of(db.name, position)?;
-    pollster::block_on(db.count_parked::<P>())?;
-    Ok(Some(db.checkpoint))
+    Ok(taken == 1)
 }
 
 impl<P: SqliteProjection> Sink for SqliteSink<P> {
@@ -283,23 +273,47 @@ impl<P: SqliteProjection> Sink for SqliteSink<P> {
     }
 
     /// Takes the lease (or stands by while another runner holds it), and goes
-    /// on from the checkpoint the last holder left.
-    async fn start(&mut self) -> Result<u64, Failure> {
-        let (db, holder, lease) = (Arc::clone(&self.db), self.holder.clone(), self.lease);
-        let taken = blocking(move || acquire::<P>(&mut lock(&db), &holder, lease)).await;
-        match taken {
-            Ok(Some(checkpoint)) => {
+    /// on after the checkpoint the last holder left; from the start of the log
+    /// after emptying a read model that an older version built.
+    async fn start(&mut self) -> Result<Started, Failure> {
+        let (db, state) = (Arc::clone(&self.db), Arc::clone(&self.state));
+        let (holder, lease) = (self.holder.clone(), self.lease);
+        let parked = Arc::clone(&self.parked);
+        let started = blocking(move || {
+            let (mut db, mut state) = (lock(&db), lock(&state));
+            if !take_lease(&mut db, &holder, lease)? {
+                return Ok(None);
+            }
+            let started = page::start(&mut db, &mut *state, P::VERSION, FRESH);
+            let started = pollster::block_on(started);
+            parked.store(db.parked_total(), Ordering::Relaxed);
+            started.map(Some)
+        })
+        .await;
+        match started {
+            Ok(Some(started)) => {
                 self.renewed_at = Some(Instant::now());
-                self.parked
-                    .store(lock(&self.db).parked_total(), Ordering::Relaxed);
-                Ok(checkpoint)
+                Ok(started)
             }
             Ok(None) => Err(Failure::standby(format!(
                 "another runner holds the lease of `{}`",
                 P::NAME
             ))),
+            Err(error @ StoreError::Invalid { .. }) => Err(Failure::stop(error, None)),
             Err(error) => Err(Failure::retry(error, None)),
         }
+    }
+
+    async fn rebuild(&mut self) -> Result<(), StoreError> {
+        let (db, state) = (Arc::clone(&self.db), Arc::clone(&self.state));
+        let parked = Arc::clone(&self.parked);
+        blocking(move || {
+            let (mut db, mut state) = (lock(&db), lock(&state));
+            let rebuilt = pollster::block_on(page::rebuild(&mut db, &mut *state, P::VERSION));
+            parked.store(db.parked_total(), Ordering::Relaxed);
+            rebuilt
+        })
+        .await
     }
 
     async fn apply(&mut self, page: LogPage, last_attempt: bool) -> Result<(), Failure> {
@@ -361,6 +375,7 @@ impl<P: SqliteProjection> Sink for SqliteSink<P> {
 /// once.
 impl<P: SqliteProjection> Database<P> for Connection {
     const LOST_TURN: Then = Then::Standby;
+    const RESETS: bool = P::RESETS;
 
     type Tx<'c> = Transaction<'c>;
 
@@ -379,6 +394,25 @@ impl<P: SqliteProjection> Database<P> for Connection {
         event: &RecordedEvent,
     ) -> Result<(), ApplyError> {
         projection.apply(event, tx)
+    }
+
+    /// The transaction is `IMMEDIATE`: no other writer until it ends.
+    async fn stored(tx: &Self::Tx<'_>, name: &str) -> Result<(i64, i64), StoreError> {
+        tx.query_row(SELECT, [name], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(backend)
+    }
+
+    async fn reset(
+        tx: &Self::Tx<'_>,
+        projection: &mut P,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        projection.reset(tx)
+    }
+
+    async fn restart(tx: &Self::Tx<'_>, name: &str, version: u32) -> Result<(), StoreError> {
+        tx.execute(UNPARK_ALL, [name]).map_err(backend)?;
+        tx.execute(RESTART, (name, version)).map_err(backend)?;
+        Ok(())
     }
 
     async fn park(

@@ -16,7 +16,7 @@ use crate::error::{LoadError, StoreError};
 use crate::projection::ParkedEvent;
 use crate::store::{
     check_checkpoint_name, check_names, check_parked, Appended, EventStore, ImmediateStore,
-    LogPage, SCAN_PAGES,
+    LogCount, LogPage, SCAN_PAGES,
 };
 
 /// An in-process event store for tests, examples and benchmarks.
@@ -441,6 +441,26 @@ impl EventStore for MemoryStore {
             .map(|(i, stored)| stored.to_recorded(i, &inner.batches))
             .collect();
         Ok(LogPage::scanned(events, limit, after_position, end as u64))
+    }
+
+    /// One pass under the read lock (appends wait for it): a runner counts
+    /// once when it starts to catch up, then only the events after.
+    async fn count_all_of(
+        &self,
+        after_position: u64,
+        names: &[&str],
+    ) -> Result<Option<LogCount>, StoreError> {
+        let inner = self.read();
+        let start = usize::try_from(after_position)
+            .unwrap_or(usize::MAX)
+            .min(inner.log.len());
+        let events = inner
+            .log
+            .iter_from(start)
+            .filter(|(_, stored)| names.contains(&&*stored.name))
+            .count();
+        let read_to = (inner.log.len() as u64).max(after_position);
+        Ok(Some(LogCount::new(events as u64, read_to)))
     }
 
     async fn save_snapshot(

@@ -1,14 +1,15 @@
 //! `#[projection]`: the block without its markers, the `Projection` impl that
 //! names its events and kind, and the impl of that kind (`MemoryProjection`,
 //! `SqliteProjection` or `PostgresProjection`) that routes each stored event to
-//! its `#[on]` method.
+//! its `#[on]` method and, in a database, empties the read model with its
+//! `#[reset]` method.
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use crate::ast::Projection;
-use crate::valid::{CheckedReadSide, On, ReadModel};
+use crate::valid::{CheckedReadSide, On, ReadModel, Reset};
 
 /// The block and its impls.
 pub(crate) fn expand(
@@ -28,8 +29,8 @@ pub(crate) fn expand(
     let (events, distinct_names) = super::handled_events(&private, projection, &checked.handlers);
     let apply = match kind {
         ReadModel::Memory => memory(&private, self_ty, &checked.handlers),
-        ReadModel::Sqlite => sqlite(&private, self_ty, &checked.handlers),
-        ReadModel::Postgres => postgres(&private, self_ty, &checked.handlers),
+        ReadModel::Sqlite => sqlite(&private, self_ty, checked),
+        ReadModel::Postgres => postgres(&private, self_ty, checked),
     };
     let kind = match kind {
         ReadModel::Memory => quote!(Memory),
@@ -77,9 +78,29 @@ fn memory(private: &TokenStream, self_ty: &syn::Type, handlers: &[On]) -> TokenS
 }
 
 /// `SqliteProjection`: the `#[on]` methods write in the runner's transaction, and
-/// their errors become `ApplyError::Handler`.
-fn sqlite(private: &TokenStream, self_ty: &syn::Type, handlers: &[On]) -> TokenStream {
-    let arms = super::dispatch(private, handlers, |on, args| {
+/// their errors become `ApplyError::Handler`; the `#[reset]` method, if there
+/// is one, is `reset`.
+fn sqlite(private: &TokenStream, self_ty: &syn::Type, checked: &CheckedReadSide) -> TokenStream {
+    let reset = checked.reset.as_ref().map(|reset| {
+        let tx = &reset.transaction;
+        let tx = quote_spanned!(tx.span()=> {
+            let __eda_tx: &#tx = __eda_tx;
+            __eda_tx
+        });
+        let call = reset_call(reset, tx, None);
+        let result = reset_result();
+        quote! {
+            const RESETS: bool = true;
+
+            fn reset(
+                &mut self,
+                __eda_tx: &#private::rusqlite::Transaction<'_>,
+            ) -> #result {
+                #call
+            }
+        }
+    });
+    let arms = super::dispatch(private, &checked.handlers, |on, args| {
         // Typed as the method declares it, so a mismatch is reported there.
         let tx = on.transaction.as_ref().map(|tx| {
             quote_spanned!(tx.span()=> {
@@ -100,14 +121,66 @@ fn sqlite(private: &TokenStream, self_ty: &syn::Type, handlers: &[On]) -> TokenS
                 #arms
                 ::core::result::Result::Ok(())
             }
+
+            #reset
         }
+    }
+}
+
+/// What `reset` returns: the `#[reset]` method's error, boxed.
+fn reset_result() -> TokenStream {
+    quote! {
+        ::core::result::Result<
+            (),
+            ::std::boxed::Box<
+                dyn ::core::error::Error + ::core::marker::Send + ::core::marker::Sync,
+            >,
+        >
+    }
+}
+
+/// The call of the `#[reset]` method with the transaction `tx`, `awaited` if
+/// it is async: its error boxed.
+fn reset_call(reset: &Reset, tx: TokenStream, awaited: Option<TokenStream>) -> TokenStream {
+    let method = &reset.method;
+    let output = &reset.output;
+    quote_spanned! {output.span()=>
+        let __eda_result: #output = self.#method(#tx) #awaited;
+        let __eda_result: ::core::result::Result<(), _> = __eda_result;
+        ::core::result::Result::map_err(__eda_result, ::core::convert::Into::into)
     }
 }
 
 /// `PostgresProjection`: the `#[on]` methods are awaited in turn, writing in
 /// the runner's transaction; their errors become `ApplyError::Handler`.
-fn postgres(private: &TokenStream, self_ty: &syn::Type, handlers: &[On]) -> TokenStream {
-    let arms = super::dispatch(private, handlers, |on, args| {
+fn postgres(private: &TokenStream, self_ty: &syn::Type, checked: &CheckedReadSide) -> TokenStream {
+    let reset = checked.reset.as_ref().map(|reset| {
+        let tx = &reset.transaction;
+        let tx = {
+            let private = super::respan(private.clone(), tx.span());
+            quote_spanned!(tx.span()=> {
+                let __eda_tx: &#tx = <#tx as #private::PostgresTransaction<'_>>::of(__eda_tx);
+                __eda_tx
+            })
+        };
+        let call = reset_call(reset, tx, Some(quote!(.await)));
+        let result = reset_result();
+        quote! {
+            const RESETS: bool = true;
+
+            fn reset<'__eda>(
+                &'__eda mut self,
+                __eda_tx: &'__eda #private::tokio_postgres::Transaction<'_>,
+            ) -> impl ::core::future::Future<Output = #result>
+                   + ::core::marker::Send
+                   + '__eda {
+                async move {
+                    #call
+                }
+            }
+        }
+    });
+    let arms = super::dispatch(private, &checked.handlers, |on, args| {
         // Typed as the method declares it, through a trait whose message says
         // which transaction an async method takes (a SQLite one is no
         // PostgreSQL transaction).
@@ -135,6 +208,8 @@ fn postgres(private: &TokenStream, self_ty: &syn::Type, handlers: &[On]) -> Toke
                     ::core::result::Result::Ok(())
                 }
             }
+
+            #reset
         }
     }
 }

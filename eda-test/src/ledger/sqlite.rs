@@ -9,42 +9,70 @@ use eda::RecordedEvent;
 use super::LedgerRows;
 use crate::bank::{AccountOpened, MoneyDeposited, MoneyWithdrawn};
 
-/// The bank's balances in a SQLite database: `balances (account, balance)` and
-/// `applications (event_id, position)`.
-#[derive(Debug, Default)]
-pub struct Ledger;
+/// A ledger projection named `ledger`: `$ty`, at `$version`.
+macro_rules! ledger {
+    ($(#[$doc:meta])* $ty:ident, $version:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Default)]
+        pub struct $ty;
 
-#[projection(name = "ledger")]
-impl Ledger {
-    #[on]
-    fn opened(
-        &mut self,
-        _: &AccountOpened,
-        recorded: &RecordedEvent,
-        tx: &Transaction<'_>,
-    ) -> rusqlite::Result<()> {
-        add(tx, recorded, 0)
-    }
+        #[projection(name = "ledger", version = $version)]
+        impl $ty {
+            #[reset]
+            fn reset(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+                empty(tx)
+            }
 
-    #[on]
-    fn deposited(
-        &mut self,
-        e: &MoneyDeposited,
-        recorded: &RecordedEvent,
-        tx: &Transaction<'_>,
-    ) -> rusqlite::Result<()> {
-        add(tx, recorded, e.amount as i64)
-    }
+            #[on]
+            fn opened(
+                &mut self,
+                _: &AccountOpened,
+                recorded: &RecordedEvent,
+                tx: &Transaction<'_>,
+            ) -> rusqlite::Result<()> {
+                add(tx, recorded, 0)
+            }
 
-    #[on]
-    fn withdrawn(
-        &mut self,
-        e: &MoneyWithdrawn,
-        recorded: &RecordedEvent,
-        tx: &Transaction<'_>,
-    ) -> rusqlite::Result<()> {
-        add(tx, recorded, -(e.amount as i64))
-    }
+            #[on]
+            fn deposited(
+                &mut self,
+                e: &MoneyDeposited,
+                recorded: &RecordedEvent,
+                tx: &Transaction<'_>,
+            ) -> rusqlite::Result<()> {
+                add(tx, recorded, e.amount as i64)
+            }
+
+            #[on]
+            fn withdrawn(
+                &mut self,
+                e: &MoneyWithdrawn,
+                recorded: &RecordedEvent,
+                tx: &Transaction<'_>,
+            ) -> rusqlite::Result<()> {
+                add(tx, recorded, -(e.amount as i64))
+            }
+        }
+    };
+}
+
+ledger!(
+    /// The bank's balances in a SQLite database: `balances (account, balance)`
+    /// and `applications (event_id, position)`; its `#[reset]` method empties
+    /// both.
+    Ledger,
+    1
+);
+
+ledger!(
+    /// The same ledger at version 2: what a new version of [`Ledger`] rebuilds.
+    LedgerV2,
+    2
+);
+
+/// Empties the ledger's tables.
+pub fn empty(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("DELETE FROM balances; DELETE FROM applications;")
 }
 
 /// The rows one event writes: `amount` added to its account's balance, and its

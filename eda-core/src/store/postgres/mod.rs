@@ -41,7 +41,7 @@ use crate::projection::ParkedEvent;
 use crate::store::durable::{backend, to_i64};
 use crate::store::{
     check_checkpoint_name, check_idempotency_key, check_names, check_parked, check_stream,
-    Appended, EventStore, LogPage,
+    Appended, EventStore, LogCount, LogPage,
 };
 
 mod append;
@@ -383,6 +383,26 @@ impl EventStore for PostgresStore {
             after_position,
             below_horizon,
         ))
+    }
+
+    async fn count_all_of(
+        &self,
+        after_position: u64,
+        names: &[&str],
+    ) -> Result<Option<LogCount>, StoreError> {
+        let after = to_i64(after_position);
+        let rows = self.query(sql::COUNT_ALL_OF, &[&after, &names]).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StoreError::Backend("a count returned no row".into()))?;
+        let events: i64 = row.try_get(0).map_err(backend)?;
+        let read_to: i64 = row.try_get(1).map_err(backend)?;
+        Ok(Some(LogCount::new(
+            u64::try_from(events).unwrap_or_default(),
+            u64::try_from(read_to)
+                .unwrap_or_default()
+                .max(after_position),
+        )))
     }
 
     async fn save_snapshot(

@@ -388,6 +388,14 @@ pub(super) const READ_ALL_OF: &str = concat!(
        ORDER BY position LIMIT $2) e ON true ORDER BY e.position"
 );
 
+/// How many events after a position (`$1`) have a name in `$2`, below the
+/// oldest transaction still running, and the last position below it (the
+/// position itself if there is none).
+pub(super) const COUNT_ALL_OF: &str = "SELECT count(*) FILTER (WHERE name = ANY($2)), \
+       coalesce(max(position), $1) FROM eda_events \
+     WHERE position > $1 \
+       AND position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)";
+
 /// Replay's columns only (no metadata to convert and parse, no stream name per
 /// row), at most `$4` events.
 pub(super) const READ_FOR_REPLAY: &str = concat!(

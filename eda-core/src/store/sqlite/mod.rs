@@ -24,7 +24,7 @@ use crate::error::StoreError;
 use crate::projection::ParkedEvent;
 use crate::store::durable::{backend, AppendRequest};
 use crate::store::{
-    check_checkpoint_name, check_names, check_parked, Appended, EventStore, LogPage,
+    check_checkpoint_name, check_names, check_parked, Appended, EventStore, LogCount, LogPage,
 };
 
 mod batch;
@@ -359,6 +359,18 @@ impl EventStore for SqliteStore {
         let names: Vec<String> = names.iter().map(|&name| name.to_owned()).collect();
         self.read(false, move |connection| {
             read::all_of(connection, after_position, limit, &names)
+        })
+        .await
+    }
+
+    async fn count_all_of(
+        &self,
+        after_position: u64,
+        names: &[&str],
+    ) -> Result<Option<LogCount>, StoreError> {
+        let names: Vec<String> = names.iter().map(|&name| name.to_owned()).collect();
+        self.read(false, move |connection| {
+            read::count_all_of(connection, after_position, &names).map(Some)
         })
         .await
     }

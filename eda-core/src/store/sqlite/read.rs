@@ -10,7 +10,7 @@ use crate::envelope::{IdempotencyRecord, RecordedEvent, ReplayEvent, Snapshot};
 use crate::error::StoreError;
 use crate::projection::ParkedEvent;
 use crate::store::durable::{backend, to_i64};
-use crate::store::LogPage;
+use crate::store::{LogCount, LogPage};
 
 /// The stream's events after `after_version`, in order.
 pub(super) fn stream(
@@ -67,6 +67,29 @@ pub(super) fn all_of(
     )?;
     let head = u64::try_from(head).unwrap_or_default();
     Ok(LogPage::scanned(found, limit, after_position, head))
+}
+
+/// How many events after `after_position` are named in `names`, up to the
+/// head read in the same statement.
+pub(super) fn count_all_of(
+    connection: &Connection,
+    after_position: u64,
+    names: &[String],
+) -> Result<LogCount, StoreError> {
+    let names = serde_json::to_string(names).map_err(backend)?;
+    let (events, head): (i64, i64) = connection
+        .prepare_cached(sql::COUNT_ALL_OF)
+        .and_then(|mut statement| {
+            statement.query_row(params![to_i64(after_position), names], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+        })
+        .map_err(backend)?;
+    let head = u64::try_from(head).unwrap_or_default();
+    Ok(LogCount::new(
+        u64::try_from(events).unwrap_or_default(),
+        head.max(after_position),
+    ))
 }
 
 /// The event with this id, if it is stored.

@@ -209,6 +209,13 @@ pub(super) const READ_ALL_OF: &str = concat!(
        AND name IN (SELECT value FROM json_each(?3)) ORDER BY position LIMIT ?2"
 );
 
+/// How many events after a position (`?1`) have a name in the JSON array `?2`,
+/// and the head: one read, so the two agree.
+pub(super) const COUNT_ALL_OF: &str = "SELECT
+       (SELECT count(*) FROM eda_events
+        WHERE position > ?1 AND name IN (SELECT value FROM json_each(?2))),
+       (SELECT coalesce(max(position), 0) FROM eda_events)";
+
 /// The event with an id.
 pub(super) const READ_EVENT: &str = concat!(
     "SELECT ",
