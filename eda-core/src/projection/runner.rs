@@ -14,12 +14,26 @@ use tracing::Instrument;
 use crate::app::App;
 use crate::store::LogPage;
 
+#[cfg(test)]
+mod tests;
+
 /// How many events a runner reads and applies at a time.
 pub(crate) const BATCH: usize = 512;
 
-/// The longest a runner waits before looking for events another writer
-/// committed (its own `App`'s commits wake it at once).
+/// The longest a live runner waits before looking for events another writer
+/// committed, on a store that does not signal them (its own `App`'s commits
+/// wake it at once).
 const POLL: Duration = Duration::from_millis(20);
+
+/// The same on a store that signals other writers' commits
+/// (`DynEventStore::watch_log`): only in case a signal went missing.
+const SAFETY_POLL: Duration = Duration::from_secs(1);
+
+/// The first pause before a runner reads again when its read stopped short of a
+/// position known to be committed (on PostgreSQL, an older transaction still
+/// running holds the horizon back); it doubles up to [`POLL`] until the read
+/// gets there.
+const SHORT_OF: Duration = Duration::from_millis(1);
 
 /// How many times an event that failed is tried before its runner stops.
 pub(crate) const MAX_ATTEMPTS: u32 = 5;
@@ -152,8 +166,9 @@ pub struct RunnerStatus {
     pub name: &'static str,
     /// The position up to which the log has been read and applied.
     pub checkpoint: u64,
-    /// The end of the log as far as the runner knows (its reads and its `App`'s
-    /// commits; another process's commits once it has read them).
+    /// The end of the log as far as the runner knows: its reads, its `App`'s
+    /// commits, and the commits its store signals (another `App`'s, another
+    /// process's; on a store that signals none, once it has read them).
     pub head: u64,
     /// How far behind the runner is, in positions of the log (`head -
     /// checkpoint`; some of those may be events it does not handle).
@@ -200,8 +215,8 @@ pub enum WaitError {
 #[derive(Debug, Clone)]
 struct Progress {
     checkpoint: u64,
-    /// The end of the log as far as the runner knows: its reads, and its
-    /// `App`'s commits.
+    /// The end of the log as far as the runner knows: its reads, its `App`'s
+    /// commits, and those its store signals.
     head: u64,
     applied: u64,
     parked: u64,
@@ -349,12 +364,12 @@ pub(crate) fn spawn(app: App, sink: impl Sink) -> Arc<Control> {
 /// trying again cannot cure. A sink that stands by starts over.
 async fn run(app: App, mut sink: impl Sink, control: Arc<Control>) {
     let _ends_stopped = EndsStopped(&control);
-    let mut commits = app.watch_commits();
+    let mut wake = Wake::new(&app);
     loop {
         let Some(checkpoint) = start(&mut sink, &control).await else {
             return;
         };
-        match follow(&app, &mut sink, &control, &mut commits, checkpoint).await {
+        match follow(&app, &mut sink, &control, &mut wake, checkpoint).await {
             Next::StandBy(reason) => {
                 if !control.stand_by(reason).await {
                     return control.stopped(None);
@@ -415,12 +430,82 @@ enum Next {
     Stop(Option<String>),
 }
 
+/// What wakes a live runner: its `App`'s commits, the commits its store
+/// signals, or time.
+struct Wake {
+    /// The positions its `App` committed.
+    commits: watch::Receiver<u64>,
+    /// The positions its store signals, if it does.
+    elsewhere: Option<watch::Receiver<u64>>,
+    /// The next pause when a read stopped short of a known position.
+    short_of: Duration,
+}
+
+impl Wake {
+    fn new(app: &App) -> Self {
+        Wake {
+            commits: app.watch_commits(),
+            elsewhere: app.store().watch_log(),
+            short_of: SHORT_OF,
+        }
+    }
+
+    /// The highest position known committed; both signals are marked seen,
+    /// so that only later commits wake the runner.
+    fn known(&mut self) -> u64 {
+        let elsewhere = self
+            .elsewhere
+            .as_mut()
+            .map_or(0, |signal| *signal.borrow_and_update());
+        (*self.commits.borrow_and_update()).max(elsewhere)
+    }
+
+    /// Waits for a commit, or for the poll; `false` if the runner was stopped
+    /// meanwhile.
+    async fn wait(&mut self, stop: &Notify) -> bool {
+        let poll = match self.elsewhere {
+            Some(_) => SAFETY_POLL,
+            None => POLL,
+        };
+        let signalled = async {
+            match &mut self.elsewhere {
+                Some(signal) => signal.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.commits.changed() => {}
+            signalled = signalled => {
+                if !signalled {
+                    // The store dropped its signal: poll as without one.
+                    self.elsewhere = None;
+                }
+            }
+            () = tokio::time::sleep(poll) => {}
+            () = stop.notified() => return false,
+        }
+        true
+    }
+
+    /// Pauses before reading again towards a position known committed that
+    /// the last read stopped short of, a little longer each time; `false` if
+    /// the runner was stopped meanwhile.
+    async fn pause_short_of(&mut self, stop: &Notify) -> bool {
+        let pause = self.short_of;
+        self.short_of = (pause * 2).min(POLL);
+        tokio::select! {
+            () = tokio::time::sleep(pause) => true,
+            () = stop.notified() => false,
+        }
+    }
+}
+
 /// Catches up from `checkpoint`, then follows the log.
 async fn follow(
     app: &App,
     sink: &mut impl Sink,
     control: &Control,
-    commits: &mut watch::Receiver<u64>,
+    wake: &mut Wake,
     mut checkpoint: u64,
 ) -> Next {
     let (mut failures, mut read_failures) = (0, 0);
@@ -462,7 +547,7 @@ async fn follow(
                 failures = 0;
                 failed_at = None;
                 let before = std::mem::replace(&mut checkpoint, read_to);
-                let head = (*commits.borrow_and_update()).max(read_to);
+                let head = wake.known().max(read_to);
                 // A short page from a store that scans a bounded window may end
                 // before the log does: the end is where a read moves no further.
                 let live = events < BATCH && (read_to == before || read_to >= head);
@@ -477,13 +562,19 @@ async fn follow(
                         p.state = RunnerState::CatchingUp;
                     }
                 });
-                if live {
-                    // Woken by this App's next commit, or after a while for other writers.
-                    tokio::select! {
-                        _ = commits.changed() => {}
-                        () = tokio::time::sleep(POLL) => {}
-                        () = control.stop.notified() => return Next::Stop(None),
+                let go_on = match live {
+                    false => true,
+                    // A commit below the horizon (PostgreSQL): the horizon
+                    // passes it once the older transactions end, and no
+                    // signal says when.
+                    true if read_to < head => wake.pause_short_of(&control.stop).await,
+                    true => {
+                        wake.short_of = SHORT_OF;
+                        wake.wait(&control.stop).await
                     }
+                };
+                if !go_on {
+                    return Next::Stop(None);
                 }
             }
             Err(failure) => {

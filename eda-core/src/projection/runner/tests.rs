@@ -1,0 +1,222 @@
+//! Runners woken by commits their own `App` did not make: another store on the
+//! same log (another writer, as another process would be) commits, and a live
+//! runner on a store that signals such commits applies it long before its
+//! safety poll ([`SAFETY_POLL`], 1 s) would have found it. Each has a control:
+//! the same runner on the same store behind a wrapper whose signal never
+//! fires, which must wait for the poll.
+//!
+//! On PostgreSQL also: a notification that arrives while an older transaction
+//! holds the horizon back, after which the runner reads again until it gets
+//! there, skipping nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::{spawn, Control, Failure, RunnerState, Sink, SAFETY_POLL};
+use crate::app::App;
+use crate::envelope::{IdempotencyRecord, Metadata, NewEvent, RecordedEvent, StreamId};
+use crate::error::StoreError;
+use crate::projection::ParkedEvent;
+use crate::store::internal::Internal;
+use crate::store::memory::MemoryStore;
+use crate::store::{Appended, EventStore, LogPage};
+
+/// Far less than the safety poll: a runner that needs the poll misses it.
+const WOKEN_WITHIN: Duration = Duration::from_millis(200);
+
+/// Long enough for a store's listener to be listening (its connection open).
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// The positions a runner applied, in order.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<u64>>>);
+
+impl Recorder {
+    fn applied(&self) -> Vec<u64> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl Sink for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    fn events(&self) -> &'static [&'static str] {
+        &["Deposited"]
+    }
+
+    async fn start(&mut self) -> Result<u64, Failure> {
+        Ok(0)
+    }
+
+    async fn apply(&mut self, page: LogPage, _: bool) -> Result<(), Failure> {
+        let mut applied = self.0.lock().unwrap();
+        applied.extend(page.events.iter().map(|event| event.position));
+        Ok(())
+    }
+}
+
+/// The next event of `account` (at `version`), appended straight to `store`.
+async fn deposit(store: &impl EventStore, account: &str, version: u64) -> Appended {
+    let stream = StreamId {
+        aggregate_type: "Account",
+        aggregate_id: account,
+    };
+    let event = NewEvent {
+        event_id: crate::new_event_id(),
+        name: "Deposited".into(),
+        version: 1,
+        payload: "{}".into(),
+    };
+    store
+        .append(stream, version, vec![event], &Metadata::default())
+        .await
+        .unwrap()
+}
+
+/// A runner on an `App` on `store`, once it is live and has been for
+/// [`SETTLE`].
+async fn live_runner(store: impl EventStore) -> (Arc<Control>, Recorder) {
+    let recorder = Recorder::default();
+    let control = spawn(App::new(store), recorder.clone());
+    let mut progress = control.progress.subscribe();
+    progress
+        .wait_for(|p| p.state == RunnerState::Live)
+        .await
+        .unwrap();
+    tokio::time::sleep(SETTLE).await;
+    (control, recorder)
+}
+
+/// How long the live runner takes to apply what `writer` appends next (as
+/// the first event of `account`).
+async fn woken_after(control: &Control, writer: &impl EventStore, account: &str) -> Duration {
+    let appended = deposit(writer, account, 0).await;
+    let start = Instant::now();
+    control
+        .wait_for(Some(appended.position), SAFETY_POLL * 3)
+        .await
+        .unwrap();
+    start.elapsed()
+}
+
+/// `store`, with a signal that never fires: the control.
+struct Silent<S> {
+    store: S,
+    signal: watch::Sender<u64>,
+}
+
+impl<S> Silent<S> {
+    fn new(store: S) -> Self {
+        Silent {
+            store,
+            signal: watch::channel(0).0,
+        }
+    }
+}
+
+impl<S: EventStore> EventStore for Silent<S> {
+    async fn append(
+        &self,
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: Vec<NewEvent>,
+        metadata: &Metadata,
+    ) -> Result<Appended, StoreError> {
+        self.store
+            .append(stream, expected_version, events, metadata)
+            .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: StreamId<'_>,
+        after_version: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.store.read_stream(stream, after_version).await
+    }
+
+    async fn read_all(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.store.read_all(after_position, limit).await
+    }
+
+    async fn read_all_of(
+        &self,
+        after_position: u64,
+        limit: usize,
+        names: &[&str],
+    ) -> Result<LogPage, StoreError> {
+        self.store.read_all_of(after_position, limit, names).await
+    }
+
+    async fn read_event(&self, event_id: uuid::Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        self.store.read_event(event_id).await
+    }
+
+    async fn read_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.store.read_idempotency_key(key).await
+    }
+
+    async fn read_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        self.store.read_checkpoint(name).await
+    }
+
+    async fn write_checkpoint(
+        &self,
+        name: &str,
+        from: Option<u64>,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        self.store.write_checkpoint(name, from, to).await
+    }
+
+    async fn park(&self, name: &str, event: &ParkedEvent) -> Result<(), StoreError> {
+        self.store.park(name, event).await
+    }
+
+    async fn parked(&self, name: &str) -> Result<Vec<ParkedEvent>, StoreError> {
+        self.store.parked(name).await
+    }
+
+    async fn unpark(&self, name: &str, position: u64) -> Result<bool, StoreError> {
+        self.store.unpark(name, position).await
+    }
+
+    fn watch_log(&self, _: Internal) -> Option<watch::Receiver<u64>> {
+        Some(self.signal.subscribe())
+    }
+}
+
+/// Checks that a runner on `reader` is woken by `writer`'s append within
+/// [`WOKEN_WITHIN`], and that the control, the same runner on `control` (the
+/// store behind [`Silent`]), is not.
+async fn woken_and_control<S: EventStore>(reader: S, control: Silent<S>, writer: &impl EventStore) {
+    let (runner, recorder) = live_runner(reader).await;
+    let woken = woken_after(&runner, writer, "woken").await;
+    runner.stop().await;
+    assert!(woken < WOKEN_WITHIN, "woken after {woken:?}");
+    assert_eq!(recorder.applied().len(), 1);
+    let (runner, _) = live_runner(control).await;
+    let polled = woken_after(&runner, writer, "polled").await;
+    runner.stop().await;
+    assert!(
+        polled > WOKEN_WITHIN,
+        "the control found it after {polled:?}"
+    );
+}
+
+#[tokio::test]
+async fn memory_store_wakes_the_runners_of_every_app_on_it() {
+    let store = MemoryStore::new();
+    woken_and_control(store.clone(), Silent::new(store.clone()), &store).await;
+}
