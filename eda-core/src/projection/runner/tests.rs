@@ -220,3 +220,41 @@ async fn memory_store_wakes_the_runners_of_every_app_on_it() {
     let store = MemoryStore::new();
     woken_and_control(store.clone(), Silent::new(store.clone()), &store).await;
 }
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    /// Another store on the same file is another writer, as another process
+    /// would be: its commits are seen through the file's data version.
+    #[tokio::test]
+    async fn another_store_on_the_file_wakes_a_runner() {
+        let dir = tempfile_dir();
+        let path = dir.join("events.db");
+        let reader = SqliteStore::open(&path).await.unwrap();
+        let writer = SqliteStore::open(&path).await.unwrap();
+        woken_and_control(reader.clone(), Silent::new(reader.clone()), &writer).await;
+        // The store's own writer, outside the runner's App, too.
+        let (runner, _) = live_runner(reader.clone()).await;
+        let woken = woken_after(&runner, &reader, "own").await;
+        runner.stop().await;
+        assert!(woken < WOKEN_WITHIN, "woken after {woken:?}");
+        writer.close().await.unwrap();
+        reader.close().await.unwrap();
+        // Every connection closed, the watching thread's included: SQLite
+        // removed the write-ahead log.
+        assert!(!dir.join("events.db-wal").exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "eda-wake-{}-{}",
+            std::process::id(),
+            crate::new_event_id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
