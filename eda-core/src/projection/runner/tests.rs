@@ -258,3 +258,169 @@ mod sqlite {
         dir
     }
 }
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use crate::store::postgres::{PostgresOptions, PostgresStore};
+
+    /// One test at a time: an open transaction holds back every reader.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    struct Db {
+        url: String,
+        schema: String,
+    }
+
+    impl Db {
+        fn new(test: &str) -> Option<Db> {
+            let Ok(url) = std::env::var("EDA_TEST_POSTGRES_URL") else {
+                eprintln!("skipped: EDA_TEST_POSTGRES_URL is not set");
+                return None;
+            };
+            let schema = format!("eda_wake_{test}_{}", std::process::id());
+            Some(Db { url, schema })
+        }
+
+        /// Another store on the test's schema.
+        async fn store(&self) -> PostgresStore {
+            let options = PostgresOptions::new().schema(&self.schema);
+            PostgresStore::connect_with(&self.url, options)
+                .await
+                .unwrap()
+        }
+
+        /// A plain connection with the schema on its search path.
+        async fn connect(&self) -> tokio_postgres::Client {
+            let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("SET search_path = {}", self.schema))
+                .await
+                .unwrap();
+            client
+        }
+
+        async fn drop_schema(self) {
+            let client = self.connect().await;
+            client
+                .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Another store on the same schema is another writer, as another process
+    /// would be: its appends notify the channel the reader's store listens on.
+    #[tokio::test]
+    async fn another_store_on_the_schema_wakes_a_runner() {
+        let Some(db) = Db::new("other") else { return };
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let (reader, writer) = (db.store().await, db.store().await);
+        woken_and_control(reader.clone(), Silent::new(reader.clone()), &writer).await;
+        // Batched appends notify too: concurrent ones share a statement.
+        let (runner, recorder) = live_runner(reader.clone()).await;
+        let appends = (0..8).map(|i| {
+            let writer = writer.clone();
+            tokio::spawn(async move { deposit(&writer, &format!("batch-{i}"), 0).await })
+        });
+        let mut last = 0;
+        for append in appends {
+            last = last.max(append.await.unwrap().position);
+        }
+        let start = Instant::now();
+        runner.wait_for(Some(last), SAFETY_POLL * 3).await.unwrap();
+        let woken = start.elapsed();
+        runner.stop().await;
+        assert!(woken < WOKEN_WITHIN, "woken after {woken:?}");
+        assert_eq!(recorder.applied().len(), 8 + 2);
+        reader.close().await.unwrap();
+        db.drop_schema().await;
+    }
+
+    /// A notification that arrives while an older transaction holds the
+    /// horizon back: the runner cannot read the event yet, and reads again
+    /// until it can, soon after the older transaction ends (which itself
+    /// notifies nothing, having appended nothing).
+    #[tokio::test]
+    async fn a_notification_below_the_horizon_is_read_once_the_horizon_passes() {
+        let Some(db) = Db::new("horizon") else { return };
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let (reader, writer) = (db.store().await, db.store().await);
+        let (runner, recorder) = live_runner(reader.clone()).await;
+        let mut older = db.connect().await;
+        let older = older.transaction().await.unwrap();
+        older
+            .query_one("SELECT pg_current_xact_id()", &[])
+            .await
+            .unwrap();
+        let appended = deposit(&writer, "held", 0).await;
+        tokio::time::sleep(SETTLE).await;
+        assert_eq!(
+            recorder.applied(),
+            Vec::<u64>::new(),
+            "read above the horizon"
+        );
+        assert_eq!(runner.status().head, appended.position, "notified");
+        older.commit().await.unwrap();
+        let start = Instant::now();
+        runner
+            .wait_for(Some(appended.position), SAFETY_POLL * 3)
+            .await
+            .unwrap();
+        let read = start.elapsed();
+        runner.stop().await;
+        assert!(read < WOKEN_WITHIN, "read after {read:?}");
+        assert_eq!(recorder.applied(), [appended.position]);
+        reader.close().await.unwrap();
+        db.drop_schema().await;
+    }
+
+    /// An older append commits after a newer one was notified: the runner
+    /// applies both, in the order of their positions, and skips neither.
+    #[tokio::test]
+    async fn an_older_append_committed_later_is_not_skipped() {
+        let Some(db) = Db::new("older") else { return };
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let (reader, writer) = (db.store().await, db.store().await);
+        let (runner, recorder) = live_runner(reader.clone()).await;
+        let mut client = db.connect().await;
+        let older = client.transaction().await.unwrap();
+        let stream = StreamId {
+            aggregate_type: "Account",
+            aggregate_id: "older",
+        };
+        let event = NewEvent {
+            event_id: crate::new_event_id(),
+            name: "Deposited".into(),
+            version: 1,
+            payload: "{}".into(),
+        };
+        let first = writer
+            .append_in(&older, stream, 0, vec![event], &Metadata::default())
+            .await
+            .unwrap();
+        let second = deposit(&writer, "newer", 0).await;
+        assert!(first.position < second.position);
+        tokio::time::sleep(SETTLE).await;
+        assert_eq!(
+            recorder.applied(),
+            Vec::<u64>::new(),
+            "read above the horizon"
+        );
+        older.commit().await.unwrap();
+        let start = Instant::now();
+        runner
+            .wait_for(Some(second.position), SAFETY_POLL * 3)
+            .await
+            .unwrap();
+        let read = start.elapsed();
+        runner.stop().await;
+        assert!(read < WOKEN_WITHIN, "read after {read:?}");
+        assert_eq!(recorder.applied(), [first.position, second.position]);
+        reader.close().await.unwrap();
+        db.drop_schema().await;
+    }
+}

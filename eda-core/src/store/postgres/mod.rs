@@ -39,6 +39,7 @@ use crate::envelope::{
 use crate::error::StoreError;
 use crate::projection::ParkedEvent;
 use crate::store::durable::{backend, to_i64};
+use crate::store::internal::Internal;
 use crate::store::{
     check_checkpoint_name, check_idempotency_key, check_names, check_parked, check_stream,
     Appended, EventStore, LogPage,
@@ -46,6 +47,7 @@ use crate::store::{
 
 mod append;
 mod batch;
+mod listen;
 mod migrate;
 mod options;
 mod row;
@@ -55,6 +57,7 @@ pub use options::PostgresOptions;
 
 use append::{append, append_alone, Append, MAX_EVENTS_PER_APPEND};
 use batch::Batcher;
+use listen::Listen;
 use row::{parked, recorded, replay_event, snapshot_row, SNAPSHOT_IN_REPLAY_ROW, SNAPSHOT_ROW};
 
 /// An [`EventStore`] in PostgreSQL (feature `postgres`).
@@ -84,6 +87,8 @@ pub struct PostgresStore {
     batch_pool: Pool,
     schema: String,
     batcher: Arc<Batcher>,
+    /// The channel appends notify, and the connection listening on it.
+    listen: Arc<Listen>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -106,12 +111,15 @@ impl PostgresStore {
         options: PostgresOptions,
     ) -> Result<PostgresStore, StoreError> {
         let schema = options.schema;
-        let config = config(url, &schema)?;
+        let listen = Arc::new(Listen::new(&schema, config(url, &schema)?));
+        // The channel the appends notify (see `listen`).
+        let notify = format!("-c eda.channel={}", listen.channel);
+        let config = config_with(url, &schema, &notify)?;
         let batch_config = config_with(
             url,
             &schema,
             &format!(
-                "-c lock_timeout={}ms",
+                "-c lock_timeout={}ms {notify}",
                 options.batch_lock_timeout.as_millis()
             ),
         )?;
@@ -124,6 +132,7 @@ impl PostgresStore {
             batch_pool,
             schema,
             batcher,
+            listen,
         };
         store.migrate().await?;
         Ok(store)
@@ -159,7 +168,7 @@ impl PostgresStore {
     ) -> Result<Appended, StoreError> {
         check_names(stream, &events, metadata)?;
         let assigned = transaction
-            .query_one(sql::XACT_ID_ASSIGNED, &[])
+            .query_one(sql::XACT_ID_ASSIGNED, &[&self.listen.channel])
             .await
             .map_err(backend)?;
         if assigned.get::<_, bool>(0) {
@@ -305,11 +314,17 @@ impl EventStore for PostgresStore {
             .await
     }
 
-    /// Closes both pools: connections in use close when given back.
+    /// Closes both pools (connections in use close when given back) and the
+    /// connection listening for appends.
     async fn close(&self) -> Result<(), StoreError> {
         self.pool.close();
         self.batch_pool.close();
+        self.listen.signal.close().await;
         Ok(())
+    }
+
+    fn watch_log(&self, _: Internal) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.listen.subscribe()
     }
 
     async fn read_stream(
