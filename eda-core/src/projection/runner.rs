@@ -562,16 +562,16 @@ async fn follow(
                         p.state = RunnerState::CatchingUp;
                     }
                 });
+                if read_to >= head {
+                    wake.short_of = SHORT_OF;
+                }
                 let go_on = match live {
                     false => true,
                     // A commit below the horizon (PostgreSQL): the horizon
                     // passes it once the older transactions end, and no
                     // signal says when.
                     true if read_to < head => wake.pause_short_of(&control.stop).await,
-                    true => {
-                        wake.short_of = SHORT_OF;
-                        wake.wait(&control.stop).await
-                    }
+                    true => wake.wait(&control.stop).await,
                 };
                 if !go_on {
                     return Next::Stop(None);

@@ -25,6 +25,14 @@
 //! an append expects committed before that version was read, so before the
 //! batch's statement began, and has a smaller id; a later writer of that aggregate
 //! makes the append's version check fail.
+//!
+//! # Runners hear of other writers' appends
+//!
+//! Each append's statement notifies the channel of the store's schema
+//! (`eda.<schema>`) of its last position, delivered when its transaction
+//! commits; while runners listen, a connection of the store `LISTEN`s there
+//! (see `listen`). A notification can arrive before the horizon passes the
+//! event: the runner reads again until it gets there.
 
 use std::sync::Arc;
 
@@ -71,7 +79,11 @@ use row::{parked, recorded, replay_event, snapshot_row, SNAPSHOT_IN_REPLAY_ROW, 
 /// name), `eda_parked_events` (the events runners parked, by name and position)
 /// and `eda_schema`. An append is one statement, so one round trip: it compare-and-sets
 /// the aggregate's version and inserts the events, or does nothing. Concurrent
-/// appends share statements (see [`PostgresOptions::max_batch`]).
+/// appends share statements (see [`PostgresOptions::max_batch`]). Each append
+/// notifies the channel `eda.<schema>` (for a schema name longer than 59
+/// bytes, its start and a hash of it) of its last position when it commits, and
+/// while projections or policies run, the store keeps one more connection
+/// listening there, so that they hear of other processes' appends at once.
 ///
 /// ```no_run
 /// use eda::prelude::*;

@@ -5,7 +5,10 @@
 //! savepoint, so one conflict does not fail the others) and commits once: with
 //! concurrent callers several commands share one fsync (group commit). Reads run on
 //! their own threads and connections, so async callers never block on file I/O and
-//! readers never wait for the writer.
+//! readers never wait for the writer. While projections or policies follow the
+//! log, one more thread asks its own connection every 2 ms whether another
+//! connection committed (`PRAGMA data_version`; see `watch`), so that they hear
+//! of other processes' commits at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
