@@ -3,7 +3,7 @@
 //! SQLite's `PRAGMA data_version` changes on a connection when another
 //! connection committed, and costs a few microseconds to ask.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -24,11 +24,11 @@ const REOPEN: Duration = Duration::from_secs(1);
 /// watching thread started if none runs.
 pub(super) fn subscribe(
     signal: &Arc<LogSignal>,
-    path: &PathBuf,
+    path: &Path,
     options: &SqliteOptions,
 ) -> Option<tokio::sync::watch::Receiver<u64>> {
     signal.subscribe_with(|listener| {
-        let (path, options) = (path.clone(), options.clone());
+        let (path, options) = (path.to_path_buf(), options.clone());
         let spawned = thread::Builder::new()
             .name("eda-sqlite-watch".into())
             .spawn(move || watch(listener, &path, &options));
@@ -41,7 +41,7 @@ pub(super) fn subscribe(
 
 /// Signals the head of the log whenever the data version moves, until nobody
 /// listens or the store closes.
-fn watch(mut listener: Listener, path: &PathBuf, options: &SqliteOptions) {
+fn watch(mut listener: Listener, path: &Path, options: &SqliteOptions) {
     while listener.wanted() {
         match open_reader(path, options) {
             Ok(connection) => watch_on(&connection, &mut listener),
