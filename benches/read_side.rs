@@ -12,6 +12,16 @@
 //! 3. Live: 10,000 sequential deposits, each timed from `execute` returning to
 //!    `wait_for` of its position returning; `Ledger` on a `SqliteStore`, and the
 //!    in-memory projection on a `MemoryStore`.
+//! 4. With feature `postgres` and `EDA_BENCH_POSTGRES_URL` set: catch-up into
+//!    the `LedgerPg` PostgreSQL read model, a fresh schema of its own, from a
+//!    `PostgresStore`, against a loop that reads the same pages and writes the
+//!    same rows with the same statement, one transaction per page; and live, as
+//!    in 3, `LedgerPg` on a `PostgresStore`.
+//! 5. Live, the commands executed by another `App` on another store opened on
+//!    the same database (as another process would be): the runner is woken by
+//!    its store's signal, not by its own `App`; `Ledger` on SQLite (the file's
+//!    `PRAGMA data_version`, watched every 2 ms) and, with PostgreSQL,
+//!    `LedgerPg` (`LISTEN`/`NOTIFY`).
 //!
 //! The events are the bank's, 10,000 accounts x (1 opening + 9 deposits),
 //! appended straight to the store by `eda_test::ledger::fill`. As in the other
@@ -19,7 +29,8 @@
 //! results must be equal, then `EDA_BENCH_ROUNDS` rounds (default 10) of one full
 //! catch-up each, the raw loop first in even rounds. The report gives each side's
 //! median rate over the rounds, the median and range of the rounds' ratios, and
-//! the ratio of the total times. `EDA_BENCH_ONLY=memory`, `=sqlite` or `=live` runs one scenario.
+//! the ratio of the total times. `EDA_BENCH_ONLY=memory`, `=sqlite`, `=postgres`
+//! (catch-up) or `=live` (every live scenario) runs one scenario.
 
 #![allow(missing_docs)]
 
@@ -119,11 +130,30 @@ fn main() {
         if only.is_empty() || only == "sqlite" {
             watch_steal(sqlite_catch_up(dir.path(), rounds)).await;
         }
+        #[cfg(feature = "postgres")]
+        let postgres = std::env::var("EDA_BENCH_POSTGRES_URL").ok();
+        #[cfg(feature = "postgres")]
+        if let (Some(url), true) = (&postgres, only.is_empty() || only == "postgres") {
+            watch_steal(postgres::catch_up(url, rounds)).await;
+        }
         if only.is_empty() || only == "live" {
             watch_steal(live_sqlite(dir.path())).await;
             watch_steal(live_memory()).await;
+            #[cfg(feature = "postgres")]
+            if let Some(url) = &postgres {
+                watch_steal(postgres::live(url)).await;
+            }
+            watch_steal(live_sqlite_elsewhere(dir.path())).await;
+            #[cfg(feature = "postgres")]
+            if let Some(url) = &postgres {
+                watch_steal(postgres::live_elsewhere(url)).await;
+            }
         }
     });
+    #[cfg(feature = "postgres")]
+    if std::env::var("EDA_BENCH_POSTGRES_URL").is_err() {
+        println!("PostgreSQL: skipped (set EDA_BENCH_POSTGRES_URL)");
+    }
 }
 
 async fn memory_catch_up(rounds: usize) {
@@ -265,6 +295,27 @@ async fn live_sqlite(dir: &Path) {
     report_latency("3. live, Ledger on SqliteStore (FULL)", latencies);
 }
 
+/// As [`live_sqlite`], the commands executed by another `App` on another store
+/// opened on the same file: the runner hears of them from its store's
+/// thread watching the file.
+async fn live_sqlite_elsewhere(dir: &Path) {
+    let path = dir.join("live-elsewhere.db");
+    let reader = App::new(SqliteStore::open(&path).await.expect("open"));
+    let writer = App::new(SqliteStore::open(&path).await.expect("open"));
+    let read_model = read_model(dir, "live-elsewhere-ledger");
+    let ledger = reader
+        .project(Ledger)
+        .database(&read_model)
+        .start()
+        .await
+        .expect("start");
+    let latencies = live(&writer, &ledger).await;
+    report_latency(
+        "5. live, Ledger on SqliteStore, writer elsewhere",
+        latencies,
+    );
+}
+
 async fn live_memory() {
     let app = App::new(MemoryStore::new());
     let balances = app.project(Balances::default()).start();
@@ -386,5 +437,186 @@ async fn watch_steal(scenario: impl Future<Output = ()>) {
             "",
             stolen * 100.0
         );
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use eda::tokio_postgres::{self, Client, NoTls};
+    use eda::{PostgresOptions, PostgresStore};
+    use eda_test::ledger_pg::{self, LedgerPg};
+
+    async fn connect(url: &str) -> Client {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        client
+    }
+
+    async fn store(url: &str, schema: &str) -> PostgresStore {
+        PostgresStore::connect_with(url, PostgresOptions::new().schema(schema))
+            .await
+            .expect("connect")
+    }
+
+    async fn drop_schemas(client: &Client, prefix: &str) {
+        let schemas = client
+            .query(
+                "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)",
+                &[&prefix],
+            )
+            .await
+            .expect("schemas");
+        for row in schemas {
+            let schema: String = row.get(0);
+            client
+                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                .await
+                .expect("drop");
+        }
+    }
+
+    pub async fn catch_up(url: &str, rounds: usize) {
+        let schema = format!("eda_bench_read_{}", std::process::id());
+        let client = connect(url).await;
+        let store = store(url, &schema).await;
+        assert_eq!(ledger::fill(&store, ACCOUNTS, DEPOSITS).await, EVENTS);
+        // Positions are transaction ids (shifted): the last one, not the count.
+        let last: i64 = client
+            .query_one(
+                &format!("SELECT max(position) FROM {schema}.eda_events"),
+                &[],
+            )
+            .await
+            .expect("last position")
+            .get(0);
+        let last = last as u64;
+        let app = App::new(store.clone());
+        let read_model = async |name: &str| {
+            let read_schema = format!("{schema}_{name}");
+            ledger_pg::create(&client, &read_schema)
+                .await
+                .expect("create");
+            read_schema
+        };
+        let (eda, raw) = (read_model("eda_check").await, read_model("raw_check").await);
+        eda_postgres(&app, url, &eda, last).await;
+        raw_postgres(&store, url, &raw, last).await;
+        let rows = ledger_pg::read(&client, &eda).await.expect("read");
+        assert!(rows.applications.len() as u64 == EVENTS && rows.applied_twice() == 0);
+        assert!(
+            rows == ledger_pg::read(&client, &raw).await.expect("read"),
+            "the read models differ"
+        );
+        let (eda, raw) = take_turns(
+            rounds,
+            async |round| {
+                let read_schema = read_model(&format!("eda_{round}")).await;
+                eda_postgres(&app, url, &read_schema, last).await
+            },
+            async |round| {
+                let read_schema = read_model(&format!("raw_{round}")).await;
+                raw_postgres(&store, url, &read_schema, last).await
+            },
+        )
+        .await;
+        report(
+            "4. catch-up, PostgreSQL read model (LedgerPg, own schema)",
+            &eda,
+            &raw,
+            ">= 20,000/s",
+        );
+        drop_schemas(&client, &schema).await;
+    }
+
+    /// A catch-up from 0 by a new runner of `LedgerPg` into `schema`: start,
+    /// until `wait_for` returns.
+    async fn eda_postgres(app: &App, url: &str, schema: &str, last: u64) -> Duration {
+        let start = Instant::now();
+        let ledger = app
+            .project(LedgerPg)
+            .postgres(url)
+            .schema(schema)
+            .start()
+            .await
+            .expect("start");
+        ledger.wait_for(Some(last), WAIT).await.expect("catch-up");
+        let time = start.elapsed();
+        ledger.stop().await;
+        time
+    }
+
+    /// The same pages read, decoded and written as `LedgerPg`'s rows by hand,
+    /// with its statement: a connection of its own, a transaction per page (but
+    /// no checkpoint).
+    async fn raw_postgres(store: &PostgresStore, url: &str, schema: &str, last: u64) -> Duration {
+        let start = Instant::now();
+        let mut client = connect(url).await;
+        client
+            .batch_execute(&format!("SET search_path = {schema}"))
+            .await
+            .expect("search path");
+        let mut after = 0;
+        while after < last {
+            let page = store.read_all_of(after, PAGE, NAMES).await.expect("read");
+            let tx = client.transaction().await.expect("begin");
+            for event in &page.events {
+                ledger_pg::add(&tx, event, amount(event))
+                    .await
+                    .expect("insert");
+            }
+            tx.commit().await.expect("commit");
+            after = page.read_to;
+        }
+        start.elapsed()
+    }
+
+    /// `LedgerPg` on the store its commands go to, in a schema of its own.
+    pub async fn live(url: &str) {
+        let schema = format!("eda_bench_live_{}", std::process::id());
+        let client = connect(url).await;
+        let app = App::new(store(url, &schema).await);
+        let read_schema = format!("{schema}_ledger");
+        ledger_pg::create(&client, &read_schema)
+            .await
+            .expect("create");
+        let ledger = app
+            .project(LedgerPg)
+            .postgres(url)
+            .schema(&read_schema)
+            .start()
+            .await
+            .expect("start");
+        let latencies = super::live(&app, &ledger).await;
+        report_latency("3. live, LedgerPg on PostgresStore", latencies);
+        ledger.stop().await;
+        drop_schemas(&client, &schema).await;
+    }
+
+    /// As [`live`], the commands executed by another `App` on another store on
+    /// the same schema: the runner hears of them by `LISTEN`.
+    pub async fn live_elsewhere(url: &str) {
+        let schema = format!("eda_bench_elsewhere_{}", std::process::id());
+        let client = connect(url).await;
+        let reader = App::new(store(url, &schema).await);
+        let writer = App::new(store(url, &schema).await);
+        let read_schema = format!("{schema}_ledger");
+        ledger_pg::create(&client, &read_schema)
+            .await
+            .expect("create");
+        let ledger = reader
+            .project(LedgerPg)
+            .postgres(url)
+            .schema(&read_schema)
+            .start()
+            .await
+            .expect("start");
+        let latencies = super::live(&writer, &ledger).await;
+        report_latency(
+            "5. live, LedgerPg on PostgresStore, writer elsewhere",
+            latencies,
+        );
+        ledger.stop().await;
+        drop_schemas(&client, &schema).await;
     }
 }

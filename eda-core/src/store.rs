@@ -17,8 +17,19 @@ mod immediate;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+// The listeners are the durable stores'.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) mod signal;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+/// What only this crate can name: the argument of [`EventStore::watch_log`],
+/// which keeps that method this crate's (as `std`'s `Error::type_id` does).
+pub(crate) mod internal {
+    /// Only this crate makes one.
+    #[derive(Debug)]
+    pub struct Internal(pub(crate) ());
+}
 
 /// Where a successful append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,6 +443,17 @@ pub trait EventStore: Send + Sync + 'static {
         None
     }
 
+    /// The positions of commits the runners of an `App` on this store would
+    /// not hear of from that `App` (another `App` on the store, another store
+    /// on the same database, another process), each a position the log holds
+    /// committed; `None` (the default) for a store that cannot tell, whose
+    /// runners look for such commits often instead. The stores of this crate
+    /// only: no other can name the argument.
+    #[doc(hidden)]
+    fn watch_log(&self, _: internal::Internal) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// The stream's latest snapshot, if the store keeps one. Default: none.
     fn load_snapshot(
         &self,
@@ -620,6 +642,8 @@ pub(crate) trait DynEventStore: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     fn as_immediate(&self) -> Option<&dyn ImmediateStore>;
+
+    fn watch_log(&self) -> Option<tokio::sync::watch::Receiver<u64>>;
 }
 
 impl<S: EventStore> DynEventStore for S {
@@ -742,5 +766,9 @@ impl<S: EventStore> DynEventStore for S {
 
     fn as_immediate(&self) -> Option<&dyn ImmediateStore> {
         EventStore::as_immediate(self)
+    }
+
+    fn watch_log(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        EventStore::watch_log(self, internal::Internal(()))
     }
 }

@@ -73,8 +73,10 @@ ledger!(
     2
 );
 
-/// One statement, in one round trip (`execute_typed` prepares nothing apart).
-async fn add(
+/// Adds `amount` to the balance of `recorded`'s account and records the
+/// application: one statement, in one round trip (`execute_typed` prepares
+/// nothing apart). (The read-side bench's raw loop writes the same rows.)
+pub async fn add(
     tx: &Transaction<'_>,
     recorded: &RecordedEvent,
     amount: i64,

@@ -15,12 +15,26 @@ use crate::app::App;
 use crate::error::StoreError;
 use crate::store::LogPage;
 
+#[cfg(test)]
+mod tests;
+
 /// How many events a runner reads and applies at a time.
 pub(crate) const BATCH: usize = 512;
 
-/// The longest a runner waits before looking for events another writer
-/// committed (its own `App`'s commits wake it at once).
+/// The longest a live runner waits before looking for events another writer
+/// committed, on a store that does not signal them (its own `App`'s commits
+/// wake it at once).
 const POLL: Duration = Duration::from_millis(20);
+
+/// The same on a store that signals other writers' commits
+/// (`DynEventStore::watch_log`): only in case a signal went missing.
+const SAFETY_POLL: Duration = Duration::from_secs(1);
+
+/// The first pause before a runner reads again when its read stopped short of a
+/// position known to be committed (on PostgreSQL, an older transaction still
+/// running holds the horizon back); it doubles up to [`POLL`] until the read
+/// gets there.
+const SHORT_OF: Duration = Duration::from_millis(1);
 
 /// How many times an event that failed is tried before its runner stops.
 pub(crate) const MAX_ATTEMPTS: u32 = 5;
@@ -229,8 +243,9 @@ pub struct RunnerStatus {
     pub name: &'static str,
     /// The position up to which the log has been read and applied.
     pub checkpoint: u64,
-    /// The end of the log as far as the runner knows (its reads and its `App`'s
-    /// commits; another process's commits once it has read them).
+    /// The end of the log as far as the runner knows: its reads, its `App`'s
+    /// commits, and the commits its store signals (another `App`'s, another
+    /// process's; on a store that signals none, once it has read them).
     pub head: u64,
     /// How far behind the runner is, in positions of the log (`head -
     /// checkpoint`; some of those may be events it does not handle).
@@ -329,8 +344,8 @@ pub enum WaitError {
 #[derive(Debug, Clone)]
 struct Shared {
     checkpoint: u64,
-    /// The end of the log as far as the runner knows: its reads, and its
-    /// `App`'s commits.
+    /// The end of the log as far as the runner knows: its reads, its `App`'s
+    /// commits, and those its store signals.
     head: u64,
     applied: u64,
     parked: u64,
@@ -715,7 +730,7 @@ struct Runner<'a> {
 /// trying again cannot cure. A sink that stands by starts over.
 async fn run(app: App, mut sink: impl Sink, control: Arc<Control>, rebuilds: Rebuilds) {
     let _ends_stopped = EndsStopped(&control);
-    let mut commits = app.watch_commits();
+    let mut wake = Wake::new(&app);
     let mut runner = Runner {
         app: &app,
         control: &control,
@@ -735,7 +750,7 @@ async fn run(app: App, mut sink: impl Sink, control: Arc<Control>, rebuilds: Reb
         control
             .catch_up(&app, names, checkpoint, rebuild, true, counted)
             .await;
-        match follow(&mut sink, &mut runner, &mut commits, checkpoint).await {
+        match follow(&mut sink, &mut runner, &mut wake, checkpoint).await {
             Next::StandBy(reason) => {
                 if !control.stand_by(reason, &mut runner.rebuilds).await {
                     return control.stopped(None);
@@ -795,6 +810,69 @@ enum Next {
     Stop(Option<String>),
 }
 
+/// What wakes a live runner: its `App`'s commits, the commits its store
+/// signals, or time.
+struct Wake {
+    /// The positions its `App` committed.
+    commits: watch::Receiver<u64>,
+    /// The positions its store signals, if it does.
+    elsewhere: Option<watch::Receiver<u64>>,
+    /// The next pause when a read stopped short of a known position.
+    short_of: Duration,
+}
+
+impl Wake {
+    fn new(app: &App) -> Self {
+        Wake {
+            commits: app.watch_commits(),
+            elsewhere: app.store().watch_log(),
+            short_of: SHORT_OF,
+        }
+    }
+
+    /// The highest position known committed; both signals are marked seen,
+    /// so that only later commits wake the runner.
+    fn known(&mut self) -> u64 {
+        let elsewhere = self
+            .elsewhere
+            .as_mut()
+            .map_or(0, |signal| *signal.borrow_and_update());
+        (*self.commits.borrow_and_update()).max(elsewhere)
+    }
+
+    /// Waits for a commit, or for the poll.
+    async fn wait(&mut self) {
+        let poll = match self.elsewhere {
+            Some(_) => SAFETY_POLL,
+            None => POLL,
+        };
+        let signalled = async {
+            match &mut self.elsewhere {
+                Some(signal) => signal.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.commits.changed() => {}
+            signalled = signalled => {
+                if !signalled {
+                    // The store dropped its signal: poll as without one.
+                    self.elsewhere = None;
+                }
+            }
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+
+    /// Pauses before reading again towards a position known committed that
+    /// the last read stopped short of, a little longer each time.
+    async fn pause_short_of(&mut self) {
+        let pause = self.short_of;
+        self.short_of = (pause * 2).min(POLL);
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// What woke a runner up while it read a page or waited for new events.
 enum Woken<T> {
     /// What it waited for.
@@ -846,7 +924,7 @@ async fn rebuild(
 async fn follow(
     sink: &mut impl Sink,
     runner: &mut Runner<'_>,
-    commits: &mut watch::Receiver<u64>,
+    wake: &mut Wake,
     mut checkpoint: u64,
 ) -> Next {
     let (app, control) = (runner.app, runner.control);
@@ -901,7 +979,7 @@ async fn follow(
                 (failures, read_failures) = (0, 0);
                 failed_at = None;
                 let before = std::mem::replace(&mut checkpoint, read_to);
-                let head = (*commits.borrow_and_update()).max(read_to);
+                let head = wake.known().max(read_to);
                 // A short page from a store that scans a bounded window may end
                 // before the log does: the end is where a read moves no further.
                 let live = events < BATCH && (read_to == before || read_to >= head);
@@ -932,12 +1010,19 @@ async fn follow(
                         };
                     }
                 });
+                if read_to >= head {
+                    wake.short_of = SHORT_OF;
+                }
                 if live {
-                    // Woken by this App's next commit, or after a while for other writers.
+                    // Woken by a commit (this App's, or one its store signals),
+                    // or after a while. A commit below the horizon (PostgreSQL)
+                    // is read again after a short pause: the horizon passes it
+                    // once the older transactions end, and no signal says when.
                     let next = async {
-                        tokio::select! {
-                            _ = commits.changed() => {}
-                            () = tokio::time::sleep(POLL) => {}
+                        if read_to < head {
+                            wake.pause_short_of().await;
+                        } else {
+                            wake.wait().await;
                         }
                     };
                     match unless_woken(runner, next).await {
@@ -1016,32 +1101,5 @@ impl Drop for EndsStopped<'_> {
                 true
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::Progress;
-
-    #[test]
-    fn the_time_left_follows_the_rate_so_far() {
-        let progress = Progress::new(250, Some(1_000), Duration::from_secs(10));
-        assert_eq!(progress.remaining, Some(Duration::from_secs(30)));
-        assert_eq!(progress.rate(), 25.0);
-        // Nothing read yet: no rate, no time left.
-        let start = Progress::new(0, Some(1_000), Duration::ZERO);
-        assert_eq!((start.remaining, start.rate()), (None, 0.0));
-        // Events not counted yet: the total is never below what was read.
-        let ahead = Progress::new(1_200, Some(1_000), Duration::from_secs(12));
-        assert_eq!(
-            (ahead.total, ahead.remaining),
-            (Some(1_200), Some(Duration::ZERO))
-        );
-        // A store that cannot count: a rate, no total, no time left.
-        let uncounted = Progress::new(100, None, Duration::from_secs(1));
-        assert_eq!((uncounted.total, uncounted.remaining), (None, None));
-        assert_eq!(uncounted.rate(), 100.0);
     }
 }

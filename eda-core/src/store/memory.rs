@@ -14,6 +14,8 @@ use crate::envelope::{
 };
 use crate::error::{LoadError, StoreError};
 use crate::projection::ParkedEvent;
+use crate::store::internal::Internal;
+use crate::store::signal::LogSignal;
 use crate::store::{
     check_checkpoint_name, check_names, check_parked, Appended, EventStore, ImmediateStore,
     LogCount, LogPage, SCAN_PAGES,
@@ -27,6 +29,9 @@ use crate::store::{
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     inner: Arc<RwLock<Inner>>,
+    /// Every append signals its position, for the runners of every `App` on
+    /// this store (or a clone of it).
+    signal: Arc<LogSignal>,
 }
 
 #[derive(Default)]
@@ -186,10 +191,9 @@ impl MemoryStore {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-impl ImmediateStore for MemoryStore {
-    fn append_now(
+    /// [`ImmediateStore::append_now`] under the lock, without the signal.
+    fn append_locked(
         &self,
         stream: StreamId<'_>,
         expected_version: u64,
@@ -292,6 +296,22 @@ impl ImmediateStore for MemoryStore {
             position: log.len() as u64,
         })
     }
+}
+
+impl ImmediateStore for MemoryStore {
+    fn append_now(
+        &self,
+        stream: StreamId<'_>,
+        expected_version: u64,
+        events: &mut Vec<NewEvent>,
+        metadata: &Metadata,
+        recorded_at: SystemTime,
+    ) -> Result<Appended, StoreError> {
+        let appended =
+            self.append_locked(stream, expected_version, events, metadata, recorded_at)?;
+        self.signal.committed(appended.position);
+        Ok(appended)
+    }
 
     /// Releases the lock every few hundred events, so that a long replay does not
     /// hold up writers.
@@ -351,6 +371,10 @@ impl ImmediateStore for MemoryStore {
 }
 
 impl EventStore for MemoryStore {
+    fn watch_log(&self, _: Internal) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.signal.subscribe())
+    }
+
     async fn append(
         &self,
         stream: StreamId<'_>,

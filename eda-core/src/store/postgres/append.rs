@@ -65,6 +65,8 @@ pub(super) async fn append(
     let new_version = to_i64(expected_version + events.len() as u64);
     let fingerprint = key.and_then(|k| k.fingerprint);
     let key_params = key.map(|k| (k.key.as_str(), k.command.as_str()));
+    // The one-event statement returns the position first, the others second.
+    let one_event = matches!((events, key_params), ([_], None));
     let row = if events.is_empty() {
         let row = match key_params {
             Some((key, command)) => {
@@ -159,7 +161,7 @@ pub(super) async fn append(
         let actual = current_version(client, stream).await?;
         return Err(StoreError::conflict(stream, expected_version, actual));
     };
-    let position: i64 = row.get(if statement.columns().len() == 1 { 0 } else { 1 });
+    let position: i64 = row.get(if one_event { 0 } else { 1 });
     Ok(Appended {
         version: expected_version + events.len() as u64,
         position: u64::try_from(position).unwrap_or(0),

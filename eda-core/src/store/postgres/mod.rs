@@ -25,6 +25,14 @@
 //! an append expects committed before that version was read, so before the
 //! batch's statement began, and has a smaller id; a later writer of that aggregate
 //! makes the append's version check fail.
+//!
+//! # Runners hear of other writers' appends
+//!
+//! Each append's statement notifies the channel of the store's schema
+//! (`eda.<schema>`) of its last position, delivered when its transaction
+//! commits; while runners listen, a connection of the store `LISTEN`s there
+//! (see `listen`). A notification can arrive before the horizon passes the
+//! event: the runner reads again until it gets there.
 
 use std::sync::Arc;
 
@@ -39,6 +47,7 @@ use crate::envelope::{
 use crate::error::StoreError;
 use crate::projection::ParkedEvent;
 use crate::store::durable::{backend, to_i64};
+use crate::store::internal::Internal;
 use crate::store::{
     check_checkpoint_name, check_idempotency_key, check_names, check_parked, check_stream,
     Appended, EventStore, LogCount, LogPage,
@@ -46,6 +55,7 @@ use crate::store::{
 
 mod append;
 mod batch;
+mod listen;
 mod migrate;
 mod options;
 mod row;
@@ -55,6 +65,7 @@ pub use options::PostgresOptions;
 
 use append::{append, append_alone, Append, MAX_EVENTS_PER_APPEND};
 use batch::Batcher;
+use listen::Listen;
 use row::{parked, recorded, replay_event, snapshot_row, SNAPSHOT_IN_REPLAY_ROW, SNAPSHOT_ROW};
 
 /// An [`EventStore`] in PostgreSQL (feature `postgres`).
@@ -68,7 +79,11 @@ use row::{parked, recorded, replay_event, snapshot_row, SNAPSHOT_IN_REPLAY_ROW, 
 /// name), `eda_parked_events` (the events runners parked, by name and position)
 /// and `eda_schema`. An append is one statement, so one round trip: it compare-and-sets
 /// the aggregate's version and inserts the events, or does nothing. Concurrent
-/// appends share statements (see [`PostgresOptions::max_batch`]).
+/// appends share statements (see [`PostgresOptions::max_batch`]). Each append
+/// notifies the channel `eda.<schema>` (for a schema name longer than 59
+/// bytes, its start and a hash of it) of its last position when it commits, and
+/// while projections or policies run, the store keeps one more connection
+/// listening there, so that they hear of other processes' appends at once.
 ///
 /// ```no_run
 /// use eda::prelude::*;
@@ -84,6 +99,8 @@ pub struct PostgresStore {
     batch_pool: Pool,
     schema: String,
     batcher: Arc<Batcher>,
+    /// The channel appends notify, and the connection listening on it.
+    listen: Arc<Listen>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -106,12 +123,15 @@ impl PostgresStore {
         options: PostgresOptions,
     ) -> Result<PostgresStore, StoreError> {
         let schema = options.schema;
-        let config = config(url, &schema)?;
+        let listen = Arc::new(Listen::new(&schema, config(url, &schema)?));
+        // The channel the appends notify (see `listen`).
+        let notify = format!("-c eda.channel={}", listen.channel);
+        let config = config_with(url, &schema, &notify)?;
         let batch_config = config_with(
             url,
             &schema,
             &format!(
-                "-c lock_timeout={}ms",
+                "-c lock_timeout={}ms {notify}",
                 options.batch_lock_timeout.as_millis()
             ),
         )?;
@@ -124,6 +144,7 @@ impl PostgresStore {
             batch_pool,
             schema,
             batcher,
+            listen,
         };
         store.migrate().await?;
         Ok(store)
@@ -159,7 +180,7 @@ impl PostgresStore {
     ) -> Result<Appended, StoreError> {
         check_names(stream, &events, metadata)?;
         let assigned = transaction
-            .query_one(sql::XACT_ID_ASSIGNED, &[])
+            .query_one(sql::XACT_ID_ASSIGNED, &[&self.listen.channel])
             .await
             .map_err(backend)?;
         if assigned.get::<_, bool>(0) {
@@ -305,11 +326,17 @@ impl EventStore for PostgresStore {
             .await
     }
 
-    /// Closes both pools: connections in use close when given back.
+    /// Closes both pools (connections in use close when given back) and the
+    /// connection listening for appends.
     async fn close(&self) -> Result<(), StoreError> {
         self.pool.close();
         self.batch_pool.close();
+        self.listen.signal.close().await;
         Ok(())
+    }
+
+    fn watch_log(&self, _: Internal) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.listen.subscribe()
     }
 
     async fn read_stream(

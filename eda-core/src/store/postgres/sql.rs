@@ -162,15 +162,29 @@ macro_rules! keep_key {
         )"
     };
 }
-/// One row: how many CAS rows (0 is a conflict) and the last position.
+/// Tells the store's channel (the connection's setting `eda.channel`, see
+/// `super::listen`) the last position of `ins`'s events, if it inserted any:
+/// delivered when the transaction commits, and not if it rolls back. A column
+/// that the statement's reader skips.
+macro_rules! notify_ins {
+    () => {
+        "(SELECT pg_notify(current_setting('eda.channel'), max(position)::text) FROM ins HAVING count(*) > 0)"
+    };
+}
+/// One row: how many CAS rows (0 is a conflict) and the last position (and
+/// the notification).
 macro_rules! many_result {
     () => {
-        "
-        SELECT (SELECT count(*) FROM cas), (SELECT max(position) FROM ins)"
+        concat!(
+            "
+        SELECT (SELECT count(*) FROM cas), (SELECT max(position) FROM ins), ",
+            notify_ins!()
+        )
     };
 }
 /// The common case, one event, without arrays (less work for the server and the
-/// client): the same parameters as scalars. Its position, or no row on a conflict.
+/// client): the same parameters as scalars. Its position (and the notification
+/// of it, see `notify_ins!`), or no row on a conflict.
 macro_rules! insert_one {
     () => {
         "
@@ -179,7 +193,7 @@ macro_rules! insert_one {
         SELECT (pg_current_xact_id()::text::bigint << 20) | 1, $5, $1, $2, $3::bigint + 1,
                $6, $7, $8::text::json, $9::text::json
         FROM cas
-        RETURNING position"
+        RETURNING position, pg_notify(current_setting('eda.channel'), position::text)"
     };
 }
 
@@ -223,8 +237,13 @@ pub(super) const VERSION_AND_POSITION: &str =
 pub(super) const CURRENT_VERSION: &str =
     "SELECT version FROM eda_aggregates WHERE aggregate_type = $1 AND aggregate_id = $2";
 
-/// Whether the transaction has written already (it has a transaction id).
-pub(super) const XACT_ID_ASSIGNED: &str = "SELECT pg_current_xact_id_if_assigned() IS NOT NULL";
+/// Whether the transaction has written already (it has a transaction id); and,
+/// for the rest of the transaction, the channel its appends notify (`$1`).
+pub(super) const XACT_ID_ASSIGNED: &str =
+    "SELECT pg_current_xact_id_if_assigned() IS NOT NULL, set_config('eda.channel', $1, true)";
+
+/// The last position of the log, committed (the horizon may be below it).
+pub(super) const HEAD: &str = "SELECT coalesce(max(position), 0) FROM eda_events";
 
 /// Several appends in one statement, and so one transaction. Each is a
 /// compare-and-set of its aggregate's version: those that match insert their
@@ -235,8 +254,9 @@ pub(super) const XACT_ID_ASSIGNED: &str = "SELECT pg_current_xact_id_if_assigned
 /// transaction's, or a transaction that began later but committed first could hold
 /// the aggregate's earlier events at later positions. (Appends whose expected
 /// version was read from the store pass anyway; an append that fails only this
-/// check is retried on its own.)
-pub(super) const APPEND_BATCH: &str = "WITH a AS (
+/// check is retried on its own.) One notification for the whole batch.
+pub(super) const APPEND_BATCH: &str = concat!(
+    "WITH a AS (
         SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $12::int8[])
             WITH ORDINALITY AS a(aggregate_type, aggregate_id, expected, new_version, metadata, last_index, idx)
     ),
@@ -275,8 +295,11 @@ pub(super) const APPEND_BATCH: &str = "WITH a AS (
              WITH ORDINALITY AS e(append, n, id, name, event_version, payload, ord)
         JOIN a ON a.idx = e.append
         WHERE e.append IN (SELECT idx FROM won)
+        RETURNING position
     )
-    SELECT pg_current_xact_id()::text::bigint, ARRAY(SELECT idx FROM won)";
+    SELECT pg_current_xact_id()::text::bigint, ARRAY(SELECT idx FROM won), ",
+    notify_ins!()
+);
 
 // The checkpoints.
 

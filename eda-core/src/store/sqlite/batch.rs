@@ -74,13 +74,15 @@ impl Written {
 }
 
 /// Runs every request of `batch` in one transaction, each in a savepoint, commits,
-/// then replies to each. If the commit fails, all of them fail.
-pub(super) fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>) {
+/// then replies to each. If the commit fails, all of them fail. The position
+/// of the last event committed, if an append committed events.
+pub(super) fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>) -> Option<u64> {
     let tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => {
             let results = batch.iter().map(|_| Err(backend_ref(&e))).collect();
-            return reply(batch, results);
+            reply(batch, results);
+            return None;
         }
     };
     let recorded_at = SystemTime::now()
@@ -117,11 +119,13 @@ pub(super) fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>)
         // SQLite rolled the whole transaction back (disk full, I/O error): none of
         // the batch is stored, and going on would run the rest outside a transaction.
         let results = batch.iter().map(|_| Err(StoreError::RolledBack)).collect();
-        return reply(batch, results);
+        reply(batch, results);
+        return None;
     }
     if !isolate && results.iter().any(Result::is_err) {
         drop(tx); // rolls back whatever the failed request wrote
-        return reply(batch, results);
+        reply(batch, results);
+        return None;
     }
     if failpoint::armed("sqlite.ack_before_commit") {
         // The bug the fault tests must catch: acknowledging before the commit.
@@ -129,7 +133,7 @@ pub(super) fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>)
         // Give the caller time to report the acknowledgement before the crash.
         failpoint::hit_after("sqlite.ack_before_commit", Duration::from_millis(300));
         let _ = tx.commit();
-        return;
+        return None;
     }
     failpoint::hit("sqlite.before_commit");
     let results = match tx.commit() {
@@ -152,7 +156,15 @@ pub(super) fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>)
             .collect(),
     };
     failpoint::hit("sqlite.after_commit");
+    let head = results
+        .iter()
+        .filter_map(|result| match result {
+            Ok(Written::Appended(appended)) => Some(appended.position),
+            _ => None,
+        })
+        .max();
     reply(batch, results);
+    head
 }
 
 /// The place of a request that appends nothing (unused).

@@ -5,7 +5,10 @@
 //! savepoint, so one conflict does not fail the others) and commits once: with
 //! concurrent callers several commands share one fsync (group commit). Reads run on
 //! their own threads and connections, so async callers never block on file I/O and
-//! readers never wait for the writer.
+//! readers never wait for the writer. While projections or policies follow the
+//! log, one more thread asks its own connection every 2 ms whether another
+//! connection committed (`PRAGMA data_version`; see `watch`), so that they hear
+//! of other processes' commits at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +26,8 @@ use crate::envelope::{
 use crate::error::StoreError;
 use crate::projection::ParkedEvent;
 use crate::store::durable::{backend, AppendRequest};
+use crate::store::internal::Internal;
+use crate::store::signal::LogSignal;
 use crate::store::{
     check_checkpoint_name, check_names, check_parked, Appended, EventStore, LogCount, LogPage,
 };
@@ -35,6 +40,7 @@ mod pace;
 mod read;
 mod row;
 mod sql;
+mod watch;
 mod worker;
 
 pub use options::{SqliteOptions, SqliteSynchronous};
@@ -85,6 +91,11 @@ struct Inner {
     pace: Arc<Pace>,
     /// Set by [`SqliteStore::close`]: every later call is refused.
     closed: AtomicBool,
+    /// The positions committed, for runners: the writer's commits, and other
+    /// connections' seen by the thread watching the file while runners listen.
+    signal: Arc<LogSignal>,
+    /// The options the store was opened with (for the watching thread's connection).
+    options: SqliteOptions,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -110,12 +121,22 @@ impl SqliteStore {
         let (writer, requests) = mpsc::channel();
         let pace = Arc::new(Pace::new(options.poll_for_reply));
         let writer_pace = Arc::clone(&pace);
+        let signal = Arc::new(LogSignal::default());
+        let writer_signal = Arc::clone(&signal);
         let (writer_path, writer_options) = (path.clone(), options.clone());
+        let max_batch = options.max_batch;
         spawn_connected(
             "eda-sqlite-writer".into(),
             move || open_writer(&writer_path, &writer_options),
             move |(connection, file)| {
-                write_loop(connection, file, requests, options.max_batch, &writer_pace)
+                write_loop(
+                    connection,
+                    file,
+                    requests,
+                    max_batch,
+                    &writer_pace,
+                    &writer_signal,
+                )
             },
         )
         .await?;
@@ -138,6 +159,8 @@ impl SqliteStore {
                 reader_threads: options.readers,
                 pace,
                 closed: AtomicBool::new(false),
+                signal,
+                options,
             }),
         })
     }
@@ -157,6 +180,8 @@ impl SqliteStore {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        // Every connection closes before the writer's, which then removes the WAL.
+        self.inner.signal.close().await;
         let mut stopped = Vec::new();
         for _ in 0..self.inner.reader_threads {
             let (done, stop) = oneshot::channel();
@@ -261,6 +286,13 @@ impl EventStore for SqliteStore {
 
     async fn close(&self) -> Result<(), StoreError> {
         SqliteStore::close(self).await
+    }
+
+    fn watch_log(&self, _: Internal) -> Option<tokio::sync::watch::Receiver<u64>> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        watch::subscribe(&self.inner.signal, &self.inner.path, &self.inner.options)
     }
 
     async fn save_snapshot(

@@ -200,6 +200,9 @@ pub(super) const READ_ALL: &str = concat!(
 /// commit order (one writer), so every event at or below it is committed.
 pub(super) const HEAD: &str = "SELECT coalesce(max(position), 0) FROM eda_events";
 
+/// A number that changes on a connection when another connection committed.
+pub(super) const DATA_VERSION: &str = "PRAGMA data_version";
+
 /// At most `?2` events of the global log after a position and at most `?4` (the
 /// head read before), whose name is in the JSON array `?3`, in order.
 pub(super) const READ_ALL_OF: &str = concat!(

@@ -18,6 +18,7 @@ use super::pace::Pace;
 use super::{closed, sql, SqliteOptions, SqliteSynchronous};
 use crate::error::StoreError;
 use crate::store::durable::backend;
+use crate::store::signal::LogSignal;
 
 /// What the writer thread is sent.
 pub(super) enum WriterJob {
@@ -122,6 +123,7 @@ pub(super) fn write_loop(
     requests: mpsc::Receiver<WriterJob>,
     max_batch: usize,
     pace: &Pace,
+    signal: &LogSignal,
 ) {
     let mut close = None;
     while let Some(first) = next_request(&requests) {
@@ -144,7 +146,9 @@ pub(super) fn write_loop(
         if !batch.is_empty() {
             let started = std::time::Instant::now();
             if file.still_there() {
-                write_batch(&mut connection, batch);
+                if let Some(head) = write_batch(&mut connection, batch) {
+                    signal.committed(head);
+                }
             } else {
                 let results = batch.iter().map(|_| Err(file.error())).collect();
                 reply(batch, results);
