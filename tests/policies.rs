@@ -66,34 +66,20 @@ async fn a_restart_goes_on_after_the_stored_checkpoint() {
     let app = App::new(store.clone());
     let first = app.policy(WelcomeBonus).start();
     open_account(&app, "a").await;
-    let position = app
-        .execute(OpenAccount {
-            account: "b".into(),
-            owner: "bo".into(),
-        })
-        .await
-        .unwrap()
-        .position;
-    first.wait_for(position, WAIT).await.unwrap();
+    let position = open_account(&app, "b").await;
+    first.wait_for(Some(position), WAIT).await.unwrap();
     first.stop().await;
     assert_eq!(
         store
             .read_checkpoint("welcome-bonus")
             .await
             .unwrap()
-            .map(|c| c >= position.unwrap()),
+            .map(|c| c >= position),
         Some(true)
     );
 
     let second = app.policy(WelcomeBonus).start();
-    let position = app
-        .execute(OpenAccount {
-            account: "c".into(),
-            owner: "cy".into(),
-        })
-        .await
-        .unwrap()
-        .position;
+    let position = Some(open_account(&app, "c").await);
     second.wait_for(position, WAIT).await.unwrap();
     assert_eq!(second.status().applied, 1, "only the new opening");
     assert_eq!(deposits(&store).await.len(), 3);
@@ -258,14 +244,7 @@ async fn a_command_that_fails_every_attempt_parks_its_event_while_others_flow_on
                                    // From now on the store fails every append to a: its bonus cannot be paid.
     store.fail_appends_to(Some("a"));
     let policy = app.policy(WelcomeBonus).start();
-    let b = app
-        .execute(OpenAccount {
-            account: "b".into(),
-            owner: "bo".into(),
-        })
-        .await
-        .unwrap()
-        .position; // 2 (and b's bonus)
+    let b = Some(open_account(&app, "b").await); // 2 (and b's bonus)
     policy.wait_for(b, WAIT).await.unwrap();
     let parked = policy.parked().await.unwrap();
     assert_eq!(parked.len(), 1, "a's opening, after 5 attempts");
@@ -298,14 +277,7 @@ async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops() {
     let store = MemoryStore::new();
     let app = App::new(store.clone());
     let one = app.policy(WelcomeBonus).start();
-    let opened = app
-        .execute(OpenAccount {
-            account: "a".into(),
-            owner: "ada".into(),
-        })
-        .await
-        .unwrap()
-        .position;
+    let opened = Some(open_account(&app, "a").await);
     one.wait_for(opened, WAIT).await.unwrap();
     let two = app.policy(WelcomeBonus).start();
     eda_test::read_models::until("the second on standby", || {
@@ -314,14 +286,7 @@ async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops() {
     .await;
 
     one.stop().await;
-    let opened = app
-        .execute(OpenAccount {
-            account: "b".into(),
-            owner: "bo".into(),
-        })
-        .await
-        .unwrap()
-        .position;
+    let opened = Some(open_account(&app, "b").await);
     two.wait_for(opened, WAIT).await.unwrap();
     assert_eq!(two.status().applied, 1, "from where the first left off");
     assert_eq!(deposits(&store).await.len(), 2, "one bonus each");

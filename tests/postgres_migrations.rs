@@ -187,19 +187,9 @@ async fn a_version_4_schema_gets_checkpoints() {
         .await
         .unwrap();
     let sql = db.connect().await;
-    sql.batch_execute(
-        "DROP TABLE eda_checkpoints; DROP TABLE eda_parked_events; UPDATE eda_schema SET version = 4",
-    )
-    .await
-    .unwrap();
-    let store = PostgresStore::connect_with(&db.url, PostgresOptions::new().schema(&db.schema))
-        .await
-        .unwrap();
-    let version: i32 = sql
-        .query_one("SELECT version FROM eda_schema", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let downgrade =
+        "DROP TABLE eda_checkpoints; DROP TABLE eda_parked_events; UPDATE eda_schema SET version = 4";
+    let (store, version) = reopened_after(&db, &sql, downgrade).await;
     assert_eq!(version, 6);
     assert_eq!(store.read_stream(s, 0).await.unwrap().len(), 1);
     assert_eq!(store.read_checkpoint("mailer").await.unwrap(), None);
@@ -236,17 +226,8 @@ async fn a_version_5_schema_gets_parked_events() {
         .unwrap();
     db.store.write_checkpoint("mailer", None, 1).await.unwrap();
     let sql = db.connect().await;
-    sql.batch_execute("DROP TABLE eda_parked_events; UPDATE eda_schema SET version = 5")
-        .await
-        .unwrap();
-    let store = PostgresStore::connect_with(&db.url, PostgresOptions::new().schema(&db.schema))
-        .await
-        .unwrap();
-    let version: i32 = sql
-        .query_one("SELECT version FROM eda_schema", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let downgrade = "DROP TABLE eda_parked_events; UPDATE eda_schema SET version = 5";
+    let (store, version) = reopened_after(&db, &sql, downgrade).await;
     assert_eq!(version, 6);
     let log = store.read_all(0, 10).await.unwrap();
     assert_eq!(log.len(), 1);
@@ -292,4 +273,22 @@ async fn a_newer_schema_is_refused() {
         "{err:?}"
     );
     db.drop_schema().await;
+}
+
+/// The store opened again after `downgrade` (statements that take its schema
+/// back to an older version), and the schema version it migrated to.
+async fn reopened_after(
+    db: &TestDb,
+    sql: &tokio_postgres::Client,
+    downgrade: &str,
+) -> (PostgresStore, i32) {
+    sql.batch_execute(downgrade).await.unwrap();
+    let options = PostgresOptions::new().schema(&db.schema);
+    let store = PostgresStore::connect_with(&db.url, options).await.unwrap();
+    let version = sql
+        .query_one("SELECT version FROM eda_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (store, version)
 }

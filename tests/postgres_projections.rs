@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use eda::prelude::*;
 use eda::tokio_postgres::{Client, Transaction};
 use eda::{Metadata, PostgresProjection, ProjectionHandle, RecordedEvent, StreamId};
+use eda_test::bank::open_account;
 use eda_test::bank::{DepositMoney, MoneyDeposited};
 use eda_test::ledger::LedgerRows;
 use eda_test::ledger_pg::{self, LedgerPg, LedgerPgV2};
 use eda_test::postgres::TestDb;
-use eda_test::read_models::{deposit, is_standby, open, until, Harness, WAIT};
+use eda_test::read_models::{deposit, is_standby, until, Harness, WAIT};
 
 /// Fails on the deposit of `amount == 13` until `failures` runs out.
 #[derive(Debug)]
@@ -229,7 +230,7 @@ async fn one_active(
 async fn two_runners(t: &Pg) -> (ProjectionHandle<LedgerPg>, ProjectionHandle<LedgerPg>) {
     let one = t.start_ledger().await;
     let two = t.start_ledger().await;
-    open(&t.app, "a").await;
+    open_account(&t.app, "a").await;
     let position = deposit(&t.app, "a", 1).await;
     one_active(one, two, position).await
 }
@@ -299,7 +300,7 @@ async fn the_checkpoints_compare_and_set_refuses_a_runner_that_lost_its_turn() {
     };
     let t = Pg::new(&db).await;
     let ledger = t.start_ledger().await;
-    let opened = open(&t.app, "a").await;
+    let opened = open_account(&t.app, "a").await;
     ledger.wait_for(Some(opened), WAIT).await.unwrap();
 
     // Behind the runner's back, the checkpoint moves past the next deposit, in
@@ -338,7 +339,7 @@ async fn the_checkpoints_compare_and_set_refuses_a_runner_that_lost_its_turn() {
 /// those the naive reader saw.
 async fn write_concurrently(db: &TestDb, t: &Pg) -> (HashSet<eda::Uuid>, HashSet<eda::Uuid>) {
     for account in ["shared0", "shared1"] {
-        open(&t.app, account).await;
+        open_account(&t.app, account).await;
     }
     let mut writers = Vec::new();
     for writer in 0..8 {
@@ -348,7 +349,7 @@ async fn write_concurrently(db: &TestDb, t: &Pg) -> (HashSet<eda::Uuid>, HashSet
             let mut committed = HashSet::new();
             let own = format!("w{writer}");
             if writer % 2 == 0 {
-                open(&app, &own).await;
+                open_account(&app, &own).await;
             }
             for n in 0..40u64 {
                 let account = if writer % 2 == 0 {

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use eda::prelude::*;
 use eda::rusqlite::{self, Transaction};
 use eda::{ProjectionHandle, RecordedEvent};
+use eda_test::bank::open_account;
 use eda_test::bank::MoneyDeposited;
 use eda_test::ledger::{self, Ledger, LedgerRows, LedgerV2};
-use eda_test::read_models::{deposit, open, Harness, WAIT};
+use eda_test::read_models::{deposit, Harness, WAIT};
 
 /// Fails on the deposit of `amount == 13` until `failures` runs out.
 #[derive(Debug)]
@@ -144,7 +145,7 @@ fn applied_positions(path: &Path) -> Vec<u64> {
 async fn the_checkpoints_compare_and_set_refuses_a_runner_that_lost_its_turn() {
     let h = Sqlite::new().await;
     let ledger = h.start_ledger().await;
-    let opened = open(&h.app, "a").await;
+    let opened = open_account(&h.app, "a").await;
     ledger.wait_for(Some(opened), WAIT).await.unwrap();
 
     // The write lock of the read database, held while a deposit commits: the
@@ -210,7 +211,7 @@ async fn a_read_model_in_the_store_file_parks_apart_from_the_store() {
     let path = dir.path().join("events.db");
     let app = App::new(SqliteStore::open(&path).await.unwrap());
     ledger::create(&path).unwrap();
-    open(&app, "a").await; // 1
+    open_account(&app, "a").await; // 1
     deposit(&app, "a", 13).await; // 2: poison
     let last = deposit(&app, "a", 1).await; // 3: behind 2
     let failures = Arc::new(AtomicU32::new(u32::MAX));

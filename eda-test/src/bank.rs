@@ -180,14 +180,16 @@ impl Account {
     }
 }
 
-/// Opens account `id` for ada through `app`, which must succeed.
-pub async fn open_account(app: &App, id: &str) {
+/// Opens account `id` for ada through `app`, which must succeed: the opening's
+/// position in the log.
+pub async fn open_account(app: &App, id: &str) -> u64 {
     let open = OpenAccount {
         account: id.into(),
         owner: "ada".into(),
     };
-    if let Err(error) = app.execute(open).await {
-        panic!("opening account {id}: {error}");
+    match app.execute(open).await {
+        Ok(opened) => opened.position.expect("an opening stores an event"),
+        Err(error) => panic!("opening account {id}: {error}"),
     }
 }
 

@@ -16,7 +16,7 @@ use eda::prelude::*;
 use eda::read_model::InDatabase;
 use eda::{Metadata, NewEvent, Projection, ProjectionHandle, RunnerState, StreamId};
 
-use crate::bank::{DepositMoney, OpenAccount};
+use crate::bank::{open_account, DepositMoney};
 use crate::ledger::LedgerRows;
 
 /// How long a check waits for a runner.
@@ -127,15 +127,6 @@ macro_rules! read_model_tests {
     )*};
 }
 
-/// Opens `account`: the event's position.
-pub async fn open(app: &App, account: &str) -> u64 {
-    let command = OpenAccount {
-        account: account.into(),
-        owner: "ada".into(),
-    };
-    app.execute(command).await.expect("open").position.unwrap()
-}
-
 /// Deposits `amount` into `account`: the event's position.
 pub async fn deposit(app: &App, account: &str, amount: u64) -> u64 {
     let command = DepositMoney {
@@ -151,7 +142,7 @@ pub async fn deposit(app: &App, account: &str, amount: u64) -> u64 {
 
 /// Events before the start are caught up with, later ones followed live.
 pub async fn it_catches_up_then_follows<H: Harness>(h: H) {
-    open(h.app(), "a").await;
+    open_account(h.app(), "a").await;
     deposit(h.app(), "a", 5).await;
     let ledger = h.start_ledger().await;
     let position = deposit(h.app(), "a", 7).await;
@@ -170,7 +161,7 @@ pub async fn it_catches_up_then_follows<H: Harness>(h: H) {
 /// A stopped read model started again applies only what came after its
 /// checkpoint.
 pub async fn a_restart_goes_on_from_the_stored_checkpoint<H: Harness>(h: H) {
-    open(h.app(), "a").await;
+    open_account(h.app(), "a").await;
     let first = h.start_ledger().await;
     let position = deposit(h.app(), "a", 1).await;
     first.wait_for(Some(position), WAIT).await.unwrap();
@@ -192,7 +183,7 @@ pub async fn a_restart_goes_on_from_the_stored_checkpoint<H: Harness>(h: H) {
 /// Account `a` with deposits of 1, 2, 13, 4 and 5 (their positions), and the
 /// flaky read model started after them, failing `failures` times.
 async fn flaky_run<H: Harness>(h: &H, failures: u32) -> (ProjectionHandle<H::Flaky>, Vec<u64>) {
-    open(h.app(), "a").await;
+    open_account(h.app(), "a").await;
     let mut deposits = Vec::new();
     for amount in [1, 2, 13, 4, 5] {
         deposits.push(deposit(h.app(), "a", amount).await);
@@ -220,8 +211,8 @@ pub async fn a_poison_event_parks_its_aggregates_later_events_while_others_flow_
     h: H,
 ) {
     let app = h.app();
-    open(app, "a").await;
-    open(app, "b").await;
+    open_account(app, "a").await;
+    open_account(app, "b").await;
     let a1 = deposit(app, "a", 1).await;
     let poison = deposit(app, "a", 13).await;
     let b2 = deposit(app, "b", 2).await;
@@ -311,7 +302,7 @@ pub async fn a_skipped_parked_event_is_never_applied<H: Harness>(h: H) {
 
 /// An event its method cannot decode is parked without retries.
 pub async fn an_event_it_cannot_decode_is_parked_at_once<H: Harness>(h: H) {
-    open(h.app(), "a").await;
+    open_account(h.app(), "a").await;
     // A deposit whose amount is text (written by hand, or by a broken producer).
     let stream = StreamId {
         aggregate_type: "Account",
@@ -352,7 +343,7 @@ pub fn is_standby(state: &RunnerState) -> bool {
 pub async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops<H: Harness>(h: H) {
     let one = h.start_ledger().await;
     let two = h.start_ledger().await;
-    open(h.app(), "a").await;
+    open_account(h.app(), "a").await;
     let position = deposit(h.app(), "a", 1).await;
     until("applied by one of the runners", || {
         one.status().checkpoint >= position || two.status().checkpoint >= position
@@ -411,8 +402,8 @@ async fn until_live<P>(handle: &ProjectionHandle<P>) -> eda::RunnerStatus {
 /// Accounts `a` and `b` with deposits, and an undecodable deposit to `z`: the
 /// position of the last event.
 async fn accounts_and_a_bad_event<H: Harness>(h: &H) -> u64 {
-    open(h.app(), "a").await;
-    open(h.app(), "b").await;
+    open_account(h.app(), "a").await;
+    open_account(h.app(), "b").await;
     for (account, amount) in [("a", 1), ("b", 2), ("a", 3)] {
         deposit(h.app(), account, amount).await;
     }
@@ -563,7 +554,7 @@ pub async fn an_older_version_without_reset_is_refused<H: Harness>(h: H) {
 
 /// Older code never overwrites a read model built by a newer version.
 pub async fn a_newer_version_is_refused<H: Harness>(h: H) {
-    let position = open(h.app(), "a").await;
+    let position = open_account(h.app(), "a").await;
     let v2 = h.try_start_ledger_v2().await.unwrap();
     v2.wait_for(Some(position), WAIT).await.unwrap();
     v2.stop().await;

@@ -180,15 +180,8 @@ impl App {
     /// Tells this `App`'s projection runners that events up to `position` are
     /// committed. One atomic load when no runner listens.
     pub(crate) fn committed(&self, position: Option<u64>) {
-        let Some(position) = position else {
-            return;
-        };
-        if self.inner.head.receiver_count() > 0 {
-            self.inner.head.send_if_modified(|head| {
-                let later = position > *head;
-                *head = (*head).max(position);
-                later
-            });
+        if let Some(position) = position {
+            crate::store::signal::advance(&self.inner.head, position);
         }
     }
 

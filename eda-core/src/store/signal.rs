@@ -16,6 +16,19 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+/// Moves the position `head` gives its receivers up to `position` (never back),
+/// waking them if it moved: one atomic load when nobody listens. Both the
+/// commits an `App` makes and those a store signals go through it.
+pub(crate) fn advance(head: &watch::Sender<u64>, position: u64) {
+    if head.receiver_count() > 0 {
+        head.send_if_modified(|head| {
+            let later = position > *head;
+            *head = (*head).max(position);
+            later
+        });
+    }
+}
+
 /// The positions known committed, for runners, and the listener that hears of
 /// other writers' commits.
 pub(crate) struct LogSignal {
@@ -44,13 +57,7 @@ impl LogSignal {
     /// Tells runners that the log holds events up to `position`, committed.
     /// One atomic load when no runner listens.
     pub(crate) fn committed(&self, position: u64) {
-        if self.head.receiver_count() > 0 {
-            self.head.send_if_modified(|head| {
-                let later = position > *head;
-                *head = (*head).max(position);
-                later
-            });
-        }
+        advance(&self.head, position);
     }
 
     /// A receiver of the positions, for a store whose commits all go through
