@@ -443,6 +443,7 @@ async fn watch_steal(scenario: impl Future<Output = ()>) {
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
+    use eda::tokio_postgres::types::ToSql;
     use eda::tokio_postgres::{self, Client, NoTls};
     use eda::{PostgresOptions, PostgresStore};
     use eda_test::ledger_pg::{self, LedgerPg};
@@ -547,8 +548,9 @@ mod postgres {
     }
 
     /// The same pages read, decoded and written as `LedgerPg`'s rows by hand,
-    /// with its statement: a connection of its own, a transaction per page (but
-    /// no checkpoint).
+    /// with its statement: a connection of its own, the statement prepared
+    /// once, a transaction per page with its statements pipelined (but no
+    /// checkpoint).
     async fn raw_postgres(store: &PostgresStore, url: &str, schema: &str, last: u64) -> Duration {
         let start = Instant::now();
         let mut client = connect(url).await;
@@ -556,14 +558,22 @@ mod postgres {
             .batch_execute(&format!("SET search_path = {schema}"))
             .await
             .expect("search path");
+        let add = client.prepare(ledger_pg::ADD).await.expect("prepare");
         let mut after = 0;
         while after < last {
             let page = store.read_all_of(after, PAGE, NAMES).await.expect("read");
             let tx = client.transaction().await.expect("begin");
-            for event in &page.events {
-                ledger_pg::add(&tx, event, amount(event))
-                    .await
-                    .expect("insert");
+            let params: Vec<_> = page
+                .events
+                .iter()
+                .map(|event| ledger_pg::params(event, amount(event)))
+                .collect();
+            let inserts = params.iter().map(|(account, amount, id, position)| {
+                let params: [&(dyn ToSql + Sync); 4] = [account, amount, id, position];
+                tx.execute_raw(&add, params)
+            });
+            for inserted in futures_util::future::join_all(inserts).await {
+                inserted.expect("insert");
             }
             tx.commit().await.expect("commit");
             after = page.read_to;

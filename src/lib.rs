@@ -13,7 +13,10 @@ pub use eda_core::{
     MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
 };
 #[cfg(feature = "postgres")]
-pub use eda_core::{PostgresOptions, PostgresProjection, PostgresProjectionBuilder, PostgresStore};
+pub use eda_core::{
+    BoxedParams, PostgresBatch, PostgresOptions, PostgresParams, PostgresProjection,
+    PostgresProjectionBuilder, PostgresStore,
+};
 #[cfg(feature = "sqlite")]
 pub use eda_core::{
     SqliteOptions, SqliteProjection, SqliteProjectionBuilder, SqliteStore, SqliteSynchronous,

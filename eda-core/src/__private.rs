@@ -29,5 +29,5 @@ pub use crate::policy::{IntoReactions, Policy, Reactions};
 pub use crate::projection::SqliteProjection;
 pub use crate::projection::{read_model, ApplyError, MemoryProjection, Projection};
 #[cfg(feature = "postgres")]
-pub use crate::projection::{PostgresProjection, PostgresTransaction};
+pub use crate::projection::{PostgresBatch, PostgresProjection, PostgresTransaction};
 pub use crate::registry::{decode_boxed, EventRegistration};

@@ -43,7 +43,9 @@ pub use projection::{
     ProjectionHandle, Retried, RunnerState, RunnerStatus, WaitError,
 };
 #[cfg(feature = "postgres")]
-pub use projection::{PostgresProjection, PostgresProjectionBuilder};
+pub use projection::{
+    BoxedParams, PostgresBatch, PostgresParams, PostgresProjection, PostgresProjectionBuilder,
+};
 #[cfg(feature = "sqlite")]
 pub use projection::{SqliteProjection, SqliteProjectionBuilder};
 pub use registry::{registry, DecodeFn, EventRegistration, Registry};

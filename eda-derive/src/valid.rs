@@ -1018,15 +1018,25 @@ fn by_reference(arg: Option<&FnArg>) -> Result<Type, Option<&Type>> {
 }
 
 /// An argument that is a reference to a type whose path ends in `Transaction`, as
-/// a SQLite read model's `#[on]` methods take.
+/// a database read model's `#[on]` methods take, or in `PostgresBatch`, as a
+/// PostgreSQL read model's may take instead.
 fn transaction(arg: &FnArg) -> Option<&TypeReference> {
     let FnArg::Typed(arg) = arg else { return None };
     let Type::Reference(r) = &*arg.ty else {
         return None;
     };
     last_ident(&r.elem)
-        .is_some_and(|ident| ident == "Transaction")
+        .is_some_and(|ident| ident == "Transaction" || ident == BATCH)
         .then_some(r)
+}
+
+/// The name of the PostgreSQL batch (`eda::PostgresBatch`).
+const BATCH: &str = "PostgresBatch";
+
+/// Whether `tx` (a transaction's type) is the PostgreSQL batch, which only an
+/// async method takes.
+fn is_batch(tx: &TypeReference) -> bool {
+    last_ident(&tx.elem).is_some_and(|ident| ident == BATCH)
 }
 
 const MEMORY_ON: &str = "an #[on] method takes `&mut self`, a reference to the event and, if it needs it, the recorded event: `fn name(&mut self, event: &Event, recorded: &RecordedEvent)`";
@@ -1078,6 +1088,15 @@ fn projection_on(cx: &mut Ctxt, sig: &Signature) -> Option<On> {
             "an #[on] method takes the transaction by shared reference, `tx: &Transaction<'_>`: its runner commits it",
         );
         ok = false;
+    }
+    if let (Some(tx), None) = (transaction, asyncness) {
+        if is_batch(tx) {
+            cx.error_spanned_by(
+                tx,
+                "`PostgresBatch` is a PostgreSQL read model's, whose #[on] methods are async: `async fn name(&mut self, event: &Event, recorded: &RecordedEvent, tx: &PostgresBatch<'_>) -> Result<(), tokio_postgres::Error>`",
+            );
+            ok = false;
+        }
     }
     let transaction = transaction.map(|r| (*r.elem).clone());
     let (event, envelope) =

@@ -1,11 +1,10 @@
 //! The ledger in PostgreSQL: the same read model as the SQLite one, with async
-//! `#[on]` methods writing through the runner's transaction, in the schema
-//! the runner was given.
+//! `#[on]` methods queuing their statements in the runner's batch, in the
+//! schema the runner was given.
 
 use eda::prelude::*;
-use eda::tokio_postgres::types::Type;
 use eda::tokio_postgres::{self, Client, Transaction};
-use eda::RecordedEvent;
+use eda::{PostgresBatch, RecordedEvent};
 
 use crate::bank::{AccountOpened, MoneyDeposited, MoneyWithdrawn};
 use crate::ledger::LedgerRows;
@@ -30,9 +29,10 @@ macro_rules! ledger {
                 &mut self,
                 _: &AccountOpened,
                 recorded: &RecordedEvent,
-                tx: &Transaction<'_>,
+                tx: &PostgresBatch<'_>,
             ) -> Result<(), tokio_postgres::Error> {
-                add(tx, recorded, 0).await
+                add(tx, recorded, 0);
+                Ok(())
             }
 
             #[on]
@@ -40,9 +40,10 @@ macro_rules! ledger {
                 &mut self,
                 e: &MoneyDeposited,
                 recorded: &RecordedEvent,
-                tx: &Transaction<'_>,
+                tx: &PostgresBatch<'_>,
             ) -> Result<(), tokio_postgres::Error> {
-                add(tx, recorded, e.amount as i64).await
+                add(tx, recorded, e.amount as i64);
+                Ok(())
             }
 
             #[on]
@@ -50,9 +51,10 @@ macro_rules! ledger {
                 &mut self,
                 e: &MoneyWithdrawn,
                 recorded: &RecordedEvent,
-                tx: &Transaction<'_>,
+                tx: &PostgresBatch<'_>,
             ) -> Result<(), tokio_postgres::Error> {
-                add(tx, recorded, -(e.amount as i64)).await
+                add(tx, recorded, -(e.amount as i64));
+                Ok(())
             }
         }
     };
@@ -73,29 +75,28 @@ ledger!(
     2
 );
 
-/// Adds `amount` to the balance of `recorded`'s account and records the
-/// application: one statement, in one round trip (`execute_typed` prepares
-/// nothing apart). (The read-side bench's raw loop writes the same rows.)
-pub async fn add(
-    tx: &Transaction<'_>,
-    recorded: &RecordedEvent,
-    amount: i64,
-) -> Result<(), tokio_postgres::Error> {
-    tx.execute_typed(
-        "WITH balance AS (
-             INSERT INTO balances (account, balance) VALUES ($1, $2)
-             ON CONFLICT (account) DO UPDATE SET balance = balances.balance + excluded.balance
-         )
-         INSERT INTO applications (event_id, position) VALUES ($3, $4)",
-        &[
-            (&recorded.aggregate_id, Type::TEXT),
-            (&amount, Type::INT8),
-            (&recorded.event_id, Type::UUID),
-            (&(recorded.position as i64), Type::INT8),
-        ],
+/// The statement of [`add`]: `$1` the account, `$2` the amount, `$3` the
+/// event id, `$4` its position. (The read-side bench's raw loop sends the same.)
+pub const ADD: &str = "WITH balance AS (
+         INSERT INTO balances (account, balance) VALUES ($1, $2)
+         ON CONFLICT (account) DO UPDATE SET balance = balances.balance + excluded.balance
+     )
+     INSERT INTO applications (event_id, position) VALUES ($3, $4)";
+
+/// Queues the addition of `amount` to the balance of `recorded`'s account and
+/// the record of the application: one statement.
+pub fn add(tx: &PostgresBatch<'_>, recorded: &RecordedEvent, amount: i64) {
+    tx.queue(ADD, params(recorded, amount));
+}
+
+/// [`ADD`]'s parameters for `recorded` and `amount`.
+pub fn params(recorded: &RecordedEvent, amount: i64) -> (String, i64, eda::Uuid, i64) {
+    (
+        recorded.aggregate_id.clone(),
+        amount,
+        recorded.event_id,
+        recorded.position as i64,
     )
-    .await?;
-    Ok(())
 }
 
 /// Creates `schema` and the ledger's tables in it (if they are missing).

@@ -37,7 +37,9 @@ pub(crate) mod runner;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresProjectionBuilder, PostgresTransaction};
+pub use postgres::{
+    BoxedParams, PostgresBatch, PostgresParams, PostgresProjectionBuilder, PostgresTransaction,
+};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteProjectionBuilder;
 
@@ -174,11 +176,12 @@ pub trait PostgresProjection: Projection<Kind = read_model::Postgres> {
     const RESETS: bool = false;
 
     /// Decodes `event` (one of [`EVENTS`](Projection::EVENTS)) and runs its `#[on]`
-    /// method in `tx`. An event of another name is ignored.
+    /// method in `tx` (the page's transaction, with the statements its methods
+    /// queue). An event of another name is ignored.
     fn apply<'a>(
         &'a mut self,
         event: &'a RecordedEvent,
-        tx: &'a tokio_postgres::Transaction<'_>,
+        tx: &'a PostgresBatch<'_>,
     ) -> impl std::future::Future<Output = Result<(), ApplyError>> + Send + 'a;
 
     /// Runs the `#[reset]` method in `tx`, the transaction that also clears the
@@ -187,7 +190,7 @@ pub trait PostgresProjection: Projection<Kind = read_model::Postgres> {
     /// method ([`RESETS`](Self::RESETS) is false), an error.
     fn reset<'a>(
         &'a mut self,
-        tx: &'a tokio_postgres::Transaction<'_>,
+        tx: &'a PostgresBatch<'_>,
     ) -> impl std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>
            + Send
            + 'a {

@@ -57,12 +57,24 @@ pub(super) trait Database<P> {
 
     async fn commit(tx: Self::Tx<'_>) -> Result<(), StoreError>;
 
-    /// Runs `projection`'s `#[on]` method for `event` in `tx`.
+    /// Runs `projection`'s `#[on]` method for `event`, the page's event at
+    /// `index`, in `tx`. Its failure, or that of a statement an earlier event's
+    /// method queued (see [`flush`](Self::flush)), with the index of the event
+    /// that failed.
     async fn apply(
         tx: &Self::Tx<'_>,
         projection: &mut P,
         event: &RecordedEvent,
-    ) -> Result<(), ApplyError>;
+        index: usize,
+    ) -> Result<(), (usize, ApplyError)>;
+
+    /// Sends the statements that the `#[on]` methods queued in `tx` and waits
+    /// for them: the first that failed, with the index of the event that
+    /// queued it. (PostgreSQL's `PostgresBatch`; SQLite queues nothing.)
+    async fn flush(tx: &Self::Tx<'_>) -> Result<(), (usize, ApplyError)> {
+        let _ = tx;
+        Ok(())
+    }
 
     /// `name`'s stored version and checkpoint, read in `tx` and kept from
     /// other writers until it ends.
@@ -356,6 +368,18 @@ fn describe(event: &RecordedEvent) -> String {
     )
 }
 
+/// The failure of the event at `index` in `events`: one that cannot be decoded
+/// is parked at once, one whose `#[on]` method failed is retried.
+fn failed_event(events: &[RecordedEvent], (index, error): (usize, ApplyError)) -> Applying {
+    let failure = match error {
+        ApplyError::Decode(kind) => {
+            Failure::stop(DecodeError::at(&events[index].as_event_ref(), kind), None)
+        }
+        error @ ApplyError::Handler(_) => Failure::retry_event(error),
+    };
+    Applying::Event((index, failure))
+}
+
 /// Why [`apply_events`] rolled back.
 enum Applying {
     /// The event at this index failed: retry it, or park it if the failure says
@@ -395,20 +419,22 @@ async fn apply_events<P, C: Database<P>>(
         };
         if let Some(error) = error {
             tracing::warn!(projection = name, position = event.position, %error, "event parked");
+            // The statements queued before first: a failed one aborts the
+            // transaction, and is its event's failure, not the park's.
+            C::flush(&tx)
+                .await
+                .map_err(|failed| failed_event(events, failed))?;
             C::park(&tx, name, event, &error).await.map_err(database)?;
             *parked_now.entry(stream).or_default() += 1;
             continue;
         }
-        if let Err(error) = C::apply(&tx, projection, event).await {
-            let failure = match error {
-                ApplyError::Decode(kind) => {
-                    Failure::stop(DecodeError::at(&event.as_event_ref(), kind), None)
-                }
-                error @ ApplyError::Handler(_) => Failure::retry_event(error),
-            };
-            return Err(Applying::Event((done, failure)));
-        }
+        C::apply(&tx, projection, event, done)
+            .await
+            .map_err(|failed| failed_event(events, failed))?;
     }
+    C::flush(&tx)
+        .await
+        .map_err(|failed| failed_event(events, failed))?;
     failpoint::hit("projection.before_commit");
     let tx = if failpoint::broken("projection.checkpoint_apart") {
         // The control of the crash tests: the writes and the checkpoint in
@@ -462,14 +488,18 @@ pub(super) async fn retry_parked<P, C: Database<P>>(
             continue;
         }
         let tx = db.connection.begin().await?;
-        match C::apply(&tx, projection, event).await {
+        let result = match C::apply(&tx, projection, event, 0).await {
+            Ok(()) => C::flush(&tx).await,
+            failed => failed,
+        };
+        match result {
             Ok(()) => {
                 if C::unpark(&tx, name, event.position).await? {
                     C::commit(tx).await?;
                     applied += 1;
                 }
             }
-            Err(error) => {
+            Err((_, error)) => {
                 drop(tx);
                 let error = error.to_string();
                 db.connection

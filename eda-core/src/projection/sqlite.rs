@@ -392,8 +392,9 @@ impl<P: SqliteProjection> Database<P> for Connection {
         tx: &Self::Tx<'_>,
         projection: &mut P,
         event: &RecordedEvent,
-    ) -> Result<(), ApplyError> {
-        projection.apply(event, tx)
+        index: usize,
+    ) -> Result<(), (usize, ApplyError)> {
+        projection.apply(event, tx).map_err(|error| (index, error))
     }
 
     /// The transaction is `IMMEDIATE`: no other writer until it ends.

@@ -159,6 +159,9 @@ fn postgres(private: &TokenStream, self_ty: &syn::Type, checked: &CheckedReadSid
         let tx = {
             let private = super::respan(private.clone(), tx.span());
             quote_spanned!(tx.span()=> {
+                if <#tx as #private::PostgresTransaction<'_>>::FLUSHES {
+                    __eda_tx.transaction().await;
+                }
                 let __eda_tx: &#tx = <#tx as #private::PostgresTransaction<'_>>::of(__eda_tx);
                 __eda_tx
             })
@@ -170,7 +173,7 @@ fn postgres(private: &TokenStream, self_ty: &syn::Type, checked: &CheckedReadSid
 
             fn reset<'__eda>(
                 &'__eda mut self,
-                __eda_tx: &'__eda #private::tokio_postgres::Transaction<'_>,
+                __eda_tx: &'__eda #private::PostgresBatch<'_>,
             ) -> impl ::core::future::Future<Output = #result>
                    + ::core::marker::Send
                    + '__eda {
@@ -187,6 +190,9 @@ fn postgres(private: &TokenStream, self_ty: &syn::Type, checked: &CheckedReadSid
         let tx = on.transaction.as_ref().map(|tx| {
             let private = super::respan(private.clone(), tx.span());
             quote_spanned!(tx.span()=> {
+                if <#tx as #private::PostgresTransaction<'_>>::FLUSHES {
+                    __eda_tx.transaction().await;
+                }
                 let __eda_tx: &#tx = <#tx as #private::PostgresTransaction<'_>>::of(__eda_tx);
                 __eda_tx
             })
@@ -199,7 +205,7 @@ fn postgres(private: &TokenStream, self_ty: &syn::Type, checked: &CheckedReadSid
             fn apply<'__eda>(
                 &'__eda mut self,
                 __eda_event: &'__eda #private::RecordedEvent,
-                __eda_tx: &'__eda #private::tokio_postgres::Transaction<'_>,
+                __eda_tx: &'__eda #private::PostgresBatch<'_>,
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<(), #private::ApplyError>,
             > + ::core::marker::Send + '__eda {

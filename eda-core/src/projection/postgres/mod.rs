@@ -18,6 +18,10 @@
 //! (a current-thread runtime blocked in `read` would otherwise never let the
 //! method finish).
 
+mod batch;
+
+pub use batch::{BoxedParams, PostgresBatch, PostgresParams};
+
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -203,24 +207,42 @@ impl<P: PostgresProjection> PostgresProjectionBuilder<P> {
     }
 }
 
-/// The transaction a PostgreSQL read model's `#[on]` methods take: `#[projection]`
-/// types the method's argument through it, so that another transaction (a
-/// SQLite one, in an async method) is reported with what to take instead.
+/// What a PostgreSQL read model's `#[on]` methods take as their transaction:
+/// `&eda::tokio_postgres::Transaction<'_>`, or `&eda::PostgresBatch<'_>` to
+/// queue statements that the runner sends pipelined. `#[projection]` types the
+/// method's argument through it, so that another transaction (a SQLite one, in
+/// an async method) is reported with what to take instead.
 #[diagnostic::on_unimplemented(
-    message = "an async #[on] method writes to a PostgreSQL read model: it takes `&eda::tokio_postgres::Transaction<'_>`, not `&{Self}`",
+    message = "an async #[on] method writes to a PostgreSQL read model: it takes `&eda::tokio_postgres::Transaction<'_>` or `&eda::PostgresBatch<'_>`, not `&{Self}`",
     label = "not a PostgreSQL transaction",
     note = "the #[on] methods of a SQLite read model are not async"
 )]
 pub trait PostgresTransaction<'t> {
-    /// The runner's transaction as the method's argument.
-    fn of<'a>(tx: &'a Transaction<'t>) -> &'a Self;
+    /// Whether the statements queued before are to be sent, and done, before
+    /// the method runs: for the transaction itself, so that the method reads
+    /// what the events before it wrote.
+    const FLUSHES: bool;
+
+    /// The page's transaction as the method's argument.
+    fn of<'a>(batch: &'a PostgresBatch<'t>) -> &'a Self;
 }
 
 // Not offered as the fix: the message says what to take.
 #[diagnostic::do_not_recommend]
 impl<'t> PostgresTransaction<'t> for Transaction<'t> {
-    fn of<'a>(tx: &'a Transaction<'t>) -> &'a Self {
-        tx
+    const FLUSHES: bool = true;
+
+    fn of<'a>(batch: &'a PostgresBatch<'t>) -> &'a Self {
+        batch.raw()
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl<'t> PostgresTransaction<'t> for PostgresBatch<'t> {
+    const FLUSHES: bool = false;
+
+    fn of<'a>(batch: &'a PostgresBatch<'t>) -> &'a Self {
+        batch
     }
 }
 
@@ -383,7 +405,11 @@ impl<P: PostgresProjection> Worker<P> {
             move_checkpoint: client.prepare(MOVE).await.map_err(backend)?,
             unpark: client.prepare(UNPARK).await.map_err(backend)?,
         };
-        let connection = PgConnection { client, statements };
+        let connection = PgConnection {
+            client,
+            statements,
+            prepared: batch::Prepared::new(),
+        };
         ReadDb::new::<P>(connection, P::NAME, place, checkpoint).await
     }
 
@@ -533,11 +559,13 @@ struct Statements {
 struct PgConnection {
     client: Client,
     statements: Statements,
+    /// What the `#[on]` methods queued, prepared.
+    prepared: batch::Prepared,
 }
 
 /// A page's transaction, with the connection's statements.
 struct PgTx<'c> {
-    tx: Transaction<'c>,
+    batch: PostgresBatch<'c>,
     statements: &'c Statements,
 }
 
@@ -549,25 +577,46 @@ impl<P: PostgresProjection> Database<P> for PgConnection {
     type Tx<'c> = PgTx<'c>;
 
     async fn begin(&mut self) -> Result<PgTx<'_>, StoreError> {
-        let PgConnection { client, statements } = self;
+        let PgConnection {
+            client,
+            statements,
+            prepared,
+        } = self;
         let tx = client.transaction().await.map_err(backend)?;
-        Ok(PgTx { tx, statements })
+        let batch = PostgresBatch::new(tx, prepared);
+        Ok(PgTx { batch, statements })
     }
 
     async fn commit(tx: Self::Tx<'_>) -> Result<(), StoreError> {
-        tx.tx.commit().await.map_err(backend)
+        // What is still queued, first: COMMIT in a transaction that a queued
+        // statement aborted would roll it back without an error.
+        if let Err((_, error)) = tx.batch.finish().await {
+            return Err(StoreError::Backend(Box::new(error)));
+        }
+        tx.batch.into_transaction().commit().await.map_err(backend)
     }
 
     async fn apply(
         tx: &Self::Tx<'_>,
         projection: &mut P,
         event: &RecordedEvent,
-    ) -> Result<(), ApplyError> {
-        projection.apply(event, &tx.tx).await
+        index: usize,
+    ) -> Result<(), (usize, ApplyError)> {
+        tx.batch.set_event(index);
+        match projection.apply(event, &tx.batch).await {
+            Ok(()) => Ok(()),
+            // A statement queued for an earlier event failed first: the
+            // method's own failure may only be the aborted transaction's.
+            Err(error) => Err(tx.batch.take_failure().unwrap_or((index, error))),
+        }
+    }
+
+    async fn flush(tx: &Self::Tx<'_>) -> Result<(), (usize, ApplyError)> {
+        tx.batch.finish().await
     }
 
     async fn stored(tx: &Self::Tx<'_>, name: &str) -> Result<(i64, i64), StoreError> {
-        let row = tx.tx.query_opt(SELECT_FOR_UPDATE, &[&name]).await;
+        let row = tx.batch.raw().query_opt(SELECT_FOR_UPDATE, &[&name]).await;
         let row = row
             .map_err(backend)?
             .ok_or_else(|| StoreError::Backend("the checkpoint row vanished".into()))?;
@@ -578,13 +627,17 @@ impl<P: PostgresProjection> Database<P> for PgConnection {
         tx: &Self::Tx<'_>,
         projection: &mut P,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        projection.reset(&tx.tx).await
+        projection.reset(&tx.batch).await
     }
 
     async fn restart(tx: &Self::Tx<'_>, name: &str, version: u32) -> Result<(), StoreError> {
-        tx.tx.execute(UNPARK_ALL, &[&name]).await.map_err(backend)?;
+        tx.batch
+            .raw()
+            .execute(UNPARK_ALL, &[&name])
+            .await
+            .map_err(backend)?;
         let version = i64::from(version);
-        let restarted = tx.tx.execute(RESTART, &[&name, &version]).await;
+        let restarted = tx.batch.raw().execute(RESTART, &[&name, &version]).await;
         restarted.map(drop).map_err(backend)
     }
 
@@ -603,7 +656,7 @@ impl<P: PostgresProjection> Database<P> for PgConnection {
             &event.name,
             &error,
         ];
-        let parked = tx.tx.execute(&tx.statements.park, &params).await;
+        let parked = tx.batch.raw().execute(&tx.statements.park, &params).await;
         parked.map(drop).map_err(backend)
     }
 
@@ -615,7 +668,8 @@ impl<P: PostgresProjection> Database<P> for PgConnection {
     ) -> Result<bool, StoreError> {
         let statement = &tx.statements.move_checkpoint;
         let moved = tx
-            .tx
+            .batch
+            .raw()
             .execute(statement, &[&name, &to_i64(from), &to_i64(to)])
             .await;
         Ok(moved.map_err(backend)? == 1)
@@ -623,7 +677,11 @@ impl<P: PostgresProjection> Database<P> for PgConnection {
 
     async fn unpark(tx: &Self::Tx<'_>, name: &str, position: u64) -> Result<bool, StoreError> {
         let statement = &tx.statements.unpark;
-        let deleted = tx.tx.execute(statement, &[&name, &to_i64(position)]).await;
+        let deleted = tx
+            .batch
+            .raw()
+            .execute(statement, &[&name, &to_i64(position)])
+            .await;
         Ok(deleted.map_err(backend)? == 1)
     }
 

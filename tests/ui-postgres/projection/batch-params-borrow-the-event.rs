@@ -1,0 +1,27 @@
+use eda::prelude::*;
+use eda::PostgresBatch;
+
+#[event]
+#[derive(Debug)]
+pub struct Opened {
+    pub owner: String,
+}
+
+#[derive(Debug, Default)]
+pub struct OwnerTable;
+
+#[projection]
+impl OwnerTable {
+    #[on]
+    async fn opened(
+        &mut self,
+        e: &Opened,
+        tx: &PostgresBatch<'_>,
+    ) -> Result<(), eda::tokio_postgres::Error> {
+        // The batch keeps the parameters until it sends the statement.
+        tx.queue("INSERT INTO owners (owner) VALUES ($1)", [&e.owner]);
+        Ok(())
+    }
+}
+
+fn main() {}
