@@ -415,6 +415,24 @@ async fn the_checkpoints_compare_and_set_refuses_a_runner_that_lost_its_turn() {
     db.drop_schema().await;
 }
 
+/// The control of the test above: with the checkpoint moved from wherever it
+/// is (no compare), the runner that lost its turn applies the skipped deposit.
+#[test]
+fn control_a_checkpoint_moved_without_its_compare_applies_a_skipped_event() {
+    if !cfg!(feature = "failpoints") {
+        eprintln!("skipped: the control needs the `failpoints` feature");
+        return;
+    }
+    if std::env::var_os("EDA_TEST_POSTGRES_URL").is_none() {
+        eprintln!("skipped: set EDA_TEST_POSTGRES_URL");
+        return;
+    }
+    assert!(eda_test::crash::fails_when_broken(
+        "the_checkpoints_compare_and_set_refuses_a_runner_that_lost_its_turn",
+        "projection.move_without_compare",
+    ));
+}
+
 /// 8 writers, each 40 times: a deposit through the `App`, or an append in a
 /// transaction of its own that does more work and waits before it commits (a
 /// late commit behind later positions) or rolls back. Half the writers share

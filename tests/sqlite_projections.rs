@@ -168,6 +168,20 @@ async fn the_checkpoints_compare_and_set_refuses_a_runner_that_lost_its_turn() {
     ledger.stop().await;
 }
 
+/// The control of the test above: with the checkpoint moved from wherever it
+/// is (no compare), the runner that lost its turn applies the skipped deposit.
+#[test]
+fn control_a_checkpoint_moved_without_its_compare_applies_a_skipped_event() {
+    if !cfg!(feature = "failpoints") {
+        eprintln!("skipped: the control needs the `failpoints` feature");
+        return;
+    }
+    assert!(eda_test::crash::fails_when_broken(
+        "the_checkpoints_compare_and_set_refuses_a_runner_that_lost_its_turn",
+        "projection.move_without_compare",
+    ));
+}
+
 #[tokio::test]
 async fn a_database_built_by_another_version_is_refused() {
     let h = Sqlite::new().await;

@@ -34,3 +34,22 @@ pub fn crash_at(point: &'static str, at_most: u32) -> impl Fn() -> Vec<(&'static
         ]
     }
 }
+
+/// Runs this test binary's test `name` again, in a child process with the
+/// deliberately broken variant `broken` of the guarantee it tests (eda's
+/// `failpoints` feature, `EDA_BROKEN`): the control of that test. Whether the
+/// test failed there, as it must; its output is in the panic message if not.
+pub fn fails_when_broken(name: &str, broken: &str) -> bool {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1"])
+        .env_remove("EDA_FAILPOINT")
+        .env("EDA_BROKEN", broken)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("running 1 test"),
+        "the control did not run `{name}`: {stdout}"
+    );
+    !output.status.success() && stdout.contains("1 failed")
+}
