@@ -9,6 +9,7 @@
 
 mod aggregate;
 mod app;
+pub mod bus;
 mod codec;
 mod command;
 mod envelope;
@@ -27,6 +28,7 @@ pub mod __private;
 
 pub use aggregate::{Aggregate, AggregateEvent, AggregateId, Handle, IntoEvents};
 pub use app::{App, AppBuilder, Committed, Execute, ExecuteFuture};
+pub use bus::{Bus, LocalBus};
 pub use command::{Command, HandledCommand};
 pub use envelope::{
     EventRef, IdempotencyRecord, Metadata, NewEvent, OwnedStreamId, RecordedEvent, ReplayEvent,

@@ -21,6 +21,10 @@ pub struct EventRegistration {
     /// Decodes a payload stored at the given version into this type (boxed), through
     /// its upcast chain.
     pub decode: DecodeFn,
+    /// `#[event(public)]`: the event leaves its service (a relay publishes it).
+    pub public: bool,
+    /// `#[event(public, subject = "...")]`: where it is published.
+    pub subject: Option<&'static str>,
 }
 
 impl EventRegistration {
@@ -36,7 +40,19 @@ impl EventRegistration {
             version,
             type_path,
             decode,
+            public: false,
+            subject: None,
         }
+    }
+
+    /// The same registration, of a public event published at `subject` (or
+    /// at the relay's default subject).
+    #[doc(hidden)]
+    #[must_use]
+    pub const fn public(mut self, subject: Option<&'static str>) -> Self {
+        self.public = true;
+        self.subject = subject;
+        self
     }
 }
 
@@ -48,6 +64,8 @@ pub struct Registry {
     by_key: HashMap<(&'static str, u32), &'static EventRegistration>,
     latest: HashMap<&'static str, &'static EventRegistration>,
     duplicates: Vec<RegistryError>,
+    /// The names whose newest type is `#[event(public)]`, sorted.
+    public: Vec<&'static str>,
 }
 
 /// The registry of every `#[event]` type in the program, built on first use.
@@ -62,6 +80,7 @@ impl Registry {
             by_key: HashMap::new(),
             latest: HashMap::new(),
             duplicates: Vec::new(),
+            public: Vec::new(),
         };
         let mut all: Vec<&'static EventRegistration> = registrations.into_iter().collect();
         // Link order is unspecified; sorting makes the reported duplicate pair stable.
@@ -83,7 +102,16 @@ impl Registry {
                 }
             }
         }
+        let latest = registry.latest.values();
+        registry.public = latest.filter(|r| r.public).map(|r| r.name).collect();
+        registry.public.sort_unstable();
         registry
+    }
+
+    /// The names of the public events (`#[event(public)]` on their newest
+    /// version): what a relay publishes.
+    pub fn public_events(&self) -> &[&'static str] {
+        &self.public
     }
 
     /// Fails if two types claim the same event name and version.

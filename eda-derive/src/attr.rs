@@ -3,7 +3,7 @@
 use proc_macro2::TokenStream;
 use syn::meta::ParseNestedMeta;
 use syn::parse::Parser;
-use syn::{LitInt, LitStr, Path, Token, Type};
+use syn::{Ident, LitInt, LitStr, Path, Token, Type};
 
 use crate::ctxt::Ctxt;
 
@@ -11,6 +11,10 @@ use crate::ctxt::Ctxt;
 #[derive(Default)]
 pub(crate) struct EventArgs {
     pub(crate) name: Option<LitStr>,
+    /// `public`: the event leaves the service (the relay publishes it).
+    pub(crate) public: Option<Ident>,
+    /// `subject = "..."`: where a public event is published.
+    pub(crate) subject: Option<LitStr>,
     pub(crate) version: Option<(u32, LitInt)>,
     pub(crate) upcast_from: Option<Type>,
     pub(crate) krate: Option<Path>,
@@ -93,10 +97,21 @@ pub(crate) fn event_args(cx: &mut Ctxt, args: TokenStream) -> EventArgs {
         cx,
         args,
         "event",
-        "`name`, `version`, `upcast_from` or `crate`",
+        "`name`, `version`, `upcast_from`, `public`, `subject` or `crate`",
         |cx, meta| {
             if meta.path.is_ident("name") {
                 out.name = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("public") {
+                if meta.input.peek(Token![=]) {
+                    cx.error_spanned_by(
+                        &meta.path,
+                        "`public` takes no value: `#[event(public)]`, and `subject = \"...\"` to name where it is published",
+                    );
+                    let _: syn::Expr = meta.value()?.parse()?;
+                }
+                out.public = meta.path.get_ident().cloned();
+            } else if meta.path.is_ident("subject") {
+                out.subject = Some(meta.value()?.parse()?);
             } else if meta.path.is_ident("version") {
                 let value = meta.value()?;
                 let lit: syn::Lit = value.parse()?;

@@ -25,6 +25,7 @@ pub(crate) fn event(cx: &mut Ctxt, event: &Event) -> bool {
         return false;
     }
     event_name_is_not_empty(cx, &event.args);
+    subject_of_a_public_event(cx, &event.args);
     true
 }
 
@@ -163,6 +164,33 @@ fn event_is_not_generic(cx: &mut Ctxt, item: &DeriveInput) {
 fn event_name_is_not_empty(cx: &mut Ctxt, args: &EventArgs) {
     if let Some(lit) = args.name.as_ref().filter(|lit| lit.value().is_empty()) {
         cx.error_spanned_by(lit, "an event `name` cannot be empty");
+    }
+}
+
+/// A subject says where a public event is published: only public events have
+/// one, and it is a valid NATS subject (dot-separated tokens, no wildcards).
+fn subject_of_a_public_event(cx: &mut Ctxt, args: &EventArgs) {
+    let Some(subject) = &args.subject else {
+        return;
+    };
+    if args.public.is_none() {
+        cx.error_spanned_by(
+            subject,
+            "`subject` names where a public event is published: mark the event `public` too, `#[event(public, subject = \"...\")]`",
+        );
+    }
+    let value = subject.value();
+    let token_ok = |token: &str| {
+        !token.is_empty()
+            && !token
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '>'))
+    };
+    if !value.split('.').all(token_ok) {
+        cx.error_spanned_by(
+            subject,
+            "a `subject` is dot-separated tokens, each non-empty, without spaces, `*` or `>`: like `\"customers.registered\"`",
+        );
     }
 }
 

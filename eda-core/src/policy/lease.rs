@@ -10,10 +10,10 @@ use crate::projection::runner::Failure;
 use crate::store::DynEventStore;
 
 /// How long a lease lasts without being renewed, by default.
-pub(super) const DEFAULT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT: Duration = Duration::from_secs(5);
 
 /// A runner's view of its policy's lease.
-pub(super) struct Lease {
+pub(crate) struct Lease {
     /// The checkpoint name it is kept under.
     name: String,
     length: Duration,
@@ -30,7 +30,7 @@ fn epoch_millis(after: Duration) -> u64 {
 }
 
 impl Lease {
-    pub(super) fn new(policy: &str, length: Duration) -> Self {
+    pub(crate) fn new(policy: &str, length: Duration) -> Self {
         Lease {
             name: format!("eda.lease/{policy}"),
             length,
@@ -41,7 +41,7 @@ impl Lease {
 
     /// Takes the lease if no runner holds it (it expired, or was given up), or
     /// keeps it if this runner does; otherwise the runner stands by.
-    pub(super) async fn acquire(&mut self, store: &dyn DynEventStore) -> Result<(), Failure> {
+    pub(crate) async fn acquire(&mut self, store: &dyn DynEventStore) -> Result<(), Failure> {
         let found = store.read_checkpoint(&self.name).await;
         let found = found.map_err(|error| Failure::retry(error, None))?;
         let free = found.is_none_or(|expiry| expiry < epoch_millis(Duration::ZERO));
@@ -55,7 +55,7 @@ impl Lease {
 
     /// Renews the lease if a fifth of it has passed; a runner that lost it
     /// (another took it after it expired) stands by.
-    pub(super) async fn renew(&mut self, store: &dyn DynEventStore) -> Result<(), Failure> {
+    pub(crate) async fn renew(&mut self, store: &dyn DynEventStore) -> Result<(), Failure> {
         if self
             .renewed_at
             .is_some_and(|at| at.elapsed() < self.length / 5)
@@ -66,7 +66,7 @@ impl Lease {
     }
 
     /// Gives the lease up: it expires now.
-    pub(super) async fn release(&mut self, store: &dyn DynEventStore) {
+    pub(crate) async fn release(&mut self, store: &dyn DynEventStore) {
         if self.held.is_some() {
             if let Err(failure) = self.move_to(store, 0).await {
                 tracing::warn!(

@@ -18,7 +18,7 @@ use crate::envelope::RecordedEvent;
 use crate::error::{CommandError, DecodeErrorKind};
 use crate::store::BoxFuture;
 
-mod lease;
+pub(crate) mod lease;
 mod runner;
 
 pub use runner::{PolicyBuilder, PolicyHandle};

@@ -19,6 +19,13 @@ pub(crate) fn expand(event: &Event) -> TokenStream {
         .map_or_else(|| ident.unraw().to_string(), syn::LitStr::value);
     let version = args.version.as_ref().map_or(1, |(v, _)| *v);
     let serde_crate = super::serde_crate(&private);
+    let public = args.public.as_ref().map(|_| {
+        let subject = match &args.subject {
+            Some(subject) => quote!(::core::option::Option::Some(#subject)),
+            None => quote!(::core::option::Option::None),
+        };
+        quote!(.public(#subject))
+    });
 
     let upcast = args.upcast_from.as_ref().map(|old| {
         let old_text = type_text(old);
@@ -69,6 +76,7 @@ pub(crate) fn expand(event: &Event) -> TokenStream {
                     ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                     #private::decode_boxed::<#ident>,
                 )
+                #public
             }
         };
     }

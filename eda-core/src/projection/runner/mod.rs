@@ -563,7 +563,11 @@ async fn follow(
                 }
                 if !failure.event {
                     // The database or the store failed, not an event: try
-                    // again for as long as it takes, as when reading.
+                    // again for as long as it takes, as when reading; from
+                    // the shortest pause if the page got somewhere first.
+                    if failure.reached.is_some() {
+                        read_failures = 0;
+                    }
                     read_failures += 1;
                     if !control
                         .pause(failure.error, read_failures, &mut runner.rebuilds)

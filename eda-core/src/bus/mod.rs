@@ -1,0 +1,125 @@
+//! Between services: the events a service publishes, and the bus that carries
+//! them.
+//!
+//! An event marked `#[event(public)]` leaves its service; the others never
+//! do. The event store is the outbox: a [relay](crate::App::relay) tails the
+//! global log after a checkpoint of its own and publishes each public event to
+//! a [`Bus`], with the event's id as the message's id, then moves its
+//! checkpoint. A crash between the two publishes the page again after the
+//! restart: the bus drops a message whose id it has seen. Nothing committed is
+//! left unpublished, and each aggregate's events are published in their order.
+//!
+//! [`LocalBus`] is the in-process bus (the embedded default: nothing to run).
+
+use std::fmt;
+use std::future::Future;
+
+use crate::envelope::RecordedEvent;
+
+mod local;
+mod relay;
+
+pub use local::{Delivery, LocalBus, LocalSubscription};
+pub use relay::{RelayBuilder, RelayHandle};
+
+/// A published event: the stored event as its service recorded it (payload,
+/// envelope, metadata with correlation and causation ids), and the subject it
+/// was published at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Where it was published: `#[event(public, subject = "...")]`, or
+    /// `{aggregate type}.{event name}`.
+    pub subject: String,
+    /// The event. Its `event_id` is the message's id, by which the bus drops
+    /// duplicates; its `position` is in the producer's log.
+    pub event: RecordedEvent,
+}
+
+impl Message {
+    /// The message of `event`, at its registered subject.
+    pub fn of(event: RecordedEvent) -> Message {
+        Message {
+            subject: subject_of(&event),
+            event,
+        }
+    }
+}
+
+/// The subject of a public event: its registered one, or `{aggregate
+/// type}.{event name}`.
+pub fn subject_of(event: &RecordedEvent) -> String {
+    let registered = crate::registry::registry().latest(&event.name);
+    match registered.and_then(|registration| registration.subject) {
+        Some(subject) => subject.to_owned(),
+        None => format!("{}.{}", event.aggregate_type, event.name),
+    }
+}
+
+/// Whether `subject` matches `pattern`, NATS-style: tokens separated by `.`,
+/// `*` matching one token, a last `>` matching one or more.
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for token in pattern.split('.') {
+        match (token, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (token, Some(found)) if token == found => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
+/// Why the bus did not take or deliver a message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The bus could not be reached, or did not answer in time: trying again
+    /// later may succeed.
+    #[error("the bus is unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The bus refused the message or the subscription.
+    #[error("the bus refused {what}: {reason}")]
+    Refused {
+        /// What it refused.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Carries messages between services: [`LocalBus`] in one process.
+///
+/// `publish` returns once the bus has stored the message (its
+/// acknowledgement), and drops (successfully) a message whose id it has seen.
+pub trait Bus: fmt::Debug + Send + Sync + 'static {
+    /// Publishes `message`, waiting for the bus to store it.
+    fn publish(&self, message: &Message) -> impl Future<Output = Result<(), BusError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn subjects_match_as_nats_matches_them() {
+        let cases = [
+            ("customers.registered", "customers.registered", true),
+            ("customers.registered", "customers.relocated", false),
+            ("customers.*", "customers.registered", true),
+            ("customers.*", "customers.registered.eu", false),
+            ("customers.>", "customers.registered.eu", true),
+            ("customers.>", "customers", false),
+            (">", "anything.at.all", true),
+            ("*.registered", "customers.registered", true),
+            ("customers", "customers.registered", false),
+        ];
+        for (pattern, subject, matches) in cases {
+            assert_eq!(
+                subject_matches(pattern, subject),
+                matches,
+                "{pattern} / {subject}"
+            );
+        }
+    }
+}
