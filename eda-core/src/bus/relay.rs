@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use super::{Bus, Message};
 use crate::app::App;
-use crate::error::StoreError;
 use crate::failpoint;
 use crate::policy::lease::{self, Lease};
-use crate::projection::runner::{self, Control, Failure, Sink, Started};
+use crate::projection::runner::{self, Control, Failure, Sink, Started, StoredCheckpoint};
 use crate::projection::{RunnerStatus, WaitError};
 use crate::store::LogPage;
 
@@ -74,7 +73,7 @@ impl<B: Bus> RelayBuilder<B> {
         let sink = RelaySink {
             app: self.app.clone(),
             bus: self.bus,
-            stored: None,
+            stored: StoredCheckpoint::new(NAME),
             lease: Lease::new(NAME, self.lease),
         };
         RelayHandle {
@@ -122,30 +121,14 @@ impl RelayHandle {
 struct RelaySink<B> {
     app: App,
     bus: B,
-    /// The checkpoint as stored, for the next compare-and-set.
-    stored: Option<u64>,
+    /// Its checkpoint, in the event store.
+    stored: StoredCheckpoint,
     lease: Lease,
 }
 
 impl<B: Bus> RelaySink<B> {
-    /// Moves the stored checkpoint to `to`; refused if another relay moved it.
     async fn checkpoint(&mut self, to: u64) -> Result<(), Failure> {
-        if self.stored == Some(to) {
-            return Ok(());
-        }
-        match self
-            .app
-            .store()
-            .write_checkpoint(NAME, self.stored, to)
-            .await
-        {
-            Ok(()) => {
-                self.stored = Some(to);
-                Ok(())
-            }
-            Err(error @ StoreError::CheckpointMoved { .. }) => Err(Failure::standby(error)),
-            Err(error) => Err(Failure::retry(error, None)),
-        }
+        self.stored.move_to(self.app.store(), to).await
     }
 }
 
@@ -160,9 +143,7 @@ impl<B: Bus> Sink for RelaySink<B> {
 
     async fn start(&mut self) -> Result<Started, Failure> {
         self.lease.acquire(self.app.store()).await?;
-        let stored = self.app.store().read_checkpoint(NAME).await;
-        self.stored = stored.map_err(|error| Failure::retry(error, None))?;
-        Ok(Started::at(self.stored.unwrap_or(0)))
+        self.stored.read(self.app.store()).await
     }
 
     /// Publishes each event, in order, then moves the checkpoint past the page.

@@ -17,7 +17,7 @@ use crate::app::App;
 use crate::envelope::RecordedEvent;
 use crate::error::{DecodeError, StoreError};
 use crate::failpoint;
-use crate::projection::runner::{self, Control, Failure, Sink, Started};
+use crate::projection::runner::{self, Control, Failure, Sink, Started, StoredCheckpoint};
 use crate::projection::{ParkedEvent, Parking, Retried, RunnerStatus, WaitError};
 use crate::store::{BoxFuture, LogPage};
 
@@ -136,7 +136,7 @@ impl<P: Policy> PolicyBuilder<P> {
         });
         let sink = PolicySink {
             shared: Arc::clone(&shared),
-            stored: None,
+            stored: StoredCheckpoint::new(P::NAME),
             lease: Lease::new(P::NAME, self.lease),
         };
         let control = runner::spawn(self.app, sink);
@@ -313,33 +313,15 @@ impl<P: Policy> Shared<P> {
 /// Executes a policy's commands and keeps its checkpoint in the event store.
 struct PolicySink<P> {
     shared: Arc<Shared<P>>,
-    /// The checkpoint as stored, for the next compare-and-set.
-    stored: Option<u64>,
+    /// Its checkpoint, in the event store.
+    stored: StoredCheckpoint,
     /// One runner of the policy at a time, across processes.
     lease: Lease,
 }
 
 impl<P: Policy> PolicySink<P> {
-    /// Moves the stored checkpoint to `to`; refused if another runner of this
-    /// policy moved it.
     async fn checkpoint(&mut self, to: u64) -> Result<(), Failure> {
-        if self.stored == Some(to) {
-            return Ok(());
-        }
-        let written = self
-            .shared
-            .app
-            .store()
-            .write_checkpoint(P::NAME, self.stored, to);
-        match written.await {
-            Ok(()) => {
-                self.stored = Some(to);
-                Ok(())
-            }
-            // Another runner of this policy had its turn meanwhile.
-            Err(error @ StoreError::CheckpointMoved { .. }) => Err(Failure::standby(error)),
-            Err(error) => Err(Failure::retry(error, None)),
-        }
+        self.stored.move_to(self.shared.app.store(), to).await
     }
 }
 
@@ -358,12 +340,10 @@ impl<P: Policy> Sink for PolicySink<P> {
         self.lease.acquire(self.shared.app.store()).await?;
         let shared = &self.shared;
         let mut parked = shared.parked.lock().await;
-        let stored = shared.app.store().read_checkpoint(P::NAME).await;
-        let stored = stored.map_err(|error| Failure::retry(error, None))?;
+        let started = self.stored.read(shared.app.store()).await?;
         let counted = shared.count_parked(&mut parked).await;
         counted.map_err(|error| Failure::retry(error, None))?;
-        self.stored = stored;
-        Ok(Started::at(stored.unwrap_or(0)))
+        Ok(started)
     }
 
     /// Reacts to each event, then moves the checkpoint past the page. A crash

@@ -17,12 +17,14 @@ use crate::store::LogPage;
 
 mod control;
 mod status;
+mod stored;
 #[cfg(test)]
 mod tests;
 
 pub(crate) use control::{Control, Rebuilds};
 use control::{Counted, Shared};
 pub use status::{Progress, RunnerState, RunnerStatus, WaitError};
+pub(crate) use stored::StoredCheckpoint;
 
 /// How many events a runner reads and applies at a time.
 pub(crate) const BATCH: usize = 512;
