@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{subject_matches, Bus, BusError, Message};
+use super::{subject_matches, Acknowledge, Bus, BusError, Message, Subscription};
 
 /// How long a delivered message may stay unacknowledged before it is
 /// delivered again, by default.
@@ -273,5 +273,24 @@ impl Delivery {
         }
         drop(state);
         self.bus.inner.changed.notify_waiters();
+    }
+}
+
+impl Subscription for LocalSubscription {
+    type Delivery = Delivery;
+
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        Ok(LocalSubscription::next(self).await)
+    }
+}
+
+impl Acknowledge for Delivery {
+    fn message(&self) -> &Message {
+        Delivery::message(self)
+    }
+
+    async fn ack(self) -> Result<(), BusError> {
+        Delivery::ack(self);
+        Ok(())
     }
 }

@@ -16,9 +16,13 @@ use std::future::Future;
 
 use crate::envelope::RecordedEvent;
 
+#[cfg(feature = "sqlite")]
+mod consumer;
 mod local;
 mod relay;
 
+#[cfg(feature = "sqlite")]
+pub use consumer::{consume, ConsumerBuilder, ConsumerHandle, ConsumerStatus};
 pub use local::{Delivery, LocalBus, LocalSubscription};
 pub use relay::{RelayBuilder, RelayHandle};
 
@@ -86,6 +90,26 @@ pub enum BusError {
         /// Why.
         reason: String,
     },
+}
+
+/// A durable consumer's subscription: its messages, one after another, until
+/// each is acknowledged.
+pub trait Subscription: Send + 'static {
+    /// A delivered message.
+    type Delivery: Acknowledge;
+
+    /// The next message; an error if the bus failed (try again later).
+    fn next(&mut self) -> impl Future<Output = Result<Self::Delivery, BusError>> + Send;
+}
+
+/// A delivered message, to acknowledge once it is handled (or it is delivered
+/// again).
+pub trait Acknowledge: Send + 'static {
+    /// The message.
+    fn message(&self) -> &Message;
+
+    /// Acknowledges it: the consumer moves past it.
+    fn ack(self) -> impl Future<Output = Result<(), BusError>> + Send;
 }
 
 /// Carries messages between services: [`LocalBus`] in one process.
