@@ -19,6 +19,7 @@ mod failpoint;
 mod policy;
 mod projection;
 mod registry;
+pub mod resilience;
 mod store;
 pub mod testing;
 
