@@ -2,7 +2,7 @@
 
 pub use eda_core::{
     bus, check_checkpoint_name, check_idempotency_key, check_names, check_stream, new_event_id,
-    read_model, registry, testing, Aggregate, AggregateEvent, AggregateId, App, AppBuilder,
+    read_model, registry, resilience, testing, Aggregate, AggregateEvent, AggregateId, App, AppBuilder,
     Appended, ApplyError, Bus, Command, CommandError, Committed, DecodeError, DecodeErrorKind,
     DecodeFn, EncodeError, Event, EventRef, EventRegistration, EventStore, Execute, ExecuteFuture,
     Handle, HandledCommand, IdempotencyRecord, ImmediateStore, IntoEvents, IntoReactions,

@@ -20,6 +20,7 @@ mod failpoint;
 mod policy;
 mod projection;
 mod registry;
+pub mod resilience;
 mod store;
 pub mod testing;
 
