@@ -2,15 +2,15 @@
 
 pub use eda_core::{
     bus, check_checkpoint_name, check_idempotency_key, check_names, check_stream, new_event_id,
-    read_model, registry, resilience, testing, Aggregate, AggregateEvent, AggregateId, App, AppBuilder,
-    Appended, ApplyError, Bus, Command, CommandError, Committed, DecodeError, DecodeErrorKind,
-    DecodeFn, EncodeError, Event, EventRef, EventRegistration, EventStore, Execute, ExecuteFuture,
-    Handle, HandledCommand, IdempotencyRecord, ImmediateStore, IntoEvents, IntoReactions,
-    LoadError, LocalBus, LogCount, LogPage, MemoryProjection, MemoryStore, Metadata, NewEvent,
-    OwnedStreamId, ParkedEvent, Policy, PolicyBuilder, PolicyHandle, Progress, Projection,
-    ProjectionBuilder, ProjectionHandle, Reactions, RecordedEvent, Registry, RegistryError,
-    ReplayEvent, Retried, RunnerState, RunnerStatus, Snapshot, StoreError, StreamId, Uuid,
-    WaitError, MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
+    read_model, registry, resilience, testing, Aggregate, AggregateEvent, AggregateId, App,
+    AppBuilder, Appended, ApplyError, Bus, Command, CommandError, Committed, DecodeError,
+    DecodeErrorKind, DecodeFn, EncodeError, Event, EventRef, EventRegistration, EventStore,
+    Execute, ExecuteFuture, Handle, HandledCommand, IdempotencyRecord, ImmediateStore, IntoEvents,
+    IntoReactions, LoadError, LocalBus, LogCount, LogPage, MemoryProjection, MemoryStore, Metadata,
+    NewEvent, OwnedStreamId, ParkedEvent, Policy, PolicyBuilder, PolicyHandle, Progress,
+    Projection, ProjectionBuilder, ProjectionHandle, Reactions, RecordedEvent, Registry,
+    RegistryError, ReplayEvent, Retried, RunnerState, RunnerStatus, Snapshot, StoreError, StreamId,
+    Uuid, WaitError, MAX_AGGREGATE_ID_BYTES, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
 };
 #[cfg(feature = "postgres")]
 pub use eda_core::{

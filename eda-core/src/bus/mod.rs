@@ -19,11 +19,15 @@ use crate::envelope::RecordedEvent;
 #[cfg(feature = "sqlite")]
 mod consumer;
 mod local;
+#[cfg(feature = "nats")]
+mod nats;
 mod relay;
 
 #[cfg(feature = "sqlite")]
 pub use consumer::{consume, ConsumerBuilder, ConsumerHandle, ConsumerStatus};
 pub use local::{Delivery, LocalBus, LocalSubscription};
+#[cfg(feature = "nats")]
+pub use nats::{NatsBus, NatsDelivery, NatsSubscription};
 pub use relay::{RelayBuilder, RelayHandle};
 
 /// A published event: the stored event as its service recorded it (payload,

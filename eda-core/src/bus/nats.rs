@@ -1,0 +1,332 @@
+//! [`NatsBus`]: NATS JetStream, the bus of services on several machines.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use async_nats::HeaderMap;
+use futures_util::StreamExt;
+
+use super::{Acknowledge, Bus, BusError, Message, Subscription};
+use crate::envelope::{Metadata, RecordedEvent};
+
+/// How long a publication waits for JetStream's acknowledgement, by default.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The headers of a published event (its payload is the message's body).
+mod header {
+    pub(super) const MSG_ID: &str = "Nats-Msg-Id";
+    pub(super) const NAME: &str = "Eda-Event";
+    pub(super) const SCHEMA: &str = "Eda-Event-Version";
+    pub(super) const AGGREGATE_TYPE: &str = "Eda-Aggregate-Type";
+    pub(super) const AGGREGATE_ID: &str = "Eda-Aggregate-Id";
+    pub(super) const VERSION: &str = "Eda-Aggregate-Version";
+    pub(super) const POSITION: &str = "Eda-Position";
+    pub(super) const RECORDED_AT: &str = "Eda-Recorded-At";
+    pub(super) const METADATA: &str = "Eda-Metadata";
+    pub(super) const SUBJECT: &str = "Eda-Subject";
+}
+
+/// NATS JetStream as the bus: a stream per service, durable pull consumers
+/// with explicit acknowledgements, de-duplication by `Nats-Msg-Id` (the event
+/// id) within the stream's duplicate window (2 minutes by default).
+///
+/// A service's bus publishes to its own stream, named after the service
+/// (`customers` → stream `customers`, subjects `customers.>`): a message at
+/// subject `Customer.CustomerRegistered` goes to
+/// `customers.Customer.CustomerRegistered`. Its envelope travels in headers
+/// (`Nats-Msg-Id`, `Eda-Event`, `Eda-Event-Version`, `Eda-Aggregate-Type`,
+/// `Eda-Aggregate-Id`, `Eda-Aggregate-Version`, `Eda-Position`,
+/// `Eda-Recorded-At`, `Eda-Metadata` with the correlation and causation ids),
+/// and the payload as stored is the body.
+///
+/// A consumer ([`subscribe`](Self::subscribe)) is a durable pull consumer on
+/// the producer's stream with at most one message unacknowledged at a time:
+/// messages are delivered in the stream's order, each aggregate's events in
+/// their order, at the cost of one round trip per message. Several instances
+/// of a consuming service subscribing under one name share that one consumer:
+/// they take turns, and order holds; they do not process in parallel.
+#[derive(Clone)]
+pub struct NatsBus {
+    jetstream: jetstream::Context,
+    service: String,
+    publish_timeout: Duration,
+}
+
+impl fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsBus")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(error: impl std::error::Error + Send + Sync + 'static) -> BusError {
+    BusError::Unavailable(Box::new(error))
+}
+
+/// A service's name as a stream name and a subject token.
+fn check_service(service: &str) -> Result<(), BusError> {
+    let valid = !service.is_empty()
+        && service
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(BusError::Refused {
+            what: "service name",
+            reason: format!(
+                "`{service}` names a JetStream stream and a subject token: letters, digits, `-` and `_`"
+            ),
+        })
+    }
+}
+
+impl NatsBus {
+    /// Connects to the NATS server at `url` as service `service`, creating
+    /// the service's stream (`service`, subjects `service.>`, kept in files)
+    /// if it is missing. The client reconnects by itself after the server
+    /// goes away; what is published meanwhile fails, and the relay tries it
+    /// again.
+    ///
+    /// # Errors
+    /// The server cannot be reached, has no JetStream, or the service name is
+    /// not valid.
+    pub async fn connect(url: &str, service: &str) -> Result<NatsBus, BusError> {
+        check_service(service)?;
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(url);
+        let client = tokio::time::timeout(PUBLISH_TIMEOUT, client)
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)?;
+        let jetstream = jetstream::new(client);
+        let bus = NatsBus {
+            jetstream,
+            service: service.to_owned(),
+            publish_timeout: PUBLISH_TIMEOUT,
+        };
+        bus.stream(service).await?;
+        Ok(bus)
+    }
+
+    /// How long a publication waits for JetStream's acknowledgement (5 s by
+    /// default) before it fails (and the relay tries it again).
+    #[must_use]
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+
+    async fn stream(&self, service: &str) -> Result<stream::Stream, BusError> {
+        let config = stream::Config {
+            name: service.to_owned(),
+            subjects: vec![format!("{service}.>")],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        self.jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Subscribes the durable consumer `name` to the messages of service
+    /// `producer` (its stream) whose subject matches `pattern` (NATS-style,
+    /// without the service's prefix: `"Customer.>"`, `">"` for all).
+    ///
+    /// # Errors
+    /// The server cannot be reached, or refuses the consumer.
+    pub async fn subscribe(
+        &self,
+        name: &str,
+        producer: &str,
+        pattern: &str,
+    ) -> Result<NatsSubscription, BusError> {
+        check_service(producer)?;
+        check_service(name)?;
+        let stream = self.stream(producer).await?;
+        let config = consumer::pull::Config {
+            durable_name: Some(name.to_owned()),
+            filter_subject: format!("{producer}.{pattern}"),
+            ack_policy: consumer::AckPolicy::Explicit,
+            max_ack_pending: 1,
+            ..Default::default()
+        };
+        let consumer = stream
+            .get_or_create_consumer(name, config)
+            .await
+            .map_err(unavailable)?;
+        Ok(NatsSubscription {
+            consumer,
+            messages: None,
+        })
+    }
+}
+
+impl Bus for NatsBus {
+    async fn publish(&self, message: &Message) -> Result<(), BusError> {
+        let event = &message.event;
+        let mut headers = HeaderMap::new();
+        let metadata = serde_json::to_string(&event.metadata).map_err(unavailable)?;
+        for (name, value) in [
+            (header::MSG_ID, event.event_id.to_string()),
+            (header::NAME, event.name.clone()),
+            (header::SCHEMA, event.event_version.to_string()),
+            (header::AGGREGATE_TYPE, event.aggregate_type.clone()),
+            (header::AGGREGATE_ID, event.aggregate_id.clone()),
+            (header::VERSION, event.version.to_string()),
+            (header::POSITION, event.position.to_string()),
+            (header::RECORDED_AT, event.recorded_at.to_rfc3339()),
+            (header::METADATA, metadata),
+            (header::SUBJECT, message.subject.clone()),
+        ] {
+            headers.insert(name, value.as_str());
+        }
+        let subject = format!("{}.{}", self.service, message.subject);
+        let publishing = async {
+            let ack = self
+                .jetstream
+                .publish_with_headers(subject, headers, event.payload.clone().into())
+                .await
+                .map_err(unavailable)?;
+            ack.await.map_err(unavailable)
+        };
+        match tokio::time::timeout(self.publish_timeout, publishing).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error),
+            Err(elapsed) => Err(unavailable(elapsed)),
+        }
+    }
+}
+
+/// A durable consumer on a [`NatsBus`]: [`next`](Subscription::next) gives its
+/// messages in the stream's order.
+pub struct NatsSubscription {
+    consumer: consumer::PullConsumer,
+    messages: Option<consumer::pull::Stream>,
+}
+
+impl fmt::Debug for NatsSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsSubscription").finish_non_exhaustive()
+    }
+}
+
+impl Subscription for NatsSubscription {
+    type Delivery = NatsDelivery;
+
+    /// The next message. A message without eda's headers (not published by a
+    /// relay) is terminated (never delivered again) with a warning, and the
+    /// next one is given.
+    async fn next(&mut self) -> Result<NatsDelivery, BusError> {
+        loop {
+            let messages = match &mut self.messages {
+                Some(messages) => messages,
+                None => {
+                    let messages = self.consumer.messages().await.map_err(unavailable)?;
+                    self.messages.insert(messages)
+                }
+            };
+            let message = match messages.next().await {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    // The stream of pulls is rebuilt on the next call.
+                    self.messages = None;
+                    return Err(unavailable(error));
+                }
+                None => {
+                    self.messages = None;
+                    continue;
+                }
+            };
+            match decode(&message) {
+                Ok(decoded) => {
+                    return Ok(NatsDelivery {
+                        message: decoded,
+                        nats: message,
+                    })
+                }
+                Err(reason) => {
+                    tracing::warn!(subject = %message.subject, reason, "not an eda message: terminated");
+                    if let Err(error) = message.ack_with(AckKind::Term).await {
+                        tracing::warn!(%error, "a message could not be terminated");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The event of a message that a relay published.
+fn decode(message: &jetstream::Message) -> Result<Message, String> {
+    let headers = message.headers.as_ref().ok_or("no headers")?;
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .map(|value| value.as_str().to_owned())
+            .ok_or_else(|| format!("no `{name}` header"))
+    };
+    let parse = |name: &str| -> Result<u64, String> {
+        get(name)?
+            .parse()
+            .map_err(|_| format!("`{name}` is not a number"))
+    };
+    let payload = std::str::from_utf8(&message.payload)
+        .map_err(|_| "the payload is not UTF-8".to_owned())?
+        .to_owned();
+    let metadata: Metadata = serde_json::from_str(&get(header::METADATA)?)
+        .map_err(|error| format!("`{}`: {error}", header::METADATA))?;
+    let event = RecordedEvent {
+        event_id: get(header::MSG_ID)?
+            .parse()
+            .map_err(|_| format!("`{}` is not a UUID", header::MSG_ID))?,
+        aggregate_type: get(header::AGGREGATE_TYPE)?,
+        aggregate_id: get(header::AGGREGATE_ID)?,
+        version: parse(header::VERSION)?,
+        position: parse(header::POSITION)?,
+        name: get(header::NAME)?,
+        event_version: u32::try_from(parse(header::SCHEMA)?)
+            .map_err(|_| format!("`{}` is too large", header::SCHEMA))?,
+        payload,
+        metadata,
+        recorded_at: get(header::RECORDED_AT)?
+            .parse()
+            .map_err(|_| format!("`{}` is not a time", header::RECORDED_AT))?,
+    };
+    Ok(Message {
+        subject: get(header::SUBJECT)?,
+        event,
+    })
+}
+
+/// A message delivered by a [`NatsSubscription`].
+pub struct NatsDelivery {
+    message: Message,
+    nats: jetstream::Message,
+}
+
+impl fmt::Debug for NatsDelivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsDelivery")
+            .field("message", &self.message)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Acknowledge for NatsDelivery {
+    fn message(&self) -> &Message {
+        &self.message
+    }
+
+    async fn ack(self) -> Result<(), BusError> {
+        // A double ack waits for the server's confirmation: once it returns,
+        // the message is not delivered again.
+        self.nats
+            .double_ack()
+            .await
+            .map_err(|error| BusError::Unavailable(error.to_string().into()))
+    }
+}

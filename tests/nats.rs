@@ -1,0 +1,203 @@
+//! Services on NATS JetStream (`NatsBus`, feature `nats`): the relay publishes
+//! a service's public events to its stream, and a consumer in another service
+//! applies each once, with its inbox; across a broker killed and restarted
+//! twice while publishing, every event arrives, once.
+//!
+//! The first test uses the shared server (`EDA_TEST_NATS_URL`); the others
+//! start a `nats-server` of their own on a free port, which they kill and
+//! restart. Without either, they print that they skipped.
+
+#![allow(missing_docs)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use eda::bus::RelayHandle;
+use eda::bus::{self, ConsumerHandle, Message, NatsBus, NatsSubscription};
+use eda::prelude::*;
+use eda::rusqlite::{self, Transaction};
+use eda::{Bus, RecordedEvent};
+use eda_test::nats::NatsServer;
+
+#[event(public)]
+#[derive(Debug, Clone)]
+pub struct CustomerRegistered {
+    pub name: String,
+}
+
+#[command]
+#[derive(Debug, Clone)]
+pub struct Register {
+    #[aggregate_id]
+    pub id: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Customer;
+
+#[aggregate(error = std::convert::Infallible)]
+impl Customer {
+    #[handle]
+    fn register(&self, c: Register) -> Result<CustomerRegistered, std::convert::Infallible> {
+        Ok(CustomerRegistered { name: c.id })
+    }
+
+    #[apply]
+    fn registered(&mut self, _: &CustomerRegistered) {}
+}
+
+/// The consumer's read model: every application, in order.
+#[derive(Debug, Default)]
+pub struct Mailing;
+
+#[projection(name = "mailing")]
+impl Mailing {
+    #[on]
+    fn registered(
+        &mut self,
+        _: &CustomerRegistered,
+        recorded: &RecordedEvent,
+        tx: &Transaction<'_>,
+    ) -> rusqlite::Result<()> {
+        tx.execute(
+            "INSERT INTO applications (event_id) VALUES (?1)",
+            [recorded.event_id.to_string()],
+        )?;
+        Ok(())
+    }
+}
+
+/// A service name no other run uses on the shared server.
+fn service() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "customers{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn applications(path: &Path) -> Vec<String> {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    let mut statement = connection
+        .prepare("SELECT event_id FROM applications ORDER BY seq")
+        .unwrap();
+    let ids = statement.query_map((), |row| row.get(0)).unwrap();
+    ids.map(Result::unwrap).collect()
+}
+
+async fn consumer(path: &Path, subscription: NatsSubscription) -> ConsumerHandle<Mailing> {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE IF NOT EXISTS applications (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL)",
+        )
+        .unwrap();
+    bus::consume("mailing", Mailing, subscription)
+        .database(path)
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Registers `count` customers: the log's event ids, in order.
+async fn register(app: &App, store: &MemoryStore, count: usize) -> (Vec<String>, u64) {
+    let mut last = 0;
+    for i in 0..count {
+        let registered = app
+            .execute(Register {
+                id: format!("c-{i}"),
+            })
+            .await;
+        last = registered.unwrap().position.unwrap();
+    }
+    let log = store.read_all(0, count + 1).await.unwrap();
+    let ids = log.iter().map(|e| e.event_id.to_string()).collect();
+    (ids, last)
+}
+
+#[tokio::test]
+async fn the_relay_publishes_to_jetstream_and_a_consumer_applies_each_event_once() {
+    let Some(url) = eda_test::nats::url() else {
+        return;
+    };
+    let service = service();
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    let bus = NatsBus::connect(&url, &service).await.unwrap();
+    let relay = app.relay(bus.clone()).start();
+    let (ids, last) = register(&app, &store, 200).await;
+    relay
+        .wait_for(Some(last), Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Published again (a relay that crashed before its checkpoint): the
+    // stream drops it by its id.
+    let first = store.read_all(0, 1).await.unwrap().remove(0);
+    bus.publish(&Message::of(first)).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mailing.db");
+    let subscription = bus.subscribe("mailing", &service, ">").await.unwrap();
+    let mailing = consumer(&path, subscription).await;
+    let status = mailing
+        .wait_until(Duration::from_secs(30), |s| s.handled() >= 200)
+        .await
+        .expect("every message handled");
+    assert_eq!((status.applied, status.duplicates), (200, 0));
+    assert_eq!(applications(&path), ids, "each once, in order");
+    mailing.stop().await;
+    relay.stop().await;
+}
+
+/// Waits until `relay` has published past `position`.
+async fn until_published(relay: &RelayHandle, position: u64) {
+    let waited = relay
+        .wait_for(Some(position), Duration::from_secs(60))
+        .await;
+    waited.expect("the relay goes on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_and_restarted_twice_loses_nothing_and_duplicates_nothing() {
+    let Some(mut server) = NatsServer::start() else {
+        return;
+    };
+    const EVENTS: usize = 10_000;
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    let (ids, last) = register(&app, &store, EVENTS).await;
+    let bus = NatsBus::connect(&server.url(), "customers")
+        .await
+        .unwrap()
+        .publish_timeout(Duration::from_secs(1));
+    let relay = app.relay(bus.clone()).start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mailing.db");
+    let subscription = bus.subscribe("mailing", "customers", ">").await.unwrap();
+    let mailing = consumer(&path, subscription).await;
+
+    until_published(&relay, last / 4).await;
+    server.restart();
+    let checkpoint = relay.status().checkpoint;
+    until_published(&relay, checkpoint + last / 4).await;
+    server.restart();
+    until_published(&relay, last).await;
+
+    let status = mailing
+        .wait_until(Duration::from_secs(120), |s| s.applied >= EVENTS as u64)
+        .await
+        .unwrap_or_else(|| panic!("every message handled: {:?}", mailing.status()));
+    let applied = applications(&path);
+    assert_eq!(applied.len(), EVENTS, "{status:?}");
+    assert_eq!(applied, ids, "each once, in order");
+    // Deliveries whose acknowledgement died with the broker came again, and
+    // the inbox dropped them.
+    println!(
+        "delivered again and dropped by the inbox: {}",
+        status.duplicates
+    );
+    mailing.stop().await;
+    relay.stop().await;
+}
