@@ -9,13 +9,19 @@ use futures_util::StreamExt;
 
 use super::{Acknowledge, Bus, BusError, Message, Subscription};
 use crate::envelope::{Metadata, RecordedEvent};
+use crate::failpoint;
 
 /// How long a publication waits for JetStream's acknowledgement, by default.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a message stays unacknowledged before it is delivered again, by
+/// default (JetStream's own default).
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
 /// The headers of a published event (its payload is the message's body).
 mod header {
     pub(super) const MSG_ID: &str = "Nats-Msg-Id";
+    pub(super) const ID: &str = "Eda-Event-Id";
     pub(super) const NAME: &str = "Eda-Event";
     pub(super) const SCHEMA: &str = "Eda-Event-Version";
     pub(super) const AGGREGATE_TYPE: &str = "Eda-Aggregate-Type";
@@ -35,7 +41,7 @@ mod header {
 /// (`customers` → stream `customers`, subjects `customers.>`): a message at
 /// subject `Customer.CustomerRegistered` goes to
 /// `customers.Customer.CustomerRegistered`. Its envelope travels in headers
-/// (`Nats-Msg-Id`, `Eda-Event`, `Eda-Event-Version`, `Eda-Aggregate-Type`,
+/// (`Nats-Msg-Id` and `Eda-Event-Id`, `Eda-Event`, `Eda-Event-Version`, `Eda-Aggregate-Type`,
 /// `Eda-Aggregate-Id`, `Eda-Aggregate-Version`, `Eda-Position`,
 /// `Eda-Recorded-At`, `Eda-Metadata` with the correlation and causation ids),
 /// and the payload as stored is the body.
@@ -51,6 +57,7 @@ pub struct NatsBus {
     jetstream: jetstream::Context,
     service: String,
     publish_timeout: Duration,
+    ack_wait: Duration,
 }
 
 impl fmt::Debug for NatsBus {
@@ -107,6 +114,7 @@ impl NatsBus {
             jetstream,
             service: service.to_owned(),
             publish_timeout: PUBLISH_TIMEOUT,
+            ack_wait: ACK_WAIT,
         };
         bus.stream(service).await?;
         Ok(bus)
@@ -117,6 +125,17 @@ impl NatsBus {
     #[must_use]
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;
+        self
+    }
+
+    /// How long a consumer created by [`subscribe`](Self::subscribe) may
+    /// keep a message unacknowledged before JetStream delivers it again (30 s
+    /// by default): after a consumer dies, its successor waits this long for
+    /// the message it was handling. A message handled for longer than this is
+    /// delivered again meanwhile (the inbox drops it).
+    #[must_use]
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
         self
     }
 
@@ -153,6 +172,7 @@ impl NatsBus {
             filter_subject: format!("{producer}.{pattern}"),
             ack_policy: consumer::AckPolicy::Explicit,
             max_ack_pending: 1,
+            ack_wait: self.ack_wait,
             ..Default::default()
         };
         let consumer = stream
@@ -171,8 +191,13 @@ impl Bus for NatsBus {
         let event = &message.event;
         let mut headers = HeaderMap::new();
         let metadata = serde_json::to_string(&event.metadata).map_err(unavailable)?;
+        if !failpoint::broken("bus.without_msg_id") {
+            // The stream drops a message whose id it has seen (the control
+            // of the relay's crash tests goes without).
+            headers.insert(header::MSG_ID, event.event_id.to_string().as_str());
+        }
         for (name, value) in [
-            (header::MSG_ID, event.event_id.to_string()),
+            (header::ID, event.event_id.to_string()),
             (header::NAME, event.name.clone()),
             (header::SCHEMA, event.event_version.to_string()),
             (header::AGGREGATE_TYPE, event.aggregate_type.clone()),
@@ -280,9 +305,9 @@ fn decode(message: &jetstream::Message) -> Result<Message, String> {
     let metadata: Metadata = serde_json::from_str(&get(header::METADATA)?)
         .map_err(|error| format!("`{}`: {error}", header::METADATA))?;
     let event = RecordedEvent {
-        event_id: get(header::MSG_ID)?
+        event_id: get(header::ID)?
             .parse()
-            .map_err(|_| format!("`{}` is not a UUID", header::MSG_ID))?,
+            .map_err(|_| format!("`{}` is not a UUID", header::ID))?,
         aggregate_type: get(header::AGGREGATE_TYPE)?,
         aggregate_id: get(header::AGGREGATE_ID)?,
         version: parse(header::VERSION)?,

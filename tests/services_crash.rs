@@ -1,0 +1,268 @@
+//! Between services, with processes killed mid-way (feature `nats`, a
+//! `nats-server` of the test's own): a relay killed between publishing a page
+//! and moving its checkpoint, 10 times, leaves every public event in the
+//! stream once (the re-published ones dropped by their `Nats-Msg-Id`); a
+//! consumer killed between applying a message and acknowledging it, 10 times,
+//! leaves every event applied once, in order (the redelivered ones dropped by
+//! its inbox). The controls (`EDA_BROKEN`) publish without `Nats-Msg-Id`,
+//! and must leave events in the stream twice, and consume without the inbox,
+//! and must apply some events twice.
+//!
+//! The children are this test binary itself, started with `--ignored --exact
+//! child`; `EDA_CHILD` says which role.
+
+#![cfg(unix)]
+#![allow(missing_docs)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use eda::bus::{self, Acknowledge, NatsBus, Subscription};
+use eda::prelude::*;
+use eda::rusqlite::{self, Transaction};
+use eda::{Metadata, RecordedEvent};
+use eda_test::nats::NatsServer;
+
+/// Two pages and a half of the relay's reads.
+const EVENTS: u64 = 1_200;
+
+#[event(public)]
+#[derive(Debug)]
+pub struct CustomerRegistered {
+    pub name: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Mailing;
+
+#[projection(name = "mailing")]
+impl Mailing {
+    #[on]
+    fn registered(
+        &mut self,
+        _: &CustomerRegistered,
+        recorded: &RecordedEvent,
+        tx: &Transaction<'_>,
+    ) -> rusqlite::Result<()> {
+        tx.execute(
+            "INSERT INTO applications (event_id) VALUES (?1)",
+            [recorded.event_id.to_string()],
+        )?;
+        Ok(())
+    }
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the parent"))
+}
+
+/// The child: a relay until every event is published, or a consumer until
+/// every event is applied.
+#[tokio::test]
+#[ignore = "started by the crash tests"]
+async fn child() {
+    let Ok(role) = std::env::var("EDA_CHILD") else {
+        return;
+    };
+    // A killed consumer's message comes again after a second.
+    let bus = NatsBus::connect(&env("EDA_CHILD_NATS"), "customers")
+        .await
+        .expect("connect")
+        .ack_wait(Duration::from_secs(1));
+    let wait = Duration::from_secs(120);
+    match role.as_str() {
+        "relay" => {
+            let store = SqliteStore::open(env("EDA_CHILD_EVENTS")).await.unwrap();
+            let app = App::new(store);
+            // A killed child's lease expires soon: the next one takes over.
+            let relay = app.relay(bus).lease(Duration::from_millis(300)).start();
+            relay.wait_for(Some(EVENTS), wait).await.expect("published");
+        }
+        "consumer" => {
+            let subscription = bus.subscribe("mailing", "customers", ">").await.unwrap();
+            let path = env("EDA_CHILD_READ");
+            applications(Path::new(&path)); // creates the read model's table
+            let mailing = bus::consume("mailing", Mailing, subscription)
+                .database(&path)
+                .start()
+                .await
+                .unwrap();
+            let consumed = mailing
+                .wait_until(wait, |_| distinct(Path::new(&path)) >= EVENTS)
+                .await;
+            consumed.expect("consumed");
+        }
+        other => panic!("no role {other}"),
+    }
+}
+
+fn run_child(role: &str, server: &NatsServer, dir: &Path, env: &[(&str, String)]) -> bool {
+    let mut command = eda_test::crash::child(env.iter().map(|(k, v)| (*k, v.as_str())));
+    command
+        .env("EDA_CHILD", role)
+        .env("EDA_CHILD_NATS", server.url())
+        .env("EDA_CHILD_EVENTS", dir.join("events.db"))
+        .env("EDA_CHILD_READ", dir.join("mailing.db"));
+    command.status().unwrap().success()
+}
+
+fn applications(path: &Path) -> Vec<String> {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    connection
+        .execute_batch(
+            "CREATE TABLE IF NOT EXISTS applications (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL)",
+        )
+        .unwrap();
+    let mut statement = connection
+        .prepare("SELECT event_id FROM applications ORDER BY seq")
+        .unwrap();
+    let ids = statement.query_map((), |row| row.get(0)).unwrap();
+    ids.map(Result::unwrap).collect()
+}
+
+/// How many events were applied, counting each once.
+fn distinct(path: &Path) -> u64 {
+    let connection = rusqlite::Connection::open(path).unwrap();
+    let count: i64 = connection
+        .query_row(
+            "SELECT count(DISTINCT event_id) FROM applications",
+            (),
+            |row| row.get(0),
+        )
+        .unwrap();
+    count as u64
+}
+
+/// The events in `dir`'s store: `EVENTS` registrations, their ids in order.
+async fn fill(dir: &Path) -> Vec<String> {
+    let store = SqliteStore::open(dir.join("events.db")).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..EVENTS {
+        let id = format!("c-{n}");
+        let stream = eda::StreamId {
+            aggregate_type: "Customer",
+            aggregate_id: &id,
+        };
+        let registered = eda_test::new_event("CustomerRegistered", r#"{"name":"ada"}"#);
+        ids.push(registered.event_id.to_string());
+        store
+            .append(stream, 0, vec![registered], &Metadata::default())
+            .await
+            .unwrap();
+    }
+    store.close().await.unwrap();
+    ids
+}
+
+/// A server with `EVENTS` events in `dir`'s store: their ids in order.
+async fn set_up() -> Option<(NatsServer, tempfile::TempDir, Vec<String>)> {
+    let server = NatsServer::start()?;
+    let dir = tempfile::tempdir().unwrap();
+    let ids = fill(dir.path()).await;
+    Some((server, dir, ids))
+}
+
+/// Kills 10 relays between publishing a page and its checkpoint (with
+/// `broken`), then runs one to the end.
+fn crash_relays(server: &NatsServer, dir: &Path, broken: Option<&str>) {
+    for round in 0..10 {
+        // Before the first page's checkpoint five times; then past it, and
+        // before the second page's checkpoint five times.
+        let after = if round == 5 { "2" } else { "1" };
+        let mut env = vec![
+            ("EDA_FAILPOINT", "relay.before_checkpoint".to_owned()),
+            ("EDA_FAILPOINT_AFTER", after.to_owned()),
+        ];
+        env.extend(broken.map(|broken| ("EDA_BROKEN", broken.to_owned())));
+        assert!(
+            !run_child("relay", server, dir, &env),
+            "relay round {round} did not crash"
+        );
+    }
+    let env: Vec<_> = broken
+        .map(|b| ("EDA_BROKEN", b.to_owned()))
+        .into_iter()
+        .collect();
+    assert!(run_child("relay", server, dir, &env), "the relay finishes");
+}
+
+/// Kills 10 consumers between applying a message and acknowledging it (with
+/// `broken`), then runs one to the end: the ids applied, in order.
+fn crash_consumers(server: &NatsServer, dir: &Path, broken: Option<&str>) -> Vec<String> {
+    for round in 0..10 {
+        let after = rand::random::<u32>() % 100 + 1;
+        let mut env = vec![
+            ("EDA_FAILPOINT", "consumer.before_ack".to_owned()),
+            ("EDA_FAILPOINT_AFTER", after.to_string()),
+        ];
+        env.extend(broken.map(|broken| ("EDA_BROKEN", broken.to_owned())));
+        assert!(
+            !run_child("consumer", server, dir, &env),
+            "consumer round {round} did not crash"
+        );
+    }
+    let env: Vec<_> = broken
+        .map(|b| ("EDA_BROKEN", b.to_owned()))
+        .into_iter()
+        .collect();
+    assert!(
+        run_child("consumer", server, dir, &env),
+        "the consumer finishes"
+    );
+    applications(&dir.join("mailing.db"))
+}
+
+/// How many messages the stream holds: a consumer of its own reads them all.
+async fn stream_messages(server: &NatsServer) -> u64 {
+    let bus = NatsBus::connect(&server.url(), "customers").await.unwrap();
+    let mut audit = bus.subscribe("audit", "customers", ">").await.unwrap();
+    let mut count = 0;
+    while let Ok(delivery) = tokio::time::timeout(Duration::from_secs(2), audit.next()).await {
+        delivery.unwrap().ack().await.unwrap();
+        count += 1;
+    }
+    count
+}
+
+#[tokio::test]
+async fn relays_and_consumers_killed_ten_times_each_publish_and_apply_every_event_once() {
+    let Some((server, dir, ids)) = set_up().await else {
+        return;
+    };
+    crash_relays(&server, dir.path(), None);
+    assert_eq!(
+        stream_messages(&server).await,
+        EVENTS,
+        "each event in the stream once"
+    );
+    let applied = crash_consumers(&server, dir.path(), None);
+    assert_eq!(applied, ids, "every event applied once, in order");
+}
+
+#[tokio::test]
+async fn control_relays_without_message_ids_publish_events_twice() {
+    let Some((server, dir, _)) = set_up().await else {
+        return;
+    };
+    crash_relays(&server, dir.path(), Some("bus.without_msg_id"));
+    let messages = stream_messages(&server).await;
+    assert!(
+        messages > EVENTS,
+        "without Nats-Msg-Id, re-published pages stay in the stream: {messages} messages of {EVENTS} events"
+    );
+}
+
+#[tokio::test]
+async fn control_consumers_without_the_inbox_apply_events_twice() {
+    let Some((server, dir, ids)) = set_up().await else {
+        return;
+    };
+    crash_relays(&server, dir.path(), None);
+    let applied = crash_consumers(&server, dir.path(), Some("consumer.without_inbox"));
+    assert!(
+        applied.len() > ids.len(),
+        "without the inbox, redelivered messages are applied again: {} applications of {} events",
+        applied.len(),
+        ids.len()
+    );
+}
