@@ -201,3 +201,53 @@ async fn a_broker_killed_and_restarted_twice_loses_nothing_and_duplicates_nothin
     mailing.stop().await;
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_paused_while_publishing_times_out_then_takes_every_event_once() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    const EVENTS: usize = 3_000;
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    let (ids, last) = register(&app, &store, EVENTS).await;
+    let bus = NatsBus::connect(&server.url(), "customers")
+        .await
+        .unwrap()
+        .publish_timeout(Duration::from_millis(500));
+    let relay = app.relay(bus.clone()).start();
+    until_published(&relay, last / 5).await;
+    server.pause();
+    // Publications time out meanwhile: the relay retries.
+    let stuck = relay.status().checkpoint;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = relay.status();
+    assert!(
+        status.checkpoint < last,
+        "the relay cannot finish while the broker is paused"
+    );
+    assert!(
+        matches!(status.state, eda::RunnerState::Retrying { .. }),
+        "{:?} (checkpoint {stuck} when paused)",
+        status.state
+    );
+    server.resume();
+    until_published(&relay, last).await;
+    relay.stop().await;
+
+    assert_eq!(
+        eda_test::nats::stream_messages(&server.url(), "customers").await,
+        EVENTS as u64,
+        "nothing missing, nothing stored twice"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mailing.db");
+    let subscription = bus.subscribe("mailing", "customers", ">").await.unwrap();
+    let mailing = consumer(&path, subscription).await;
+    mailing
+        .wait_until(Duration::from_secs(60), |s| s.applied >= EVENTS as u64)
+        .await
+        .expect("every message applied");
+    assert_eq!(applications(&path), ids);
+    mailing.stop().await;
+}

@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use eda::bus::{self, Acknowledge, NatsBus, Subscription};
+use eda::bus::{self, NatsBus};
 use eda::prelude::*;
 use eda::rusqlite::{self, Transaction};
 use eda::{Metadata, RecordedEvent};
@@ -212,16 +212,8 @@ fn crash_consumers(server: &NatsServer, dir: &Path, broken: Option<&str>) -> Vec
     applications(&dir.join("mailing.db"))
 }
 
-/// How many messages the stream holds: a consumer of its own reads them all.
 async fn stream_messages(server: &NatsServer) -> u64 {
-    let bus = NatsBus::connect(&server.url(), "customers").await.unwrap();
-    let mut audit = bus.subscribe("audit", "customers", ">").await.unwrap();
-    let mut count = 0;
-    while let Ok(delivery) = tokio::time::timeout(Duration::from_secs(2), audit.next()).await {
-        delivery.unwrap().ack().await.unwrap();
-        count += 1;
-    }
-    count
+    eda_test::nats::stream_messages(&server.url(), "customers").await
 }
 
 #[tokio::test]

@@ -124,3 +124,18 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// How many messages the stream of service `service` on `url` holds: a
+/// consumer of its own (`audit`) reads them all, until none comes for 2 s.
+#[cfg(feature = "nats")]
+pub async fn stream_messages(url: &str, service: &str) -> u64 {
+    use eda::bus::{Acknowledge, NatsBus, Subscription};
+    let bus = NatsBus::connect(url, service).await.unwrap();
+    let mut audit = bus.subscribe("audit", service, ">").await.unwrap();
+    let mut count = 0;
+    while let Ok(delivery) = tokio::time::timeout(Duration::from_secs(2), audit.next()).await {
+        delivery.unwrap().ack().await.unwrap();
+        count += 1;
+    }
+    count
+}
