@@ -84,6 +84,7 @@ where
         projection,
         subscription,
         path: None,
+        keep_trying: false,
     }
 }
 
@@ -94,6 +95,7 @@ pub struct ConsumerBuilder<P, S> {
     projection: P,
     subscription: S,
     path: Option<PathBuf>,
+    keep_trying: bool,
 }
 
 impl<P: fmt::Debug, S> fmt::Debug for ConsumerBuilder<P, S> {
@@ -111,6 +113,16 @@ impl<P: SqliteProjection, S: Subscription> ConsumerBuilder<P, S> {
     /// (created if missing).
     pub fn database(mut self, path: impl AsRef<Path>) -> Self {
         self.path = Some(path.as_ref().to_owned());
+        self
+    }
+
+    /// Tries a message whose `#[on]` method fails again until it succeeds
+    /// (pausing 10 ms doubling to 5 s between tries), holding back the
+    /// messages after it, instead of parking it after 5 tries: for a method
+    /// that depends on another service (a query to the producer) that comes
+    /// back. A message that cannot be decoded is still parked at once.
+    pub fn keep_trying(mut self) -> Self {
+        self.keep_trying = true;
         self
     }
 
@@ -136,6 +148,7 @@ impl<P: SqliteProjection, S: Subscription> ConsumerBuilder<P, S> {
             db: Mutex::new(db),
             projection: Mutex::new(self.projection),
             counts: watch::channel(ConsumerStatus::default()).0,
+            keep_trying: self.keep_trying,
             stop: AtomicBool::new(false),
             stopped: tokio::sync::Notify::new(),
         });
@@ -272,6 +285,7 @@ struct Shared<P> {
     db: Mutex<InboxDb>,
     projection: Mutex<P>,
     counts: watch::Sender<ConsumerStatus>,
+    keep_trying: bool,
     stop: AtomicBool,
     stopped: tokio::sync::Notify,
 }
@@ -376,7 +390,7 @@ async fn handle<P: SqliteProjection>(
     let event = Arc::new(event);
     let (mut failures, mut db_failures) = (0, 0);
     loop {
-        let last_attempt = failures + 1 >= MAX_ATTEMPTS;
+        let last_attempt = !shared.keep_trying && failures + 1 >= MAX_ATTEMPTS;
         let (work, message) = (Arc::clone(shared), Arc::clone(&event));
         let handled = tokio::task::spawn_blocking(move || {
             let (mut db, mut projection) = (lock(&work.db), lock(&work.projection));

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::query::{Answering, Handler, Queries};
 use super::{subject_matches, Acknowledge, Bus, BusError, Message, Subscription};
 
 /// How long a delivered message may stay unacknowledged before it is
@@ -50,6 +51,9 @@ struct Inner {
     state: Mutex<State>,
     /// Woken on every publication and acknowledgement.
     changed: Notify,
+    /// The queries answered, by name: the answerer's number, its handler.
+    answering: Mutex<HashMap<String, (u64, Handler)>>,
+    answerers: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -292,5 +296,52 @@ impl Acknowledge for Delivery {
     async fn ack(self) -> Result<(), BusError> {
         Delivery::ack(self);
         Ok(())
+    }
+}
+
+/// Queries answered in the process: by the handler registered last under the
+/// query's name.
+impl Queries for LocalBus {
+    async fn request(
+        &self,
+        name: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, BusError> {
+        let handler = {
+            let answering = self.inner.answering.lock();
+            let answering = answering.unwrap_or_else(PoisonError::into_inner);
+            answering.get(name).map(|(_, handler)| Arc::clone(handler))
+        };
+        let handler = handler
+            .ok_or_else(|| BusError::Unavailable(format!("nobody answers `{name}`").into()))?;
+        tokio::time::timeout(timeout, handler(request))
+            .await
+            .map_err(|_| {
+                BusError::Unavailable(format!("`{name}` was not answered in {timeout:?}").into())
+            })
+    }
+
+    async fn serve(&self, name: &str, handler: Handler) -> Result<Answering, BusError> {
+        let number = self
+            .inner
+            .answerers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut answering = self
+            .inner
+            .answering
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        answering.insert(name.to_owned(), (number, handler));
+        let (inner, name) = (Arc::clone(&self.inner), name.to_owned());
+        Ok(Answering::new(move || {
+            let mut answering = inner
+                .answering
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if answering.get(&name).is_some_and(|(n, _)| *n == number) {
+                answering.remove(&name);
+            }
+        }))
     }
 }

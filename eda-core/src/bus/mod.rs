@@ -21,6 +21,7 @@ mod consumer;
 mod local;
 #[cfg(feature = "nats")]
 mod nats;
+mod query;
 mod relay;
 
 #[cfg(feature = "sqlite")]
@@ -28,6 +29,9 @@ pub use consumer::{consume, ConsumerBuilder, ConsumerHandle, ConsumerStatus};
 pub use local::{Delivery, LocalBus, LocalSubscription};
 #[cfg(feature = "nats")]
 pub use nats::{NatsBus, NatsDelivery, NatsSubscription};
+pub use query::{
+    answer, ask, ask_within, AnswerFuture, Answering, Handler, Queries, Query, ASK_TIMEOUT,
+};
 pub use relay::{RelayBuilder, RelayHandle};
 
 /// A published event: the stored event as its service recorded it (payload,

@@ -7,6 +7,7 @@ use async_nats::jetstream::{self, consumer, stream, AckKind};
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
 
+use super::query::{Answering, Handler, Queries};
 use super::{Acknowledge, Bus, BusError, Message, Subscription};
 use crate::envelope::{Metadata, RecordedEvent};
 use crate::failpoint;
@@ -54,6 +55,7 @@ mod header {
 /// they take turns, and order holds; they do not process in parallel.
 #[derive(Clone)]
 pub struct NatsBus {
+    client: async_nats::Client,
     jetstream: jetstream::Context,
     service: String,
     publish_timeout: Duration,
@@ -109,8 +111,9 @@ impl NatsBus {
             .await
             .map_err(unavailable)?
             .map_err(unavailable)?;
-        let jetstream = jetstream::new(client);
+        let jetstream = jetstream::new(client.clone());
         let bus = NatsBus {
+            client,
             jetstream,
             service: service.to_owned(),
             publish_timeout: PUBLISH_TIMEOUT,
@@ -353,5 +356,50 @@ impl Acknowledge for NatsDelivery {
             .double_ack()
             .await
             .map_err(|error| BusError::Unavailable(error.to_string().into()))
+    }
+}
+
+/// The subject a query is asked at.
+fn query_subject(name: &str) -> String {
+    format!("eda.query.{name}")
+}
+
+/// Queries over NATS request-reply (core NATS, not JetStream: a question
+/// nobody answers now is not kept). Instances of the answering service share
+/// the questions (a queue group), one answer each.
+impl Queries for NatsBus {
+    async fn request(
+        &self,
+        name: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, BusError> {
+        let asking = self.client.request(query_subject(name), request.into());
+        match tokio::time::timeout(timeout, asking).await {
+            Ok(Ok(answer)) => Ok(answer.payload.to_vec()),
+            Ok(Err(error)) => Err(unavailable(error)),
+            Err(elapsed) => Err(unavailable(elapsed)),
+        }
+    }
+
+    async fn serve(&self, name: &str, handler: Handler) -> Result<Answering, BusError> {
+        let mut questions = self
+            .client
+            .queue_subscribe(query_subject(name), "eda.answer".to_owned())
+            .await
+            .map_err(unavailable)?;
+        let client = self.client.clone();
+        let task = tokio::spawn(async move {
+            while let Some(question) = questions.next().await {
+                let Some(reply) = question.reply else {
+                    continue;
+                };
+                let answer = handler(question.payload.to_vec()).await;
+                if let Err(error) = client.publish(reply, answer.into()).await {
+                    tracing::warn!(%error, "an answer could not be sent");
+                }
+            }
+        });
+        Ok(Answering::new(move || task.abort()))
     }
 }
