@@ -24,12 +24,33 @@ use eda::{Bus, LocalBus, Metadata, RecordedEvent};
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The mailing service's copy of the customers service's event: only what it
-/// keeps.
-#[event(name = "CustomerRegistered")]
+/// keeps. A `copy` is not registered, so the original may be in the same
+/// binary (as when services run in one process).
+#[event(name = "CustomerRegistered", copy)]
 #[derive(Debug)]
 pub struct Registered {
     pub name: String,
     pub email: String,
+}
+
+/// The customers service's own event, in the same binary.
+#[event(public)]
+#[derive(Debug)]
+pub struct CustomerRegistered {
+    pub name: String,
+    pub email: String,
+    pub phone: String,
+}
+
+#[test]
+fn a_copy_and_its_original_live_in_one_binary() {
+    assert!(
+        eda::registry().check().is_ok(),
+        "the copy is not registered"
+    );
+    let original = eda::registry().latest("CustomerRegistered").unwrap();
+    assert!(original.type_path.ends_with("::CustomerRegistered"));
+    assert!(original.public);
 }
 
 /// Fails for a customer named "poison" while `FIXED` is false.

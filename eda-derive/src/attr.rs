@@ -15,6 +15,8 @@ pub(crate) struct EventArgs {
     pub(crate) public: Option<Ident>,
     /// `subject = "..."`: where a public event is published.
     pub(crate) subject: Option<LitStr>,
+    /// `copy`: a reader's copy of another service's event, not registered.
+    pub(crate) copy: Option<Ident>,
     pub(crate) version: Option<(u32, LitInt)>,
     pub(crate) upcast_from: Option<Type>,
     pub(crate) krate: Option<Path>,
@@ -97,7 +99,7 @@ pub(crate) fn event_args(cx: &mut Ctxt, args: TokenStream) -> EventArgs {
         cx,
         args,
         "event",
-        "`name`, `version`, `upcast_from`, `public`, `subject` or `crate`",
+        "`name`, `version`, `upcast_from`, `public`, `subject`, `copy` or `crate`",
         |cx, meta| {
             if meta.path.is_ident("name") {
                 out.name = Some(meta.value()?.parse()?);
@@ -110,6 +112,15 @@ pub(crate) fn event_args(cx: &mut Ctxt, args: TokenStream) -> EventArgs {
                     let _: syn::Expr = meta.value()?.parse()?;
                 }
                 out.public = meta.path.get_ident().cloned();
+            } else if meta.path.is_ident("copy") {
+                if meta.input.peek(Token![=]) {
+                    cx.error_spanned_by(
+                        &meta.path,
+                        "`copy` takes no value: `#[event(name = \"...\", copy)]`",
+                    );
+                    let _: syn::Expr = meta.value()?.parse()?;
+                }
+                out.copy = meta.path.get_ident().cloned();
             } else if meta.path.is_ident("subject") {
                 out.subject = Some(meta.value()?.parse()?);
             } else if meta.path.is_ident("version") {

@@ -26,7 +26,19 @@ pub(crate) fn event(cx: &mut Ctxt, event: &Event) -> bool {
     }
     event_name_is_not_empty(cx, &event.args);
     subject_of_a_public_event(cx, &event.args);
+    a_copy_is_not_published(cx, &event.args);
     true
+}
+
+/// A copy reads another service's event: that service publishes it, not the
+/// reader.
+fn a_copy_is_not_published(cx: &mut Ctxt, args: &EventArgs) {
+    if let (Some(copy), Some(_)) = (&args.copy, &args.public) {
+        cx.error_spanned_by(
+            copy,
+            "a `copy` of another service's event is not `public`: the service that owns the event publishes it",
+        );
+    }
 }
 
 /// Checks a `#[command]`: the field it is routed by, or `None` if it cannot

@@ -47,6 +47,22 @@ pub(crate) fn expand(event: &Event) -> TokenStream {
         (decode, checks)
     });
     let (decode, checks) = upcast.unzip();
+    // A reader's copy of another service's event decodes through its own
+    // `Event::decode`; it is not registered (the original may be, in the
+    // same binary).
+    let registration = args.copy.is_none().then(|| {
+        quote! {
+            #private::inventory::submit! {
+                #private::EventRegistration::new(
+                    #name,
+                    #version,
+                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                    #private::decode_boxed::<#ident>,
+                )
+                #public
+            }
+        }
+    });
 
     quote! {
         #[derive(#private::serde::Serialize, #private::serde::Deserialize)]
@@ -69,15 +85,7 @@ pub(crate) fn expand(event: &Event) -> TokenStream {
 
             #checks
 
-            #private::inventory::submit! {
-                #private::EventRegistration::new(
-                    #name,
-                    #version,
-                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
-                    #private::decode_boxed::<#ident>,
-                )
-                #public
-            }
+            #registration
         };
     }
 }
