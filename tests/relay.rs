@@ -339,3 +339,37 @@ async fn a_message_not_acknowledged_in_the_ack_wait_is_delivered_again() {
         .unwrap();
     assert_eq!(mailing.next().await.message().event.aggregate_id, "c-2");
 }
+
+#[tokio::test]
+async fn a_relay_behind_a_circuit_breaker_stops_calling_a_bus_that_keeps_failing() {
+    use eda::resilience::{BreakerState, CircuitBreaker, Resilience};
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    register(&app, "c-1").await;
+    let down = |bus: &LocalBus| Counting::new(bus.clone(), 1);
+    let bus = LocalBus::new();
+    let breaker = CircuitBreaker::new("bus")
+        .failure_threshold(3)
+        .break_duration(Duration::from_secs(60));
+    let policy = Resilience::new().circuit_breaker(breaker.clone());
+    let failing = down(&bus);
+    let relay = app.relay(failing.clone()).policy(policy).start();
+    // Without a breaker, the relay calls at every retry (the control).
+    let unguarded = down(&bus);
+    let control = App::new(MemoryStore::new());
+    register(&control, "c-2").await;
+    let control_relay = control.relay(unguarded.clone()).start();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(breaker.state(), BreakerState::Open);
+    assert_eq!(
+        failing.asked.load(Ordering::SeqCst),
+        3,
+        "no call while open"
+    );
+    assert!(
+        unguarded.asked.load(Ordering::SeqCst) > 3,
+        "the control keeps calling"
+    );
+    relay.stop().await;
+    control_relay.stop().await;
+}

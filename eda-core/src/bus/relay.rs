@@ -4,12 +4,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Bus, Message};
+use super::{Bus, BusError, Message};
 use crate::app::App;
 use crate::failpoint;
 use crate::policy::lease::{self, Lease};
 use crate::projection::runner::{self, Control, Failure, Sink, Started, StoredCheckpoint};
 use crate::projection::{RunnerStatus, WaitError};
+use crate::resilience::Resilience;
 use crate::store::LogPage;
 
 /// The relay's name, by default: its checkpoint is kept in the event store
@@ -35,6 +36,7 @@ impl App {
             app: self.clone(),
             bus,
             lease: lease::DEFAULT,
+            policy: Resilience::new(),
         }
     }
 }
@@ -45,6 +47,7 @@ pub struct RelayBuilder<B> {
     app: App,
     bus: B,
     lease: Duration,
+    policy: Resilience<BusError>,
 }
 
 impl<B: fmt::Debug> fmt::Debug for RelayBuilder<B> {
@@ -65,6 +68,16 @@ impl<B: Bus> RelayBuilder<B> {
         self
     }
 
+    /// The [resilience](crate::resilience) policies each publication goes
+    /// through: none by default (the bus's own time-out, then the runner's
+    /// pause, 10 ms doubling to 5 s, before it tries again). A circuit breaker
+    /// makes the relay stop calling a bus that keeps failing for its break; a
+    /// retry retries a publication before the runner pauses.
+    pub fn policy(mut self, policy: Resilience<BusError>) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Starts the relay on a task of its own and returns its handle.
     ///
     /// # Panics
@@ -73,6 +86,7 @@ impl<B: Bus> RelayBuilder<B> {
         let sink = RelaySink {
             app: self.app.clone(),
             bus: self.bus,
+            policy: self.policy,
             stored: StoredCheckpoint::new(NAME),
             lease: Lease::new(NAME, self.lease),
         };
@@ -121,6 +135,7 @@ impl RelayHandle {
 struct RelaySink<B> {
     app: App,
     bus: B,
+    policy: Resilience<BusError>,
     /// Its checkpoint, in the event store.
     stored: StoredCheckpoint,
     lease: Lease,
@@ -152,7 +167,8 @@ impl<B: Bus> Sink for RelaySink<B> {
     async fn apply(&mut self, page: LogPage, _last_attempt: bool) -> Result<(), Failure> {
         self.lease.renew(self.app.store()).await?;
         for (done, event) in page.events.iter().enumerate() {
-            let published = self.bus.publish(&Message::of(event.clone())).await;
+            let message = Message::of(event.clone());
+            let published = self.policy.call(|| self.bus.publish(&message)).await;
             if let Err(error) = published {
                 let mut failure = Failure::retry(
                     format!(
