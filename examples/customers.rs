@@ -296,8 +296,8 @@ async fn shipping<B: Queries + Clone, S: Subscription>(
     };
     // A move is held back while customers does not answer, not parked.
     Ok(bus::consume("shipping", shipping, subscription)
-        .database(path)
         .keep_trying()
+        .database(path)
         .start()
         .await?)
 }

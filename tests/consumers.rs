@@ -11,15 +11,15 @@
 
 #![allow(missing_docs)]
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use eda::bus::{self, Acknowledge, BusError, ConsumerHandle, Message, Subscription};
+use eda::bus::{self, ConsumerHandle, Message, Subscription};
 use eda::prelude::*;
 use eda::rusqlite::{self, Transaction};
-use eda::{Bus, LocalBus, Metadata, RecordedEvent};
+use eda::{Bus, LocalBus, RecordedEvent};
+use eda_test::messages::{other, registered, Twice};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -104,61 +104,6 @@ fn applications(path: &Path) -> Vec<String> {
     ids.map(Result::unwrap).collect()
 }
 
-/// A message of the customers service: `name`'s registration, in aggregate
-/// `customer`, as schema `version`.
-fn registered(customer: &str, name: &str, version: u32) -> Message {
-    let payload = format!(r#"{{"name":"{name}","email":"{name}@example.com","phone":"1"}}"#);
-    let event = RecordedEvent {
-        event_id: eda::new_event_id(),
-        aggregate_type: "Customer".into(),
-        aggregate_id: customer.into(),
-        version: 1,
-        position: 1,
-        name: "CustomerRegistered".into(),
-        event_version: version,
-        payload,
-        metadata: Metadata::default(),
-        recorded_at: Default::default(),
-    };
-    Message::of(event)
-}
-
-fn other(customer: &str) -> Message {
-    let mut message = registered(customer, "x", 1);
-    message.event.name = "CustomerRelocated".into();
-    message.event.payload = "{}".into();
-    message
-}
-
-/// A subscription that delivers each of its messages twice, as a bus does
-/// after a consumer crashed before acknowledging.
-struct Twice {
-    messages: VecDeque<Message>,
-}
-
-struct Delivered(Message);
-
-impl Acknowledge for Delivered {
-    fn message(&self) -> &Message {
-        &self.0
-    }
-
-    async fn ack(self) -> Result<(), BusError> {
-        Ok(())
-    }
-}
-
-impl Subscription for Twice {
-    type Delivery = Delivered;
-
-    async fn next(&mut self) -> Result<Delivered, BusError> {
-        match self.messages.pop_front() {
-            Some(message) => Ok(Delivered(message)),
-            None => std::future::pending().await,
-        }
-    }
-}
-
 fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mailing.db");
@@ -180,13 +125,7 @@ async fn a_message_delivered_twice_is_applied_once() {
     let messages: Vec<Message> = (0..50)
         .map(|i| registered(&format!("c-{i}"), &format!("n{i}"), 1))
         .collect();
-    let twice = Twice {
-        messages: messages
-            .iter()
-            .flat_map(|m| [m.clone(), m.clone()])
-            .collect(),
-    };
-    let consumer = start(&path, twice).await;
+    let consumer = start(&path, Twice::new(&messages)).await;
     let status = consumer
         .wait_until(WAIT, |status| status.handled() == 100)
         .await

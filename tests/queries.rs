@@ -210,8 +210,8 @@ where
         )
         .unwrap();
     let shipping = bus::consume("shipping", Shipping { ask }, subscription)
-        .database(&path)
         .keep_trying()
+        .database(&path)
         .start()
         .await
         .unwrap();

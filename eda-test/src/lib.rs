@@ -12,6 +12,7 @@ pub mod conformance;
 pub mod crash;
 mod events;
 pub mod ledger;
+pub mod messages;
 pub mod nats;
 pub mod read_models;
 mod routed;

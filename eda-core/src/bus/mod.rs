@@ -16,7 +16,6 @@ use std::future::Future;
 
 use crate::envelope::RecordedEvent;
 
-#[cfg(feature = "sqlite")]
 mod consumer;
 mod local;
 #[cfg(feature = "nats")]
@@ -24,7 +23,10 @@ mod nats;
 mod query;
 mod relay;
 
+#[cfg(feature = "postgres")]
+pub use consumer::PostgresConsumerBuilder;
 #[cfg(feature = "sqlite")]
+pub use consumer::SqliteConsumerBuilder;
 pub use consumer::{consume, ConsumerBuilder, ConsumerHandle, ConsumerStatus};
 pub use local::{Delivery, LocalBus, LocalSubscription};
 #[cfg(feature = "nats")]

@@ -31,7 +31,7 @@ mod memory;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod page;
 #[cfg(feature = "postgres")]
-mod postgres;
+pub(crate) mod postgres;
 pub mod read_model;
 pub(crate) mod runner;
 #[cfg(feature = "sqlite")]

@@ -26,7 +26,7 @@ pub type BoxedParams = Vec<Box<dyn ToSql + Send + Sync>>;
 const MAX_PREPARED: usize = 256;
 
 /// The prepared statements of a connection, by their SQL.
-pub(super) type Prepared = HashMap<Cow<'static, str>, Statement>;
+pub(crate) type Prepared = HashMap<Cow<'static, str>, Statement>;
 
 /// The runner's transaction for a page of events, as a PostgreSQL read model's
 /// async `#[on]` methods take it: `tx: &PostgresBatch<'_>` instead of
@@ -104,7 +104,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<'t> PostgresBatch<'t> {
-    pub(super) fn new(tx: Transaction<'t>, prepared: &'t mut Prepared) -> Self {
+    pub(crate) fn new(tx: Transaction<'t>, prepared: &'t mut Prepared) -> Self {
         PostgresBatch {
             tx,
             prepared: Mutex::new(prepared),
@@ -140,11 +140,11 @@ impl<'t> PostgresBatch<'t> {
     }
 
     /// The transaction as it is, queued statements not sent.
-    pub(super) fn raw(&self) -> &Transaction<'t> {
+    pub(crate) fn raw(&self) -> &Transaction<'t> {
         &self.tx
     }
 
-    pub(super) fn into_transaction(self) -> Transaction<'t> {
+    pub(crate) fn into_transaction(self) -> Transaction<'t> {
         self.tx
     }
 
@@ -155,7 +155,7 @@ impl<'t> PostgresBatch<'t> {
 
     /// Sends the queued statements and waits for them: the first that failed,
     /// with the index of its event (or the failure an earlier flush found).
-    pub(super) async fn finish(&self) -> Result<(), (usize, ApplyError)> {
+    pub(crate) async fn finish(&self) -> Result<(), (usize, ApplyError)> {
         self.flush().await;
         match lock(&self.failed).take() {
             Some((index, error)) => Err((index, ApplyError::Handler(Box::new(error)))),

@@ -18,7 +18,7 @@
 //! (a current-thread runtime blocked in `read` would otherwise never let the
 //! method finish).
 
-mod batch;
+pub(crate) mod batch;
 
 pub use batch::{BoxedParams, PostgresBatch, PostgresParams};
 
