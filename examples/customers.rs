@@ -422,6 +422,11 @@ where
     let mailing = mailing(dir, mailing_sub).await?;
     let shipping = shipping(dir, bus, shipping_sub).await?;
     customers(dir, bus, pause).await?;
+    // Two registrations and two moves.
+    let caught_up = shipping.wait_until(Duration::from_secs(10), |s| s.applied >= 4);
+    if caught_up.await.is_none() {
+        println!("shipping has not caught up yet");
+    }
     let (mailed, shipped) = (mailing.status(), shipping.status());
     println!(
         "mailing applied {} messages (it subscribes to registrations only); shipping applied {}, parked {}",
