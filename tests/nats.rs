@@ -16,84 +16,22 @@ use std::time::Duration;
 use eda::bus::RelayHandle;
 use eda::bus::{self, ConsumerHandle, Message, NatsBus, NatsSubscription};
 use eda::prelude::*;
-use eda::rusqlite::{self, Transaction};
-use eda::{Bus, RecordedEvent};
+use eda::Bus;
 use eda_test::nats::NatsServer;
-
-#[event(public)]
-#[derive(Debug, Clone)]
-pub struct CustomerRegistered {
-    pub name: String,
-}
-
-#[command]
-#[derive(Debug, Clone)]
-pub struct Register {
-    #[aggregate_id]
-    pub id: String,
-}
-
-#[derive(Debug, Default)]
-pub struct Customer;
-
-#[aggregate(error = std::convert::Infallible)]
-impl Customer {
-    #[handle]
-    fn register(&self, c: Register) -> Result<CustomerRegistered, std::convert::Infallible> {
-        Ok(CustomerRegistered { name: c.id })
-    }
-
-    #[apply]
-    fn registered(&mut self, _: &CustomerRegistered) {}
-}
-
-/// The consumer's read model: every application, in order.
-#[derive(Debug, Default)]
-pub struct Mailing;
-
-#[projection(name = "mailing")]
-impl Mailing {
-    #[on]
-    fn registered(
-        &mut self,
-        _: &CustomerRegistered,
-        recorded: &RecordedEvent,
-        tx: &Transaction<'_>,
-    ) -> rusqlite::Result<()> {
-        tx.execute(
-            "INSERT INTO applications (event_id) VALUES (?1)",
-            [recorded.event_id.to_string()],
-        )?;
-        Ok(())
-    }
-}
+use eda_test::services::{applications, create, Join, Mailing};
 
 /// A service name no other run uses on the shared server.
 fn service() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!(
-        "customers{}x{}",
+        "members{}x{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
 
-fn applications(path: &Path) -> Vec<String> {
-    let connection = rusqlite::Connection::open(path).unwrap();
-    let mut statement = connection
-        .prepare("SELECT event_id FROM applications ORDER BY seq")
-        .unwrap();
-    let ids = statement.query_map((), |row| row.get(0)).unwrap();
-    ids.map(Result::unwrap).collect()
-}
-
 async fn consumer(path: &Path, subscription: NatsSubscription) -> ConsumerHandle<Mailing> {
-    rusqlite::Connection::open(path)
-        .unwrap()
-        .execute_batch(
-            "CREATE TABLE IF NOT EXISTS applications (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL)",
-        )
-        .unwrap();
+    create(path);
     bus::consume("mailing", Mailing, subscription)
         .database(path)
         .start()
@@ -101,16 +39,16 @@ async fn consumer(path: &Path, subscription: NatsSubscription) -> ConsumerHandle
         .unwrap()
 }
 
-/// Registers `count` customers: the log's event ids, in order.
+/// Lets `count` members join: the log's event ids, in order.
 async fn register(app: &App, store: &MemoryStore, count: usize) -> (Vec<String>, u64) {
     let mut last = 0;
     for i in 0..count {
-        let registered = app
-            .execute(Register {
-                id: format!("c-{i}"),
+        let joined = app
+            .execute(Join {
+                id: format!("m-{i}"),
             })
             .await;
-        last = registered.unwrap().position.unwrap();
+        last = joined.unwrap().position.unwrap();
     }
     let log = store.read_all(0, count + 1).await.unwrap();
     let ids = log.iter().map(|e| e.event_id.to_string()).collect();
@@ -168,14 +106,14 @@ async fn a_broker_killed_and_restarted_twice_loses_nothing_and_duplicates_nothin
     let store = MemoryStore::new();
     let app = App::new(store.clone());
     let (ids, last) = register(&app, &store, EVENTS).await;
-    let bus = NatsBus::connect(&server.url(), "customers")
+    let bus = NatsBus::connect(&server.url(), "members")
         .await
         .unwrap()
         .publish_timeout(Duration::from_secs(1));
     let relay = app.relay(bus.clone()).start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mailing.db");
-    let subscription = bus.subscribe("mailing", "customers", ">").await.unwrap();
+    let subscription = bus.subscribe("mailing", "members", ">").await.unwrap();
     let mailing = consumer(&path, subscription).await;
 
     until_published(&relay, last / 4).await;
@@ -211,7 +149,7 @@ async fn a_broker_paused_while_publishing_times_out_then_takes_every_event_once(
     let store = MemoryStore::new();
     let app = App::new(store.clone());
     let (ids, last) = register(&app, &store, EVENTS).await;
-    let bus = NatsBus::connect(&server.url(), "customers")
+    let bus = NatsBus::connect(&server.url(), "members")
         .await
         .unwrap()
         .publish_timeout(Duration::from_millis(500));
@@ -236,13 +174,13 @@ async fn a_broker_paused_while_publishing_times_out_then_takes_every_event_once(
     relay.stop().await;
 
     assert_eq!(
-        eda_test::nats::stream_messages(&server.url(), "customers").await,
+        eda_test::nats::stream_messages(&server.url(), "members").await,
         EVENTS as u64,
         "nothing missing, nothing stored twice"
     );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mailing.db");
-    let subscription = bus.subscribe("mailing", "customers", ">").await.unwrap();
+    let subscription = bus.subscribe("mailing", "members", ">").await.unwrap();
     let mailing = consumer(&path, subscription).await;
     mailing
         .wait_until(Duration::from_secs(60), |s| s.applied >= EVENTS as u64)

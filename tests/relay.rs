@@ -110,8 +110,11 @@ async fn public_events(store: &MemoryStore) -> Vec<RecordedEvent> {
 
 #[test]
 fn the_registry_knows_which_events_are_public() {
+    // (Other public events of linked test helpers may be listed too.)
     let public = eda::registry().public_events();
-    assert_eq!(public, ["CustomerRegistered", "CustomerRelocated"]);
+    assert!(public.contains(&"CustomerRegistered"), "{public:?}");
+    assert!(public.contains(&"CustomerRelocated"), "{public:?}");
+    assert!(!public.contains(&"NoteAdded"), "private: {public:?}");
 }
 
 #[tokio::test]

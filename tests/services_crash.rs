@@ -19,38 +19,12 @@ use std::time::Duration;
 
 use eda::bus::{self, NatsBus};
 use eda::prelude::*;
-use eda::rusqlite::{self, Transaction};
-use eda::{Metadata, RecordedEvent};
+use eda::Metadata;
 use eda_test::nats::NatsServer;
+use eda_test::services::{applications, create, distinct, Mailing};
 
 /// Two pages and a half of the relay's reads.
 const EVENTS: u64 = 1_200;
-
-#[event(public)]
-#[derive(Debug)]
-pub struct CustomerRegistered {
-    pub name: String,
-}
-
-#[derive(Debug, Default)]
-pub struct Mailing;
-
-#[projection(name = "mailing")]
-impl Mailing {
-    #[on]
-    fn registered(
-        &mut self,
-        _: &CustomerRegistered,
-        recorded: &RecordedEvent,
-        tx: &Transaction<'_>,
-    ) -> rusqlite::Result<()> {
-        tx.execute(
-            "INSERT INTO applications (event_id) VALUES (?1)",
-            [recorded.event_id.to_string()],
-        )?;
-        Ok(())
-    }
-}
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the parent"))
@@ -65,7 +39,7 @@ async fn child() {
         return;
     };
     // A killed consumer's message comes again after a second.
-    let bus = NatsBus::connect(&env("EDA_CHILD_NATS"), "customers")
+    let bus = NatsBus::connect(&env("EDA_CHILD_NATS"), "members")
         .await
         .expect("connect")
         .ack_wait(Duration::from_secs(1));
@@ -79,9 +53,9 @@ async fn child() {
             relay.wait_for(Some(EVENTS), wait).await.expect("published");
         }
         "consumer" => {
-            let subscription = bus.subscribe("mailing", "customers", ">").await.unwrap();
+            let subscription = bus.subscribe("mailing", "members", ">").await.unwrap();
             let path = env("EDA_CHILD_READ");
-            applications(Path::new(&path)); // creates the read model's table
+            create(Path::new(&path));
             let mailing = bus::consume("mailing", Mailing, subscription)
                 .database(&path)
                 .start()
@@ -106,44 +80,17 @@ fn run_child(role: &str, server: &NatsServer, dir: &Path, env: &[(&str, String)]
     command.status().unwrap().success()
 }
 
-fn applications(path: &Path) -> Vec<String> {
-    let connection = rusqlite::Connection::open(path).unwrap();
-    connection
-        .execute_batch(
-            "CREATE TABLE IF NOT EXISTS applications (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL)",
-        )
-        .unwrap();
-    let mut statement = connection
-        .prepare("SELECT event_id FROM applications ORDER BY seq")
-        .unwrap();
-    let ids = statement.query_map((), |row| row.get(0)).unwrap();
-    ids.map(Result::unwrap).collect()
-}
-
-/// How many events were applied, counting each once.
-fn distinct(path: &Path) -> u64 {
-    let connection = rusqlite::Connection::open(path).unwrap();
-    let count: i64 = connection
-        .query_row(
-            "SELECT count(DISTINCT event_id) FROM applications",
-            (),
-            |row| row.get(0),
-        )
-        .unwrap();
-    count as u64
-}
-
 /// The events in `dir`'s store: `EVENTS` registrations, their ids in order.
 async fn fill(dir: &Path) -> Vec<String> {
     let store = SqliteStore::open(dir.join("events.db")).await.unwrap();
     let mut ids = Vec::new();
     for n in 0..EVENTS {
-        let id = format!("c-{n}");
+        let id = format!("m-{n}");
         let stream = eda::StreamId {
-            aggregate_type: "Customer",
+            aggregate_type: "Member",
             aggregate_id: &id,
         };
-        let registered = eda_test::new_event("CustomerRegistered", r#"{"name":"ada"}"#);
+        let registered = eda_test::new_event("MemberJoined", r#"{"name":"ada"}"#);
         ids.push(registered.event_id.to_string());
         store
             .append(stream, 0, vec![registered], &Metadata::default())
@@ -213,7 +160,7 @@ fn crash_consumers(server: &NatsServer, dir: &Path, broken: Option<&str>) -> Vec
 }
 
 async fn stream_messages(server: &NatsServer) -> u64 {
-    eda_test::nats::stream_messages(&server.url(), "customers").await
+    eda_test::nats::stream_messages(&server.url(), "members").await
 }
 
 #[tokio::test]

@@ -25,6 +25,8 @@ pub mod appends;
 pub mod ledger_pg;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod services;
 
 pub use events::{meta, new_event, stored_amounts, stream};
 pub use routed::{Route, Routed};
