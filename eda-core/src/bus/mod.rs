@@ -9,7 +9,11 @@
 //! restart: the bus drops a message whose id it has seen. Nothing committed is
 //! left unpublished, and each aggregate's events are published in their order.
 //!
-//! [`LocalBus`] is the in-process bus (the embedded default: nothing to run).
+//! [`LocalBus`] is the in-process bus (the embedded default: nothing to run);
+//! `NatsBus` (feature `nats`) is NATS JetStream. A consumer in another service
+//! ([`consume`]) applies the messages of a [`Subscription`] to a read model of
+//! its own, with an inbox that drops the messages delivered again; it may ask
+//! the producer about its current state ([`ask`], [`answer`]).
 
 use std::fmt;
 use std::future::Future;
@@ -122,7 +126,8 @@ pub trait Acknowledge: Send + 'static {
     fn ack(self) -> impl Future<Output = Result<(), BusError>> + Send;
 }
 
-/// Carries messages between services: [`LocalBus`] in one process.
+/// Carries messages between services: [`LocalBus`] in one process, `NatsBus`
+/// (feature `nats`) over NATS JetStream.
 ///
 /// `publish` returns once the bus has stored the message (its
 /// acknowledgement), and drops (successfully) a message whose id it has seen.
