@@ -303,11 +303,13 @@ async fn shipping<B: Queries + Clone, S: Subscription>(
 }
 
 /// The customers service: registers and relocates, publishes, answers; goes
-/// down (stops answering) for a while in the middle.
+/// down (stops answering) for a while in the middle, and answers for `linger`
+/// at the end.
 async fn customers<B: Bus + Queries + Clone>(
     dir: &std::path::Path,
     bus: &B,
     pause: Duration,
+    linger: Duration,
 ) -> Result<(), Error> {
     let app = App::new(SqliteStore::open(dir.join("customers.db")).await?);
     let relay = app.relay(bus.clone()).start();
@@ -344,7 +346,7 @@ async fn customers<B: Bus + Queries + Clone>(
     tokio::time::sleep(pause * 3).await;
     println!("customers: -- answers again --");
     let _answering = answer_addresses(bus, &addresses).await?;
-    tokio::time::sleep(pause * 2).await;
+    tokio::time::sleep(linger).await;
     let status = relay.status();
     println!(
         "customers: relay published up to position {}",
@@ -366,7 +368,8 @@ async fn main() -> Result<(), Error> {
         let bus = bus::NatsBus::connect(&url, "customers").await?;
         let run = |seconds| tokio::time::sleep(Duration::from_secs(seconds));
         match role.as_str() {
-            "customers" => customers(&dir, &bus, pause).await?,
+            // Long enough for shipping's breaker to let a probe through.
+            "customers" => customers(&dir, &bus, pause, Duration::from_secs(5)).await?,
             "mailing" => {
                 let subscription = bus
                     .subscribe("mailing", "customers", "Customer.CustomerRegistered")
@@ -421,7 +424,7 @@ where
 {
     let mailing = mailing(dir, mailing_sub).await?;
     let shipping = shipping(dir, bus, shipping_sub).await?;
-    customers(dir, bus, pause).await?;
+    customers(dir, bus, pause, pause * 2).await?;
     // Two registrations and two moves.
     let caught_up = shipping.wait_until(Duration::from_secs(10), |s| s.applied >= 4);
     if caught_up.await.is_none() {
