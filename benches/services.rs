@@ -11,7 +11,9 @@
 //!    subject, headers and payload, awaiting its JetStream ack before the
 //!    next, as the relay does (but moving no checkpoint). Each round publishes
 //!    to a fresh stream (a service name of its own), so de-duplication skips
-//!    nothing; the relay's checkpoint is set back to 0 between rounds.
+//!    nothing; the relay's checkpoint is set back to 0 between rounds. After
+//!    each raw turn, the same loop publishing a whole page before awaiting its
+//!    acks (in order) runs too, for reference: what awaiting each ack costs.
 //! 2. Consumer: `eda::bus::consume` applying 20,000 messages from a
 //!    `NatsSubscription` to a SQLite read model (one insert per message, in
 //!    the transaction of its inbox record), a fresh durable consumer and a
@@ -241,7 +243,7 @@ async fn relay(nats: &Nats, rounds: usize) {
         nats.service("relay-raw-check"),
     );
     eda_relay(&app, &store, nats, &eda, last).await;
-    raw_relay(&store, nats, &raw, last).await;
+    raw_relay(&store, nats, &raw, last, Acks::EachInTurn).await;
     assert_eq!(nats.messages(&eda).await, RELAY_EVENTS);
     assert_eq!(nats.messages(&raw).await, RELAY_EVENTS);
     let (eda_stream, raw_stream) = (
@@ -261,6 +263,9 @@ async fn relay(nats: &Nats, rounds: usize) {
     }
     nats.delete(&eda).await;
     nats.delete(&raw).await;
+    // After each raw turn, the same loop pipelined a page at a time: not
+    // compared with the relay, a measure of what awaiting each ack costs.
+    let mut pipelined = Vec::new();
     let (eda, raw) = take_turns(
         rounds,
         async |round| {
@@ -271,8 +276,13 @@ async fn relay(nats: &Nats, rounds: usize) {
         },
         async |round| {
             let service = nats.service(&format!("relay-raw-{round}"));
-            let time = raw_relay(&store, nats, &service, last).await;
+            let time = raw_relay(&store, nats, &service, last, Acks::EachInTurn).await;
             nats.delete(&service).await;
+            let service = nats.service(&format!("relay-pipelined-{round}"));
+            let piped = raw_relay(&store, nats, &service, last, Acks::AfterThePage).await;
+            assert_eq!(nats.messages(&service).await, RELAY_EVENTS);
+            nats.delete(&service).await;
+            pipelined.push(piped);
             time
         },
     )
@@ -285,6 +295,22 @@ async fn relay(nats: &Nats, rounds: usize) {
         &raw,
         "ratio >= 0.7",
     );
+    report_reference(
+        "   reference: raw loop, acks awaited per page",
+        RELAY_EVENTS,
+        "events",
+        &pipelined,
+        &raw,
+    );
+}
+
+/// How a raw relay loop awaits JetStream's acks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acks {
+    /// Each message's before the next is published, as the relay does.
+    EachInTurn,
+    /// A page's messages all published, then their acks awaited in order.
+    AfterThePage,
 }
 
 /// A catch-up from 0 by a new relay publishing to `service`'s fresh stream:
@@ -314,11 +340,17 @@ async fn eda_relay(
 /// The same pages read and published by hand to `service`'s fresh stream, on
 /// a client of their own: the relay's subjects, headers and payloads, each
 /// message's ack awaited before the next.
-async fn raw_relay(store: &MemoryStore, nats: &Nats, service: &str, last: u64) -> Duration {
+async fn raw_relay(
+    store: &MemoryStore,
+    nats: &Nats,
+    service: &str,
+    last: u64,
+    acks: Acks,
+) -> Duration {
     let jetstream = jetstream::new(client(&nats.url).await);
     create_stream(&jetstream, service).await;
     let (store, service) = (store.clone(), service.to_owned());
-    on_worker(async move { publish_all(&store, &jetstream, &service, last).await }).await
+    on_worker(async move { publish_all(&store, &jetstream, &service, last, acks).await }).await
 }
 
 /// Runs `loop_` on a task of its own: on a worker thread, as the relay's and
@@ -333,10 +365,12 @@ async fn publish_all(
     jetstream: &jetstream::Context,
     service: &str,
     last: u64,
+    acks: Acks,
 ) -> Duration {
     let names = eda::registry().public_events();
     let start = Instant::now();
     let mut after = 0;
+    let mut pending = Vec::with_capacity(PAGE);
     while after < last {
         let page = store.read_all_of(after, PAGE, names).await.expect("read");
         for event in &page.events {
@@ -350,6 +384,14 @@ async fn publish_all(
                 )
                 .await
                 .expect("publish");
+            match acks {
+                Acks::EachInTurn => {
+                    ack.await.expect("ack");
+                }
+                Acks::AfterThePage => pending.push(ack),
+            }
+        }
+        for ack in pending.drain(..) {
             ack.await.expect("ack");
         }
         after = page.read_to;
@@ -628,6 +670,25 @@ fn report(name: &str, count: u64, unit: &str, eda: &[Duration], raw: &[Duration]
         ratios[0],
         ratios[ratios.len() - 1],
         total(raw) / total(eda),
+    );
+}
+
+/// A variant's median rate, and its ratio to `raw`'s (the medians of the
+/// rounds' ratios).
+fn report_reference(name: &str, count: u64, unit: &str, variant: &[Duration], raw: &[Duration]) {
+    let median = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let rate = |time: &Duration| count as f64 / time.as_secs_f64();
+    let ratios = variant
+        .iter()
+        .zip(raw)
+        .map(|(variant, raw)| raw.as_secs_f64() / variant.as_secs_f64());
+    println!(
+        "{name:<52} {:>9.0} {unit}/s  {:.2} x the raw loop",
+        median(variant.iter().map(rate).collect()),
+        median(ratios.collect()),
     );
 }
 
