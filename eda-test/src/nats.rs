@@ -2,6 +2,10 @@
 //! store directory, that the test may kill, restart, pause and resume (the
 //! shared server of `EDA_TEST_NATS_URL` stays untouched).
 
+/// The NATS client `NatsBus` is built on, for hand-written comparison loops.
+#[cfg(feature = "nats")]
+pub use async_nats;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
