@@ -154,10 +154,6 @@ fn main() {
         }
         if only.is_empty() || only == "consumer" {
             watch_steal(consume(&nats, dir.path(), rounds)).await;
-            println!(
-                "{:<52} not built (PostgreSQL consumers do not exist yet)",
-                "2. consumer, PostgreSQL read model with its inbox"
-            );
         }
         if only.is_empty() || only == "latency" {
             watch_steal(latency(&nats, dir.path())).await;
@@ -463,6 +459,14 @@ async fn consume(nats: &Nats, dir: &Path, rounds: usize) {
         &raw,
         "none set",
     );
+    #[cfg(feature = "postgres")]
+    match std::env::var("EDA_BENCH_POSTGRES_URL") {
+        Ok(url) => postgres::consume(&bus, &producer, &url, rounds).await,
+        Err(_) => println!(
+            "{:<52} skipped (set EDA_BENCH_POSTGRES_URL, feature postgres)",
+            "2. consumer, PostgreSQL read model with its inbox"
+        ),
+    }
     nats.delete(&producer).await;
     nats.delete(&consuming).await;
 }
@@ -724,6 +728,87 @@ async fn watch_steal(scenario: impl Future<Output = ()>) {
             "{:>52} (CPU stolen by the host: {:.0}%)",
             "",
             stolen * 100.0
+        );
+    }
+}
+
+/// The consumer into a PostgreSQL read model (feature `postgres`,
+/// `EDA_BENCH_POSTGRES_URL`): eda alone, a fresh schema and durable consumer
+/// per round.
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::time::{Duration, Instant};
+
+    use eda::bus::{self, NatsBus};
+    use eda::prelude::*;
+    use eda::tokio_postgres::{self, NoTls};
+    use eda::{PostgresBatch, RecordedEvent};
+
+    use super::{CustomerRegistered, CONSUMER_MESSAGES, WAIT};
+
+    /// A row per customer, queued in the batch.
+    #[derive(Debug, Default)]
+    pub struct CustomersPg;
+
+    #[projection(name = "customers")]
+    impl CustomersPg {
+        #[on]
+        async fn registered(
+            &mut self,
+            e: &CustomerRegistered,
+            recorded: &RecordedEvent,
+            tx: &PostgresBatch<'_>,
+        ) -> Result<(), tokio_postgres::Error> {
+            tx.queue(
+                "INSERT INTO customers (id, name, email) VALUES ($1, $2, $3)",
+                (recorded.aggregate_id.clone(), e.name.clone(), e.email.clone()),
+            );
+            Ok(())
+        }
+    }
+
+    pub async fn consume(bus: &NatsBus, producer: &str, url: &str, rounds: usize) {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+        tokio::spawn(connection);
+        let mut times = Vec::new();
+        for round in 0..rounds {
+            let schema = format!("eda_bench_consumer_{}_{round}", std::process::id());
+            client
+                .batch_execute(&format!(
+                    "CREATE SCHEMA {schema};
+                     CREATE TABLE {schema}.customers (id text PRIMARY KEY, name text NOT NULL, email text NOT NULL);"
+                ))
+                .await
+                .expect("create");
+            let start = Instant::now();
+            let name = format!("pg-{}-{round}", std::process::id());
+            let subscription = bus.subscribe(&name, producer, ">").await.expect("subscribe");
+            let consumer = bus::consume("customers", CustomersPg, subscription)
+                .postgres(url)
+                .schema(&schema)
+                .start()
+                .await
+                .expect("start");
+            let status = consumer
+                .wait_until(WAIT, |status| status.handled() >= CONSUMER_MESSAGES)
+                .await
+                .expect("consumed");
+            times.push(start.elapsed());
+            consumer.stop().await;
+            assert_eq!(status.applied, CONSUMER_MESSAGES, "{status:?}");
+            client
+                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+                .await
+                .expect("drop");
+        }
+        times.sort();
+        let rate = |time: &Duration| CONSUMER_MESSAGES as f64 / time.as_secs_f64();
+        println!(
+            "{:<52} {:>9.0} msgs/s  (median of {rounds}; {:.0}-{:.0})  target none set",
+            "2. consumer, PostgreSQL read model with its inbox",
+            rate(&times[times.len() / 2]),
+            rate(&times[times.len() - 1]),
+            rate(&times[0]),
         );
     }
 }
