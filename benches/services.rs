@@ -400,6 +400,7 @@ fn headers(event: &RecordedEvent, subject: &str) -> HeaderMap {
     let metadata = serde_json::to_string(&event.metadata).expect("metadata");
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", event.event_id.to_string().as_str());
+    headers.insert("Eda-Event-Id", event.event_id.to_string().as_str());
     headers.insert("Eda-Event", event.name.as_str());
     headers.insert(
         "Eda-Event-Version",
