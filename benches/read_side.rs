@@ -35,7 +35,6 @@
 #![allow(missing_docs)]
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -45,9 +44,14 @@ use eda::{Event, ProjectionHandle, RecordedEvent, SqliteOptions, SqliteSynchrono
 use eda_test::bank::{AccountOpened, DepositMoney, MoneyDeposited, MoneyWithdrawn, OpenAccount};
 use eda_test::ledger::{self, Ledger};
 
+mod common;
+use common::{report, report_latency, take_turns, watch_steal};
+
 const ACCOUNTS: usize = 10_000;
 const DEPOSITS: usize = 9;
 const EVENTS: u64 = (ACCOUNTS * (1 + DEPOSITS)) as u64;
+/// The live latency's targets.
+const LIVE_TARGET: &str = "median <= 2 ms, p99 <= 20 ms";
 /// The names the raw loops read, those the projections handle.
 const NAMES: &[&str] = &[
     AccountOpened::NAME,
@@ -170,6 +174,8 @@ async fn memory_catch_up(rounds: usize) {
     .await;
     report(
         "1. catch-up, in-memory projection (MemoryStore)",
+        EVENTS,
+        "events",
         &eda,
         &raw,
         "ratio >= 0.5",
@@ -229,6 +235,8 @@ async fn sqlite_catch_up(dir: &Path, rounds: usize) {
     .await;
     report(
         "2. catch-up, SQLite read model (Ledger, own file)",
+        EVENTS,
+        "events",
         &eda,
         &raw,
         ">= 50,000/s",
@@ -292,7 +300,11 @@ async fn live_sqlite(dir: &Path) {
         .await
         .expect("start");
     let latencies = live(&app, &ledger).await;
-    report_latency("3. live, Ledger on SqliteStore (FULL)", latencies);
+    report_latency(
+        "3. live, Ledger on SqliteStore (FULL)",
+        latencies,
+        LIVE_TARGET,
+    );
 }
 
 /// As [`live_sqlite`], the commands executed by another `App` on another store
@@ -313,6 +325,7 @@ async fn live_sqlite_elsewhere(dir: &Path) {
     report_latency(
         "5. live, Ledger on SqliteStore, writer elsewhere",
         latencies,
+        LIVE_TARGET,
     );
 }
 
@@ -320,7 +333,11 @@ async fn live_memory() {
     let app = App::new(MemoryStore::new());
     let balances = app.project(Balances::default()).start();
     let latencies = live(&app, &balances).await;
-    report_latency("3. live, in-memory projection on MemoryStore", latencies);
+    report_latency(
+        "3. live, in-memory projection on MemoryStore",
+        latencies,
+        LIVE_TARGET,
+    );
 }
 
 /// Opens a few accounts, then deposits on them in turn, one command at a time:
@@ -353,91 +370,6 @@ async fn live<P>(app: &App, projection: &ProjectionHandle<P>) -> Vec<Duration> {
         latencies.push(start.elapsed());
     }
     latencies
-}
-
-/// Runs `eda` and `raw` once per round, the raw loop first in even rounds; their
-/// times.
-async fn take_turns(
-    rounds: usize,
-    mut eda: impl AsyncFnMut(usize) -> Duration,
-    mut raw: impl AsyncFnMut(usize) -> Duration,
-) -> (Vec<Duration>, Vec<Duration>) {
-    let (mut eda_times, mut raw_times) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        if round % 2 == 0 {
-            raw_times.push(raw(round).await);
-            eda_times.push(eda(round).await);
-        } else {
-            eda_times.push(eda(round).await);
-            raw_times.push(raw(round).await);
-        }
-    }
-    (eda_times, raw_times)
-}
-
-fn report(name: &str, eda: &[Duration], raw: &[Duration], target: &str) {
-    // Rounds of a fraction of a second: one descheduling moves a total, so the
-    // medians of the rounds lead and the ratio of the totals follows.
-    let median = |mut values: Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
-    let rate = |time: &Duration| EVENTS as f64 / time.as_secs_f64();
-    let total = |times: &[Duration]| times.iter().sum::<Duration>().as_secs_f64();
-    // The same events on both sides: a round's ratio of rates is raw / eda time.
-    let mut ratios: Vec<f64> = eda
-        .iter()
-        .zip(raw)
-        .map(|(eda, raw)| raw.as_secs_f64() / eda.as_secs_f64())
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    println!(
-        "{name:<52} {:>9.0} events/s  raw loop {:>9.0}/s  ratio {:.2} ({:.2}-{:.2}; \
-         of the totals {:.2})  target {target}",
-        median(eda.iter().map(rate).collect()),
-        median(raw.iter().map(rate).collect()),
-        ratios[ratios.len() / 2],
-        ratios[0],
-        ratios[ratios.len() - 1],
-        total(raw) / total(eda),
-    );
-}
-
-fn report_latency(name: &str, mut latencies: Vec<Duration>) {
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-    let micros = |d: Duration| d.as_secs_f64() * 1e6;
-    println!(
-        "{name:<52} median {:>7.0} µs  p99 {:>7.0} µs  max {:>7.0} µs  \
-         target median <= 2 ms, p99 <= 20 ms",
-        micros(at(0.5)),
-        micros(at(0.99)),
-        micros(at(1.0)),
-    );
-}
-
-/// CPU time the hypervisor gave to other machines (`steal` in /proc/stat), in
-/// clock ticks over all CPUs; `None` where there is no /proc/stat.
-fn stolen_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()
-}
-
-/// Runs `scenario`, then prints the share of the CPUs stolen meanwhile: a run
-/// with much steal is noise, not a measurement.
-async fn watch_steal(scenario: impl Future<Output = ()>) {
-    let (before, start) = (stolen_ticks(), Instant::now());
-    scenario.await;
-    if let (Some(before), Some(after)) = (before, stolen_ticks()) {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        // USER_HZ: 100 ticks per second.
-        let stolen = (after - before) as f64 / 100.0 / cpus / start.elapsed().as_secs_f64();
-        println!(
-            "{:>52} (CPU stolen by the host: {:.0}%)",
-            "",
-            stolen * 100.0
-        );
-    }
 }
 
 #[cfg(feature = "postgres")]
@@ -523,6 +455,8 @@ mod postgres {
         .await;
         report(
             "4. catch-up, PostgreSQL read model (LedgerPg, own schema)",
+            EVENTS,
+            "events",
             &eda,
             &raw,
             ">= 20,000/s",
@@ -598,7 +532,7 @@ mod postgres {
             .await
             .expect("start");
         let latencies = super::live(&app, &ledger).await;
-        report_latency("3. live, LedgerPg on PostgresStore", latencies);
+        report_latency("3. live, LedgerPg on PostgresStore", latencies, LIVE_TARGET);
         ledger.stop().await;
         drop_schemas(&client, &schema).await;
     }
@@ -625,6 +559,7 @@ mod postgres {
         report_latency(
             "5. live, LedgerPg on PostgresStore, writer elsewhere",
             latencies,
+            LIVE_TARGET,
         );
         ledger.stop().await;
         drop_schemas(&client, &schema).await;
