@@ -517,33 +517,28 @@ mod postgres {
 
     /// `LedgerPg` on the store its commands go to, in a schema of its own.
     pub async fn live(url: &str) {
-        let schema = format!("eda_bench_live_{}", std::process::id());
-        let client = connect(url).await;
-        let app = App::new(store(url, &schema).await);
-        let read_schema = format!("{schema}_ledger");
-        ledger_pg::create(&client, &read_schema)
-            .await
-            .expect("create");
-        let ledger = app
-            .project(LedgerPg)
-            .postgres(url)
-            .schema(&read_schema)
-            .start()
-            .await
-            .expect("start");
-        let latencies = super::live(&app, &ledger).await;
-        report_latency("3. live, LedgerPg on PostgresStore", latencies, LIVE_TARGET);
-        ledger.stop().await;
-        drop_schemas(&client, &schema).await;
+        let name = "3. live, LedgerPg on PostgresStore";
+        live_in(url, "eda_bench_live", false, name).await;
     }
 
     /// As [`live`], the commands executed by another `App` on another store on
     /// the same schema: the runner hears of them by `LISTEN`.
     pub async fn live_elsewhere(url: &str) {
-        let schema = format!("eda_bench_elsewhere_{}", std::process::id());
+        let name = "5. live, LedgerPg on PostgresStore, writer elsewhere";
+        live_in(url, "eda_bench_elsewhere", true, name).await;
+    }
+
+    /// `LedgerPg`'s live latency in a schema named after `prefix`, the
+    /// commands executed by its own `App` or, `elsewhere`, by another on
+    /// another store.
+    async fn live_in(url: &str, prefix: &str, elsewhere: bool, name: &str) {
+        let schema = format!("{prefix}_{}", std::process::id());
         let client = connect(url).await;
         let reader = App::new(store(url, &schema).await);
-        let writer = App::new(store(url, &schema).await);
+        let writer = match elsewhere {
+            true => App::new(store(url, &schema).await),
+            false => reader.clone(),
+        };
         let read_schema = format!("{schema}_ledger");
         ledger_pg::create(&client, &read_schema)
             .await
@@ -556,11 +551,7 @@ mod postgres {
             .await
             .expect("start");
         let latencies = super::live(&writer, &ledger).await;
-        report_latency(
-            "5. live, LedgerPg on PostgresStore, writer elsewhere",
-            latencies,
-            LIVE_TARGET,
-        );
+        report_latency(name, latencies, LIVE_TARGET);
         ledger.stop().await;
         drop_schemas(&client, &schema).await;
     }

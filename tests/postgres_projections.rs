@@ -161,6 +161,20 @@ async fn with_harness<F: std::future::Future<Output = ()>>(check: impl FnOnce(Pg
 
 eda_test::read_model_tests!(with_harness);
 
+/// The control of the test above: with every runner taking its turn, the
+/// second does not stand by.
+#[test]
+fn control_runners_that_ignore_the_turn_do_not_stand_by() {
+    if !cfg!(feature = "failpoints") || std::env::var_os("EDA_TEST_POSTGRES_URL").is_none() {
+        eprintln!("skipped: the control needs the `failpoints` feature and EDA_TEST_POSTGRES_URL");
+        return;
+    }
+    assert!(eda_test::crash::fails_when_broken(
+        "a_second_runner_stands_by_and_takes_over_when_the_first_stops",
+        "runner.turn_ignored",
+    ));
+}
+
 #[tokio::test]
 async fn a_schema_built_by_another_version_is_refused() {
     let Some(db) = TestDb::new().await else {

@@ -127,6 +127,20 @@ async fn with_harness<F: std::future::Future<Output = ()>>(check: impl FnOnce(Sq
 
 eda_test::read_model_tests!(with_harness);
 
+/// The control of the test above: with every runner taking its turn, the
+/// second does not stand by.
+#[test]
+fn control_runners_that_ignore_the_turn_do_not_stand_by() {
+    if !cfg!(feature = "failpoints") {
+        eprintln!("skipped: the control needs the `failpoints` feature");
+        return;
+    }
+    assert!(eda_test::crash::fails_when_broken(
+        "a_second_runner_stands_by_and_takes_over_when_the_first_stops",
+        "runner.turn_ignored",
+    ));
+}
+
 /// The positions in `applications`, in the order they were applied.
 fn applied_positions(path: &Path) -> Vec<u64> {
     let connection = rusqlite::Connection::open(path).unwrap();
