@@ -291,3 +291,48 @@ async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops() {
     assert_eq!(two.status().applied, 1, "from where the first left off");
     assert_eq!(deposits(&store).await.len(), 2, "one bonus each");
 }
+
+/// One runner reacts at a time: the second stays on standby, reacting to
+/// nothing, while the first reacts to new events and renews its lease.
+#[tokio::test]
+async fn the_second_runner_stays_on_standby_while_the_first_reacts() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    let lease = Duration::from_millis(300);
+    let one = app.policy(WelcomeBonus).lease(lease).start();
+    let opened = Some(open_account(&app, "a").await);
+    one.wait_for(opened, WAIT).await.unwrap();
+    let two = app.policy(WelcomeBonus).lease(lease).start();
+    eda_test::read_models::until("the second on standby", || {
+        eda_test::read_models::is_standby(&two.status().state)
+    })
+    .await;
+    for account in ["b", "c", "d"] {
+        let opened = Some(open_account(&app, account).await);
+        one.wait_for(opened, WAIT).await.unwrap();
+        // Several renewals of the lease meanwhile.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let status = two.status();
+    assert!(
+        eda_test::read_models::is_standby(&status.state),
+        "{status:?}"
+    );
+    assert_eq!(status.applied, 0, "the second reacted to nothing");
+    one.stop().await;
+    two.stop().await;
+}
+
+/// The control of the test above: with every runner taking the lease, the
+/// second does not stay on standby.
+#[test]
+fn control_runners_that_ignore_the_lease_do_not_stand_by() {
+    if !cfg!(feature = "failpoints") {
+        eprintln!("skipped: the control needs the `failpoints` feature");
+        return;
+    }
+    assert!(eda_test::crash::fails_when_broken(
+        "the_second_runner_stays_on_standby_while_the_first_reacts",
+        "runner.turn_ignored",
+    ));
+}

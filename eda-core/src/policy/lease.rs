@@ -45,7 +45,9 @@ impl Lease {
         let found = store.read_checkpoint(&self.name).await;
         let found = found.map_err(|error| Failure::retry(error, None))?;
         let free = found.is_none_or(|expiry| expiry < epoch_millis(Duration::ZERO));
-        if !free && found != self.held {
+        // The control of the one-runner-at-a-time tests: every runner takes it.
+        let ignored = crate::failpoint::broken("runner.turn_ignored");
+        if !free && found != self.held && !ignored {
             let error = format!("another runner holds the lease `{}`", self.name);
             return Err(Failure::standby(error));
         }
