@@ -191,6 +191,10 @@ impl<B: Bus> Sink for RelaySink<B> {
         self.checkpoint(page.read_to).await
     }
 
+    fn renew_every(&self) -> Option<Duration> {
+        Some(self.lease.renew_every())
+    }
+
     async fn release(&mut self) {
         self.lease.release(self.app.store()).await;
     }

@@ -66,7 +66,7 @@ impl App {
     /// let app = App::new(store.clone());
     /// let checks = app.policy(AddressChecks).start();
     /// let moved = app.execute(Relocate { id: "c-1".into(), street: "Main St 1".into() }).await?;
-    /// checks.wait_for(moved.position, std::time::Duration::from_secs(1)).await?;
+    /// checks.wait_for(moved.position, std::time::Duration::from_secs(5)).await?;
     /// let log = store.read_all(0, 10).await?;
     /// assert_eq!(log[1].name, "CheckScheduled");
     /// assert_eq!(log[1].metadata.causation_id, Some(log[0].event_id));
@@ -391,6 +391,10 @@ impl<P: Policy> Sink for PolicySink<P> {
 
     fn parked(&self) -> Option<u64> {
         Some(self.shared.count.load(Ordering::Relaxed))
+    }
+
+    fn renew_every(&self) -> Option<Duration> {
+        Some(self.lease.renew_every())
     }
 
     async fn release(&mut self) {

@@ -360,6 +360,10 @@ impl<P: SqliteProjection> Sink for SqliteSink<P> {
         Some(self.parked.load(Ordering::Relaxed))
     }
 
+    fn renew_every(&self) -> Option<Duration> {
+        Some(self.lease / 5)
+    }
+
     async fn release(&mut self) {
         let (db, holder) = (Arc::clone(&self.db), self.holder.clone());
         let released = blocking(move || {

@@ -95,6 +95,13 @@ pub(crate) trait Sink: Send + 'static {
         None
     }
 
+    /// For a sink whose turn is a lease it renews in [`apply`](Self::apply):
+    /// the longest a live runner may wait for new events before it applies an
+    /// empty page anyway, so that an idle holder keeps its lease.
+    fn renew_every(&self) -> Option<Duration> {
+        None
+    }
+
     /// Empties the read model, its parked events and its checkpoint, in one
     /// transaction, between two pages: the runner then rebuilds it from the
     /// start of the log. A sink that cannot fails (the default).
@@ -358,12 +365,13 @@ impl Wake {
         (*self.commits.borrow_and_update()).max(elsewhere)
     }
 
-    /// Waits for a commit, or for the poll.
-    async fn wait(&mut self) {
+    /// Waits for a commit, or for the poll (or for `renew`, if sooner).
+    async fn wait(&mut self, renew: Option<Duration>) {
         let poll = match self.elsewhere {
             Some(_) => SAFETY_POLL,
             None => POLL,
         };
+        let poll = renew.map_or(poll, |renew| renew.min(poll));
         let signalled = async {
             match &mut self.elsewhere {
                 Some(signal) => signal.changed().await.is_ok(),
@@ -536,11 +544,12 @@ async fn follow(
                     // or after a while. A commit below the horizon (PostgreSQL)
                     // is read again after a short pause: the horizon passes it
                     // once the older transactions end, and no signal says when.
+                    let renew = sink.renew_every();
                     let next = async {
                         if read_to < head {
                             wake.pause_short_of().await;
                         } else {
-                            wake.wait().await;
+                            wake.wait(renew).await;
                         }
                     };
                     match unless_woken(runner, next).await {
