@@ -21,7 +21,7 @@ use eda::rusqlite::{self, Transaction};
 use eda::{Bus, LocalBus, RecordedEvent};
 use eda_test::messages::{other, registered, Twice};
 
-const WAIT: Duration = Duration::from_secs(10);
+const WAIT: Duration = Duration::from_secs(60);
 
 /// The mailing service's copy of the customers service's event: only what it
 /// keeps. A `copy` is not registered, so the original may be in the same

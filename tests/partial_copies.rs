@@ -55,7 +55,7 @@ async fn a_partial_copy_of_another_services_event_is_handled() {
     let app = App::new(store);
     let mailing = app.project(Mailing::default()).start();
     mailing
-        .wait_for(Some(appended.position), Duration::from_secs(5))
+        .wait_for(Some(appended.position), Duration::from_secs(30))
         .await
         .unwrap();
     let recipients = mailing.read(|m| m.recipients.clone());

@@ -14,7 +14,7 @@ use eda_test::bank::{
 };
 use eda_test::{Route, Routed};
 
-const WAIT: Duration = Duration::from_secs(10);
+const WAIT: Duration = Duration::from_secs(60);
 
 /// The deposits in the log, by account.
 async fn deposits(app_store: &MemoryStore) -> Vec<RecordedEvent> {
@@ -298,7 +298,8 @@ async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops() {
 async fn the_second_runner_stays_on_standby_while_the_first_reacts() {
     let store = MemoryStore::new();
     let app = App::new(store.clone());
-    let lease = Duration::from_millis(300);
+    // The loop below outlasts the lease: the first keeps it only by renewing.
+    let lease = Duration::from_secs(1);
     let one = app.policy(WelcomeBonus).lease(lease).start();
     let opened = Some(open_account(&app, "a").await);
     one.wait_for(opened, WAIT).await.unwrap();
@@ -311,7 +312,7 @@ async fn the_second_runner_stays_on_standby_while_the_first_reacts() {
         let opened = Some(open_account(&app, account).await);
         one.wait_for(opened, WAIT).await.unwrap();
         // Several renewals of the lease meanwhile.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
     }
     let status = two.status();
     assert!(
@@ -335,4 +336,35 @@ fn control_runners_that_ignore_the_lease_do_not_stand_by() {
         "the_second_runner_stays_on_standby_while_the_first_reacts",
         "runner.turn_ignored",
     ));
+}
+
+/// An idle holder keeps a lease shorter than the runner's safety poll (1 s):
+/// it wakes to renew it, so the second stays on standby while nothing happens.
+#[tokio::test]
+async fn an_idle_runner_keeps_a_short_lease() {
+    let store = MemoryStore::new();
+    let app = App::new(store.clone());
+    let lease = Duration::from_millis(500);
+    let one = app.policy(WelcomeBonus).lease(lease).start();
+    let opened = Some(open_account(&app, "a").await);
+    one.wait_for(opened, WAIT).await.unwrap();
+    let two = app.policy(WelcomeBonus).lease(lease).start();
+    eda_test::read_models::until("the second on standby", || {
+        eda_test::read_models::is_standby(&two.status().state)
+    })
+    .await;
+    // Six lease lengths with nothing to react to; the second tries to take the
+    // lease about once a second.
+    tokio::time::sleep(lease * 6).await;
+    let status = two.status();
+    assert!(
+        eda_test::read_models::is_standby(&status.state),
+        "{status:?}"
+    );
+    let opened = Some(open_account(&app, "b").await);
+    one.wait_for(opened, WAIT).await.unwrap();
+    assert_eq!(two.status().applied, 0, "the second reacted to nothing");
+    assert_eq!(deposits(&store).await.len(), 2, "one bonus each");
+    one.stop().await;
+    two.stop().await;
 }

@@ -233,12 +233,14 @@ async fn a_batched_append_never_lands_before_its_aggregates_last_event() {
         })
     };
     let mut blockers = Vec::new();
-    for id in &ids[..2] {
+    for (waiting, id) in ids[..2].iter().enumerate() {
         blockers.push(append(id));
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        waiting_for(&sql, &locker, waiting + 1).await;
     }
     let rest: Vec<_> = ids[2..].iter().map(|&id| (id, append(id))).collect();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Time for the rest to queue for the committing task (they are spawned on
+    // four workers; nothing shows that they queued).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     locker.batch_execute("COMMIT").await.unwrap();
     for blocker in blockers {
         blocker.await.unwrap();
@@ -267,6 +269,35 @@ async fn a_batched_append_never_lands_before_its_aggregates_last_event() {
 }
 
 /// The errors of `error`'s chain, outermost first.
+/// Waits until `n` sessions wait for locks that `locker` holds, as `watcher`
+/// (another connection, so that each look is a fresh snapshot) sees.
+async fn waiting_for(watcher: &tokio_postgres::Client, locker: &tokio_postgres::Client, n: usize) {
+    let pid: i32 = locker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting as usize >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} of {n} sessions wait for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
     std::iter::successors(Some(error), |e| e.source())
         .map(ToString::to_string)
@@ -364,6 +395,7 @@ async fn a_locked_aggregate_does_not_stall_the_others() {
     .await
     .unwrap();
     let unbounded = db.one_committer().await;
+    let watcher = db.connect().await;
     for (round, store) in [(0, bounded), (1, unbounded)] {
         let locked = [format!("first-{round}"), format!("locked-{round}")];
         for id in &locked {
@@ -401,9 +433,9 @@ async fn a_locked_aggregate_does_not_stall_the_others() {
         // The first append is sent by its caller's task and waits there; the
         // next ones queue for the committing task, the locked one first.
         let first = append(locked[0].clone(), 1);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        waiting_for(&watcher, &locker, 1).await;
         let blocked = append(locked[1].clone(), 1);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        waiting_for(&watcher, &locker, 2).await;
         let mut others: Vec<_> = (0..13)
             .map(|i| append(format!("free-{round}-{i}"), 0))
             .collect();
@@ -412,7 +444,10 @@ async fn a_locked_aggregate_does_not_stall_the_others() {
                 other.await.unwrap().unwrap();
             }
         };
-        let finished = tokio::time::timeout(Duration::from_secs(3), all_done).await;
+        // Long enough for the others, however slow the machine; the control
+        // waits out a shorter time, since they cannot finish there.
+        let within = [Duration::from_secs(30), Duration::from_secs(3)][round];
+        let finished = tokio::time::timeout(within, all_done).await;
         if round == 0 {
             assert!(finished.is_ok(), "unrelated appends waited for the lock");
             assert!(

@@ -18,7 +18,7 @@ use eda::{Bus, LocalBus, PostgresBatch, RecordedEvent};
 use eda_test::messages::{registered, Twice};
 use eda_test::postgres::TestDb;
 
-const WAIT: Duration = Duration::from_secs(10);
+const WAIT: Duration = Duration::from_secs(60);
 
 #[event(name = "CustomerRegistered", copy)]
 #[derive(Debug)]

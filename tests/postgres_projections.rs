@@ -374,7 +374,9 @@ async fn when_the_holders_connection_dies_the_turn_passes_within_seconds() {
             .filter(|pid| *pid != holder);
     }
     let took = killed.elapsed();
-    assert!(took < Duration::from_secs(5), "taken over after {took:?}");
+    // Within seconds: the one on standby tries about once a second (the
+    // bound allows for a loaded machine).
+    assert!(took < Duration::from_secs(15), "taken over after {took:?}");
 
     let position = deposit(&t.app, "a", 2).await;
     let (applies, stands_by) = one_active(active, standby, position).await;

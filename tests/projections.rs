@@ -18,7 +18,7 @@ use eda_test::bank::{
 use eda_test::{Route, Routed};
 use proptest::prelude::*;
 
-const WAIT: Duration = Duration::from_secs(5);
+const WAIT: Duration = Duration::from_secs(60);
 
 /// Balances by account, from the log.
 #[derive(Debug, Default, PartialEq)]
@@ -254,7 +254,11 @@ async fn a_store_that_repeats_its_pages_is_caught() {
     open_account(&app, "a").await;
     let balances = app.project(Balances::default()).start();
     // The runner reads again at every poll (20 ms) once it thinks it is live.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    while balances.read(|b| b.positions.len() < 2) {
+        assert!(started.elapsed() < WAIT, "read only once");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     balances.stop().await;
     balances.read(|b| {
         assert!(b.positions.len() > 1, "{:?}", b.positions);
@@ -456,10 +460,7 @@ async fn a_stuck_projection_delays_no_other_runner_nor_the_commands() {
         amount: 5,
     };
     let last = app.execute(deposit).await.unwrap().position;
-    openings
-        .wait_for(last, Duration::from_secs(2))
-        .await
-        .unwrap();
+    openings.wait_for(last, WAIT).await.unwrap();
     assert_eq!(openings.read(|o| o.count), 3);
     assert_eq!(
         stuck.status().checkpoint,

@@ -15,7 +15,7 @@ use eda::bus::{BusError, Message};
 use eda::prelude::*;
 use eda::{Bus, LocalBus, RecordedEvent};
 
-const WAIT: Duration = Duration::from_secs(10);
+const WAIT: Duration = Duration::from_secs(60);
 
 /// State transfer: the event carries what readers keep.
 #[event(public)]
@@ -362,7 +362,12 @@ async fn a_relay_behind_a_circuit_breaker_stops_calling_a_bus_that_keeps_failing
     let control = App::new(MemoryStore::new());
     register(&control, "c-2").await;
     let control_relay = control.relay(unguarded.clone()).start();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    eda_test::read_models::until("the breaker open and the control calling again", || {
+        breaker.state() == BreakerState::Open && unguarded.asked.load(Ordering::SeqCst) > 3
+    })
+    .await;
+    // The relay behind the breaker retries meanwhile, as often as the control.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(breaker.state(), BreakerState::Open);
     assert_eq!(
         failing.asked.load(Ordering::SeqCst),

@@ -77,9 +77,14 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let child = self.child.insert(child);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            // Exited: the port was taken meanwhile, say. What answers on it
+            // then is not this server.
+            if let Some(status) = child.try_wait()? {
+                panic!("nats-server on port {} exited: {status}", self.port);
+            }
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -129,17 +134,17 @@ impl Drop for NatsServer {
     }
 }
 
-/// How many messages the stream of service `service` on `url` holds: a
-/// consumer of its own (`audit`) reads them all, until none comes for 2 s.
+/// How many messages the stream of service `service` on `url` holds, as
+/// JetStream counts them (a message stored twice counts twice).
 #[cfg(feature = "nats")]
 pub async fn stream_messages(url: &str, service: &str) -> u64 {
-    use eda::bus::{Acknowledge, NatsBus, Subscription};
-    let bus = NatsBus::connect(url, service).await.unwrap();
-    let mut audit = bus.subscribe("audit", service, ">").await.unwrap();
-    let mut count = 0;
-    while let Ok(delivery) = tokio::time::timeout(Duration::from_secs(2), audit.next()).await {
-        delivery.unwrap().ack().await.unwrap();
-        count += 1;
-    }
-    count
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let jetstream = async_nats::jetstream::new(client);
+    let mut stream = jetstream.get_stream(service).await.expect("the stream");
+    stream
+        .info()
+        .await
+        .expect("the stream's info")
+        .state
+        .messages
 }

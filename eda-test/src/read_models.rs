@@ -20,7 +20,7 @@ use crate::bank::{open_account, DepositMoney};
 use crate::ledger::LedgerRows;
 
 /// How long a check waits for a runner.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A kind of read model under test, on a fresh store and read database.
 pub trait Harness {
@@ -354,9 +354,12 @@ pub async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops<H: Ha
     } else {
         (two, one)
     };
-    let status = standby.status();
-    assert!(is_standby(&status.state), "{status:?}");
-    assert_eq!(status.applied, 0);
+    // The other may still be taking its first look at the lease.
+    until("the other on standby", || {
+        is_standby(&standby.status().state)
+    })
+    .await;
+    assert_eq!(standby.status().applied, 0);
 
     // It stays on standby while the other applies.
     let position = deposit(h.app(), "a", 2).await;
@@ -372,7 +375,9 @@ pub async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops<H: Ha
     let position = deposit(h.app(), "a", 3).await;
     standby.wait_for(Some(position), WAIT).await.unwrap();
     let took = stopped.elapsed();
-    assert!(took < Duration::from_secs(5), "took over after {took:?}");
+    // Within seconds: it tries about once a second (the bound allows for a
+    // loaded machine).
+    assert!(took < Duration::from_secs(15), "took over after {took:?}");
     assert_eq!(standby.status().applied, 1, "only the new deposit");
     let rows = h.rows().await;
     assert_eq!((rows.applications.len(), rows.applied_twice()), (4, 0));

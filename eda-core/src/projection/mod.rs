@@ -267,7 +267,7 @@ impl App {
     /// let app = App::new(MemoryStore::new());
     /// let owners = app.project(Owners::default()).start();
     /// let done = app.execute(Open { id: "a".into(), owner: "ada".into() }).await?;
-    /// owners.wait_for(done.position, std::time::Duration::from_secs(1)).await?;
+    /// owners.wait_for(done.position, std::time::Duration::from_secs(5)).await?;
     /// assert_eq!(owners.read(|o| o.names.clone()), ["ada"]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// # }).unwrap();

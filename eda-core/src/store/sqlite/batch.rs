@@ -130,8 +130,9 @@ pub(super) fn write_batch(connection: &mut Connection, batch: Vec<WriteRequest>)
     if failpoint::armed("sqlite.ack_before_commit") {
         // The bug the fault tests must catch: acknowledging before the commit.
         reply(batch, results);
-        // Give the caller time to report the acknowledgement before the crash.
-        failpoint::hit_after("sqlite.ack_before_commit", Duration::from_millis(300));
+        // Give the caller time to report the acknowledgement before the crash,
+        // however loaded the machine.
+        failpoint::hit_after("sqlite.ack_before_commit", Duration::from_secs(3));
         let _ = tx.commit();
         return None;
     }
