@@ -377,7 +377,7 @@ async fn publish_all(
             let headers = headers(event, &subject);
             let ack = jetstream
                 .publish_with_headers(
-                    format!("{service}.{subject}"),
+                    format!("{service}.0.{subject}"),
                     headers,
                     event.payload.clone().into(),
                 )
@@ -637,7 +637,8 @@ async fn latency(nats: &Nats, dir: &Path) {
 
 /// The consumer into a PostgreSQL read model (feature `postgres`,
 /// `EDA_BENCH_POSTGRES_URL`): eda alone, a fresh schema and durable consumer
-/// per round.
+/// per round; one instance on one durable consumer, then one and two
+/// instances on the partitions' consumers.
 #[cfg(feature = "postgres")]
 mod postgres {
     use std::time::{Duration, Instant};
@@ -674,51 +675,105 @@ mod postgres {
         }
     }
 
+    /// How a round's consumer instances subscribe.
+    #[derive(Clone, Copy)]
+    enum Layout {
+        /// One instance, one durable consumer: the stream's order.
+        One,
+        /// `n` instances sharing the partitions' durable consumers.
+        Partitioned(usize),
+    }
+
     pub async fn consume(bus: &NatsBus, producer: &str, url: &str, rounds: usize) {
         let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
         tokio::spawn(connection);
-        let mut times = Vec::new();
+        let layouts = [
+            (
+                "2. consumer, PostgreSQL read model with its inbox",
+                Layout::One,
+            ),
+            (
+                "   the same, partitioned, one instance",
+                Layout::Partitioned(1),
+            ),
+            (
+                "   the same, partitioned, two instances",
+                Layout::Partitioned(2),
+            ),
+        ];
+        let mut times = vec![Vec::new(); layouts.len()];
         for round in 0..rounds {
-            let schema = format!("eda_bench_consumer_{}_{round}", std::process::id());
-            client
-                .batch_execute(&format!(
-                    "CREATE SCHEMA {schema};
-                     CREATE TABLE {schema}.customers (id text PRIMARY KEY, name text NOT NULL, email text NOT NULL);"
-                ))
-                .await
-                .expect("create");
-            let start = Instant::now();
-            let name = format!("pg-{}-{round}", std::process::id());
-            let subscription = bus
-                .subscribe(&name, producer, ">")
-                .await
-                .expect("subscribe");
-            let consumer = bus::consume("customers", CustomersPg, subscription)
+            for (layout, (_, how)) in layouts.iter().enumerate() {
+                let run = format!("{}_{round}_{layout}", std::process::id());
+                times[layout].push(consume_once(bus, producer, url, &client, &run, *how).await);
+            }
+        }
+        for ((scenario, _), mut times) in layouts.into_iter().zip(times) {
+            times.sort();
+            let rate = |time: &Duration| CONSUMER_MESSAGES as f64 / time.as_secs_f64();
+            println!(
+                "{scenario:<52} {:>9.0} msgs/s  (median of {rounds}; {:.0}-{:.0})  target none set",
+                rate(&times[times.len() / 2]),
+                rate(&times[times.len() - 1]),
+                rate(&times[0]),
+            );
+        }
+    }
+
+    /// Consumes the whole stream into a fresh schema with a fresh consumer
+    /// name (`run`), laid out as `layout` says: the time it took.
+    async fn consume_once(
+        bus: &NatsBus,
+        producer: &str,
+        url: &str,
+        client: &tokio_postgres::Client,
+        run: &str,
+        layout: Layout,
+    ) -> Duration {
+        let schema = format!("eda_bench_consumer_{run}");
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA {schema};
+                 CREATE TABLE {schema}.customers (id text PRIMARY KEY, name text NOT NULL, email text NOT NULL);"
+            ))
+            .await
+            .expect("create");
+        let start = Instant::now();
+        let name = format!("pg-{run}");
+        let mut consumers = Vec::new();
+        let instances = match layout {
+            Layout::One => 1,
+            Layout::Partitioned(instances) => instances,
+        };
+        for _ in 0..instances {
+            let subscription = match layout {
+                Layout::One => bus.subscribe(&name, producer, ">").await,
+                Layout::Partitioned(_) => bus.subscribe_partitioned(&name, producer, ">").await,
+            };
+            let consumer = bus::consume("customers", CustomersPg, subscription.expect("subscribe"))
                 .postgres(url)
                 .schema(&schema)
                 .start()
                 .await
                 .expect("start");
-            let status = consumer
-                .wait_until(WAIT, |status| status.handled() >= CONSUMER_MESSAGES)
-                .await
-                .expect("consumed");
-            times.push(start.elapsed());
-            consumer.stop().await;
-            assert_eq!(status.applied, CONSUMER_MESSAGES, "{status:?}");
-            client
-                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-                .await
-                .expect("drop");
+            consumers.push(consumer);
         }
-        times.sort();
-        let rate = |time: &Duration| CONSUMER_MESSAGES as f64 / time.as_secs_f64();
-        println!(
-            "{:<52} {:>9.0} msgs/s  (median of {rounds}; {:.0}-{:.0})  target none set",
-            "2. consumer, PostgreSQL read model with its inbox",
-            rate(&times[times.len() / 2]),
-            rate(&times[times.len() - 1]),
-            rate(&times[0]),
-        );
+        let deadline = Instant::now() + WAIT;
+        let handled = || consumers.iter().map(|c| c.status().handled()).sum::<u64>();
+        while handled() < CONSUMER_MESSAGES {
+            assert!(Instant::now() < deadline, "consumed {} in time", handled());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let time = start.elapsed();
+        let applied: u64 = consumers.iter().map(|c| c.status().applied).sum();
+        assert_eq!(applied, CONSUMER_MESSAGES);
+        for consumer in consumers {
+            consumer.stop().await;
+        }
+        client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .await
+            .expect("drop");
+        time
     }
 }

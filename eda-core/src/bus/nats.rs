@@ -19,6 +19,25 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// default (JetStream's own default).
 const ACK_WAIT: Duration = Duration::from_secs(30);
 
+/// [`NatsBus::PARTITIONS`].
+const PARTITIONS: u32 = 16;
+
+/// The partition of an aggregate's messages: FNV-1a (32 bits) of its type and
+/// id, modulo [`NatsBus::PARTITIONS`]. The same in every process and release, so that
+/// every relay publishes an aggregate's messages to the same partition.
+fn partition_of(aggregate_type: &str, aggregate_id: &str) -> u32 {
+    const OFFSET: u32 = 0x811c_9dc5;
+    const PRIME: u32 = 0x0100_0193;
+    let bytes = aggregate_type
+        .bytes()
+        .chain([0])
+        .chain(aggregate_id.bytes());
+    let hash = bytes.fold(OFFSET, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(PRIME)
+    });
+    hash % PARTITIONS
+}
+
 /// The headers of a published event (its payload is the message's body).
 mod header {
     pub(super) const MSG_ID: &str = "Nats-Msg-Id";
@@ -41,7 +60,9 @@ mod header {
 /// A service's bus publishes to its own stream, named after the service
 /// (`customers` → stream `customers`, subjects `customers.>`): a message at
 /// subject `Customer.CustomerRegistered` goes to
-/// `customers.Customer.CustomerRegistered`. Its envelope travels in headers
+/// `customers.{partition}.Customer.CustomerRegistered`, where the partition
+/// (`0` to `15`, [`PARTITIONS`](Self::PARTITIONS)) is a hash of its aggregate's type and id, the
+/// same for all of an aggregate's messages. Its envelope travels in headers
 /// (`Nats-Msg-Id` and `Eda-Event-Id`, `Eda-Event`, `Eda-Event-Version`, `Eda-Aggregate-Type`,
 /// `Eda-Aggregate-Id`, `Eda-Aggregate-Version`, `Eda-Position`,
 /// `Eda-Recorded-At`, `Eda-Metadata` with the correlation and causation ids),
@@ -53,6 +74,13 @@ mod header {
 /// their order, at the cost of one round trip per message. Several instances
 /// of a consuming service subscribing under one name share that one consumer:
 /// they take turns, and order holds; they do not process in parallel.
+///
+/// To share the work, instances subscribe with
+/// [`subscribe_partitioned`](Self::subscribe_partitioned) instead: a durable
+/// consumer per partition, each with one message unacknowledged at a time, so
+/// up to 16 messages of different partitions are handled at once, by whichever
+/// instances pull them, while each aggregate's messages (one partition's) stay
+/// in order.
 #[derive(Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
@@ -93,6 +121,12 @@ fn check_service(service: &str) -> Result<(), BusError> {
 }
 
 impl NatsBus {
+    /// How many partitions a service's stream has: all of an aggregate's
+    /// messages go to one of them (a hash of its type and id), the token after
+    /// the service in their subject. Fixed, so that producers and consumers
+    /// cannot disagree.
+    pub const PARTITIONS: u32 = PARTITIONS;
+
     /// Connects to the NATS server at `url` as service `service`, creating
     /// the service's stream (`service`, subjects `service.>`, kept in files)
     /// if it is missing. The client reconnects by itself after the server
@@ -157,7 +191,8 @@ impl NatsBus {
 
     /// Subscribes the durable consumer `name` to the messages of service
     /// `producer` (its stream) whose subject matches `pattern` (NATS-style,
-    /// without the service's prefix: `"Customer.>"`, `">"` for all).
+    /// without the service's prefix and partition: `"Customer.>"`, `">"` for
+    /// all), in the stream's order.
     ///
     /// # Errors
     /// The server cannot be reached, or refuses the consumer.
@@ -170,22 +205,63 @@ impl NatsBus {
         check_service(producer)?;
         check_service(name)?;
         let stream = self.stream(producer).await?;
+        let consumer = self.durable(&stream, name, producer, "*", pattern).await?;
+        Ok(NatsSubscription::of(vec![consumer]))
+    }
+
+    /// Subscribes consumer `name` to the messages of service `producer` whose
+    /// subject matches `pattern`, as [`subscribe`](Self::subscribe) does, but
+    /// partition by partition: a durable consumer per partition (`{name}-0` to
+    /// `{name}-15`), each with one message unacknowledged at a time. Each
+    /// aggregate's messages come in their order; those of different
+    /// partitions come as they are pulled. Instances of a consuming service
+    /// that subscribe so under one name share the work: each handles the
+    /// messages it pulls, up to 16 at once across instances. They must share
+    /// one read database (PostgreSQL): each applies a part of the messages.
+    ///
+    /// # Errors
+    /// The server cannot be reached, or refuses the consumers.
+    pub async fn subscribe_partitioned(
+        &self,
+        name: &str,
+        producer: &str,
+        pattern: &str,
+    ) -> Result<NatsSubscription, BusError> {
+        check_service(producer)?;
+        check_service(name)?;
+        let stream = self.stream(producer).await?;
+        let mut consumers = Vec::new();
+        for partition in 0..PARTITIONS {
+            let durable = format!("{name}-{partition}");
+            let partition = partition.to_string();
+            let consumer = self.durable(&stream, &durable, producer, &partition, pattern);
+            consumers.push(consumer.await?);
+        }
+        Ok(NatsSubscription::of(consumers))
+    }
+
+    /// The durable pull consumer `name` of `producer`'s messages in
+    /// `partition` (a number, or `*`) whose subject matches `pattern`.
+    async fn durable(
+        &self,
+        stream: &stream::Stream,
+        name: &str,
+        producer: &str,
+        partition: &str,
+        pattern: &str,
+    ) -> Result<consumer::PullConsumer, BusError> {
         let config = consumer::pull::Config {
             durable_name: Some(name.to_owned()),
-            filter_subject: format!("{producer}.{pattern}"),
+            filter_subject: format!("{producer}.{partition}.{pattern}"),
             ack_policy: consumer::AckPolicy::Explicit,
             max_ack_pending: 1,
             ack_wait: self.ack_wait,
             ..Default::default()
         };
-        let consumer = stream
+        stream
             .get_or_create_consumer(name, config)
             .await
-            .map_err(unavailable)?;
-        Ok(NatsSubscription {
-            consumer,
-            messages: None,
-        })
+            .map_err(unavailable)
     }
 }
 
@@ -213,7 +289,14 @@ impl Bus for NatsBus {
         ] {
             headers.insert(name, value.as_str());
         }
-        let subject = format!("{}.{}", self.service, message.subject);
+        let partition = if failpoint::broken("bus.partition_by_event") {
+            // The control of the partitioned consumers' order test: an
+            // aggregate's messages scattered over the partitions.
+            partition_of("", &event.event_id.to_string())
+        } else {
+            partition_of(&event.aggregate_type, &event.aggregate_id)
+        };
+        let subject = format!("{}.{partition}.{}", self.service, message.subject);
         let publishing = async {
             let ack = self
                 .jetstream
@@ -230,9 +313,17 @@ impl Bus for NatsBus {
     }
 }
 
-/// A durable consumer on a [`NatsBus`]: [`next`](Subscription::next) gives its
-/// messages in the stream's order.
+/// A durable consumer on a [`NatsBus`], or one per partition:
+/// [`next`](Subscription::next) gives its messages in the stream's order
+/// (each partition's, when partitioned).
 pub struct NatsSubscription {
+    durables: Vec<Durable>,
+    /// The durable to look at first next time, so that none goes unserved.
+    first: usize,
+}
+
+/// One durable pull consumer, and its stream of pulled messages.
+struct Durable {
     consumer: consumer::PullConsumer,
     messages: Option<consumer::pull::Stream>,
 }
@@ -243,12 +334,42 @@ impl fmt::Debug for NatsSubscription {
     }
 }
 
+impl NatsSubscription {
+    fn of(consumers: Vec<consumer::PullConsumer>) -> Self {
+        let durables = consumers.into_iter().map(|consumer| Durable {
+            consumer,
+            messages: None,
+        });
+        NatsSubscription {
+            durables: durables.collect(),
+            first: 0,
+        }
+    }
+}
+
 impl Subscription for NatsSubscription {
     type Delivery = NatsDelivery;
 
-    /// The next message. A message without eda's headers (not published by a
-    /// relay) is terminated (never delivered again) with a warning, and the
-    /// next one is given.
+    /// The next message, from whichever durable has one first. A message
+    /// without eda's headers (not published by a relay) is terminated (never
+    /// delivered again) with a warning, and the next one is given.
+    async fn next(&mut self) -> Result<NatsDelivery, BusError> {
+        if let [durable] = self.durables.as_mut_slice() {
+            return durable.next().await;
+        }
+        // Each durable's `next` may be dropped unfinished: what it pulled stays
+        // in its stream, and a message it did not terminate comes again.
+        let count = self.durables.len();
+        let first = self.first;
+        self.first = (first + 1) % count;
+        let (before, after) = self.durables.split_at_mut(first);
+        let nexts = after.iter_mut().chain(before).map(|d| Box::pin(d.next()));
+        let (next, _, _) = futures_util::future::select_all(nexts).await;
+        next
+    }
+}
+
+impl Durable {
     async fn next(&mut self) -> Result<NatsDelivery, BusError> {
         loop {
             let messages = match &mut self.messages {
@@ -401,5 +522,54 @@ impl Queries for NatsBus {
             }
         });
         Ok(Answering::new(move || task.abort()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{partition_of, PARTITIONS};
+
+    /// The partitions are part of the subjects other services subscribe to:
+    /// they must not change between releases (nor depend on the platform).
+    #[test]
+    fn an_aggregates_partition_is_fixed() {
+        let known = [
+            ("Customer", "c-1", 10),
+            ("Customer", "c-2", 7),
+            ("Order", "42", 3),
+            ("", "", 15),
+        ];
+        for (aggregate_type, aggregate_id, partition) in known {
+            assert_eq!(
+                partition_of(aggregate_type, aggregate_id),
+                partition,
+                "{aggregate_type}/{aggregate_id}"
+            );
+        }
+    }
+
+    /// The type is part of the key: `("ab", "c")` and `("a", "bc")` differ.
+    #[test]
+    fn the_type_and_id_are_kept_apart() {
+        let spread = (0..64)
+            .filter(|i| {
+                let id = format!("{i}");
+                partition_of(&format!("T{id}"), "x") != partition_of("T", &format!("{id}x"))
+            })
+            .count();
+        assert!(spread > 32, "{spread}");
+    }
+
+    /// Many aggregates spread over every partition.
+    #[test]
+    fn aggregates_spread_over_every_partition() {
+        let mut counts = [0u32; PARTITIONS as usize];
+        for i in 0..1600 {
+            counts[partition_of("Customer", &format!("c-{i}")) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (50..=150).contains(&n)),
+            "{counts:?}"
+        );
     }
 }

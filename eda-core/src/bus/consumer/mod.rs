@@ -19,7 +19,6 @@
 //! it runs them on a blocking thread with `pollster`), as the projections'
 //! page algorithm does.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -438,6 +437,14 @@ trait InboxDb<P> {
         error: &str,
     ) -> Result<(), StoreError>;
 
+    /// Whether consumer `name` has parked messages of `event`'s aggregate (its
+    /// own, or another instance's on the same database).
+    async fn parked_behind(
+        tx: &Self::Tx<'_>,
+        name: &str,
+        event: &RecordedEvent,
+    ) -> Result<bool, StoreError>;
+
     /// Removes the parked message of `event_id`; `false` if it was not there.
     async fn unpark(tx: &Self::Tx<'_>, name: &str, event_id: Uuid) -> Result<bool, StoreError>;
 
@@ -459,12 +466,11 @@ fn stream_of(event: &RecordedEvent) -> Stream {
     (event.aggregate_type.clone(), event.aggregate_id.clone())
 }
 
-/// A consumer's database, with the aggregates whose messages are parked
-/// (whose later messages are parked too).
+/// A consumer's database, and how many of its messages are parked, as last
+/// counted.
 struct Inbox<D> {
     db: D,
     name: &'static str,
-    parked: HashMap<Stream, u64>,
     count: u64,
 }
 
@@ -473,12 +479,7 @@ impl<D> Inbox<D> {
     where
         D: InboxDb<P>,
     {
-        let mut inbox = Inbox {
-            db,
-            name,
-            parked: HashMap::new(),
-            count: 0,
-        };
+        let mut inbox = Inbox { db, name, count: 0 };
         inbox.count_parked::<P>().await?;
         Ok(inbox)
     }
@@ -488,10 +489,6 @@ impl<D> Inbox<D> {
         D: InboxDb<P>,
     {
         let parked = self.db.parked(self.name).await?;
-        self.parked.clear();
-        for message in &parked {
-            *self.parked.entry(stream_of(&message.event)).or_default() += 1;
-        }
         self.count = parked.len() as u64;
         Ok(parked)
     }
@@ -509,10 +506,23 @@ impl<D> Inbox<D> {
         let name = self.name;
         let without_inbox = failpoint::broken("consumer.without_inbox");
         let tx = self.db.begin().await?;
-        if !without_inbox && !D::record(&tx, name, event.event_id).await? {
+        // Both at once (pipelined, on PostgreSQL). The parks are looked up in
+        // the database: instances that share it (and the partitions of a
+        // stream) see each other's.
+        let (recorded, parked_behind) = tokio::join!(
+            async {
+                if without_inbox {
+                    Ok(true)
+                } else {
+                    D::record(&tx, name, event.event_id).await
+                }
+            },
+            D::parked_behind(&tx, name, event),
+        );
+        if !recorded? {
             return Ok(Outcome::Duplicate);
         }
-        let park = if self.parked.contains_key(&stream_of(event)) {
+        let park = if parked_behind? {
             "parked behind an earlier parked message of its aggregate".to_owned()
         } else if !P::EVENTS.contains(&event.name.as_str()) {
             tracing::debug!(
@@ -545,7 +555,6 @@ impl<D> Inbox<D> {
         D::park(&tx, name, event, &park).await?;
         D::commit(tx).await?;
         tracing::warn!(consumer = name, event = %event.event_id, error = park, "message parked");
-        *self.parked.entry(stream_of(event)).or_default() += 1;
         self.count += 1;
         Ok(Outcome::Parked)
     }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
@@ -45,7 +46,9 @@ fn create(schema: &str) -> String {
              error text NOT NULL,
              parked_at timestamptz NOT NULL DEFAULT now(),
              UNIQUE (consumer, event_id)
-         )"
+         );
+         CREATE INDEX IF NOT EXISTS eda_parked_messages_stream
+             ON {schema}.eda_parked_messages (consumer, aggregate_type, aggregate_id)"
     )
 }
 
@@ -58,6 +61,8 @@ const PARKED: &str = "SELECT event_id, aggregate_type, aggregate_id, version, po
     event_version, payload, metadata, recorded_at, error, parked_at
     FROM eda_parked_messages WHERE consumer = $1 ORDER BY seq";
 const UNPARK: &str = "DELETE FROM eda_parked_messages WHERE consumer = $1 AND event_id = $2";
+const PARKED_BEHIND: &str = "SELECT EXISTS (SELECT 1 FROM eda_parked_messages
+    WHERE consumer = $1 AND aggregate_type = $2 AND aggregate_id = $3)";
 const STILL_FAILS: &str =
     "UPDATE eda_parked_messages SET error = $3 WHERE consumer = $1 AND event_id = $2";
 
@@ -334,6 +339,16 @@ impl<P: PostgresProjection> InboxDb<P> for PgInbox {
     ) -> Result<(), ApplyError> {
         projection.apply(event, tx).await?;
         tx.finish().await.map_err(|(_, error)| error)
+    }
+
+    async fn parked_behind(
+        tx: &Self::Tx<'_>,
+        name: &str,
+        event: &RecordedEvent,
+    ) -> Result<bool, StoreError> {
+        let stream: [&(dyn ToSql + Sync); 3] = [&name, &event.aggregate_type, &event.aggregate_id];
+        let row = tx.raw().query_one(PARKED_BEHIND, &stream).await;
+        Ok(row.map_err(backend)?.get(0))
     }
 
     async fn park(

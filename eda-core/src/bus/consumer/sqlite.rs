@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS eda_parked_messages (
     error TEXT NOT NULL,
     parked_at TEXT NOT NULL,
     UNIQUE (consumer, event_id)
-) STRICT";
+) STRICT;
+CREATE INDEX IF NOT EXISTS eda_parked_messages_stream
+    ON eda_parked_messages (consumer, aggregate_type, aggregate_id)";
 const RECORD: &str = "INSERT INTO eda_inbox (consumer, event_id) VALUES (?1, ?2)
     ON CONFLICT DO NOTHING";
 const PARK: &str = "INSERT INTO eda_parked_messages (consumer, event_id, aggregate_type,
@@ -49,6 +51,8 @@ const PARKED: &str = "SELECT event_id, aggregate_type, aggregate_id, version, po
     event_version, payload, metadata, recorded_at, error, parked_at
     FROM eda_parked_messages WHERE consumer = ?1 ORDER BY seq";
 const UNPARK: &str = "DELETE FROM eda_parked_messages WHERE consumer = ?1 AND event_id = ?2";
+const PARKED_BEHIND: &str = "SELECT EXISTS (SELECT 1 FROM eda_parked_messages
+    WHERE consumer = ?1 AND aggregate_type = ?2 AND aggregate_id = ?3)";
 const STILL_FAILS: &str =
     "UPDATE eda_parked_messages SET error = ?3 WHERE consumer = ?1 AND event_id = ?2";
 
@@ -208,6 +212,16 @@ impl<P: SqliteProjection> InboxDb<P> for Connection {
         error: &str,
     ) -> Result<(), StoreError> {
         park_in(tx, name, event, error)
+    }
+
+    async fn parked_behind(
+        tx: &Self::Tx<'_>,
+        name: &str,
+        event: &RecordedEvent,
+    ) -> Result<bool, StoreError> {
+        let stream = (name, &event.aggregate_type, &event.aggregate_id);
+        let parked = tx.query_row(PARKED_BEHIND, stream, |row| row.get(0));
+        parked.map_err(backend)
     }
 
     async fn unpark(tx: &Self::Tx<'_>, name: &str, event_id: Uuid) -> Result<bool, StoreError> {
