@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use eda::prelude::*;
-use eda::{RecordedEvent, RunnerState, Uuid};
+use eda::{PolicyHandle, RecordedEvent, RunnerState, Uuid};
 use eda_test::bank::{
     open_account, DepositMoney, MoneyDeposited, OpenAccount, WelcomeBonus, WithdrawMoney, BONUS,
 };
@@ -292,14 +292,11 @@ async fn a_second_runner_stands_by_and_takes_over_when_the_first_stops() {
     assert_eq!(deposits(&store).await.len(), 2, "one bonus each");
 }
 
-/// One runner reacts at a time: the second stays on standby, reacting to
-/// nothing, while the first reacts to new events and renews its lease.
-#[tokio::test]
-async fn the_second_runner_stays_on_standby_while_the_first_reacts() {
+/// Two runners of `WelcomeBonus` with `lease`: the first has reacted to an
+/// opening, the second is on standby.
+async fn one_active_one_standby(lease: Duration) -> (App, MemoryStore, PolicyHandle, PolicyHandle) {
     let store = MemoryStore::new();
     let app = App::new(store.clone());
-    // The loop below outlasts the lease: the first keeps it only by renewing.
-    let lease = Duration::from_secs(1);
     let one = app.policy(WelcomeBonus).lease(lease).start();
     let opened = Some(open_account(&app, "a").await);
     one.wait_for(opened, WAIT).await.unwrap();
@@ -308,6 +305,15 @@ async fn the_second_runner_stays_on_standby_while_the_first_reacts() {
         eda_test::read_models::is_standby(&two.status().state)
     })
     .await;
+    (app, store, one, two)
+}
+
+/// One runner reacts at a time: the second stays on standby, reacting to
+/// nothing, while the first reacts to new events and renews its lease.
+#[tokio::test]
+async fn the_second_runner_stays_on_standby_while_the_first_reacts() {
+    // The loop below outlasts the lease: the first keeps it only by renewing.
+    let (app, _, one, two) = one_active_one_standby(Duration::from_secs(1)).await;
     for account in ["b", "c", "d"] {
         let opened = Some(open_account(&app, account).await);
         one.wait_for(opened, WAIT).await.unwrap();
@@ -342,17 +348,8 @@ fn control_runners_that_ignore_the_lease_do_not_stand_by() {
 /// it wakes to renew it, so the second stays on standby while nothing happens.
 #[tokio::test]
 async fn an_idle_runner_keeps_a_short_lease() {
-    let store = MemoryStore::new();
-    let app = App::new(store.clone());
     let lease = Duration::from_millis(500);
-    let one = app.policy(WelcomeBonus).lease(lease).start();
-    let opened = Some(open_account(&app, "a").await);
-    one.wait_for(opened, WAIT).await.unwrap();
-    let two = app.policy(WelcomeBonus).lease(lease).start();
-    eda_test::read_models::until("the second on standby", || {
-        eda_test::read_models::is_standby(&two.status().state)
-    })
-    .await;
+    let (app, store, one, two) = one_active_one_standby(lease).await;
     // Six lease lengths with nothing to react to; the second tries to take the
     // lease about once a second.
     tokio::time::sleep(lease * 6).await;

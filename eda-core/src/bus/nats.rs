@@ -202,11 +202,7 @@ impl NatsBus {
         producer: &str,
         pattern: &str,
     ) -> Result<NatsSubscription, BusError> {
-        check_service(producer)?;
-        check_service(name)?;
-        let stream = self.stream(producer).await?;
-        let consumer = self.durable(&stream, name, producer, "*", pattern).await?;
-        Ok(NatsSubscription::of(vec![consumer]))
+        self.subscription(name, producer, pattern, false).await
     }
 
     /// Subscribes consumer `name` to the messages of service `producer` whose
@@ -227,14 +223,31 @@ impl NatsBus {
         producer: &str,
         pattern: &str,
     ) -> Result<NatsSubscription, BusError> {
+        self.subscription(name, producer, pattern, true).await
+    }
+
+    /// [`subscribe`](Self::subscribe), or with `partitioned`,
+    /// [`subscribe_partitioned`](Self::subscribe_partitioned).
+    async fn subscription(
+        &self,
+        name: &str,
+        producer: &str,
+        pattern: &str,
+        partitioned: bool,
+    ) -> Result<NatsSubscription, BusError> {
         check_service(producer)?;
         check_service(name)?;
         let stream = self.stream(producer).await?;
+        // Each durable's name, and the partition token its filter takes.
+        let durables: Vec<(String, String)> = if partitioned {
+            let partition = |p: u32| (format!("{name}-{p}"), p.to_string());
+            (0..PARTITIONS).map(partition).collect()
+        } else {
+            vec![(name.to_owned(), "*".to_owned())]
+        };
         let mut consumers = Vec::new();
-        for partition in 0..PARTITIONS {
-            let durable = format!("{name}-{partition}");
-            let partition = partition.to_string();
-            let consumer = self.durable(&stream, &durable, producer, &partition, pattern);
+        for (durable, partition) in &durables {
+            let consumer = self.durable(&stream, durable, producer, partition, pattern);
             consumers.push(consumer.await?);
         }
         Ok(NatsSubscription::of(consumers))
