@@ -328,7 +328,8 @@ impl<P: PostgresProjection> InboxDb<P> for PgInbox {
     }
 
     async fn record(tx: &Self::Tx<'_>, name: &str, event_id: Uuid) -> Result<bool, StoreError> {
-        let recorded = tx.raw().execute(RECORD, &[&name, &event_id]).await;
+        let record = tx.prepare(RECORD).await.map_err(backend)?;
+        let recorded = tx.raw().execute(&record, &[&name, &event_id]).await;
         Ok(recorded.map_err(backend)? == 1)
     }
 
@@ -346,8 +347,9 @@ impl<P: PostgresProjection> InboxDb<P> for PgInbox {
         name: &str,
         event: &RecordedEvent,
     ) -> Result<bool, StoreError> {
+        let parked_behind = tx.prepare(PARKED_BEHIND).await.map_err(backend)?;
         let stream: [&(dyn ToSql + Sync); 3] = [&name, &event.aggregate_type, &event.aggregate_id];
-        let row = tx.raw().query_one(PARKED_BEHIND, &stream).await;
+        let row = tx.raw().query_one(&parked_behind, &stream).await;
         Ok(row.map_err(backend)?.get(0))
     }
 

@@ -209,7 +209,7 @@ impl<'t> PostgresBatch<'t> {
     }
 
     /// `statement`, prepared on this connection (once).
-    async fn prepare(&self, statement: &str) -> Result<Statement, Error> {
+    pub(crate) async fn prepare(&self, statement: &str) -> Result<Statement, Error> {
         if let Some(prepared) = lock(&self.prepared).get(statement) {
             return Ok(prepared.clone());
         }
