@@ -92,6 +92,7 @@ async fn the_relay_publishes_to_jetstream_and_a_consumer_applies_each_event_once
     assert_eq!(applications(&path), ids, "each once, in order");
     mailing.stop().await;
     relay.stop().await;
+    eda_test::nats::delete_stream(&url, &service).await;
 }
 
 /// Waits until `relay` has published past `position`.

@@ -313,4 +313,5 @@ async fn over_nats_the_breaker_opens_while_the_producer_is_down_and_the_consumer
         .await
         .unwrap();
     producer_down_then_back(bus, subscription).await;
+    eda_test::nats::delete_stream(&url, &service).await;
 }

@@ -177,10 +177,7 @@ async fn instances_share_the_partitions_and_keep_each_aggregates_order() {
     for instance in instances {
         instance.stop().await;
     }
-    let jetstream = eda_test::nats::async_nats::jetstream::new(
-        eda_test::nats::async_nats::connect(&url).await.unwrap(),
-    );
-    jetstream.delete_stream(&producer).await.unwrap();
+    eda_test::nats::delete_stream(&url, &producer).await;
     db.drop_schema().await;
 }
 

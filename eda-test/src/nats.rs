@@ -148,3 +148,15 @@ pub async fn stream_messages(url: &str, service: &str) -> u64 {
         .state
         .messages
 }
+
+/// Deletes the stream of service `service` on `url`: what a test made on the
+/// shared server does not outlive it.
+#[cfg(feature = "nats")]
+pub async fn delete_stream(url: &str, service: &str) {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let jetstream = async_nats::jetstream::new(client);
+    jetstream
+        .delete_stream(service)
+        .await
+        .expect("the stream deleted");
+}
