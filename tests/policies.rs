@@ -344,6 +344,20 @@ fn control_runners_that_ignore_the_lease_do_not_stand_by() {
     ));
 }
 
+/// The control of the test below: a holder that does not renew its lease
+/// while idle loses it, and the second runner takes over.
+#[test]
+fn control_an_idle_runner_that_does_not_renew_loses_its_lease() {
+    if !cfg!(feature = "failpoints") {
+        eprintln!("skipped: the control needs the `failpoints` feature");
+        return;
+    }
+    assert!(eda_test::crash::fails_when_broken(
+        "an_idle_runner_keeps_a_short_lease",
+        "runner.no_idle_renewal",
+    ));
+}
+
 /// An idle holder keeps a lease shorter than the runner's safety poll (1 s):
 /// it wakes to renew it, so the second stays on standby while nothing happens.
 #[tokio::test]

@@ -2,9 +2,10 @@
 //! stream (`NatsBus::subscribe_partitioned`) into one PostgreSQL read model:
 //! every message is applied once, each aggregate's in their order, both
 //! instances apply some, and a message one instance parks holds back its
-//! aggregate's later ones whichever instance gets them. The control scatters
-//! an aggregate's messages over the partitions (`EDA_BROKEN`), and order is
-//! lost.
+//! aggregate's later ones whichever instance gets them. The controls
+//! (`EDA_BROKEN`): scattering an aggregate's messages over the partitions
+//! loses their order; consumers that do not see the parks apply messages
+//! behind them.
 //!
 //! Needs `EDA_TEST_POSTGRES_URL` and `EDA_TEST_NATS_URL`.
 
@@ -196,5 +197,23 @@ fn control_messages_scattered_over_partitions_lose_their_order() {
     assert!(eda_test::crash::fails_when_broken(
         "instances_share_the_partitions_and_keep_each_aggregates_order",
         "bus.partition_by_event",
+    ));
+}
+
+/// The control of the parks the instances share: a consumer that does not see
+/// the parked messages of an aggregate applies its later ones, and the test
+/// must fail.
+#[test]
+fn control_parks_unseen_let_later_messages_through() {
+    let missing = ["EDA_TEST_POSTGRES_URL", "EDA_TEST_NATS_URL"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_none());
+    if !cfg!(feature = "failpoints") || missing {
+        eprintln!("skipped: the control needs the `failpoints` feature, EDA_TEST_POSTGRES_URL and EDA_TEST_NATS_URL");
+        return;
+    }
+    assert!(eda_test::crash::fails_when_broken(
+        "instances_share_the_partitions_and_keep_each_aggregates_order",
+        "consumer.parks_unseen",
     ));
 }

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::query::{Answering, Handler, Queries};
 use super::{subject_matches, Acknowledge, Bus, BusError, Message, Subscription};
+use crate::projection::lock;
 
 /// How long a delivered message may stay unacknowledged before it is
 /// delivered again, by default.
@@ -91,10 +92,7 @@ impl LocalBus {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner.state)
     }
 
     /// Every message published so far, in order (duplicates dropped).
@@ -309,8 +307,7 @@ impl Queries for LocalBus {
         timeout: Duration,
     ) -> Result<Vec<u8>, BusError> {
         let handler = {
-            let answering = self.inner.answering.lock();
-            let answering = answering.unwrap_or_else(PoisonError::into_inner);
+            let answering = lock(&self.inner.answering);
             answering.get(name).map(|(_, handler)| Arc::clone(handler))
         };
         let handler = handler
@@ -327,18 +324,11 @@ impl Queries for LocalBus {
             .inner
             .answerers
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut answering = self
-            .inner
-            .answering
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut answering = lock(&self.inner.answering);
         answering.insert(name.to_owned(), (number, handler));
         let (inner, name) = (Arc::clone(&self.inner), name.to_owned());
         Ok(Answering::new(move || {
-            let mut answering = inner
-                .answering
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut answering = lock(&inner.answering);
             if answering.get(&name).is_some_and(|(n, _)| *n == number) {
                 answering.remove(&name);
             }

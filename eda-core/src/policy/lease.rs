@@ -22,8 +22,9 @@ pub(crate) struct Lease {
     renewed_at: Option<Instant>,
 }
 
-/// Milliseconds since the Unix epoch, `after` from now.
-fn epoch_millis(after: Duration) -> u64 {
+/// Milliseconds since the Unix epoch, `after` from now: a lease's expiry,
+/// which every process on the machine reads alike.
+pub(crate) fn epoch_millis(after: Duration) -> u64 {
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
     let millis = (now.unwrap_or_default() + after).as_millis();
     u64::try_from(millis).unwrap_or(u64::MAX)

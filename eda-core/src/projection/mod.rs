@@ -407,8 +407,9 @@ impl<P> fmt::Debug for ProjectionHandle<P> {
     }
 }
 
-/// Locks a runner's projection value. `#[on]` methods that panic leave it as far
-/// as they got; the runner stops (its task ends) and says so.
+/// Locks `state` even if a thread panicked while holding it. A runner's
+/// projection value: `#[on]` methods that panic leave it as far as they got;
+/// the runner stops (its task ends) and says so.
 pub(crate) fn lock<P>(state: &Mutex<P>) -> MutexGuard<'_, P> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -542,10 +542,7 @@ pub(super) async fn parked_events(
     Ok(events)
 }
 
-/// A position as the databases store it.
-pub(super) fn to_i64(position: u64) -> i64 {
-    i64::try_from(position).unwrap_or(i64::MAX)
-}
+pub(super) use crate::store::durable::to_i64;
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
@@ -26,6 +26,7 @@ use crate::app::App;
 use crate::envelope::RecordedEvent;
 use crate::error::StoreError;
 use crate::failpoint;
+use crate::policy::lease;
 use crate::store::{BoxFuture, LogPage};
 
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS eda_projections (
@@ -241,12 +242,9 @@ struct SqliteSink<P> {
     renewed_at: Option<Instant>,
 }
 
-/// Milliseconds since the Unix epoch `after` from now: a lease's expiry, which
-/// every process on the machine reads alike.
+/// [`lease::epoch_millis`] as SQLite stores it.
 fn epoch_millis(after: Duration) -> i64 {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
-    let now = now.unwrap_or_default() + after;
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+    to_i64(lease::epoch_millis(after))
 }
 
 /// Takes (or keeps) the lease of `db`'s projection for `holder`: `false` while

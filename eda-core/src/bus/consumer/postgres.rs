@@ -16,7 +16,7 @@ use crate::envelope::{Metadata, RecordedEvent};
 use crate::error::StoreError;
 use crate::projection::postgres::batch::Prepared;
 use crate::projection::{ApplyError, PostgresBatch, PostgresProjection, Retried};
-use crate::store::durable::backend;
+use crate::store::durable::{backend, to_i64};
 use crate::store::BoxFuture;
 
 /// The tables, created if missing (one creator at a time: `IF NOT EXISTS`
@@ -303,10 +303,6 @@ impl Backend for PostgresBackend {
     fn parked_count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 impl<P: PostgresProjection> InboxDb<P> for PgInbox {

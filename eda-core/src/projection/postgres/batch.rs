@@ -12,12 +12,12 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Error, Statement, Transaction};
 
-use crate::projection::ApplyError;
+use crate::projection::{lock, ApplyError};
 
 /// A statement's parameters as the batch keeps them until it sends them.
 pub type BoxedParams = Vec<Box<dyn ToSql + Send + Sync>>;
@@ -97,10 +97,6 @@ impl fmt::Debug for PostgresBatch<'_> {
             .field("queued", &lock(&self.queued).len())
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<'t> PostgresBatch<'t> {
